@@ -1,0 +1,73 @@
+/* mergescope export: a recipe in another tool's format. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "lm_error.h"
+#include "merge_plan.h"
+
+static const char export_usage[] =
+    "usage: mergescope export RECIPE --to mergekit\n"
+    "\n"
+    "Prints the equivalent mergekit YAML on stdout. What mergekit cannot express\n"
+    "exactly (e.g. mergescope's DARE seeds, layer-restricted overrides without an\n"
+    "exact slice form) is listed on stderr as warnings, and the YAML says so in\n"
+    "comments. Exit status 0 even with warnings.\n"
+    "\n"
+    "Options:\n"
+    "  --to mergekit   target format (the only one so far)\n"
+    "  -h, --help      this help\n";
+
+int cmd_export(int argc, char **argv)
+{
+    static const struct option options[] = {
+        { "to", required_argument, NULL, 'T' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *to = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        switch (c) {
+        case 'T': to = optarg; break;
+        case 'h': fputs(export_usage, stdout); return CLI_EXIT_OK;
+        default: return cli_usage_error("export", "bad option");
+        }
+    }
+    if (optind + 1 != argc)
+        return cli_usage_error("export", "expected exactly one RECIPE");
+    if (!to)
+        return cli_usage_error("export", "missing --to mergekit");
+    if (strcmp(to, "mergekit") != 0)
+        return cli_usage_error("export", "unknown target '%s' (known: mergekit)", to);
+    struct recipe *r = cli_load_recipe(argv[optind]);
+    if (!r)
+        return CLI_EXIT_BAD_INPUT;
+    struct merge_plan plan;
+    int err = merge_plan_init(&plan, r);
+    if (err) {
+        recipe_free(r);
+        return cli_fail(err);
+    }
+    char *warnings = NULL;
+    char *yaml = recipe_to_mergekit_yaml(r, &warnings);
+    recipe_free(r);
+    if (!yaml) {
+        free(warnings);
+        return cli_fail(LM_EUNSUPPORTED);
+    }
+    fputs(yaml, stdout);
+    for (const char *w = warnings; w && *w;) {
+        size_t n = strcspn(w, "\n");
+        fprintf(stderr, "mergescope: warning: %.*s\n", (int)n, w);
+        w += n;
+        if (*w == '\n')
+            w++;
+    }
+    free(yaml);
+    free(warnings);
+    return CLI_EXIT_OK;
+}

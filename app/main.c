@@ -1,0 +1,68 @@
+/* mergescope: a workbench for merging LLM checkpoints.
+ *
+ * git-style dispatch: `mergescope CMD ARGS...` runs the command's function
+ * and returns its exit status (enum cli_exit). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cmd_tokenize.h"
+#include "merge_method.h"
+
+#define MS_VERSION "0.1.0"
+
+struct cli_command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct cli_command commands[] = {
+    { "stats",    cmd_stats,    "per-tensor, per-layer and per-module task-vector statistics" },
+    { "merge",    cmd_merge,    "merge the models a recipe names and write an HF model directory" },
+    { "export",   cmd_export,   "print a recipe as mergekit YAML" },
+    { "tokenize", cmd_tokenize, "print the token ids of a text" },
+};
+
+static void print_help(FILE *out)
+{
+    fprintf(out,
+            "usage: mergescope COMMAND [ARGS...]\n"
+            "\n"
+            "mergescope opens a base model and models fine-tuned from it (Hugging Face\n"
+            "safetensors directories), measures where their task vectors are large and\n"
+            "where they conflict, and merges them by a recipe, bit for bit reproducibly.\n"
+            "\n"
+            "Commands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\nMerge methods:\n");
+    for (const struct merge_method *const *m = merge_methods; *m; m++)
+        fprintf(out, "  %-16s %s\n", (*m)->name, (*m)->summary);
+    fprintf(out,
+            "\n'mergescope COMMAND --help' describes a command's options.\n"
+            "Exit status: 0 ok, 1 runtime failure, 2 usage error, 3 bad model, recipe or file.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_help(stdout);
+        return CLI_EXIT_OK;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        print_help(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("mergescope %s\n", MS_VERSION);
+        return CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "mergescope: error: unknown command '%s'\n", cmd);
+    print_help(stderr);
+    return CLI_EXIT_USAGE;
+}

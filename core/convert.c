@@ -1,0 +1,335 @@
+/* dtype conversion between BF16/F16 and F32.
+ *
+ * The scalar routines define the results; the AVX2/F16C routines reproduce
+ * them bit for bit (the unit test checks every 16-bit pattern and a million
+ * random 32-bit ones). NaN rules, chosen to match what the F16C instructions
+ * do so that both paths agree:
+ *   F16 -> F32:  sign kept, payload shifted into the top of the F32 payload,
+ *                quiet bit set (a signalling NaN comes back quiet).
+ *   F32 -> F16:  sign kept, top 10 payload bits kept, quiet bit set.
+ *   BF16 -> F32: the bits shifted up (exact, signalling NaNs stay so).
+ *   F32 -> BF16: the canonical quiet NaN 0x7fc0 with the input's sign (torch
+ *                gives 0x7fc0 whatever the sign).
+ * Everything else rounds to nearest, ties to even, as IEEE 754 and torch's
+ * `.to()` do. */
+#include "convert.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+#include "lm_error.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define CONVERT_X86 1
+#else
+#define CONVERT_X86 0
+#endif
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ===== Scalar conversions (the definition) ===== */
+
+float lm_bf16_to_f32(uint16_t h)
+{
+    return bits_f32((uint32_t)h << 16);
+}
+
+uint16_t lm_f32_to_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)(((u >> 16) & 0x8000u) | 0x7fc0u);
+    /* Adding 0x7fff plus the lowest kept bit rounds ties to even; a carry out
+     * of the mantissa bumps the exponent, up to infinity. */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float lm_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0x1f) {
+        if (mant == 0)
+            return bits_f32(sign | 0x7f800000u);
+        return bits_f32(sign | 0x7fc00000u | (mant << 13));
+    }
+    if (exp == 0) {
+        /* Zero or subnormal: mant * 2^-24, exact in float. */
+        float v = (float)mant * 0x1p-24f;
+        return bits_f32(sign | f32_bits(v));
+    }
+    return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+uint16_t lm_f32_to_f16(float f)
+{
+    uint32_t u = f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+
+    if (a > 0x7f800000u) /* NaN */
+        return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) /* >= 65520: rounds to infinity (or is infinite) */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a >= 0x38800000u) {
+        /* Normal: rebias the exponent (127 -> 15), round 13 bits away. */
+        a += 0xfffu + ((a >> 13) & 1u);
+        return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
+    }
+    if (a <= 0x33000000u) /* <= 2^-25: half the smallest subnormal or less -> 0 */
+        return sign;
+    /* Subnormal result: value / 2^-24 rounded to an integer, ties to even.
+     * With exponent e the value is mant * 2^(e - 150), so the shift is
+     * 126 - e, between 14 and 24 here. A result of 0x400 is the smallest
+     * normal, which is the right encoding. */
+    uint32_t e = a >> 23;
+    uint32_t mant = (a & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126u - e;
+    uint32_t q = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1u);
+    uint32_t half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u)))
+        q++;
+    return (uint16_t)(sign | q);
+}
+
+/* ===== Bulk scalar loops (also the tails of the vector loops) =====
+ * Sources may be unaligned (views into mmapped files), hence memcpy loads. */
+
+static void bf16_to_f32_scalar(float *dst, const unsigned char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, sizeof h);
+        dst[i] = lm_bf16_to_f32(h);
+    }
+}
+
+static void f16_to_f32_scalar(float *dst, const unsigned char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, sizeof h);
+        dst[i] = lm_f16_to_f32(h);
+    }
+}
+
+static void f32_to_bf16_scalar(unsigned char *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = lm_f32_to_bf16(src[i]);
+        memcpy(dst + 2 * i, &h, sizeof h);
+    }
+}
+
+static void f32_to_f16_scalar(unsigned char *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = lm_f32_to_f16(src[i]);
+        memcpy(dst + 2 * i, &h, sizeof h);
+    }
+}
+
+/* ===== AVX2 + F16C loops ===== */
+
+#if CONVERT_X86
+#define CONVERT_TARGET __attribute__((target("avx2,f16c")))
+
+CONVERT_TARGET
+static void bf16_to_f32_avx2(float *dst, const unsigned char *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i h0 = _mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i));
+        __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i + 16));
+        __m256i w0 = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h0), 16);
+        __m256i w1 = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h1), 16);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i), w0);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i + 8), w1);
+    }
+    bf16_to_f32_scalar(dst + i, src + 2 * i, n - i);
+}
+
+CONVERT_TARGET
+static void f16_to_f32_avx2(float *dst, const unsigned char *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i h0 = _mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i));
+        __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i + 16));
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h0));
+        _mm256_storeu_ps(dst + i + 8, _mm256_cvtph_ps(h1));
+    }
+    f16_to_f32_scalar(dst + i, src + 2 * i, n - i);
+}
+
+/* Eight floats to eight bf16 values in the low 16 bits of 32-bit lanes. */
+CONVERT_TARGET
+static inline __m256i bf16_round8(__m256i u)
+{
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    const __m256i inf = _mm256_set1_epi32(0x7f800000);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    /* Keys below 2^31 compare correctly as signed integers. */
+    __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+    __m256i qnan = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
+                                   _mm256_set1_epi32(0x7fc0));
+    return _mm256_blendv_epi8(r, qnan, is_nan);
+}
+
+CONVERT_TARGET
+static void f32_to_bf16_avx2(unsigned char *dst, const float *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i a = bf16_round8(_mm256_loadu_si256((const __m256i *)(const void *)(src + i)));
+        __m256i b = bf16_round8(_mm256_loadu_si256((const __m256i *)(const void *)(src + i + 8)));
+        /* packus works per 128-bit lane: a0-3 b0-3 | a4-7 b4-7; reorder the
+         * 64-bit quarters to a0-3 a4-7 b0-3 b4-7. Values fit in 16 bits, so
+         * the unsigned saturation never triggers. */
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + 2 * i), p);
+    }
+    f32_to_bf16_scalar(dst + 2 * i, src + i, n - i);
+}
+
+CONVERT_TARGET
+static void f32_to_f16_avx2(unsigned char *dst, const float *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i h0 = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m128i h1 = _mm256_cvtps_ph(_mm256_loadu_ps(src + i + 8), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128((__m128i *)(void *)(dst + 2 * i), h0);
+        _mm_storeu_si128((__m128i *)(void *)(dst + 2 * i + 16), h1);
+    }
+    f32_to_f16_scalar(dst + 2 * i, src + i, n - i);
+}
+#endif
+
+/* ===== Dispatch ===== */
+
+static atomic_int convert_scalar_forced;
+static atomic_int convert_cpu_ok = -1; /* -1: not checked yet */
+
+/* AVX2 (which includes the OS's saving of the YMM registers) and F16C. Not
+ * every compiler knows "f16c" as a __builtin_cpu_supports name, so that bit
+ * comes from CPUID leaf 1 directly. */
+static int cpu_has_avx2_f16c(void)
+{
+#if CONVERT_X86
+    unsigned eax, ebx, ecx, edx;
+    if (!__builtin_cpu_supports("avx2"))
+        return 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+        return 0;
+    return (ecx & (1u << 29)) != 0; /* F16C */
+#else
+    return 0;
+#endif
+}
+
+static int use_vector(void)
+{
+    if (atomic_load_explicit(&convert_scalar_forced, memory_order_relaxed))
+        return 0;
+    int ok = atomic_load_explicit(&convert_cpu_ok, memory_order_relaxed);
+    if (ok < 0) {
+        ok = cpu_has_avx2_f16c();
+        atomic_store_explicit(&convert_cpu_ok, ok, memory_order_relaxed);
+    }
+    return ok;
+}
+
+const char *lm_convert_impl_name(void)
+{
+    return use_vector() ? "avx2+f16c" : "scalar";
+}
+
+int lm_convert_force_scalar(int on)
+{
+    return atomic_exchange(&convert_scalar_forced, on ? 1 : 0);
+}
+
+void lm_convert_to_f32(float *dst, const void *src, enum lm_dtype src_type, size_t n)
+{
+    const unsigned char *s = src;
+    int vec = use_vector();
+    (void)vec;
+    switch (src_type) {
+    case LM_DTYPE_F32:
+        if (n > 0 && (const void *)dst != src)
+            memmove(dst, src, n * sizeof *dst);
+        return;
+    case LM_DTYPE_BF16:
+#if CONVERT_X86
+        if (vec) {
+            bf16_to_f32_avx2(dst, s, n);
+            return;
+        }
+#endif
+        bf16_to_f32_scalar(dst, s, n);
+        return;
+    case LM_DTYPE_F16:
+#if CONVERT_X86
+        if (vec) {
+            f16_to_f32_avx2(dst, s, n);
+            return;
+        }
+#endif
+        f16_to_f32_scalar(dst, s, n);
+        return;
+    default:
+        lm_abort(__FILE__, __LINE__, "lm_convert_to_f32: source must be F32, F16 or BF16");
+    }
+}
+
+void lm_convert_from_f32(void *dst, enum lm_dtype dst_type, const float *src, size_t n)
+{
+    unsigned char *d = dst;
+    int vec = use_vector();
+    (void)vec;
+    switch (dst_type) {
+    case LM_DTYPE_F32:
+        if (n > 0 && dst != (const void *)src)
+            memmove(dst, src, n * sizeof *src);
+        return;
+    case LM_DTYPE_BF16:
+#if CONVERT_X86
+        if (vec) {
+            f32_to_bf16_avx2(d, src, n);
+            return;
+        }
+#endif
+        f32_to_bf16_scalar(d, src, n);
+        return;
+    case LM_DTYPE_F16:
+#if CONVERT_X86
+        if (vec) {
+            f32_to_f16_avx2(d, src, n);
+            return;
+        }
+#endif
+        f32_to_f16_scalar(d, src, n);
+        return;
+    default:
+        lm_abort(__FILE__, __LINE__, "lm_convert_from_f32: destination must be F32, F16 or BF16");
+    }
+}

@@ -1,0 +1,38 @@
+/* Model breadcrumbs (mergekit's "breadcrumbs", sparsification
+ * magnitude_outliers): in each task vector drop the int(gamma n)
+ * largest-magnitude entries as outliers and keep the next int(density n),
+ * dropping the small rest; then task arithmetic (no sign election, no
+ * rescaling). When int(density n) + int(gamma n) exceeds n, fewer outliers
+ * are dropped so that int(density n) entries stay. Density 1 keeps the task
+ * vector untouched (gamma is then ignored), as in mergekit.
+ *
+ * Ties in magnitude follow select.h (the lower index counts as larger), so
+ * the kept band is one definite set. Where mergekit's slice
+ * `indices[n_bot:-n_top]` keeps nothing when int(gamma n) == 0, this keeps
+ * the top int(density n), which is what the method means. */
+#include "merge_method.h"
+
+static const enum merge_param_id breadcrumbs_params[] = {
+    MERGE_PARAM_WEIGHT, MERGE_PARAM_DENSITY, MERGE_PARAM_GAMMA, MERGE_PARAM_LAMBDA,
+    MERGE_PARAM_NORMALIZE, MERGE_PARAM_COUNT,
+};
+
+static int breadcrumbs_merge(const struct merge_tensor_job *job)
+{
+    int rc = merge_job_check(&merge_method_breadcrumbs, job);
+    if (rc)
+        return rc;
+    return merge_gta_tensor(job, MERGE_SPARSIFY_OUTLIERS, false);
+}
+
+const struct merge_method merge_method_breadcrumbs = {
+    .name = "breadcrumbs",
+    .summary = "drop each task vector's largest gamma and its smallest entries (keep density), "
+               "then task arithmetic",
+    .mergekit_name = "breadcrumbs",
+    .min_models = 1,
+    .max_models = MERGE_MAX_MODELS,
+    .params = breadcrumbs_params,
+    .set_defaults = NULL,
+    .merge_tensor = breadcrumbs_merge,
+};

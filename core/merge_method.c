@@ -1,0 +1,277 @@
+/* The merge method registry, the parameter table, per-thread scratch, the
+ * DARE/della mask hash, and the checks every method runs on its job. */
+#include "merge_method.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lm_error.h"
+
+/* ===== Parameters ===== */
+
+static const char *const rescale_choices[] = { "inverse", "l1", NULL };
+
+/* 2^53 - 1: the largest seed a JSON number (a double) carries exactly. */
+#define SEED_MAX 9007199254740991.0
+
+const struct merge_param_spec merge_param_specs[MERGE_PARAM_COUNT] = {
+    [MERGE_PARAM_WEIGHT] = {
+        .id = MERGE_PARAM_WEIGHT, .name = "weight", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = true, .min = -DBL_MAX, .max = DBL_MAX,
+        .help = "weight w_i of a model (any finite number, negative subtracts its task vector)",
+    },
+    [MERGE_PARAM_DENSITY] = {
+        .id = MERGE_PARAM_DENSITY, .name = "density", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = true, .min = 0.0, .max = 1.0,
+        .help = "fraction of task-vector entries kept (1 keeps all)",
+    },
+    [MERGE_PARAM_LAMBDA] = {
+        .id = MERGE_PARAM_LAMBDA, .name = "lambda", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = -DBL_MAX, .max = DBL_MAX,
+        .help = "scale of the combined task vector added to the base",
+    },
+    [MERGE_PARAM_NORMALIZE] = {
+        .id = MERGE_PARAM_NORMALIZE, .name = "normalize", .kind = MERGE_PARAM_KIND_BOOL,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "divide by the sum of the weights (of the agreeing entries, for sign election)",
+    },
+    [MERGE_PARAM_T] = {
+        .id = MERGE_PARAM_T, .name = "t", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "interpolation factor: 0 gives the base, 1 the model",
+    },
+    [MERGE_PARAM_GAMMA] = {
+        .id = MERGE_PARAM_GAMMA, .name = "gamma", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "fraction of largest-magnitude entries dropped as outliers",
+    },
+    [MERGE_PARAM_EPSILON] = {
+        .id = MERGE_PARAM_EPSILON, .name = "epsilon", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "keep probabilities range over density +/- epsilon by magnitude rank",
+    },
+    [MERGE_PARAM_SEED] = {
+        .id = MERGE_PARAM_SEED, .name = "seed", .kind = MERGE_PARAM_KIND_INT,
+        .per_model = false, .min = 0.0, .max = SEED_MAX,
+        .help = "seed of the random drop masks (same seed, same merged bits)",
+    },
+    [MERGE_PARAM_RESCALE] = {
+        .id = MERGE_PARAM_RESCALE, .name = "rescale", .kind = MERGE_PARAM_KIND_CHOICE,
+        .per_model = false, .min = 0.0, .max = 1.0, .choices = rescale_choices,
+        .help = "rescale kept entries: \"inverse\" = 1/density (papers), \"l1\" = keep the L1 norm (mergekit)",
+    },
+};
+
+const struct merge_param_spec *merge_param_find(const char *name)
+{
+    if (!name)
+        return NULL;
+    for (int i = 0; i < MERGE_PARAM_COUNT; i++)
+        if (strcmp(merge_param_specs[i].name, name) == 0)
+            return &merge_param_specs[i];
+    return NULL;
+}
+
+void merge_tensor_params_default(struct merge_tensor_params *p, int n_models)
+{
+    LM_ASSERT(n_models >= 0 && n_models <= MERGE_MAX_MODELS);
+    memset(p, 0, sizeof(*p));
+    p->n_models = n_models;
+    for (int i = 0; i < MERGE_MAX_MODELS; i++) {
+        p->weight[i] = 1.0;
+        p->density[i] = 1.0;
+    }
+    p->lambda = 1.0;
+    p->normalize = false;
+    p->t = 0.5;
+    p->gamma = 0.01;
+    p->epsilon = 0.15;
+    p->seed = 0;
+    p->rescale = MERGE_RESCALE_INVERSE;
+}
+
+/* ===== Registry ===== */
+
+const struct merge_method *const merge_methods[] = {
+    &merge_method_linear,
+    &merge_method_average,
+    &merge_method_task_arithmetic,
+    &merge_method_ties,
+    &merge_method_dare_linear,
+    &merge_method_dare_ties,
+    &merge_method_slerp,
+    &merge_method_breadcrumbs,
+    &merge_method_della,
+    NULL,
+};
+
+const struct merge_method *merge_method_find(const char *name)
+{
+    if (!name)
+        return NULL;
+    for (const struct merge_method *const *m = merge_methods; *m; m++)
+        if (strcmp((*m)->name, name) == 0)
+            return *m;
+    return NULL;
+}
+
+bool merge_method_takes(const struct merge_method *m, enum merge_param_id id)
+{
+    if (!m || !m->params)
+        return false;
+    for (const enum merge_param_id *p = m->params; *p != MERGE_PARAM_COUNT; p++)
+        if (*p == id)
+            return true;
+    return false;
+}
+
+/* ===== Job checks ===== */
+
+static int check_value(const struct merge_tensor_job *job, const struct merge_param_spec *s,
+                       int model, double v)
+{
+    const char *name = job->name ? job->name : "?";
+    char who[32] = "";
+    if (model >= 0)
+        snprintf(who, sizeof(who), " of model %d", model);
+    if (!isfinite(v))
+        return lm_err(LM_EINVAL, "tensor '%s': %s%s is %g, not a finite number",
+                      name, s->name, who, v);
+    if (v < s->min || v > s->max)
+        return lm_err(LM_EINVAL, "tensor '%s': %s%s is %g, outside [%g, %g]",
+                      name, s->name, who, v, s->min, s->max);
+    return 0;
+}
+
+int merge_job_check(const struct merge_method *m, const struct merge_tensor_job *job)
+{
+    const char *name = job->name ? job->name : "?";
+    const struct merge_tensor_params *p = job->params;
+    int n = job->n_models;
+    if (n < m->min_models || n > m->max_models || n > MERGE_MAX_MODELS) {
+        if (m->min_models == m->max_models)
+            return lm_err(LM_EINVAL, "tensor '%s': method '%s' needs exactly %d model(s) besides the base, got %d",
+                          name, m->name, m->min_models, n);
+        return lm_err(LM_EINVAL, "tensor '%s': method '%s' takes %d to %d models, got %d",
+                      name, m->name, m->min_models, LM_MIN(m->max_models, MERGE_MAX_MODELS), n);
+    }
+    if (!p)
+        return lm_err(LM_EINVAL, "tensor '%s': no parameters", name);
+    if (p->n_models != n)
+        return lm_err(LM_EINVAL, "tensor '%s': parameters are for %d models, the job has %d",
+                      name, p->n_models, n);
+    LM_ASSERT(job->out && job->models);
+    for (int i = 0; i < n; i++)
+        LM_ASSERT(job->models[i]);
+
+    for (const enum merge_param_id *id = m->params; *id != MERGE_PARAM_COUNT; id++) {
+        const struct merge_param_spec *s = &merge_param_specs[*id];
+        int rc = 0;
+        switch (*id) {
+        case MERGE_PARAM_WEIGHT:
+        case MERGE_PARAM_DENSITY:
+            for (int i = 0; i < n && !rc; i++)
+                rc = check_value(job, s, i, *id == MERGE_PARAM_WEIGHT ? p->weight[i] : p->density[i]);
+            break;
+        case MERGE_PARAM_LAMBDA:  rc = check_value(job, s, -1, p->lambda); break;
+        case MERGE_PARAM_T:       rc = check_value(job, s, -1, p->t); break;
+        case MERGE_PARAM_GAMMA:   rc = check_value(job, s, -1, p->gamma); break;
+        case MERGE_PARAM_EPSILON: rc = check_value(job, s, -1, p->epsilon); break;
+        case MERGE_PARAM_RESCALE:
+            if (p->rescale != MERGE_RESCALE_INVERSE && p->rescale != MERGE_RESCALE_L1)
+                rc = lm_err(LM_EINVAL, "tensor '%s': rescale is %d, not 0 (inverse) or 1 (l1)",
+                            name, p->rescale);
+            break;
+        case MERGE_PARAM_NORMALIZE:
+        case MERGE_PARAM_SEED:
+        case MERGE_PARAM_COUNT:
+            break;
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* ===== Scratch ===== */
+
+float *merge_scratch_get(struct merge_scratch *s, int slot, size_t n)
+{
+    if (slot < 0 || slot >= MERGE_SCRATCH_SLOTS) {
+        lm_err(LM_EINVAL, "merge scratch slot %d outside [0, %d)", slot, MERGE_SCRATCH_SLOTS);
+        return NULL;
+    }
+    if (s->buf[slot] && s->cap[slot] >= n)
+        return s->buf[slot];
+    float *p = lm_realloc_array(s->buf[slot], n ? n : 1, sizeof(float));
+    if (!p)
+        return NULL; /* the old buffer stays owned by s */
+    s->buf[slot] = p;
+    s->cap[slot] = n ? n : 1;
+    return p;
+}
+
+void merge_scratch_deinit(struct merge_scratch *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < MERGE_SCRATCH_SLOTS; i++) {
+        free(s->buf[i]);
+        s->buf[i] = NULL;
+        s->cap[i] = 0;
+    }
+}
+
+/* ===== Mask hash (documented in merge_method.h; never change it) ===== */
+
+#define MASK_GOLDEN UINT64_C(0x9e3779b97f4a7c15)
+
+static uint64_t mask_mix(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+uint64_t merge_name_hash(const char *name)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    if (!name)
+        return h;
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++) {
+        h ^= *c;
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+uint64_t merge_mask_key(uint64_t seed, const char *name, uint64_t model)
+{
+    return mask_mix(mask_mix(mask_mix(seed + MASK_GOLDEN) ^ merge_name_hash(name))
+                    + MASK_GOLDEN * (model + 1));
+}
+
+double merge_mask_at(uint64_t key, uint64_t index)
+{
+    uint64_t u = mask_mix(key + MASK_GOLDEN * (index + 1));
+    return (double)(u >> 11) * 0x1p-53;
+}
+
+void merge_mask_fill(double *u, uint64_t key, uint64_t index0, size_t len)
+{
+    for (size_t j = 0; j < len; j++)
+        u[j] = (double)(mask_mix(key + MASK_GOLDEN * (index0 + j + 1)) >> 11) * 0x1p-53;
+}
+
+double merge_mask_uniform_model(uint64_t seed, const char *name, uint64_t model, uint64_t index)
+{
+    return merge_mask_at(merge_mask_key(seed, name, model), index);
+}
+
+double merge_mask_uniform(uint64_t seed, const char *name, uint64_t index)
+{
+    return merge_mask_uniform_model(seed, name, 0, index);
+}

@@ -1,0 +1,197 @@
+/* Merge methods: a registry of const vtables. The CLI, the TUI, the recipe
+ * validator and the mergekit exporter enumerate merge_methods[]; nobody
+ * switches on method names.
+ *
+ * A method merges one tensor at a time from float32 copies of the base and
+ * the models, with parameters already resolved for that tensor (per-layer
+ * gradients and overrides applied by merge_plan). Semantics follow mergekit
+ * where mergekit defines them; see each method's `summary` and README.md. */
+#ifndef LM_CORE_MERGE_METHOD_H
+#define LM_CORE_MERGE_METHOD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MERGE_MAX_MODELS 16
+
+/* Every parameter any method understands. A method lists the ones it takes. */
+enum merge_param_id {
+    MERGE_PARAM_WEIGHT,     /* per model: w_i */
+    MERGE_PARAM_DENSITY,    /* per model or global: fraction of entries kept (ties, dare, breadcrumbs) */
+    MERGE_PARAM_LAMBDA,     /* scale of the combined task vector */
+    MERGE_PARAM_NORMALIZE,  /* divide by the sum of (agreeing) weights */
+    MERGE_PARAM_T,          /* slerp interpolation factor, 0 = base */
+    MERGE_PARAM_GAMMA,      /* breadcrumbs: fraction of largest entries dropped */
+    MERGE_PARAM_EPSILON,    /* della: spread of keep probabilities */
+    MERGE_PARAM_SEED,       /* dare/della: random mask seed */
+    MERGE_PARAM_RESCALE,    /* dare: 0 = 1/density (papers), 1 = match L1 norm (mergekit's "l1") */
+    MERGE_PARAM_COUNT
+};
+
+enum merge_param_kind {
+    MERGE_PARAM_KIND_NUMBER,  /* may be a gradient list */
+    MERGE_PARAM_KIND_BOOL,
+    MERGE_PARAM_KIND_INT,     /* a non-negative integer, no gradient */
+    MERGE_PARAM_KIND_CHOICE,  /* a string from `choices`, stored as its index */
+};
+
+struct merge_param_spec {
+    enum merge_param_id   id;
+    const char           *name;     /* as written in recipes: "weight", "density", ... */
+    enum merge_param_kind kind;
+    bool                  per_model; /* may be set per model (model entries, {"model": v} overrides) */
+    double                min, max;  /* inclusive range for NUMBER/INT */
+    const char *const    *choices;   /* NULL-terminated, for CHOICE */
+    const char           *help;
+};
+
+/* The table of all parameter specs, indexed by enum merge_param_id. */
+extern const struct merge_param_spec merge_param_specs[MERGE_PARAM_COUNT];
+const struct merge_param_spec *merge_param_find(const char *name);
+
+/* Parameters resolved for one tensor. */
+struct merge_tensor_params {
+    int      n_models;
+    double   weight[MERGE_MAX_MODELS];
+    double   density[MERGE_MAX_MODELS];
+    double   lambda;
+    bool     normalize;
+    double   t;
+    double   gamma;
+    double   epsilon;
+    uint64_t seed;
+    int      rescale;
+};
+
+/* Reusable per-thread buffers, so that merging thousands of tensors does not
+ * allocate for each. merge_scratch_get returns a buffer of at least `n`
+ * floats for `slot` (contents undefined), or NULL with an error. */
+#define MERGE_SCRATCH_SLOTS (MERGE_MAX_MODELS + 4)
+struct merge_scratch {
+    float  *buf[MERGE_SCRATCH_SLOTS];
+    size_t  cap[MERGE_SCRATCH_SLOTS];
+};
+float *merge_scratch_get(struct merge_scratch *s, int slot, size_t n);
+void merge_scratch_deinit(struct merge_scratch *s);
+
+/* One tensor to merge. `base` and `models[i]` hold n float32 values each and
+ * are read-only; `out` receives n values (it may alias nothing). */
+struct merge_tensor_job {
+    const char  *name;      /* full tensor name: part of the DARE/della mask seed */
+    uint64_t     n;
+    const float *base;
+    const float *const *models;
+    int          n_models;
+    const struct merge_tensor_params *params;
+    float       *out;
+    struct merge_scratch *scratch;
+};
+
+struct merge_method {
+    const char *name;            /* "ties" */
+    const char *summary;         /* one line for --help and the TUI */
+    const char *mergekit_name;   /* method name in mergekit YAML, NULL if none */
+    int         min_models, max_models;
+    /* Parameters this method accepts, terminated by MERGE_PARAM_COUNT, and
+     * their defaults (params not listed keep merge_tensor_params_default()). */
+    const enum merge_param_id *params;
+    void (*set_defaults)(struct merge_tensor_params *p);
+    /* Merges one tensor. 0 or a negative LM_E* code with a message. */
+    int (*merge_tensor)(const struct merge_tensor_job *job);
+};
+
+/* NULL-terminated registry, in the order --help lists them. */
+extern const struct merge_method *const merge_methods[];
+const struct merge_method *merge_method_find(const char *name);
+bool merge_method_takes(const struct merge_method *m, enum merge_param_id id);
+
+/* Defaults before a method's set_defaults: weight 1, density 1, lambda 1,
+ * normalize false, t 0.5, gamma 0.01, epsilon 0.15, seed 0, rescale 0. */
+void merge_tensor_params_default(struct merge_tensor_params *p, int n_models);
+
+/* The DARE/della keep decision for element `index` of tensor `name`: a pure
+ * function of (seed, name, index), uniform in [0, 1). */
+double merge_mask_uniform(uint64_t seed, const char *name, uint64_t index);
+uint64_t merge_name_hash(const char *name);
+
+/* ---- Additions below; declarations above are the fixed API. ---- */
+
+/* The mask stream of model `model` (0-based position in the recipe) for
+ * tensor `name`: merge_mask_uniform(seed, name, index) is
+ * merge_mask_uniform_model(seed, name, 0, index). Recipes' reproducibility
+ * depends on this function never changing:
+ *
+ *   mix(z)  = splitmix64's finaliser:
+ *             z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+ *             z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+ *             z ^ (z >> 31)
+ *   G       = 0x9e3779b97f4a7c15
+ *   h       = merge_name_hash(name): 64-bit FNV-1a over the name's bytes
+ *             (offset 0xcbf29ce484222325, prime 0x100000001b3; NULL = "")
+ *   key     = mix(mix(mix(seed + G) ^ h) + G * (model + 1))
+ *   u       = mix(key + G * (index + 1))    (the index-th output of a
+ *                                            SplitMix64 seeded with key)
+ *   result  = (u >> 11) * 2^-53             (in [0, 1), 53 bits)
+ *
+ * All arithmetic is modulo 2^64. An entry is kept when result < density. */
+double merge_mask_uniform_model(uint64_t seed, const char *name, uint64_t model, uint64_t index);
+
+/* The methods, also reachable through merge_methods[]. */
+extern const struct merge_method merge_method_linear;
+extern const struct merge_method merge_method_average;
+extern const struct merge_method merge_method_task_arithmetic;
+extern const struct merge_method merge_method_ties;
+extern const struct merge_method merge_method_dare_linear;
+extern const struct merge_method merge_method_dare_ties;
+extern const struct merge_method merge_method_slerp;
+extern const struct merge_method merge_method_breadcrumbs;
+extern const struct merge_method merge_method_della;
+
+/* Values of MERGE_PARAM_RESCALE (indices into its spec's choices). */
+enum merge_rescale {
+    MERGE_RESCALE_INVERSE = 0, /* survivors x 1/density (DARE paper); per-entry 1/p for della */
+    MERGE_RESCALE_L1      = 1, /* survivors x ||d||_1 / ||kept d||_1 (mergekit's rescale) */
+};
+
+/* For the method implementations (merge_*.c), not for callers. */
+
+/* Checks a job against method `m`: model count, params->n_models, and every
+ * parameter `m` takes (finite, within its spec's range). 0 or LM_EINVAL with
+ * a message naming the tensor. */
+int merge_job_check(const struct merge_method *m, const struct merge_tensor_job *job);
+
+/* merge_mask_uniform_model split in two, so that a loop over a tensor's
+ * entries hashes the name once: merge_mask_at(merge_mask_key(s, name, m), i)
+ * == merge_mask_uniform_model(s, name, m, i). */
+uint64_t merge_mask_key(uint64_t seed, const char *name, uint64_t model);
+double merge_mask_at(uint64_t key, uint64_t index);
+/* u[j] = merge_mask_at(key, index0 + j) for j < len. */
+void merge_mask_fill(double *u, uint64_t key, uint64_t index0, size_t len);
+
+/* How a generalized task arithmetic merge sparsifies each task vector. */
+enum merge_sparsify {
+    MERGE_SPARSIFY_NONE,      /* task_arithmetic */
+    MERGE_SPARSIFY_MAGNITUDE, /* ties: top density by |d| */
+    MERGE_SPARSIFY_RANDOM,    /* dare: keep with probability density */
+    MERGE_SPARSIFY_OUTLIERS,  /* breadcrumbs: drop the top gamma and the bottom */
+    MERGE_SPARSIFY_DELLA,     /* della: keep probability ranked by |d| */
+};
+
+/* mergekit's generalized task arithmetic for one checked job: sparsify each
+ * d_i = x_i - b, weight it, optionally elect signs (TIES "sum" consensus),
+ * sum, normalize, scale by lambda, add b. See merge_ties.c. Uses scratch
+ * slot 0 (ties, breadcrumbs, della) and, for della, slots 1 .. n_models
+ * (n floats) and MERGE_MAX_MODELS + 1, + 2 (2n floats). */
+int merge_gta_tensor(const struct merge_tensor_job *job, enum merge_sparsify sparsify,
+                     bool sign_consensus);
+
+/* DELLA's keep probabilities for one task vector d[0..n): entries ranked by
+ * |d| ascending (rank 0 smallest; equal magnitudes: the lower index ranks
+ * higher, as in select.h), p[e] = density - epsilon + 2 epsilon rank/(n-1)
+ * (0.5 in place of rank/(n-1) when n == 1). `ka`, `kb` are work space of n
+ * uint64 each; n must be below 2^32. See merge_della.c. */
+void merge_della_probs(float *p, const float *d, uint64_t n, double density, double epsilon,
+                       uint64_t *ka, uint64_t *kb);
+
+#endif

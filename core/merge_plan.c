@@ -1,0 +1,294 @@
+#include "merge_plan.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "lm_error.h"
+
+double merge_plan_interp(const double *v, size_t n, double t)
+{
+    if (n == 1 || t <= 0.0)
+        return v[0];
+    if (t >= 1.0)
+        return v[n - 1];
+    double pos = t * (double)(n - 1);
+    size_t i = (size_t)floor(pos);
+    if (i >= n - 1)
+        return v[n - 1];
+    double frac = pos - (double)i;
+    /* numpy.interp: left + slope * (x - xl); exact at the points. */
+    return v[i] + (v[i + 1] - v[i]) * frac;
+}
+
+/* Lists the parameter names `m` takes, for error messages. */
+static void list_params(const struct merge_method *m, char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (const enum merge_param_id *id = m->params; *id != MERGE_PARAM_COUNT; id++) {
+        int w = snprintf(buf + used, size - used, "%s%s", used ? ", " : "", merge_param_specs[*id].name);
+        if (w < 0 || (size_t)w >= size - used)
+            break;
+        used += (size_t)w;
+    }
+    if (!used)
+        snprintf(buf, size, "no parameters");
+}
+
+static int check_number(const char *path, const struct merge_param_spec *s, double v)
+{
+    if (!isfinite(v))
+        return lm_err(LM_EFORMAT, "%s: must be a finite number", path);
+    if (v < s->min || v > s->max)
+        return lm_err(LM_EFORMAT, "%s: %g is outside [%g, %g]", path, v, s->min, s->max);
+    if (s->kind == MERGE_PARAM_KIND_INT && v != floor(v))
+        return lm_err(LM_EFORMAT, "%s: %g must be a whole number", path, v);
+    return 0;
+}
+
+static int check_numbers(const char *path, const struct merge_param_spec *s,
+                         const double *v, size_t n)
+{
+    if (n > 1 && s->kind != MERGE_PARAM_KIND_NUMBER)
+        return lm_err(LM_EFORMAT, "%s: '%s' cannot be a gradient list", path, s->name);
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_number(path, s, v[i]);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Validates one parameter at `path`; `in_model` = inside a model entry,
+ * `per_model_ok` = PER_MODEL values allowed (overrides). */
+static int check_param(const struct merge_plan *plan, const char *path,
+                       const struct recipe_param *p, bool in_model, bool per_model_ok)
+{
+    const struct merge_param_spec *s = merge_param_find(p->name);
+    char names[256];
+    list_params(plan->method, names, sizeof(names));
+    if (!s)
+        return lm_err(LM_EFORMAT, "%s: unknown parameter '%s' (method '%s' takes %s)",
+                      path, p->name, plan->method->name, names);
+    if (!merge_method_takes(plan->method, s->id))
+        return lm_err(LM_EFORMAT, "%s: method '%s' does not take '%s' (it takes %s)",
+                      path, plan->method->name, p->name, names);
+    if (in_model && !s->per_model)
+        return lm_err(LM_EFORMAT, "%s: '%s' cannot be set per model", path, p->name);
+
+    const struct recipe_value *v = &p->value;
+    switch (v->kind) {
+    case RECIPE_VALUE_NUMBER:
+    case RECIPE_VALUE_LIST:
+        if (s->kind == MERGE_PARAM_KIND_BOOL || s->kind == MERGE_PARAM_KIND_CHOICE)
+            break;
+        return check_numbers(path, s, v->numbers, v->n_numbers);
+    case RECIPE_VALUE_BOOL:
+        if (s->kind == MERGE_PARAM_KIND_BOOL)
+            return 0;
+        break;
+    case RECIPE_VALUE_STRING:
+        if (s->kind == MERGE_PARAM_KIND_CHOICE) {
+            for (const char *const *c = s->choices; c && *c; c++)
+                if (strcmp(*c, v->string) == 0)
+                    return 0;
+            return lm_err(LM_EFORMAT, "%s: \"%s\" is not a valid value for '%s'",
+                          path, v->string, p->name);
+        }
+        break;
+    case RECIPE_VALUE_PER_MODEL:
+        if (!per_model_ok || !s->per_model)
+            return lm_err(LM_EFORMAT, "%s: '%s' cannot be given per model here", path, p->name);
+        for (size_t i = 0; i < v->n_per_model; i++) {
+            char sub[512];
+            snprintf(sub, sizeof(sub), "%s.%s", path, v->per_model[i].model);
+            if (!recipe_find_model(plan->recipe, v->per_model[i].model))
+                return lm_err(LM_EFORMAT, "%s: no model named '%s'", sub, v->per_model[i].model);
+            int rc = check_numbers(sub, s, v->per_model[i].numbers, v->per_model[i].n_numbers);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    static const char *const kind_words[] = {
+        [MERGE_PARAM_KIND_NUMBER] = "a number or a list of numbers",
+        [MERGE_PARAM_KIND_BOOL] = "true or false",
+        [MERGE_PARAM_KIND_INT] = "a whole number",
+        [MERGE_PARAM_KIND_CHOICE] = "a string",
+    };
+    return lm_err(LM_EFORMAT, "%s: '%s' must be %s", path, p->name, kind_words[s->kind]);
+}
+
+int merge_plan_init(struct merge_plan *plan, const struct recipe *r)
+{
+    memset(plan, 0, sizeof(*plan));
+    plan->recipe = r;
+    plan->n_models = (int)r->n_models;
+    const char *label = r->source_path ? r->source_path : "recipe";
+    if (!r->method)
+        return lm_err(LM_EFORMAT, "%s: method: missing", label);
+    plan->method = merge_method_find(r->method);
+    if (!plan->method) {
+        char names[256] = "";
+        size_t used = 0;
+        for (const struct merge_method *const *m = merge_methods; *m; m++) {
+            int w = snprintf(names + used, sizeof(names) - used, "%s%s", used ? ", " : "", (*m)->name);
+            if (w > 0 && (size_t)w < sizeof(names) - used)
+                used += (size_t)w;
+        }
+        return lm_err(LM_EFORMAT, "%s: method: unknown method '%s' (known: %s)", label, r->method, names);
+    }
+    const struct merge_method *m = plan->method;
+    if (r->n_models > MERGE_MAX_MODELS)
+        return lm_err(LM_EFORMAT, "%s: models: %zu models, at most %d supported",
+                      label, r->n_models, MERGE_MAX_MODELS);
+    if ((int)r->n_models < m->min_models || (int)r->n_models > m->max_models) {
+        if (m->min_models == m->max_models)
+            return lm_err(LM_EFORMAT, "%s: models: method '%s' needs exactly %d model(s) besides the base, got %zu",
+                          label, m->name, m->min_models, r->n_models);
+        return lm_err(LM_EFORMAT, "%s: models: method '%s' needs at least %d model(s), got %zu",
+                      label, m->name, m->min_models, r->n_models);
+    }
+
+    char path[512];
+    for (size_t i = 0; i < r->n_params; i++) {
+        snprintf(path, sizeof(path), "%s: params.%s", label, r->params[i].name);
+        int rc = check_param(plan, path, &r->params[i], false, false);
+        if (rc)
+            return rc;
+    }
+    for (size_t mi = 0; mi < r->n_models; mi++) {
+        const struct recipe_model *model = &r->models[mi];
+        for (size_t i = 0; i < model->n_params; i++) {
+            snprintf(path, sizeof(path), "%s: models[%zu].%s", label, mi, model->params[i].name);
+            int rc = check_param(plan, path, &model->params[i], true, false);
+            if (rc)
+                return rc;
+        }
+    }
+    for (size_t oi = 0; oi < r->n_overrides; oi++) {
+        const struct recipe_override *o = &r->overrides[oi];
+        for (size_t i = 0; i < o->n_params; i++) {
+            snprintf(path, sizeof(path), "%s: overrides[%zu].params.%s", label, oi, o->params[i].name);
+            int rc = check_param(plan, path, &o->params[i], false, true);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+bool merge_plan_override_matches(const struct recipe_override *o, const char *name,
+                                 const struct tn_info *info)
+{
+    if (!o->all_layers) {
+        bool in = false;
+        for (size_t i = 0; i < o->n_layers && !in; i++)
+            in = info->layer >= o->layers[i].first && info->layer <= o->layers[i].last;
+        if (!in)
+            return false;
+    }
+    if (o->n_modules == 0)
+        return true;
+    for (size_t i = 0; i < o->n_modules; i++)
+        if (tn_match_module(name, info, o->modules[i]))
+            return true;
+    return false;
+}
+
+static double value_number(const double *v, size_t n, double t)
+{
+    return merge_plan_interp(v, n, t);
+}
+
+/* Writes one parameter value into `out` for model `model` (-1 = all). */
+static void apply_number(struct merge_tensor_params *out, enum merge_param_id id, int model, double x)
+{
+    switch (id) {
+    case MERGE_PARAM_WEIGHT:
+    case MERGE_PARAM_DENSITY:
+        for (int i = 0; i < out->n_models; i++) {
+            if (model >= 0 && i != model)
+                continue;
+            if (id == MERGE_PARAM_WEIGHT)
+                out->weight[i] = x;
+            else
+                out->density[i] = x;
+        }
+        break;
+    case MERGE_PARAM_LAMBDA:    out->lambda = x; break;
+    case MERGE_PARAM_NORMALIZE: out->normalize = x != 0; break;
+    case MERGE_PARAM_T:         out->t = x; break;
+    case MERGE_PARAM_GAMMA:     out->gamma = x; break;
+    case MERGE_PARAM_EPSILON:   out->epsilon = x; break;
+    case MERGE_PARAM_SEED:      out->seed = (uint64_t)x; break;
+    case MERGE_PARAM_RESCALE:   out->rescale = (int)x; break;
+    case MERGE_PARAM_COUNT:     break;
+    }
+}
+
+static int model_index(const struct recipe *r, const char *name)
+{
+    for (size_t i = 0; i < r->n_models; i++)
+        if (strcmp(r->models[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void apply_param(const struct recipe *r, struct merge_tensor_params *out,
+                        const struct recipe_param *p, int model, double t)
+{
+    const struct merge_param_spec *s = merge_param_find(p->name);
+    if (!s)
+        return; /* merge_plan_init rejected it already */
+    const struct recipe_value *v = &p->value;
+    switch (v->kind) {
+    case RECIPE_VALUE_NUMBER:
+    case RECIPE_VALUE_LIST:
+        apply_number(out, s->id, model, value_number(v->numbers, v->n_numbers, t));
+        break;
+    case RECIPE_VALUE_BOOL:
+        apply_number(out, s->id, model, v->boolean ? 1.0 : 0.0);
+        break;
+    case RECIPE_VALUE_STRING:
+        for (int c = 0; s->choices && s->choices[c]; c++)
+            if (strcmp(s->choices[c], v->string) == 0)
+                apply_number(out, s->id, model, (double)c);
+        break;
+    case RECIPE_VALUE_PER_MODEL:
+        for (size_t i = 0; i < v->n_per_model; i++) {
+            int mi = model_index(r, v->per_model[i].model);
+            if (mi >= 0)
+                apply_number(out, s->id, mi,
+                             value_number(v->per_model[i].numbers, v->per_model[i].n_numbers, t));
+        }
+        break;
+    }
+}
+
+void merge_plan_resolve(const struct merge_plan *plan, const char *name,
+                        const struct tn_info *info, struct merge_tensor_params *out)
+{
+    const struct recipe *r = plan->recipe;
+    merge_tensor_params_default(out, plan->n_models);
+    if (plan->method->set_defaults)
+        plan->method->set_defaults(out);
+
+    double t = 0.0;
+    if (info->layer >= 0 && plan->n_layers > 1)
+        t = (double)info->layer / (double)(plan->n_layers - 1);
+
+    for (size_t i = 0; i < r->n_params; i++)
+        apply_param(r, out, &r->params[i], -1, t);
+    for (size_t mi = 0; mi < r->n_models; mi++)
+        for (size_t i = 0; i < r->models[mi].n_params; i++)
+            apply_param(r, out, &r->models[mi].params[i], (int)mi, t);
+    for (size_t oi = 0; oi < r->n_overrides; oi++) {
+        const struct recipe_override *o = &r->overrides[oi];
+        if (!merge_plan_override_matches(o, name, info))
+            continue;
+        for (size_t i = 0; i < o->n_params; i++)
+            apply_param(r, out, &o->params[i], -1, t);
+    }
+}

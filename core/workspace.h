@@ -1,0 +1,163 @@
+/* The workspace: what the CLI and the TUI drive. It opens a recipe's base
+ * and models once (memory-mapped), lines up their tensors, and then on
+ * demand computes task-vector statistics, merges single tensors or layers in
+ * memory, or streams the whole merged model to disk.
+ *
+ * Tensor line-up rules (DESIGN.md section 4):
+ * - every model must have every tensor of the base with the same shape, and
+ *   no extra ones; only F32/F16/BF16 tensors can be merged;
+ * - a model whose config ties embeddings and has no lm_head.weight uses its
+ *   embed_tokens as lm_head; when the models disagree about tying, lm_head is
+ *   materialised for all of them and the output is untied;
+ * - embedding and lm_head rows may differ between models only when the
+ *   recipe's output.vocab says "truncate" (to the smallest) or "pad" (to the
+ *   largest; missing rows of a model are the base's rows, missing base rows
+ *   are zero); otherwise it is an error naming the models and sizes.
+ *
+ * Everything a merge produces is a pure function of the recipe and the
+ * input bytes: the thread count changes the speed, never the bits. */
+#ifndef LM_CORE_WORKSPACE_H
+#define LM_CORE_WORKSPACE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "hf_config.h"
+#include "merge_method.h"
+#include "recipe.h"
+#include "safetensors.h"
+#include "stats.h"
+#include "tensor_name.h"
+
+/* Long work reports progress in [0, 1] with a short label; returning false
+ * cancels it (the call then fails with LM_ECANCELED). NULL = no reports. */
+typedef bool (*lm_progress_fn)(double frac, const char *what, void *ud);
+
+#define WS_MAX_SOURCES (1 + MERGE_MAX_MODELS)
+
+struct ws_model {
+    char *name;               /* "base" or the recipe's model name */
+    char *dir;                /* resolved directory */
+    struct hf_config config;  /* zeroed when the directory has no config.json */
+    bool has_config;
+    struct st_set *weights;
+};
+
+struct ws_tensor {
+    char *name;
+    struct tn_info info;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];   /* output shape */
+    uint64_t n_elements;
+    enum lm_dtype base_dtype;
+    /* [0] = base, [1 + i] = model i: the tensor read (embed_tokens for a
+     * tied lm_head) and the number of rows it has (vocab tensors only may
+     * differ from shape[0]). */
+    const struct st_tensor *src[WS_MAX_SOURCES];
+    int64_t src_rows[WS_MAX_SOURCES];
+};
+
+struct ws_params {
+    int n_threads;   /* <= 0: one per CPU */
+};
+struct ws_params ws_default_params(void);
+
+struct workspace;
+
+/* Opens everything the recipe names (it is copied). NULL with an error
+ * naming the model, file or tensor. */
+struct workspace *ws_open(const struct recipe *r, struct ws_params params);
+void ws_free(struct workspace *ws);
+
+const struct recipe *ws_recipe(const struct workspace *ws);
+const struct merge_method *ws_method(const struct workspace *ws);
+int ws_n_models(const struct workspace *ws);                /* not counting the base */
+/* i = -1 is the base, 0..n-1 the models. */
+const struct ws_model *ws_model(const struct workspace *ws, int i);
+size_t ws_n_tensors(const struct workspace *ws);            /* output tensors, in output order */
+const struct ws_tensor *ws_tensor(const struct workspace *ws, size_t i);
+/* Index of a tensor by name, or -1. */
+long ws_find_tensor(const struct workspace *ws, const char *name);
+int ws_n_layers(const struct workspace *ws);
+bool ws_output_tied(const struct workspace *ws);            /* output has no lm_head tensor */
+int64_t ws_output_vocab(const struct workspace *ws);        /* embedding rows written */
+/* Human-readable notes found while opening (config differences, tying
+ * decisions), one per line; "" when none. */
+const char *ws_notes(const struct workspace *ws);
+
+/* The parameters tensor i is merged with. */
+void ws_tensor_params(const struct workspace *ws, size_t i, struct merge_tensor_params *out);
+
+/* Replaces the recipe (same base and models, by name and path; method,
+ * params and overrides may change). Tensors whose resolved parameters
+ * changed lose their cached merge and statistics; `changed`, if non-NULL,
+ * receives ws_n_tensors() flags. 0 or an error (the old recipe stays). */
+int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed);
+
+/* ===== Statistics ===== */
+
+/* Computes statistics for every tensor that has none yet (all threads). */
+int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud);
+/* Statistics of tensor i, or NULL when not computed yet. */
+const struct stats_raw *ws_tensor_stats(const struct workspace *ws, size_t i);
+
+enum ws_stats_by {
+    WS_STATS_BY_TENSOR,  /* one row per tensor */
+    WS_STATS_BY_LAYER,   /* one row per layer, plus one per non-layer tensor group */
+    WS_STATS_BY_MODULE,  /* one row per (layer, module group) */
+};
+
+struct ws_stats_row {
+    char label[160];      /* tensor name, "layer 3", "layer 3 mlp", "embed", ... */
+    int layer;            /* -1 for rows outside the layer stack */
+    enum tn_group group;  /* TN_GROUP_COUNT for whole-layer rows */
+    struct stats_raw raw;
+};
+
+/* Aggregates computed statistics; caller frees *rows. Tensors without
+ * statistics are skipped. */
+int ws_stats_rows(const struct workspace *ws, enum ws_stats_by by,
+                  struct ws_stats_row **rows, size_t *n_rows);
+
+/* ===== Merging ===== */
+
+/* Buffers one thread reuses across tensors: float32 copies of the inputs,
+ * and the method's own scratch. Zero-initialise; ws_scratch_deinit frees. */
+struct ws_scratch {
+    struct merge_scratch inputs;
+    struct merge_scratch method;
+};
+void ws_scratch_deinit(struct ws_scratch *s);
+
+/* Merges tensor i into `out` (n_elements float32). Single-threaded; safe to
+ * call from several threads at once with different scratch. */
+int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratch *scratch);
+
+/* Merges every tensor of `layer` (-1: the tensors outside the layer stack)
+ * into the in-memory cache, in parallel; tensors already cached are kept. */
+int ws_merge_layer(struct workspace *ws, int layer, lm_progress_fn progress, void *ud);
+/* The cached merged tensor i (float32), or NULL. */
+const float *ws_merged(const struct workspace *ws, size_t i);
+/* Drops every cached merge. */
+void ws_drop_merged(struct workspace *ws);
+
+struct ws_write_params {
+    int out_dtype;          /* an enum lm_dtype, or -1: output.dtype, else each base tensor's dtype */
+    uint64_t shard_size;    /* 0: output.shard_size, else 5 GB */
+};
+struct ws_write_params ws_default_write_params(void);
+
+/* Writes the merged model as an HF directory: weights (sharded when larger
+ * than the shard size), config.json from output.config_from with
+ * tie_word_embeddings, torch_dtype and vocab_size made true, the tokenizer
+ * files of output.tokenizer_from, generation_config.json, the recipe
+ * (mergescope-recipe.json, model paths made absolute) and a README.md model
+ * card. Everything is written into a staging directory beside `out_dir`
+ * and moved into place only when complete, so a failure or cancellation
+ * leaves an existing `out_dir` untouched. */
+int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params params,
+             lm_progress_fn progress, void *ud);
+
+#endif

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The headless commands as a user runs them: help, exit codes, error
+# messages, stats in three formats, merge output layout, export.
+# $1 = the mergescope binary; MS_MKFIXTURE = the fixture writer.
+set -u
+ms="$1"
+mk="${MS_MKFIXTURE:?MS_MKFIXTURE not set}"
+tmp=$(mktemp -d /tmp/ms-test-cli-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+n=0 failed=0
+
+check() { # check DESCRIPTION COMMAND...
+    local descr="$1"; shift
+    n=$((n + 1))
+    if "$@"; then
+        echo "$n - $descr: PASSED"
+    else
+        echo "$n - $descr: FAILED"
+        failed=$((failed + 1))
+    fi
+}
+
+# run EXPECTED_STATUS CMD... ; keeps stdout in $tmp/out and stderr in $tmp/err
+run() {
+    local want="$1"; shift
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    local got=$?
+    if [ "$got" != "$want" ]; then
+        echo "      exit status $got, expected $want; stderr:"; sed 's/^/      /' "$tmp/err"
+        return 1
+    fi
+}
+err_has() { grep -q -- "$1" "$tmp/err" || { echo "      stderr lacks '$1':"; sed 's/^/      /' "$tmp/err"; return 1; }; }
+out_has() { grep -q -- "$1" "$tmp/out" || { echo "      stdout lacks '$1':"; head -5 "$tmp/out" | sed 's/^/      /'; return 1; }; }
+export tmp
+export -f run err_has out_has
+
+"$mk" "$tmp/m" 3 || { echo "cannot make fixtures"; exit 1; }
+cat >"$tmp/m/ties.json" <<'JSON'
+{
+  "format": "mergescope-recipe/1",
+  "base": "quick",
+  "models": [ { "name": "long", "path": "long", "weight": 0.7 } ],
+  "method": "ties",
+  "params": { "lambda": 1.0, "density": 0.2, "normalize": true },
+  "overrides": [ { "layers": "0-1", "modules": "mlp", "params": { "weight": { "long": 0.5 } } } ],
+  "output": { "dtype": "bf16", "config_from": "long", "tokenizer_from": "long" }
+}
+JSON
+
+check "top-level --help lists the commands and methods" \
+    bash -c "run 0 '$ms' --help && out_has 'merge' && out_has 'ties' && out_has 'dare_ties'"
+for cmd in stats merge export; do
+    check "$cmd --help exits 0 with usage" bash -c "run 0 '$ms' $cmd --help && out_has 'usage: mergescope $cmd'"
+done
+check "unknown command exits 2" bash -c "run 2 '$ms' frobnicate && err_has 'unknown command'"
+check "merge without -o exits 2" bash -c "run 2 '$ms' merge '$tmp/m/ties.json' && err_has 'missing -o'"
+check "bad --dtype exits 2" bash -c "run 2 '$ms' merge '$tmp/m/ties.json' -o '$tmp/o' --dtype f8"
+
+check "stats table by layer has a row per layer" \
+    bash -c "run 0 '$ms' stats '$tmp/m/ties.json' && out_has '^layer 0' && out_has '^layer 2' && out_has 'rel(long)' && out_has 'sign_flip'"
+check "stats csv has a header and one row per tensor (38 + lm_head)" \
+    bash -c "run 0 '$ms' stats '$tmp/m/ties.json' --format csv --by tensor && out_has '^name,layer,n_elements,norm(long)' && [ \$(wc -l <'$tmp/out') -eq 40 ]"
+check "stats json has rows with per-model numbers" \
+    bash -c "run 0 '$ms' stats '$tmp/m/ties.json' --format json --by module && out_has '\"rows\"' && out_has '\"layer 1 mlp\"' && out_has '\"topk_energy\"'"
+check "stats with --base/--model compares two task vectors" \
+    bash -c "run 0 '$ms' stats --base '$tmp/m/base' --model '$tmp/m/quick' --model '$tmp/m/long' && out_has 'cos(quick,long)' && out_has 'ties_conflict'"
+check "stats on a missing directory exits 3 naming it" \
+    bash -c "run 3 '$ms' stats --base '$tmp/m/nope' --model '$tmp/m/long' && err_has 'nope'"
+
+check "merge writes an HF directory" \
+    bash -c "run 0 '$ms' merge '$tmp/m/ties.json' -o '$tmp/merged' && for f in model.safetensors config.json tokenizer_config.json mergescope-recipe.json README.md; do [ -f '$tmp/merged/'\$f ] || exit 1; done"
+check "merge reports configs that differ" bash -c "err_has 'max_position_embeddings'"
+check "merged config says untied bf16" \
+    bash -c "grep -q '\"tie_word_embeddings\":[[:space:]]*false' '$tmp/merged/config.json' && grep -q 'bfloat16' '$tmp/merged/config.json'"
+check "rerunning the saved recipe gives identical weights" \
+    bash -c "run 0 '$ms' merge '$tmp/merged/mergescope-recipe.json' -o '$tmp/merged2' --threads 1 && cmp '$tmp/merged/model.safetensors' '$tmp/merged2/model.safetensors'"
+check "sharded merge writes an index" \
+    bash -c "run 0 '$ms' merge '$tmp/m/ties.json' -o '$tmp/merged3' --shard-size 2KB && [ -f '$tmp/merged3/model.safetensors.index.json' ] && ls '$tmp/merged3' | grep -q 'model-00001-of-'"
+check "merging again into a sharded directory as one file removes the stale shards" \
+    bash -c "run 0 '$ms' merge '$tmp/m/ties.json' -o '$tmp/merged3' && [ -f '$tmp/merged3/model.safetensors' ] && ! ls '$tmp/merged3' | grep -q 'model-0000' && [ ! -f '$tmp/merged3/model.safetensors.index.json' ]"
+
+printf '{"format": "mergescope-recipe/1", "base": "quick", "models": [{"name": "long", "path": "long"}], "method": "ties", "bogus": 1}' >"$tmp/m/bad.json"
+check "unknown recipe key exits 3 naming the key" bash -c "run 3 '$ms' merge '$tmp/m/bad.json' -o '$tmp/o' && err_has 'bogus'"
+printf '{"format": "mergescope-recipe/1", "base": "quick", "models": [{"name": "long", "path": "long"}], "method": "ties", "params": {"density": 2}}' >"$tmp/m/range.json"
+check "out-of-range parameter exits 3 naming it" bash -c "run 3 '$ms' merge '$tmp/m/range.json' -o '$tmp/o' && err_has 'params.density'"
+printf '{"format": "mergescope-recipe/1", "base": "quick", "models": [' >"$tmp/m/trunc.json"
+check "truncated recipe exits 3" bash -c "run 3 '$ms' merge '$tmp/m/trunc.json' -o '$tmp/o' && err_has 'trunc.json'"
+check "failed merges leave no output and no staging directory" \
+    bash -c "[ ! -e '$tmp/o' ] && ! ls '$tmp' | grep -q partial"
+head -c 100 "$tmp/m/long/model.safetensors" >"$tmp/short.safetensors"
+mkdir -p "$tmp/broken" && cp "$tmp/m/long/config.json" "$tmp/broken/" && mv "$tmp/short.safetensors" "$tmp/broken/model.safetensors"
+check "a truncated weights file exits 3 naming the file" \
+    bash -c "run 3 '$ms' stats --base '$tmp/m/quick' --model '$tmp/broken' && err_has 'broken/model.safetensors'"
+
+check "export prints mergekit YAML" \
+    bash -c "run 0 '$ms' export '$tmp/m/ties.json' --to mergekit && out_has 'merge_method: ties' && out_has 'base_model' && out_has 'density'"
+check "export warns about what mergekit cannot express" bash -c "err_has 'warning'"
+check "export to an unknown format exits 2" bash -c "run 2 '$ms' export '$tmp/m/ties.json' --to gguf"
+
+echo "$((n - failed)) passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,137 @@
+/* Recipe parameters resolved per tensor: defaults, globals, per-model
+ * values, gradients over layers, ordered overrides; validation messages;
+ * tensor-name classification. */
+#include <string.h>
+
+#include "lm_error.h"
+#include "merge_plan.h"
+#include "test.h"
+
+static struct recipe *parse(const char *json)
+{
+    struct recipe *r = recipe_parse(json, strlen(json), "plan.json", ".");
+    if (!r)
+        printf("      parse error: %s\n", lm_last_error());
+    return r;
+}
+
+static void resolve(const struct merge_plan *p, const char *name, struct merge_tensor_params *out)
+{
+    struct tn_info info;
+    tn_classify(name, &info);
+    merge_plan_resolve(p, name, &info, out);
+}
+
+/* Expects merge_plan_init to fail with a message containing `needle`. */
+static void expect_invalid(const char *descr, const char *json, const char *needle)
+{
+    struct recipe *r = parse(json);
+    struct merge_plan p;
+    int rc = r ? merge_plan_init(&p, r) : 0;
+    bool ok = r && rc == LM_EFORMAT && strstr(lm_last_error(), needle);
+    TEST_COND(descr, ok);
+    if (!ok)
+        printf("      rc %d, message: %s\n", rc, lm_last_error());
+    recipe_free(r);
+}
+
+int main(void)
+{
+    struct tn_info info;
+    tn_classify("model.layers.12.self_attn.q_proj.weight", &info);
+    TEST_COND("layer 12 q_proj is attention", info.layer == 12 && info.group == TN_GROUP_ATTN &&
+              strcmp(info.proj, "q_proj") == 0);
+    tn_classify("model.layers.3.mlp.down_proj.weight", &info);
+    TEST_COND("down_proj is mlp", info.layer == 3 && info.group == TN_GROUP_MLP && strcmp(info.proj, "down_proj") == 0);
+    tn_classify("model.layers.0.post_attention_layernorm.weight", &info);
+    TEST_COND("layernorm is a norm", info.layer == 0 && info.group == TN_GROUP_NORM);
+    tn_classify("model.layers.5.self_attn.q_norm.weight", &info);
+    TEST_COND("Qwen3 q_norm is a norm matched by self_attn",
+              info.group == TN_GROUP_NORM && tn_match_module("model.layers.5.self_attn.q_norm.weight", &info, "self_attn"));
+    tn_classify("model.embed_tokens.weight", &info);
+    TEST_COND("embeddings outside the layer stack", info.layer == -1 && info.group == TN_GROUP_EMBED);
+    tn_classify("lm_head.weight", &info);
+    TEST_COND("lm_head", info.layer == -1 && info.group == TN_GROUP_LM_HEAD);
+    tn_classify("model.norm.weight", &info);
+    TEST_COND("final norm", info.layer == -1 && info.group == TN_GROUP_NORM);
+    TEST_COND("layers sort numerically (2 before 10)",
+              tn_compare_names("model.layers.2.mlp.up_proj.weight", "model.layers.10.mlp.up_proj.weight") < 0);
+    TEST_COND("embeddings sort first", tn_compare_names("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight") < 0);
+    TEST_COND("lm_head sorts after layers", tn_compare_names("lm_head.weight", "model.layers.27.mlp.up_proj.weight") > 0);
+
+    double g[3] = { 0.0, 1.0, 0.5 };
+    TEST_NEAR("interp at t=0", merge_plan_interp(g, 3, 0.0), 0.0, 0);
+    TEST_NEAR("interp at t=0.25", merge_plan_interp(g, 3, 0.25), 0.5, 1e-15);
+    TEST_NEAR("interp at t=0.5 hits the middle point", merge_plan_interp(g, 3, 0.5), 1.0, 0);
+    TEST_NEAR("interp at t=0.75", merge_plan_interp(g, 3, 0.75), 0.75, 1e-15);
+    TEST_NEAR("interp at t=1", merge_plan_interp(g, 3, 1.0), 0.5, 0);
+
+    const char *json =
+        "{\"format\": \"mergescope-recipe/1\", \"base\": \"b\","
+        " \"models\": [{\"name\": \"a\", \"path\": \"a\", \"weight\": 0.7},"
+        "              {\"name\": \"c\", \"path\": \"c\", \"weight\": [0.0, 1.0], \"density\": 0.9}],"
+        " \"method\": \"ties\", \"params\": {\"density\": 0.2, \"lambda\": [1.0, 2.0, 0.0], \"normalize\": false},"
+        " \"overrides\": ["
+        "   {\"layers\": \"0-1\", \"modules\": \"mlp\", \"params\": {\"weight\": {\"a\": 0.5}}},"
+        "   {\"layers\": [1], \"modules\": [\"mlp\", \"q_proj\"], \"params\": {\"density\": 0.4}},"
+        "   {\"modules\": \"embed\", \"params\": {\"lambda\": 3.0}},"
+        "   {\"layers\": \"1\", \"params\": {\"density\": 0.6}}"
+        " ]}";
+    struct recipe *r = parse(json);
+    struct merge_plan p;
+    TEST_COND("recipe with gradients and overrides validates", r && merge_plan_init(&p, r) == 0);
+    if (r) {
+        p.n_layers = 5; /* t = layer / 4 */
+        struct merge_tensor_params prm;
+        resolve(&p, "model.layers.0.self_attn.k_proj.weight", &prm);
+        TEST_NEAR("layer 0: global density for a", prm.density[0], 0.2, 0);
+        TEST_NEAR("layer 0: model density for c", prm.density[1], 0.9, 0);
+        TEST_NEAR("layer 0: weight a", prm.weight[0], 0.7, 0);
+        TEST_NEAR("layer 0: weight gradient for c starts at 0", prm.weight[1], 0.0, 0);
+        TEST_NEAR("layer 0: lambda gradient starts at 1", prm.lambda, 1.0, 0);
+        TEST_COND("normalize false from params (ties defaults to true)", !prm.normalize);
+        resolve(&p, "model.layers.2.self_attn.k_proj.weight", &prm);
+        TEST_NEAR("layer 2 (t=0.5): weight c = 0.5", prm.weight[1], 0.5, 1e-15);
+        TEST_NEAR("layer 2 (t=0.5): lambda = 2", prm.lambda, 2.0, 1e-15);
+        resolve(&p, "model.layers.3.self_attn.k_proj.weight", &prm);
+        TEST_NEAR("layer 3 (t=0.75): lambda = 1", prm.lambda, 1.0, 1e-15);
+        resolve(&p, "model.layers.0.mlp.up_proj.weight", &prm);
+        TEST_NEAR("layer 0 mlp: per-model override sets a's weight", prm.weight[0], 0.5, 0);
+        TEST_NEAR("layer 0 mlp: c's weight untouched", prm.weight[1], 0.0, 0);
+        resolve(&p, "model.layers.1.mlp.up_proj.weight", &prm);
+        TEST_NEAR("layer 1 mlp: the last matching override wins (0.6)", prm.density[0], 0.6, 0);
+        TEST_NEAR("layer 1 mlp: scalar override applies to every model", prm.density[1], 0.6, 0);
+        resolve(&p, "model.layers.1.self_attn.q_proj.weight", &prm);
+        TEST_NEAR("layer 1 q_proj: later layer-only override wins", prm.density[0], 0.6, 0);
+        resolve(&p, "model.layers.2.self_attn.q_proj.weight", &prm);
+        TEST_NEAR("layer 2 q_proj: no override", prm.density[0], 0.2, 0);
+        resolve(&p, "model.embed_tokens.weight", &prm);
+        TEST_NEAR("embeddings: module override lambda 3", prm.lambda, 3.0, 0);
+        TEST_NEAR("embeddings take the first gradient value for c's weight", prm.weight[1], 0.0, 0);
+        resolve(&p, "lm_head.weight", &prm);
+        TEST_NEAR("lm_head takes the first lambda value", prm.lambda, 1.0, 0);
+    }
+    recipe_free(r);
+
+    const char *head = "{\"format\": \"mergescope-recipe/1\", \"base\": \"b\", \"models\": [{\"name\": \"a\", \"path\": \"a\"}], ";
+    char buf[1024];
+#define INVALID(descr, tail, needle) \
+    snprintf(buf, sizeof(buf), "%s%s", head, tail); expect_invalid(descr, buf, needle)
+    INVALID("unknown method is named", "\"method\": \"tiez\"}", "unknown method 'tiez'");
+    INVALID("unknown parameter is named with its path", "\"method\": \"ties\", \"params\": {\"densty\": 0.2}}", "params.densty");
+    INVALID("parameter the method does not take", "\"method\": \"task_arithmetic\", \"params\": {\"t\": 0.5}}", "does not take 't'");
+    INVALID("density out of range", "\"method\": \"ties\", \"params\": {\"density\": 1.5}}", "outside [0, 1]");
+    INVALID("gradient entry out of range", "\"method\": \"ties\", \"params\": {\"density\": [0.5, -0.1]}}", "params.density");
+    INVALID("bool given a number", "\"method\": \"ties\", \"params\": {\"normalize\": 1}}", "true or false");
+    INVALID("seed must be whole", "\"method\": \"dare_ties\", \"params\": {\"seed\": 1.5}}", "whole number");
+    INVALID("rescale choice checked", "\"method\": \"dare_ties\", \"params\": {\"rescale\": \"l2\"}}", "rescale");
+    INVALID("lambda cannot be per model", "\"method\": \"ties\", \"overrides\": [{\"params\": {\"lambda\": {\"a\": 1}}}]}",
+            "overrides[0].params.lambda");
+    expect_invalid("slerp needs exactly one model",
+                   "{\"format\": \"mergescope-recipe/1\", \"base\": \"b\", \"method\": \"slerp\","
+                   " \"models\": [{\"name\": \"a\", \"path\": \"a\"}, {\"name\": \"c\", \"path\": \"c\"}]}",
+                   "exactly 1");
+    INVALID("average takes no weights", "\"method\": \"average\", \"params\": {\"weight\": 1}}", "does not take 'weight'");
+#undef INVALID
+    return test_report();
+}

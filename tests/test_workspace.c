@@ -1,0 +1,433 @@
+/* End to end below the CLI: a tiny trio written by an independent writer
+ * (tests/fixture.h), opened by the workspace, merged to disk, read back and
+ * compared with expectations computed here in double precision. */
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fixture.h"
+#include "fsutil.h"
+#include "lm_error.h"
+#include "safetensors.h"
+#include "test.h"
+#include "workspace.h"
+
+static char root[256];
+
+static struct recipe *parse(const char *json)
+{
+    struct recipe *r = recipe_parse(json, strlen(json), "test-recipe.json", root);
+    if (!r)
+        printf("      recipe error: %s\n", lm_last_error());
+    return r;
+}
+
+static struct workspace *open_json(const char *json, int threads)
+{
+    struct recipe *r = parse(json);
+    if (!r)
+        return NULL;
+    struct ws_params p = ws_default_params();
+    p.n_threads = threads;
+    struct workspace *ws = ws_open(r, p);
+    if (!ws)
+        printf("      open error: %s\n", lm_last_error());
+    recipe_free(r);
+    return ws;
+}
+
+/* The tensor as the model serves it: lm_head of a tied model = embeddings. */
+static const struct fx_tensor *served(const struct fx_model *m, const char *name)
+{
+    const struct fx_tensor *t = fx_find(m, name);
+    if (!t && strcmp(name, "lm_head.weight") == 0 && m->tied)
+        t = fx_find(m, "model.embed_tokens.weight");
+    return t;
+}
+
+static float *read_tensor_f32(const struct st_set *s, const char *name, size_t *n)
+{
+    const struct st_tensor *t = st_set_find(s, name);
+    if (!t || t->dtype != LM_DTYPE_F32)
+        return NULL;
+    *n = (size_t)t->n_elements;
+    float *out = malloc(t->nbytes ? t->nbytes : 1);
+    memcpy(out, t->data, t->nbytes);
+    return out;
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    return (unsigned char *)lm_read_file(path, (size_t)1 << 30, len);
+}
+
+static bool files_equal(const char *a, const char *b)
+{
+    size_t la, lb;
+    unsigned char *x = slurp(a, &la), *y = slurp(b, &lb);
+    bool eq = x && y && la == lb && memcmp(x, y, la) == 0;
+    free(x);
+    free(y);
+    return eq;
+}
+
+static bool no_partial_dirs(void)
+{
+    DIR *d = opendir(root);
+    struct dirent *e;
+    bool clean = true;
+    while (d && (e = readdir(d)) != NULL)
+        if (strstr(e->d_name, ".partial-"))
+            clean = false;
+    if (d)
+        closedir(d);
+    return clean;
+}
+
+static bool cancel_at_half(double frac, const char *what, void *ud)
+{
+    (void)what;
+    (void)ud;
+    return frac < 0.5;
+}
+
+/* Naive TIES for one tensor: sort-based top-k with ties by lower index. */
+static double *naive_ties(const float *b, const float *const *x, int m, size_t n, double density,
+                          const double *w, double lambda)
+{
+    double *out = calloc(n, sizeof(double));
+    double *trim = calloc(n * (size_t)m, sizeof(double));
+    size_t k = (size_t)(density * (double)n);
+    for (int i = 0; i < m; i++) {
+        /* selection by repeated max: fine for tiny tensors */
+        char *kept = calloc(n, 1);
+        for (size_t c = 0; c < k; c++) {
+            size_t best = n;
+            for (size_t e = 0; e < n; e++) {
+                if (kept[e])
+                    continue;
+                double a = fabs((double)x[i][e] - (double)b[e]);
+                if (best == n || a > fabs((double)x[i][best] - (double)b[best]))
+                    best = e;
+            }
+            kept[best] = 1;
+        }
+        for (size_t e = 0; e < n; e++)
+            trim[(size_t)i * n + e] = kept[e] ? ((double)x[i][e] - (double)b[e]) * w[i] : 0.0;
+        free(kept);
+    }
+    for (size_t e = 0; e < n; e++) {
+        double sum = 0, num = 0, den = 0;
+        for (int i = 0; i < m; i++)
+            sum += trim[(size_t)i * n + e];
+        double sign = sum >= 0 ? 1 : -1;
+        for (int i = 0; i < m; i++) {
+            double v = trim[(size_t)i * n + e];
+            if (v != 0 && (v > 0 ? 1 : -1) == sign) {
+                num += v;
+                den += w[i];
+            }
+        }
+        if (den == 0)
+            den = 1;
+        out[e] = (double)b[e] + lambda * num / den;
+    }
+    free(trim);
+    return out;
+}
+
+int main(void)
+{
+    snprintf(root, sizeof(root), "/tmp/ms-test-ws-XXXXXX");
+    if (!mkdtemp(root)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    struct fx_model base, quick, lng;
+    TEST_COND("fixture trio written", fx_make_trio(root, 7, &base, &quick, &lng) == 0);
+
+    /* ---- task arithmetic over base + quick (tied) + long (untied) ---- */
+    const char *ta =
+        "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+        " \"models\": [{\"name\": \"quick\", \"path\": \"quick\", \"weight\": 0.3},"
+        "              {\"name\": \"long\", \"path\": \"long\", \"weight\": 0.7}],"
+        " \"method\": \"task_arithmetic\", \"params\": {\"lambda\": 0.9},"
+        " \"output\": {\"dtype\": \"f32\", \"config_from\": \"long\", \"tokenizer_from\": \"quick\"}}";
+    struct workspace *ws = open_json(ta, 2);
+    TEST_COND("workspace opens the trio", ws != NULL);
+    if (!ws)
+        return test_report();
+    TEST_COND("39 output tensors (embed, 3 x 12 layer tensors, norm, lm_head)", ws_n_tensors(ws) == 39);
+    TEST_COND("3 layers found from tensor names", ws_n_layers(ws) == 3);
+    TEST_COND("mixed tying gives an untied output", !ws_output_tied(ws));
+    TEST_COND("a note says lm_head was materialised", strstr(ws_notes(ws), "tied") != NULL);
+    TEST_COND("a note reports max_position_embeddings differing",
+              strstr(ws_notes(ws), "max_position_embeddings") != NULL);
+    TEST_COND("output order starts with the embeddings",
+              strcmp(ws_tensor(ws, 0)->name, "model.embed_tokens.weight") == 0);
+    TEST_COND("output order ends with lm_head and the final norm after the layers",
+              strstr(ws_tensor(ws, 37)->name, "lm_head") || strstr(ws_tensor(ws, 38)->name, "lm_head"));
+
+    char out1[512], out2[512], path1[600], path2[600];
+    snprintf(out1, sizeof(out1), "%s/out-ta", root);
+    int rc = ws_write(ws, out1, ws_default_write_params(), NULL, NULL);
+    TEST_COND("task_arithmetic merge written", rc == 0);
+    if (rc)
+        printf("      %s\n", lm_last_error());
+    struct st_set *got = st_set_open_dir(out1);
+    TEST_COND("merged weights read back", got != NULL);
+    double max_err = 0;
+    size_t checked = 0;
+    for (int i = 0; got && i < lng.n; i++) {
+        const char *name = lng.t[i].name;
+        const struct fx_tensor *b = served(&base, name), *q = served(&quick, name), *l = served(&lng, name);
+        size_t n = 0;
+        float *m = read_tensor_f32(got, name, &n);
+        if (!m || !b || n != b->n) {
+            max_err = INFINITY;
+            free(m);
+            continue;
+        }
+        for (size_t e = 0; e < n; e++) {
+            double expect = (double)b->data[e] + 0.9 * (0.3 * ((double)q->data[e] - b->data[e]) +
+                                                        0.7 * ((double)l->data[e] - b->data[e]));
+            max_err = fmax(max_err, fabs(expect - (double)m[e]));
+        }
+        checked++;
+        free(m);
+    }
+    TEST_COND("every tensor (38 + lm_head) checked", checked == 39);
+    TEST_NEAR("TA result equals b + 0.9*(0.3 dq + 0.7 dl) within float rounding", max_err, 0, 2e-6);
+    st_set_close(got);
+
+    snprintf(path1, sizeof(path1), "%s/config.json", out1);
+    struct hf_config cfg;
+    TEST_COND("output config.json parses", hf_config_load(path1, &cfg) == 0);
+    TEST_COND("config is untied and float32", cfg.has_tie_word_embeddings && !cfg.tie_word_embeddings &&
+              cfg.torch_dtype && strcmp(cfg.torch_dtype, "float32") == 0);
+    TEST_COND("config comes from config_from (long: 131072 positions)", cfg.max_position_embeddings == 131072);
+    hf_config_deinit(&cfg);
+    snprintf(path1, sizeof(path1), "%s/tokenizer_config.json", out1);
+    TEST_COND("tokenizer files copied", lm_is_file(path1));
+    snprintf(path1, sizeof(path1), "%s/README.md", out1);
+    TEST_COND("model card written", lm_is_file(path1));
+    snprintf(path1, sizeof(path1), "%s/mergescope-recipe.json", out1);
+    TEST_COND("recipe written next to the model", lm_is_file(path1));
+    TEST_COND("no staging directory left behind", no_partial_dirs());
+
+    /* The saved recipe reruns to the same bytes, on one thread. */
+    struct recipe *saved = recipe_load(path1);
+    TEST_COND("saved recipe loads", saved != NULL);
+    if (saved) {
+        struct ws_params p = ws_default_params();
+        p.n_threads = 1;
+        struct workspace *again = ws_open(saved, p);
+        snprintf(out2, sizeof(out2), "%s/out-ta-again", root);
+        TEST_COND("saved recipe reruns", again && ws_write(again, out2, ws_default_write_params(), NULL, NULL) == 0);
+        snprintf(path1, sizeof(path1), "%s/model.safetensors", out1);
+        snprintf(path2, sizeof(path2), "%s/model.safetensors", out2);
+        TEST_COND("rerun on 1 thread gives identical bytes", files_equal(path1, path2));
+        ws_free(again);
+        recipe_free(saved);
+    }
+
+    /* Cancelling a write into an existing model leaves it untouched. */
+    snprintf(path1, sizeof(path1), "%s/model.safetensors", out1);
+    size_t before_len;
+    unsigned char *before = slurp(path1, &before_len);
+    struct ws_write_params wp = ws_default_write_params();
+    wp.out_dtype = LM_DTYPE_BF16;
+    rc = ws_write(ws, out1, wp, cancel_at_half, NULL);
+    TEST_COND("cancelled write reports LM_ECANCELED", rc == LM_ECANCELED);
+    size_t after_len;
+    unsigned char *after = slurp(path1, &after_len);
+    TEST_COND("existing model untouched after cancel", before && after && before_len == after_len &&
+              memcmp(before, after, before_len) == 0);
+    TEST_COND("no staging directory left after cancel", no_partial_dirs());
+    free(before);
+    free(after);
+
+    /* Sharded output holds the same tensors as the single file. */
+    snprintf(out2, sizeof(out2), "%s/out-sharded", root);
+    wp = ws_default_write_params();
+    wp.shard_size = 2000;
+    TEST_COND("sharded write", ws_write(ws, out2, wp, NULL, NULL) == 0);
+    snprintf(path2, sizeof(path2), "%s/model.safetensors.index.json", out2);
+    TEST_COND("sharded write has an index", lm_is_file(path2));
+    struct st_set *one = st_set_open_dir(out1), *many = st_set_open_dir(out2);
+    bool same = one && many && st_set_n_tensors(one) == st_set_n_tensors(many) && st_set_n_files(many) > 2;
+    for (size_t i = 0; same && i < st_set_n_tensors(one); i++) {
+        const struct st_tensor *a = st_set_tensor(one, i), *b = st_set_find(many, a->name);
+        same = b && a->nbytes == b->nbytes && memcmp(a->data, b->data, a->nbytes) == 0;
+    }
+    TEST_COND("sharded and single-file outputs hold identical tensors", same);
+    st_set_close(one);
+    st_set_close(many);
+
+    /* Statistics of layer 1 against a direct computation. */
+    TEST_COND("statistics computed", ws_stats_compute(ws, NULL, NULL) == 0);
+    struct ws_stats_row *rows = NULL;
+    size_t n_rows = 0;
+    TEST_COND("rows by layer", ws_stats_rows(ws, WS_STATS_BY_LAYER, &rows, &n_rows) == 0);
+    const struct ws_stats_row *row1 = NULL;
+    for (size_t r = 0; r < n_rows; r++)
+        if (strcmp(rows[r].label, "layer 1") == 0)
+            row1 = &rows[r];
+    TEST_COND("a 'layer 1' row exists", row1 != NULL);
+    TEST_COND("3 layer rows + embed, norm, lm_head rows", n_rows == 6);
+    double bb = 0, qq = 0, ll = 0, ql = 0;
+    uint64_t both = 0, opp = 0;
+    for (int i = 0; i < base.n; i++) {
+        if (!strstr(base.t[i].name, "layers.1."))
+            continue;
+        const struct fx_tensor *b = &base.t[i], *q = fx_find(&quick, b->name), *l = fx_find(&lng, b->name);
+        for (size_t e = 0; e < b->n; e++) {
+            double dq = (double)q->data[e] - b->data[e], dl = (double)l->data[e] - b->data[e];
+            bb += (double)b->data[e] * b->data[e];
+            qq += dq * dq;
+            ll += dl * dl;
+            ql += dq * dl;
+            if (dq != 0 && dl != 0) {
+                both++;
+                opp += (dq > 0) != (dl > 0);
+            }
+        }
+    }
+    if (row1) {
+        TEST_NEAR("layer 1 norm(quick)", stats_norm(&row1->raw, 0), sqrt(qq), 1e-9 * sqrt(qq) + 1e-12);
+        TEST_NEAR("layer 1 rel(long)", stats_rel(&row1->raw, 1), sqrt(ll / bb), 1e-9);
+        TEST_NEAR("layer 1 cos(quick,long)", stats_cos(&row1->raw, 0, 1), ql / sqrt(qq * ll), 1e-9);
+        TEST_NEAR("layer 1 conflict(quick,long)", stats_conflict(&row1->raw, 0, 1), (double)opp / (double)both, 1e-12);
+    }
+    free(rows);
+    ws_free(ws);
+
+    /* ---- TIES, against a naive implementation, and thread independence ---- */
+    const char *ties =
+        "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+        " \"models\": [{\"name\": \"quick\", \"path\": \"quick\", \"weight\": 0.6},"
+        "              {\"name\": \"long\", \"path\": \"long\", \"weight\": 0.4}],"
+        " \"method\": \"ties\", \"params\": {\"density\": 0.3, \"lambda\": 1.2},"
+        " \"overrides\": [{\"layers\": \"2\", \"modules\": \"mlp\", \"params\": {\"density\": 0.7}}]}";
+    struct workspace *w1 = open_json(ties, 1), *w2 = open_json(ties, 2);
+    TEST_COND("ties recipe opens", w1 && w2);
+    if (w1 && w2) {
+        const char *name = "model.layers.2.mlp.up_proj.weight";
+        long ti = ws_find_tensor(w1, name);
+        const struct fx_tensor *b = fx_find(&base, name), *q = fx_find(&quick, name), *l = fx_find(&lng, name);
+        float *out = malloc(b->n * sizeof(float));
+        struct ws_scratch sc;
+        memset(&sc, 0, sizeof(sc));
+        TEST_COND("merge one tensor in memory", ti >= 0 && ws_merge_tensor(w1, (size_t)ti, out, &sc) == 0);
+        const float *xs[2] = { q->data, l->data };
+        double w[2] = { 0.6, 0.4 };
+        double *expect = naive_ties(b->data, xs, 2, b->n, 0.7, w, 1.2);
+        double err = 0;
+        for (size_t e = 0; e < b->n; e++)
+            err = fmax(err, fabs(expect[e] - out[e]));
+        TEST_NEAR("TIES (override density 0.7 on layer 2 mlp) matches a naive implementation", err, 0, 1e-6);
+        free(expect);
+        ws_scratch_deinit(&sc);
+        free(out);
+
+        struct merge_tensor_params prm;
+        ws_tensor_params(w1, (size_t)ws_find_tensor(w1, "model.layers.1.mlp.up_proj.weight"), &prm);
+        TEST_NEAR("override does not reach layer 1", prm.density[0], 0.3, 0);
+
+        snprintf(out1, sizeof(out1), "%s/out-ties-1", root);
+        snprintf(out2, sizeof(out2), "%s/out-ties-2", root);
+        TEST_COND("ties written with 1 and 2 threads",
+                  ws_write(w1, out1, ws_default_write_params(), NULL, NULL) == 0 &&
+                  ws_write(w2, out2, ws_default_write_params(), NULL, NULL) == 0);
+        snprintf(path1, sizeof(path1), "%s/model.safetensors", out1);
+        snprintf(path2, sizeof(path2), "%s/model.safetensors", out2);
+        TEST_COND("ties output identical for 1 and 2 threads", files_equal(path1, path2));
+    }
+    ws_free(w1);
+    ws_free(w2);
+
+    const char *dare =
+        "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+        " \"models\": [{\"name\": \"quick\", \"path\": \"quick\"}, {\"name\": \"long\", \"path\": \"long\"}],"
+        " \"method\": \"dare_ties\", \"params\": {\"density\": 0.5, \"seed\": 42}}";
+    w1 = open_json(dare, 1);
+    w2 = open_json(dare, 2);
+    if (w1 && w2) {
+        snprintf(out1, sizeof(out1), "%s/out-dare-1", root);
+        snprintf(out2, sizeof(out2), "%s/out-dare-2", root);
+        TEST_COND("dare_ties written with 1 and 2 threads",
+                  ws_write(w1, out1, ws_default_write_params(), NULL, NULL) == 0 &&
+                  ws_write(w2, out2, ws_default_write_params(), NULL, NULL) == 0);
+        snprintf(path1, sizeof(path1), "%s/model.safetensors", out1);
+        snprintf(path2, sizeof(path2), "%s/model.safetensors", out2);
+        TEST_COND("dare_ties output identical for 1 and 2 threads", files_equal(path1, path2));
+    } else {
+        TEST_COND("dare_ties recipe opens", false);
+    }
+    ws_free(w1);
+    ws_free(w2);
+
+    /* ---- models that cannot be combined ---- */
+    struct fx_model odd;
+    char dir[512];
+    fx_make_finetune(&odd, &quick, 0.01f, true);
+    free(odd.t[5].data);
+    memmove(&odd.t[5], &odd.t[6], sizeof(odd.t[0]) * (size_t)(odd.n - 6));
+    odd.n--;
+    snprintf(dir, sizeof(dir), "%s/missing", root);
+    fx_write_model_dir(dir, &odd, 4096);
+    const char *miss = "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+                       " \"models\": [{\"name\": \"m\", \"path\": \"missing\"}], \"method\": \"task_arithmetic\"}";
+    ws = open_json(miss, 1);
+    TEST_COND("a model missing a tensor is refused", ws == NULL);
+    TEST_COND("... naming the tensor", strstr(lm_last_error(), "model.layers.0.self_attn.") != NULL);
+    ws_free(ws);
+    fx_free(&odd);
+
+    struct fx_model big;
+    fx_rng_state = 99;
+    fx_make_base(&big, 40);
+    snprintf(dir, sizeof(dir), "%s/bigvocab", root);
+    fx_write_model_dir(dir, &big, 4096);
+    const char *vocab_err = "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+                            " \"models\": [{\"name\": \"big\", \"path\": \"bigvocab\"}], \"method\": \"task_arithmetic\"}";
+    ws = open_json(vocab_err, 1);
+    TEST_COND("different vocab sizes are refused by default", ws == NULL);
+    TEST_COND("... saying which sizes and how to proceed",
+              strstr(lm_last_error(), "32") && strstr(lm_last_error(), "40") && strstr(lm_last_error(), "output.vocab"));
+    ws_free(ws);
+    const char *vocab_pad = "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+                            " \"models\": [{\"name\": \"big\", \"path\": \"bigvocab\"}], \"method\": \"task_arithmetic\","
+                            " \"output\": {\"vocab\": \"pad\"}}";
+    ws = open_json(vocab_pad, 1);
+    TEST_COND("output.vocab pad opens", ws != NULL);
+    if (ws) {
+        TEST_COND("pad gives 40 rows", ws_output_vocab(ws) == 40);
+        long ei = ws_find_tensor(ws, "model.embed_tokens.weight");
+        float *out = malloc(40 * FX_HIDDEN * sizeof(float));
+        struct ws_scratch sc;
+        memset(&sc, 0, sizeof(sc));
+        TEST_COND("padded embeddings merge", ws_merge_tensor(ws, (size_t)ei, out, &sc) == 0);
+        /* rows 32..39 exist only in `big`: base rows are zero there, so
+         * TA with weight 1 gives big's rows exactly. */
+        const struct fx_tensor *be = fx_find(&big, "model.embed_tokens.weight");
+        TEST_COND("rows past the base's vocab come from the model",
+                  out[35 * FX_HIDDEN + 3] == be->data[35 * FX_HIDDEN + 3]);
+        ws_scratch_deinit(&sc);
+        free(out);
+    }
+    ws_free(ws);
+    fx_free(&big);
+
+    fx_free(&base);
+    fx_free(&quick);
+    fx_free(&lng);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+    if (system(cmd) != 0)
+        printf("      could not remove %s\n", root);
+    return test_report();
+}
