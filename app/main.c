@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "cmd_tokenize.h"
+#include "cmd_tui.h"
 #include "merge_method.h"
 
 #define MS_VERSION "0.1.0"
@@ -27,11 +28,15 @@ static const struct cli_command commands[] = {
 static void print_help(FILE *out)
 {
     fprintf(out,
-            "usage: mergescope COMMAND [ARGS...]\n"
+            "usage: mergescope [RECIPE.json | --base DIR --model DIR [--model DIR ...]] [--theme NAME]\n"
+            "       mergescope COMMAND [ARGS...]\n"
             "\n"
             "mergescope opens a base model and models fine-tuned from it (Hugging Face\n"
             "safetensors directories), measures where their task vectors are large and\n"
             "where they conflict, and merges them by a recipe, bit for bit reproducibly.\n"
+            "\n"
+            "With a recipe or --base/--model it opens the interactive workbench (see\n"
+            "'mergescope --base DIR --model DIR --help' for its options and keys).\n"
             "\n"
             "Commands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
@@ -46,10 +51,8 @@ static void print_help(FILE *out)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        print_help(stdout);
-        return CLI_EXIT_OK;
-    }
+    if (argc < 2)
+        return cmd_tui(argc, argv);
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         print_help(stdout);
@@ -62,6 +65,9 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (strcmp(cmd, commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);
+    /* A recipe file or --base/--model: the workbench. */
+    if (cmd[0] == '-' || strstr(cmd, ".json") || strchr(cmd, '/'))
+        return cmd_tui(argc, argv);
     fprintf(stderr, "mergescope: error: unknown command '%s'\n", cmd);
     print_help(stderr);
     return CLI_EXIT_USAGE;

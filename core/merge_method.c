@@ -4,6 +4,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,4 +275,35 @@ double merge_mask_uniform_model(uint64_t seed, const char *name, uint64_t model,
 double merge_mask_uniform(uint64_t seed, const char *name, uint64_t index)
 {
     return merge_mask_uniform_model(seed, name, 0, index);
+}
+
+/* ===== Kernel path (merge_method.h) ===== */
+
+static atomic_int simd_forced_portable;
+static atomic_int simd_cpu_avx2 = -1; /* -1: not checked yet */
+
+bool merge_simd_avx2(void)
+{
+    if (atomic_load_explicit(&simd_forced_portable, memory_order_relaxed))
+        return false;
+    int ok = atomic_load_explicit(&simd_cpu_avx2, memory_order_relaxed);
+    if (ok < 0) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+        ok = __builtin_cpu_supports("avx2") ? 1 : 0;
+#else
+        ok = 0;
+#endif
+        atomic_store_explicit(&simd_cpu_avx2, ok, memory_order_relaxed);
+    }
+    return ok != 0;
+}
+
+int merge_simd_force_portable(int on)
+{
+    return atomic_exchange(&simd_forced_portable, on ? 1 : 0);
+}
+
+const char *merge_simd_name(void)
+{
+    return merge_simd_avx2() ? "avx2" : "portable";
 }

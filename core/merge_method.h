@@ -194,4 +194,18 @@ int merge_gta_tensor(const struct merge_tensor_job *job, enum merge_sparsify spa
 void merge_della_probs(float *p, const float *d, uint64_t n, double density, double epsilon,
                        uint64_t *ka, uint64_t *kb);
 
+/* The kernels' two paths. The merge methods, stats_accumulate and select.h's
+ * difference routines have an AVX2 path, taken when the CPU has AVX2, and a
+ * portable one; both give identical bits (the unit tests compare them on
+ * random data with NaN, infinities, zeros and ties). The AVX2 code uses no
+ * FMA: every product is rounded before it is added, as the portable code
+ * does it. */
+/* Forces the portable path everywhere (tests, benchmarks) when `on`;
+ * returns the previous setting. */
+int merge_simd_force_portable(int on);
+/* "avx2" or "portable": the path the kernels take now. */
+const char *merge_simd_name(void);
+/* For the implementations: whether to take the AVX2 path. */
+bool merge_simd_avx2(void);
+
 #endif

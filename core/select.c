@@ -23,7 +23,25 @@
  * elsewhere; select results do not depend on which ran. */
 #include "select.h"
 
+#include <math.h>
 #include <string.h>
+
+#include "lm_error.h"
+#include "merge_method.h"
+
+#if defined(__GNUC__)
+#define SELECT_INLINE inline __attribute__((always_inline))
+#else
+#define SELECT_INLINE inline
+#endif
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#define SELECT_X86 1
+#define SELECT_AVX2_TARGET __attribute__((target("avx2")))
+#else
+#define SELECT_X86 0
+#endif
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -42,6 +60,26 @@ static inline uint32_t key_at(const float *x, uint64_t e)
 {
     uint32_t u;
     memcpy(&u, &x[e], sizeof u);
+    return u & 0x7fffffffu;
+}
+
+/* The key of x[e] - b[e] (of x[e] when b is NULL), the difference rounded
+ * to float32 as the callers' kernels compute it. */
+static inline uint32_t diff_key(const float *x, const float *b, uint64_t e)
+{
+    float v = b ? x[e] - b[e] : x[e];
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return u & 0x7fffffffu;
+}
+
+/* diff_key for loops that know whether b is used: `use_b` is a constant
+ * after inlining, so the loop carries no test. */
+static SELECT_INLINE uint32_t key_of(const float *x, const float *b, bool use_b, uint64_t e)
+{
+    float v = use_b ? x[e] - b[e] : x[e];
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
     return u & 0x7fffffffu;
 }
 
@@ -131,15 +169,16 @@ static struct topk_cut cut_make(uint64_t k, uint32_t thr_key, uint64_t greater)
 }
 
 /* Two passes with 16-bit digits and 32-bit counters: n <= UINT32_MAX.
- * 0 < k < n. The histogram (256 KiB) lives on the stack. */
-static struct topk_cut find_narrow(const float *x, uint64_t n, uint64_t k)
+ * 0 < k < n. The keys are those of x - b (of x when b is NULL). The histogram (256 KiB) lives on the stack. */
+static SELECT_INLINE struct topk_cut find_narrow_impl(const float *x, const float *b, bool use_b,
+                                                      uint64_t n, uint64_t k)
 {
     uint32_t hist[1u << 16];
 
     /* Pass 1: high halves of the keys; NaNs go to their own bucket. */
     memset(hist, 0, (HI_BUCKETS + 1) * sizeof hist[0]);
     for (uint64_t e = 0; e < n; e++) {
-        uint32_t a = key_at(x, e);
+        uint32_t a = key_of(x, b, use_b, e);
         hist[a > KEY_INF ? HI_NAN : a >> 16]++;
     }
     uint64_t non_nan = n - hist[HI_NAN];
@@ -160,7 +199,7 @@ static struct topk_cut find_narrow(const float *x, uint64_t n, uint64_t k)
     /* Pass 2: low halves of the keys inside that bucket. */
     memset(hist, 0, sizeof hist);
     for (uint64_t e = 0; e < n; e++) {
-        uint32_t a = key_at(x, e);
+        uint32_t a = key_of(x, b, use_b, e);
         if ((a >> 16) == hi)
             hist[a & 0xffffu]++;
     }
@@ -172,14 +211,15 @@ static struct topk_cut find_narrow(const float *x, uint64_t n, uint64_t k)
 
 /* Three passes with 10/11/10-bit digits and 64-bit counters, for tensors too
  * large for 32-bit counts. 0 < k < n. */
-static struct topk_cut find_wide(const float *x, uint64_t n, uint64_t k)
+static SELECT_INLINE struct topk_cut find_wide_impl(const float *x, const float *b, bool use_b,
+                                                    uint64_t n, uint64_t k)
 {
     uint64_t hist[2049];
 
     /* Pass 1: key bits 30..21; NaNs in bucket 1024. */
     memset(hist, 0, sizeof hist);
     for (uint64_t e = 0; e < n; e++) {
-        uint32_t a = key_at(x, e);
+        uint32_t a = key_of(x, b, use_b, e);
         hist[a > KEY_INF ? 1024u : a >> 21]++;
     }
     uint64_t non_nan = n - hist[1024];
@@ -198,7 +238,7 @@ static struct topk_cut find_wide(const float *x, uint64_t n, uint64_t k)
     /* Pass 2: key bits 20..10 under prefix d1. */
     memset(hist, 0, sizeof hist);
     for (uint64_t e = 0; e < n; e++) {
-        uint32_t a = key_at(x, e);
+        uint32_t a = key_of(x, b, use_b, e);
         if ((a >> 21) == d1)
             hist[(a >> 10) & 0x7ffu]++;
     }
@@ -210,7 +250,7 @@ static struct topk_cut find_wide(const float *x, uint64_t n, uint64_t k)
     /* Pass 3: key bits 9..0 under prefix (d1, d2). */
     memset(hist, 0, sizeof hist);
     for (uint64_t e = 0; e < n; e++) {
-        uint32_t a = key_at(x, e);
+        uint32_t a = key_of(x, b, use_b, e);
         if ((a >> 10) == prefix)
             hist[a & 0x3ffu]++;
     }
@@ -218,6 +258,26 @@ static struct topk_cut find_wide(const float *x, uint64_t n, uint64_t k)
     while (greater + hist[d3] < k)
         greater += hist[d3--];
     return cut_make(k, (prefix << 10) | d3, greater);
+}
+
+static struct topk_cut find_narrow(const float *x, uint64_t n, uint64_t k)
+{
+    return find_narrow_impl(x, NULL, false, n, k);
+}
+
+static struct topk_cut find_wide(const float *x, uint64_t n, uint64_t k)
+{
+    return find_wide_impl(x, NULL, false, n, k);
+}
+
+static struct topk_cut find_narrow_diff(const float *x, const float *b, uint64_t n, uint64_t k)
+{
+    return find_narrow_impl(x, b, true, n, k);
+}
+
+static struct topk_cut find_wide_diff(const float *x, const float *b, uint64_t n, uint64_t k)
+{
+    return find_wide_impl(x, b, true, n, k);
 }
 
 /* Tensors from this size on take the 64-bit-counter path. A variable so that
@@ -387,4 +447,352 @@ void topk_mask(uint8_t *mask, const float *x, uint64_t n, const struct topk_cut 
     }
     if (e < n)
         mask_range(mask + e, x + e, n - e, thr + 1);
+}
+
+/* ===== Selection on a difference (topk_find_diff) =====
+ * A sample of the keys, taken at fixed positions, brackets the k-th largest
+ * key: [lo, hi] spans the sample ranks around k/n of the sample size by six
+ * standard deviations of a sampled rank. One pass then counts the keys above
+ * hi and the NaNs and gathers the keys inside [lo, hi] into `work`; when the
+ * k-th largest key is among them it is selected exactly from them (radix
+ * select on a few percent of the entries). Otherwise, or when the gathered
+ * keys outgrow `work`, the two exact histogram passes run on x - b instead.
+ * Only the speed depends on the sample: the cut is always the exact one. */
+
+#define SAMPLE_MIN_N   ((uint64_t)1 << 16) /* smaller inputs: two passes */
+#define SAMPLE_MAX     32768u
+#define SAMPLE_MIN     4096u
+#define GATHER_CHUNK   8192u               /* entries between overflow checks */
+#define GATHER_SLACK   (GATHER_CHUNK + 64u)
+
+/* For tests: take the two exact passes even when `work` would do. */
+static int select_bracket_off;
+
+static size_t sample_size(uint64_t n)
+{
+    uint64_t s = n / 256;
+    if (s < SAMPLE_MIN)
+        s = SAMPLE_MIN;
+    if (s > SAMPLE_MAX)
+        s = SAMPLE_MAX;
+    return (size_t)s;
+}
+
+size_t topk_work_len(uint64_t n)
+{
+    if (n < SAMPLE_MIN_N || n / 8 > (uint64_t)(SIZE_MAX / 2))
+        return 0;
+    size_t gather = (size_t)(n / 8) + GATHER_SLACK;
+    size_t sample = 2 * sample_size(n);
+    return gather > sample ? gather : sample;
+}
+
+/* Sorts s[0..len) ascending (keys below 2^31) by LSD radix with digits of
+ * 11, 11 and 9 bits; `tmp` holds len entries. The result ends in `s`... or
+ * in `tmp`: the returned pointer says which. */
+static uint32_t *sort_keys(uint32_t *s, uint32_t *tmp, size_t len)
+{
+    static const unsigned shifts[3] = { 0, 11, 22 };
+    size_t count[2048];
+    for (int pass = 0; pass < 3; pass++) {
+        const unsigned sh = shifts[pass];
+        memset(count, 0, sizeof count);
+        for (size_t j = 0; j < len; j++)
+            count[(s[j] >> sh) & 0x7ffu]++;
+        size_t pos = 0;
+        for (int c = 0; c < 2048; c++) {
+            size_t m = count[c];
+            count[c] = pos;
+            pos += m;
+        }
+        for (size_t j = 0; j < len; j++)
+            tmp[count[(s[j] >> sh) & 0x7ffu]++] = s[j];
+        uint32_t *t = s;
+        s = tmp;
+        tmp = t;
+    }
+    return s;
+}
+
+/* The bracket [*lo, *hi] for the k-th largest key, from a sample in `work`
+ * (2 * sample_size(n) entries). False when the sample holds a NaN: NaN-laden
+ * tensors take the exact passes. */
+static bool bracket_from_sample(const float *x, const float *b, uint64_t n, uint64_t k,
+                                uint32_t *work, uint32_t *lo, uint32_t *hi)
+{
+    const size_t s = sample_size(n);
+    const uint64_t stride = n / s;
+    for (size_t j = 0; j < s; j++) {
+        uint32_t key = diff_key(x, b, (uint64_t)j * stride + stride / 2);
+        if (key > KEY_INF)
+            return false;
+        work[j] = key;
+    }
+    const uint32_t *sorted = sort_keys(work, work + s, s);
+    /* rank from the top, 0-based, of the k-th largest in the sample */
+    const double p = (double)k / (double)n;
+    const double r = p * (double)s - 1.0;
+    const double spread = 6.0 * sqrt((double)s * p * (1.0 - p)) + 8.0;
+    const double top = r - spread, bottom = r + spread;
+    *hi = top < 0.0 ? KEY_INF : sorted[s - 1 - (size_t)top];
+    *lo = bottom >= (double)(s - 1) ? 0u : sorted[s - 1 - (size_t)ceil(bottom)];
+    return true;
+}
+
+struct gather {
+    uint64_t greater; /* keys in (hi, KEY_INF] */
+    uint64_t nans;    /* keys above KEY_INF */
+    size_t   count;   /* keys in [lo, hi], stored in work[0 .. count) */
+};
+
+/* The gathering pass, portable. False when more than `cap` keys fall inside
+ * the bracket (work must hold cap + GATHER_SLACK entries). */
+static SELECT_INLINE bool gather_portable_impl(const float *x, const float *b, bool use_b,
+                                               uint64_t n, uint32_t lo, uint32_t hi,
+                                               uint32_t *work, size_t cap, struct gather *g)
+{
+    uint64_t greater = 0, nans = 0;
+    size_t c = 0;
+    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
+        const uint64_t end = n - e0 < GATHER_CHUNK ? n : e0 + GATHER_CHUNK;
+        for (uint64_t e = e0; e < end; e++) {
+            const uint32_t key = key_of(x, b, use_b, e);
+            work[c] = key;
+            c += (key >= lo) & (key <= hi);
+            greater += (key > hi) & (key <= KEY_INF);
+            nans += key > KEY_INF;
+        }
+        if (c > cap)
+            return false;
+    }
+    g->greater = greater;
+    g->nans = nans;
+    g->count = c;
+    return true;
+}
+
+static bool gather_portable(const float *x, const float *b, uint64_t n, uint32_t lo, uint32_t hi,
+                            uint32_t *work, size_t cap, struct gather *g)
+{
+    return b ? gather_portable_impl(x, b, true, n, lo, hi, work, cap, g)
+             : gather_portable_impl(x, NULL, false, n, lo, hi, work, cap, g);
+}
+
+#if SELECT_X86
+/* The gathering pass with AVX2: eight keys at a time, the ones inside the
+ * bracket packed to the front of a vector (a permutation from a table of
+ * set-bit positions) and stored at the end of the gathered list. */
+SELECT_AVX2_TARGET
+static SELECT_INLINE bool gather_avx2_impl(const float *x, const float *b, bool use_b, uint64_t n,
+                                           uint32_t lo, uint32_t hi, uint32_t *work, size_t cap,
+                                           struct gather *g)
+{
+    /* lut[m]: the positions of m's set bits, 3 bits each from the lowest,
+     * and their number in bits 24 and up. */
+    uint32_t lut[256];
+    for (unsigned m = 0; m < 256; m++) {
+        uint32_t v = 0, c = 0;
+        for (unsigned i = 0; i < 8; i++)
+            if (m >> i & 1u)
+                v |= i << (3 * c++);
+        lut[m] = v | c << 24;
+    }
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    const __m256i inf = _mm256_set1_epi32((int)KEY_INF);
+    const __m256i lo1 = _mm256_set1_epi32((int)lo - 1); /* lo >= 0: no wrap below -1 */
+    const __m256i hiv = _mm256_set1_epi32((int)hi);
+    const __m256i shifts = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+    const __m256i seven = _mm256_set1_epi32(7);
+    uint64_t greater = 0, nans = 0, e = 0;
+    size_t c = 0;
+    const uint64_t n8 = n / 8 * 8;
+    while (e < n8) {
+        const uint64_t end = n8 - e < GATHER_CHUNK ? n8 : e + GATHER_CHUNK;
+        __m256i cg = _mm256_setzero_si256(), cn = _mm256_setzero_si256();
+        for (; e < end; e += 8) {
+            __m256 v = _mm256_loadu_ps(x + e);
+            if (use_b)
+                v = _mm256_sub_ps(v, _mm256_loadu_ps(b + e));
+            const __m256i key = _mm256_and_si256(_mm256_castps_si256(v), abs_mask);
+            const __m256i is_nan = _mm256_cmpgt_epi32(key, inf);
+            const __m256i above = _mm256_cmpgt_epi32(key, hiv);
+            const __m256i in = _mm256_andnot_si256(above, _mm256_cmpgt_epi32(key, lo1));
+            cg = _mm256_sub_epi32(cg, _mm256_andnot_si256(is_nan, above));
+            cn = _mm256_sub_epi32(cn, is_nan);
+            const uint32_t l = lut[_mm256_movemask_ps(_mm256_castsi256_ps(in))];
+            const __m256i perm = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)l), shifts), seven);
+            _mm256_storeu_si256((__m256i *)(void *)(work + c), _mm256_permutevar8x32_epi32(key, perm));
+            c += l >> 24;
+        }
+        uint32_t lg[8], ln[8];
+        _mm256_storeu_si256((__m256i *)(void *)lg, cg);
+        _mm256_storeu_si256((__m256i *)(void *)ln, cn);
+        for (int i = 0; i < 8; i++) {
+            greater += lg[i];
+            nans += ln[i];
+        }
+        if (c > cap)
+            return false;
+    }
+    for (; e < n; e++) {
+        const uint32_t key = key_of(x, b, use_b, e);
+        work[c] = key;
+        c += (key >= lo) & (key <= hi);
+        greater += (key > hi) & (key <= KEY_INF);
+        nans += key > KEY_INF;
+    }
+    if (c > cap)
+        return false;
+    g->greater = greater;
+    g->nans = nans;
+    g->count = c;
+    return true;
+}
+
+SELECT_AVX2_TARGET
+static bool gather_avx2_diff(const float *x, const float *b, uint64_t n, uint32_t lo, uint32_t hi,
+                             uint32_t *work, size_t cap, struct gather *g)
+{
+    return gather_avx2_impl(x, b, true, n, lo, hi, work, cap, g);
+}
+
+SELECT_AVX2_TARGET
+static bool gather_avx2_plain(const float *x, uint64_t n, uint32_t lo, uint32_t hi,
+                              uint32_t *work, size_t cap, struct gather *g)
+{
+    return gather_avx2_impl(x, NULL, false, n, lo, hi, work, cap, g);
+}
+#endif
+
+static bool gather_keys(const float *x, const float *b, uint64_t n, uint32_t lo, uint32_t hi,
+                        uint32_t *work, size_t cap, struct gather *g)
+{
+#if SELECT_X86
+    if (merge_simd_avx2())
+        return b ? gather_avx2_diff(x, b, n, lo, hi, work, cap, g)
+                 : gather_avx2_plain(x, n, lo, hi, work, cap, g);
+#endif
+    return gather_portable(x, b, n, lo, hi, work, cap, g);
+}
+
+/* The kk-th largest of the keys c[0..len) (1 <= kk <= len, no NaN keys) and
+ * how many keys are above it. */
+static void select_in_keys(const uint32_t *c, size_t len, uint64_t kk, uint32_t *thr,
+                           uint64_t *above)
+{
+    if (kk == len) {
+        uint32_t m = UINT32_MAX;
+        for (size_t j = 0; j < len; j++)
+            m = c[j] < m ? c[j] : m;
+        uint64_t a = 0;
+        for (size_t j = 0; j < len; j++)
+            a += c[j] > m;
+        *thr = m;
+        *above = a;
+        return;
+    }
+    /* Keys are the bits of non-negative, non-NaN floats: their own keys. */
+    const float *f = (const float *)(const void *)c;
+    struct topk_cut cut = len >= select_wide_from ? find_wide(f, len, kk) : find_narrow(f, len, kk);
+    memcpy(thr, &cut.threshold, sizeof *thr);
+    *above = kk - cut.keep_at_threshold;
+}
+
+struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint64_t k,
+                               uint32_t *work, size_t work_len)
+{
+    if (k > n)
+        k = n;
+    if (k == n) {
+        uint64_t nans = 0, zeros = 0;
+        for (uint64_t e = 0; e < n; e++) {
+            uint32_t a = diff_key(x, b, e);
+            nans += a > KEY_INF;
+            zeros += a == 0;
+        }
+        if (nans == 0)
+            return cut_all_non_nan(n, zeros, true);
+        if (nans == n)
+            return cut_make(0, KEY_INF, 0);
+        return cut_all_non_nan(n - nans, zeros, false);
+    }
+    if (k == 0)
+        return topk_find(x, n, 0);
+
+    const size_t need = topk_work_len(n);
+    uint32_t lo, hi;
+    struct gather g;
+    if (!select_bracket_off && need > 0 && work && work_len >= need &&
+        bracket_from_sample(x, b, n, k, work, &lo, &hi) &&
+        gather_keys(x, b, n, lo, hi, work, work_len - GATHER_SLACK, &g)) {
+        const uint64_t non_nan = n - g.nans;
+        if (non_nan == 0)
+            return cut_make(0, KEY_INF, 0);
+        const uint64_t kk = k < non_nan ? k : non_nan; /* as find_narrow does */
+        if (g.greater < kk && kk <= g.greater + g.count) {
+            uint32_t thr;
+            uint64_t above;
+            select_in_keys(work, g.count, kk - g.greater, &thr, &above);
+            return cut_make(kk, thr, g.greater + above);
+        }
+    }
+    if (!b)
+        return n >= select_wide_from ? find_wide(x, n, k) : find_narrow(x, n, k);
+    return n >= select_wide_from ? find_wide_diff(x, b, n, k) : find_narrow_diff(x, b, n, k);
+}
+
+/* ===== Walking a cut a block at a time ===== */
+
+void topk_walk_init(struct topk_walk *w, const struct topk_cut *cut)
+{
+    uint32_t t;
+    memcpy(&t, &cut->threshold, sizeof t);
+    w->thr = t & 0x7fffffffu;
+    w->left = cut->keep_at_threshold;
+}
+
+/* Entries of the block whose key is `thr`. */
+static uint64_t count_equal_diff(const float *x, const float *b, size_t len, uint32_t thr)
+{
+    uint64_t c = 0;
+    size_t j = 0;
+#if SELECT_SSE2
+    const __m128i t = _mm_set1_epi32((int)thr), abs_mask = _mm_set1_epi32(0x7fffffff);
+    __m128i acc = _mm_setzero_si128();
+    for (; j + 4 <= len; j += 4) {
+        __m128 v = _mm_loadu_ps(x + j);
+        if (b)
+            v = _mm_sub_ps(v, _mm_loadu_ps(b + j));
+        __m128i a = _mm_and_si128(_mm_castps_si128(v), abs_mask);
+        acc = _mm_sub_epi32(acc, _mm_cmpeq_epi32(a, t));
+    }
+    c = sum_lanes(acc);
+#endif
+    for (; j < len; j++)
+        c += diff_key(x, b, j) == thr;
+    return c;
+}
+
+int64_t topk_walk_block(struct topk_walk *w, const float *x, const float *b, size_t len)
+{
+    if (w->left == 0)
+        return -1;
+    const uint64_t eq = count_equal_diff(x, b, len, w->thr);
+    if (eq <= w->left) {
+        w->left -= eq;
+        return (int64_t)len - 1;
+    }
+    /* The allowance runs out in this block: find where. */
+    uint64_t seen = 0;
+    for (size_t j = 0; j < len; j++) {
+        if (diff_key(x, b, j) != w->thr)
+            continue;
+        if (seen == w->left) {
+            w->left = 0;
+            return (int64_t)j - 1;
+        }
+        seen++;
+    }
+    LM_ASSERT(0 && "topk_walk_block: count and scan disagree");
+    return -1;
 }

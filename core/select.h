@@ -11,6 +11,7 @@
 #define LM_CORE_SELECT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct topk_cut {
@@ -33,5 +34,36 @@ void topk_apply(float *out, const float *x, uint64_t n, const struct topk_cut *c
 
 /* Writes mask[e] = 1 when kept, else 0. */
 void topk_mask(uint8_t *mask, const float *x, uint64_t n, const struct topk_cut *cut);
+
+/* ---- Additions below; declarations above are the fixed API. ---- */
+
+/* Work space, in uint32 entries, with which topk_find_diff reads its inputs
+ * about once instead of twice; 0 when n is too small for that to pay. */
+size_t topk_work_len(uint64_t n);
+
+/* The cut topk_find(d, n, k) returns for the float32 difference
+ * d[e] = x[e] - b[e] (d = x when b is NULL), found without writing d out.
+ * With `work` holding at least topk_work_len(n) entries, a fixed sample of
+ * the entries brackets the threshold and one pass counts the entries above
+ * the bracket and gathers those inside it, which are then selected exactly;
+ * when the bracket misses (unusual data) or `work` is short, two histogram
+ * passes over x and b find the cut as topk_find does. The cut is the same
+ * either way, and the same as topk_find's on the materialised difference. */
+struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint64_t k,
+                               uint32_t *work, size_t work_len);
+
+/* An index-order walk over a cut for kernels that decide a block of entries
+ * at once: topk_walk_init starts it, and each topk_walk_block call covers
+ * the next `len` entries (values x[j] - b[j] in float32, or x[j] when b is
+ * NULL) and returns c in [-1, len - 1] such that entry j of the block is
+ * within the cut exactly when its |value| is above the threshold, or equal
+ * to it and j <= c; NaN never is. Blocks must follow one another with no
+ * gap, starting at entry 0. */
+struct topk_walk {
+    uint32_t thr;   /* |threshold|'s bits */
+    uint64_t left;  /* threshold entries still to keep */
+};
+void topk_walk_init(struct topk_walk *w, const struct topk_cut *cut);
+int64_t topk_walk_block(struct topk_walk *w, const float *x, const float *b, size_t len);
 
 #endif

@@ -290,6 +290,9 @@ static uint64_t hash_u64(uint64_t x)
     return x ^ (x >> 33);
 }
 
+/* Lookups made while loading go in blocks of this many (see build_ids). */
+#define LOAD_BLOCK 32
+
 static size_t table_size_for(size_t n)
 {
     size_t cap = 16;
@@ -304,13 +307,20 @@ static void str_head(const char *s, size_t n, char head[8])
     memcpy(head, s, n < 8 ? n : 8);
 }
 
-/* A token by text: any token, or (vocab_only) only one of the BPE model's
- * own vocabulary. -1 when there is none. */
-static int32_t str_find(const struct tok *t, const char *s, size_t n, bool vocab_only)
+#if defined(__GNUC__)
+#define TOK_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define TOK_PREFETCH(p) ((void)(p))
+#endif
+
+/* A token by text (h = hash_bytes of it): any token, or (vocab_only) only
+ * one of the BPE model's own vocabulary. -1 when there is none. */
+static int32_t str_find_h(const struct tok *t, const char *s, size_t n, uint64_t h,
+                          bool vocab_only)
 {
     char head[8];
     str_head(s, n, head);
-    for (size_t i = hash_bytes(s, n) & t->str_mask;; i = (i + 1) & t->str_mask) {
+    for (size_t i = h & t->str_mask;; i = (i + 1) & t->str_mask) {
         const struct str_slot *v = &t->str_slots[i];
         if (!v->id1)
             return -1;
@@ -320,6 +330,11 @@ static int32_t str_find(const struct tok *t, const char *s, size_t n, bool vocab
         if (n <= 8 || memcmp(t->entries[id].text + 8, s + 8, n - 8) == 0)
             return vocab_only && !v->in_vocab ? -1 : (int32_t)id;
     }
+}
+
+static int32_t str_find(const struct tok *t, const char *s, size_t n, bool vocab_only)
+{
+    return str_find_h(t, s, n, hash_bytes(s, n), vocab_only);
 }
 
 static int32_t str_lookup(const struct tok *t, const char *s, size_t n)
@@ -332,22 +347,37 @@ static int32_t vocab_lookup(const struct tok *t, const char *s, size_t n)
     return str_find(t, s, n, true);
 }
 
-static void str_insert(struct tok *t, int32_t id)
+/* Adds token `id` (its entry filled in; h = hash_bytes of its text) unless
+ * a token with the same text is there: then returns that token's id, else
+ * -1. */
+static int32_t str_insert(struct tok *t, int32_t id, uint64_t h)
 {
     const struct tok_entry *e = &t->entries[id];
-    size_t i = hash_bytes(e->text, e->len) & t->str_mask;
-    while (t->str_slots[i].id1)
-        i = (i + 1) & t->str_mask;
+    char head[8];
+    str_head(e->text, e->len, head);
+    size_t i = h & t->str_mask;
+    for (; t->str_slots[i].id1; i = (i + 1) & t->str_mask) {
+        const struct str_slot *v = &t->str_slots[i];
+        if (v->len == e->len && memcmp(v->head, head, 8) == 0 &&
+            (e->len <= 8 || memcmp(t->entries[v->id1 - 1].text + 8, e->text + 8, e->len - 8) == 0))
+            return (int32_t)(v->id1 - 1);
+    }
     struct str_slot *v = &t->str_slots[i];
     v->id1 = (uint32_t)id + 1;
     v->len = e->len & 0x7FFFFFFFu;
     v->in_vocab = (e->flags & TOK_ENTRY_VOCAB) != 0;
-    str_head(e->text, e->len, v->head);
+    memcpy(v->head, head, 8);
+    return -1;
+}
+
+static uint64_t merge_key(int32_t a, int32_t b)
+{
+    return (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
 }
 
 static const struct merge_slot *merge_lookup(const struct tok *t, int32_t a, int32_t b)
 {
-    uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
+    uint64_t key = merge_key(a, b);
     for (size_t i = hash_u64(key) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
         const struct merge_slot *s = &t->merge_slots[i];
         if (s->key == key)
@@ -360,7 +390,7 @@ static const struct merge_slot *merge_lookup(const struct tok *t, int32_t a, int
 /* A pair listed twice keeps its later rank, as HF's HashMap does. */
 static void merge_insert(struct tok *t, int32_t a, int32_t b, uint32_t rank, int32_t new_id)
 {
-    uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
+    uint64_t key = merge_key(a, b);
     size_t i = hash_u64(key) & t->merge_mask;
     while (t->merge_slots[i].key && t->merge_slots[i].key != key)
         i = (i + 1) & t->merge_mask;
@@ -377,15 +407,11 @@ static bool is_ascii(const char *s, size_t n)
     return true;
 }
 
-/* Runs the normalizers over valid UTF-8. *out is NULL when the text is
- * unchanged (no normalizer, or ASCII, which all four forms leave alone),
- * else a heap string the caller frees. */
-static int normalize(const struct tok *t, const char *s, size_t n, char **out, size_t *out_len)
+/* Runs the normalizers over all of s[0..n) (valid UTF-8) with utf8proc.
+ * *out is a heap string the caller frees. */
+static int normalize_all(const struct tok *t, const char *s, size_t n, char **out,
+                         size_t *out_len)
 {
-    *out = NULL;
-    *out_len = n;
-    if (!t->n_norms || is_ascii(s, n))
-        return 0;
     char *cur = NULL;
     size_t cur_len = n;
     for (size_t k = 0; k < t->n_norms; k++) {
@@ -410,6 +436,70 @@ static int normalize(const struct tok *t, const char *s, size_t n, char **out, s
     }
     *out = cur;
     *out_len = cur_len;
+    return 0;
+}
+
+/* Appends s[0..n) to the heap buffer *b (length *len, capacity *cap). */
+static int append_bytes(char **b, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n > *cap) {
+        size_t c = LM_MAX(*cap * 2, *len + n);
+        char *p = lm_realloc_array(*b, c, 1);
+        if (!p)
+            return LM_ENOMEM;
+        *b = p;
+        *cap = c;
+    }
+    memcpy(*b + *len, s, n);
+    *len += n;
+    return 0;
+}
+
+/* Runs the normalizers over valid UTF-8. *out is NULL when the text is
+ * unchanged (no normalizer, or ASCII, which all four forms leave alone),
+ * else a heap string the caller frees.
+ *
+ * Only the stretches around non-ASCII characters go through utf8proc: no
+ * normal form composes, decomposes or reorders across an ASCII character
+ * (ASCII has combining class 0 and is never the second half of a
+ * composition), so the text can be cut before any ASCII character. The
+ * ASCII character just before a non-ASCII run goes with it, as it may be
+ * the base of a combining mark. */
+static int normalize(const struct tok *t, const char *s, size_t n, char **out, size_t *out_len)
+{
+    *out = NULL;
+    *out_len = n;
+    if (!t->n_norms || is_ascii(s, n))
+        return 0;
+    char *b = NULL;
+    size_t len = 0, cap = n + n / 8 + 16;
+    if (!(b = lm_malloc(cap)))
+        return LM_ENOMEM;
+    size_t i = 0;
+    int rc = 0;
+    while (!rc && i < n) {
+        size_t j = i;
+        while (j < n && (unsigned char)s[j] < 0x80)
+            j++;
+        size_t start = j < n && j > i ? j - 1 : j;
+        if ((rc = append_bytes(&b, &len, &cap, s + i, start - i)) || j == n)
+            break;
+        size_t e = j;
+        while (e < n && (unsigned char)s[e] >= 0x80)
+            e++;
+        char *norm = NULL;
+        size_t norm_len = 0;
+        if (!(rc = normalize_all(t, s + start, e - start, &norm, &norm_len)))
+            rc = append_bytes(&b, &len, &cap, norm, norm_len);
+        free(norm);
+        i = e;
+    }
+    if (rc) {
+        free(b);
+        return rc;
+    }
+    *out = b;
+    *out_len = len;
     return 0;
 }
 
@@ -482,11 +572,6 @@ static const char gpt2_pattern[] =
 
 /* ===== Scratch space of one encode call ===== */
 
-struct piece {
-    const char *p;
-    size_t      n;
-};
-
 struct span {
     size_t start, end;
     bool   is_match;
@@ -506,10 +591,6 @@ struct heap_item {
 
 struct scratch {
     pcre2_match_data *md;
-    struct piece     *cur, *next;
-    size_t            n_cur, n_next, cap_cur, cap_next;
-    struct span      *spans;
-    size_t            n_spans, cap_spans;
     struct sym       *syms;
     size_t            cap_syms;
     struct heap_item *heap;
@@ -518,9 +599,38 @@ struct scratch {
     size_t            cap_buf;
     char            **owned;     /* strings made by the pre-tokenizer */
     size_t            n_owned, cap_owned;
+    struct piece_cache *cache;   /* NULL until the text is long enough */
 };
 
-/* Grows *arr to hold at least `need` elements of `size` bytes. */
+/* ===== Cache of BPE results within one encode call =====
+ *
+ * Text repeats its words, and BPE on a piece costs far more than a hash
+ * lookup, so a long text keeps the ids of the pieces it has seen (HF keeps
+ * such a cache too). It lives only for one call, so the tokenizer stays
+ * read-only and needs no lock. When full it stops growing: the words seen
+ * first are the frequent ones. */
+
+#define CACHE_MAX_PIECE   48
+#define CACHE_MAX_ENTRIES (1u << 15)
+
+struct cache_entry {
+    uint64_t hash;
+    uint32_t key_off, key_len;
+    uint32_t ids_off, n_ids;
+};
+
+struct piece_cache {
+    uint32_t           slots[2 * CACHE_MAX_ENTRIES]; /* entry index + 1; 0 = empty */
+    struct cache_entry *entries;
+    size_t             n_entries, cap_entries;
+    char              *keys;
+    size_t             n_keys, cap_keys;
+    int32_t           *ids;
+    size_t             n_ids, cap_ids;
+};
+
+/* Grows the array whose pointer is at `arr` to hold at least `need`
+ * elements of `size` bytes. */
 static int grow(void *arr, size_t *cap, size_t need, size_t size)
 {
     if (need <= *cap)
@@ -528,10 +638,12 @@ static int grow(void *arr, size_t *cap, size_t need, size_t size)
     size_t c = *cap ? *cap : 16;
     while (c < need)
         c *= 2;
-    void *p = lm_realloc_array(*(void **)arr, c, size);
+    void *old;
+    memcpy(&old, arr, sizeof(old));
+    void *p = lm_realloc_array(old, c, size);
     if (!p)
         return LM_ENOMEM;
-    *(void **)arr = p;
+    memcpy(arr, &p, sizeof(p));
     *cap = c;
     return 0;
 }
@@ -548,52 +660,80 @@ static void scratch_deinit(struct scratch *sc)
     scratch_free_owned(sc);
     if (sc->md)
         pcre2_match_data_free(sc->md);
-    free(sc->cur);
-    free(sc->next);
-    free(sc->spans);
     free(sc->syms);
     free(sc->heap);
     free(sc->buf);
     free(sc->owned);
+    if (sc->cache) {
+        free(sc->cache->entries);
+        free(sc->cache->keys);
+        free(sc->cache->ids);
+        free(sc->cache);
+    }
 }
 
-static int push_piece(struct piece **arr, size_t *n, size_t *cap, const char *p, size_t len)
+/* ===== Pre-tokenization =====
+ *
+ * The steps run depth first: each piece a step cuts off goes through the
+ * next steps and BPE before the step looks for its next match. This keeps
+ * memory flat however long the text is (a step that applies all at once
+ * would hold a span for every word of a book). */
+
+static int bpe_cached(const struct tok *t, struct scratch *sc, const unsigned char *s, size_t n,
+                      struct tok_ids *out);
+static int pretok_run(const struct tok *t, struct scratch *sc, size_t k, const char *p, size_t n,
+                      struct tok_ids *out);
+
+/* Where the spans of one Split go: straight on for Isolated and Removed,
+ * into `buf` for the behaviors that join neighbouring spans. */
+struct span_sink {
+    const struct tok *t;
+    struct scratch   *sc;
+    size_t            k;       /* the step doing the split */
+    const char       *base;
+    enum tok_json_split_behavior behavior;
+    bool              invert;
+    struct tok_ids   *out;
+    struct span      *buf;
+    size_t            n, cap;
+};
+
+static int sink_span(struct span_sink *sk, size_t start, size_t end, bool is_match)
 {
-    if (len == 0)
+    if (sk->invert)
+        is_match = !is_match;
+    switch (sk->behavior) {
+    case TOK_JSON_SPLIT_ISOLATED:
+        return pretok_run(sk->t, sk->sc, sk->k + 1, sk->base + start, end - start, sk->out);
+    case TOK_JSON_SPLIT_REMOVED:
+        return is_match ? 0
+                        : pretok_run(sk->t, sk->sc, sk->k + 1, sk->base + start, end - start,
+                                     sk->out);
+    default: {
+        int rc = grow(&sk->buf, &sk->cap, sk->n + 1, sizeof(*sk->buf));
+        if (rc)
+            return rc;
+        sk->buf[sk->n++] = (struct span){ start, end, is_match };
         return 0;
-    int rc = grow(arr, cap, *n + 1, sizeof(**arr));
-    if (rc)
-        return rc;
-    (*arr)[(*n)++] = (struct piece){ p, len };
-    return 0;
+    }
+    }
 }
 
-static int push_span(struct scratch *sc, size_t start, size_t end, bool is_match)
+/* HF's find_matches over Oniguruma's find_iter on s[0..n): spans covering
+ * the text, the regex matches marked. An empty match right after the
+ * previous match is skipped, and the search moves on by one character
+ * after an empty match. */
+static int regex_spans(struct span_sink *sk, const pcre2_code *re, const char *s, size_t n)
 {
-    int rc = grow(&sc->spans, &sc->cap_spans, sc->n_spans + 1, sizeof(*sc->spans));
-    if (rc)
-        return rc;
-    sc->spans[sc->n_spans++] = (struct span){ start, end, is_match };
-    return 0;
-}
-
-/* ===== Pre-tokenization ===== */
-
-/* Cuts s[0..n) into spans covering it, marking the regex matches, the way
- * HF's find_matches does over Oniguruma's find_iter: an empty match right
- * after the previous match is skipped, and the search moves on by one
- * character after an empty match. */
-static int regex_spans(struct scratch *sc, const pcre2_code *re, const char *s, size_t n)
-{
-    sc->n_spans = 0;
+    pcre2_match_data *md = sk->sc->md;
     size_t prev = 0, off = 0;
     bool have_last = false;
     size_t last_end = 0;
+    int rc;
     while (off <= n) {
-        int r = pcre2_match(re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, sc->md, NULL);
+        int r = pcre2_match(re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, md, NULL);
         if (r == PCRE2_ERROR_JIT_STACKLIMIT)
-            r = pcre2_match(re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, sc->md,
-                            NULL);
+            r = pcre2_match(re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, NULL);
         if (r == PCRE2_ERROR_NOMATCH)
             break;
         if (r < 0) {
@@ -602,15 +742,13 @@ static int regex_spans(struct scratch *sc, const pcre2_code *re, const char *s, 
             return lm_err(LM_EUNSUPPORTED, "tokenizer: pre_tokenizer regex failed at byte %zu: %s",
                           off, (const char *)msg);
         }
-        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(sc->md);
+        /* read the match before the next steps reuse the match data */
+        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         size_t ms = ov[0], me = ov[1];
-        if (ms == me && have_last && last_end == me) {
-            /* skipped: empty match glued to the previous one */
-        } else {
-            int rc;
-            if (prev != ms && (rc = push_span(sc, prev, ms, false)))
+        if (!(ms == me && have_last && last_end == me)) {
+            if (prev != ms && (rc = sink_span(sk, prev, ms, false)))
                 return rc;
-            if ((rc = push_span(sc, ms, me, true)))
+            if ((rc = sink_span(sk, ms, me, true)))
                 return rc;
             prev = me;
             have_last = true;
@@ -626,37 +764,28 @@ static int regex_spans(struct scratch *sc, const pcre2_code *re, const char *s, 
         }
     }
     if (prev != n)
-        return push_span(sc, prev, n, false);
+        return sink_span(sk, prev, n, false);
     return 0;
 }
 
-/* HF's Split with one of its five behaviors, appending the non-empty
- * pieces to sc->next. */
-static int split_piece(struct scratch *sc, const struct pretok_step *st, struct piece pc)
+/* HF's Split with one of its five behaviors on one piece. */
+static int split_run(const struct tok *t, struct scratch *sc, size_t k, const pcre2_code *re,
+                     enum tok_json_split_behavior behavior, bool invert, const char *p, size_t n,
+                     struct tok_ids *out)
 {
-    int rc = regex_spans(sc, st->re, pc.p, pc.n);
-    if (rc)
+    struct span_sink sk = { .t = t, .sc = sc, .k = k, .base = p, .behavior = behavior,
+                            .invert = invert, .out = out };
+    int rc = regex_spans(&sk, re, p, n);
+    if (rc || behavior == TOK_JSON_SPLIT_ISOLATED || behavior == TOK_JSON_SPLIT_REMOVED) {
+        free(sk.buf);
         return rc;
-    struct span *sp = sc->spans;
-    size_t n = sc->n_spans;
-    if (st->invert)
-        for (size_t i = 0; i < n; i++)
-            sp[i].is_match = !sp[i].is_match;
-
-    /* Each behavior folds the spans into output spans, reusing the array. */
-    size_t m = 0;
+    }
+    /* Fold the spans as HF does, reusing the array. */
+    struct span *sp = sk.buf;
+    size_t cnt = sk.n, m = 0;
     bool previous_match = false;
-    switch (st->behavior) {
-    case TOK_JSON_SPLIT_ISOLATED:
-        m = n;
-        break;
-    case TOK_JSON_SPLIT_REMOVED:
-        for (size_t i = 0; i < n; i++)
-            if (!sp[i].is_match)
-                sp[m++] = sp[i];
-        break;
-    case TOK_JSON_SPLIT_MERGED_WITH_PREVIOUS:
-        for (size_t i = 0; i < n; i++) {
+    if (behavior == TOK_JSON_SPLIT_MERGED_WITH_PREVIOUS) {
+        for (size_t i = 0; i < cnt; i++) {
             bool is_match = sp[i].is_match;
             if (is_match && !previous_match && m > 0)
                 sp[m - 1].end = sp[i].end;
@@ -664,24 +793,21 @@ static int split_piece(struct scratch *sc, const struct pretok_step *st, struct 
                 sp[m++] = sp[i];
             previous_match = is_match;
         }
-        break;
-    case TOK_JSON_SPLIT_MERGED_WITH_NEXT:
-        /* Folded from the right: a match joins the span after it. */
-        m = n;
-        for (size_t i = n; i-- > 0;) {
+    } else if (behavior == TOK_JSON_SPLIT_MERGED_WITH_NEXT) {
+        /* folded from the right: a match joins the span after it */
+        size_t lo = cnt;
+        for (size_t i = cnt; i-- > 0;) {
             bool is_match = sp[i].is_match;
-            if (is_match && !previous_match && m < n) {
-                sp[m].start = sp[i].start;
-            } else {
-                sp[--m] = sp[i];
-            }
+            if (is_match && !previous_match && lo < cnt)
+                sp[lo].start = sp[i].start;
+            else
+                sp[--lo] = sp[i];
             previous_match = is_match;
         }
-        memmove(sp, sp + m, (n - m) * sizeof(*sp));
-        m = n - m;
-        break;
-    case TOK_JSON_SPLIT_CONTIGUOUS:
-        for (size_t i = 0; i < n; i++) {
+        memmove(sp, sp + lo, (cnt - lo) * sizeof(*sp));
+        m = cnt - lo;
+    } else { /* TOK_JSON_SPLIT_CONTIGUOUS */
+        for (size_t i = 0; i < cnt; i++) {
             bool is_match = sp[i].is_match;
             if (is_match == previous_match && m > 0)
                 sp[m - 1].end = sp[i].end;
@@ -689,57 +815,42 @@ static int split_piece(struct scratch *sc, const struct pretok_step *st, struct 
                 sp[m++] = sp[i];
             previous_match = is_match;
         }
-        break;
     }
-    for (size_t i = 0; i < m; i++)
-        if ((rc = push_piece(&sc->next, &sc->n_next, &sc->cap_next, pc.p + sp[i].start,
-                             sp[i].end - sp[i].start)))
-            return rc;
-    return 0;
+    for (size_t i = 0; !rc && i < m; i++)
+        rc = pretok_run(t, sc, k + 1, p + sp[i].start, sp[i].end - sp[i].start, out);
+    free(sp);
+    return rc;
 }
 
-static int byte_level_piece(struct scratch *sc, const struct pretok_step *st, struct piece pc)
+/* Pre-tokenizer step k (and all after it, then BPE) on one piece. Empty
+ * pieces vanish, as in HF. */
+static int pretok_run(const struct tok *t, struct scratch *sc, size_t k, const char *p, size_t n,
+                      struct tok_ids *out)
 {
-    if (st->add_prefix_space && pc.p[0] != ' ') {
+    if (n == 0)
+        return 0;
+    if (k == t->n_steps)
+        return bpe_cached(t, sc, (const unsigned char *)p, n, out);
+    const struct pretok_step *st = &t->steps[k];
+    if (st->kind == TOK_JSON_PRETOK_SPLIT)
+        return split_run(t, sc, k, st->re, st->behavior, st->invert, p, n, out);
+    /* ByteLevel: the byte mapping itself happens in BPE */
+    if (st->add_prefix_space && p[0] != ' ') {
         int rc = grow(&sc->owned, &sc->cap_owned, sc->n_owned + 1, sizeof(*sc->owned));
         if (rc)
             return rc;
-        char *s = lm_malloc(pc.n + 1);
+        char *s = lm_malloc(n + 1);
         if (!s)
             return LM_ENOMEM;
         s[0] = ' ';
-        memcpy(s + 1, pc.p, pc.n);
+        memcpy(s + 1, p, n);
         sc->owned[sc->n_owned++] = s;
-        pc.p = s;
-        pc.n++;
+        p = s;
+        n++;
     }
     if (!st->re)
-        return push_piece(&sc->next, &sc->n_next, &sc->cap_next, pc.p, pc.n);
-    struct pretok_step iso = { .kind = TOK_JSON_PRETOK_SPLIT, .re = st->re,
-                               .behavior = TOK_JSON_SPLIT_ISOLATED };
-    return split_piece(sc, &iso, pc);
-}
-
-/* Runs every pre-tokenizer step over s[0..n); the pieces end in sc->cur. */
-static int pretokenize(const struct tok *t, struct scratch *sc, const char *s, size_t n)
-{
-    sc->n_cur = 0;
-    int rc = push_piece(&sc->cur, &sc->n_cur, &sc->cap_cur, s, n);
-    for (size_t k = 0; !rc && k < t->n_steps; k++) {
-        const struct pretok_step *st = &t->steps[k];
-        sc->n_next = 0;
-        for (size_t i = 0; !rc && i < sc->n_cur; i++)
-            rc = st->kind == TOK_JSON_PRETOK_SPLIT ? split_piece(sc, st, sc->cur[i])
-                                                   : byte_level_piece(sc, st, sc->cur[i]);
-        struct piece *tp = sc->cur;
-        size_t tc = sc->cap_cur;
-        sc->cur = sc->next;
-        sc->cap_cur = sc->cap_next;
-        sc->n_cur = sc->n_next;
-        sc->next = tp;
-        sc->cap_next = tc;
-    }
-    return rc;
+        return pretok_run(t, sc, k + 1, p, n, out);
+    return split_run(t, sc, k, st->re, TOK_JSON_SPLIT_ISOLATED, false, p, n, out);
 }
 
 /* ===== BPE ===== */
@@ -811,6 +922,8 @@ static int bpe_piece(const struct tok *t, struct scratch *sc, const unsigned cha
                      struct tok_ids *out)
 {
     int rc;
+    if (n >= (size_t)INT32_MAX)
+        return lm_err(LM_EINVAL, "tokenizer: a piece of %zu bytes is too long to encode", n);
     if (t->ignore_merges) {
         if ((rc = grow(&sc->buf, &sc->cap_buf, 2 * n, 1)))
             return rc;
@@ -893,6 +1006,45 @@ static int bpe_piece(const struct tok *t, struct scratch *sc, const unsigned cha
     for (size_t i = 0; i < ns; i++)
         if (y[i].len && (rc = tok_ids_push(out, y[i].id)))
             return rc;
+    return 0;
+}
+
+/* bpe_piece through the call's cache. */
+static int bpe_cached(const struct tok *t, struct scratch *sc, const unsigned char *s, size_t n,
+                      struct tok_ids *out)
+{
+    struct piece_cache *c = sc->cache;
+    if (!c || n > CACHE_MAX_PIECE)
+        return bpe_piece(t, sc, s, n, out);
+    uint64_t h = hash_bytes((const char *)s, n);
+    size_t mask = LM_ARRAY_SIZE(c->slots) - 1, i = h & mask;
+    for (; c->slots[i]; i = (i + 1) & mask) {
+        const struct cache_entry *e = &c->entries[c->slots[i] - 1];
+        if (e->hash == h && e->key_len == n && memcmp(c->keys + e->key_off, s, n) == 0) {
+            for (uint32_t k = 0; k < e->n_ids; k++) {
+                int rc = tok_ids_push(out, c->ids[e->ids_off + k]);
+                if (rc)
+                    return rc;
+            }
+            return 0;
+        }
+    }
+    size_t first = out->n;
+    int rc = bpe_piece(t, sc, s, n, out);
+    if (rc || c->n_entries >= CACHE_MAX_ENTRIES)
+        return rc;
+    size_t n_new = out->n - first;
+    if ((rc = grow(&c->entries, &c->cap_entries, c->n_entries + 1, sizeof(*c->entries))) ||
+        (rc = grow(&c->keys, &c->cap_keys, c->n_keys + n, 1)) ||
+        (rc = grow(&c->ids, &c->cap_ids, c->n_ids + n_new, sizeof(*c->ids))))
+        return rc;
+    c->entries[c->n_entries] = (struct cache_entry){
+        h, (uint32_t)c->n_keys, (uint32_t)n, (uint32_t)c->n_ids, (uint32_t)n_new };
+    memcpy(c->keys + c->n_keys, s, n);
+    memcpy(c->ids + c->n_ids, out->data + first, n_new * sizeof(*c->ids));
+    c->n_keys += n;
+    c->n_ids += n_new;
+    c->slots[i] = (uint32_t)++c->n_entries;
     return 0;
 }
 
@@ -990,9 +1142,7 @@ static int encode_plain(const struct tok *t, struct scratch *sc, const char *s, 
                         bool allow_special, struct tok_ids *out)
 {
     (void)allow_special;
-    int rc = pretokenize(t, sc, s, n);
-    for (size_t i = 0; !rc && i < sc->n_cur; i++)
-        rc = bpe_piece(t, sc, (const unsigned char *)sc->cur[i].p, sc->cur[i].n, out);
+    int rc = pretok_run(t, sc, 0, s, n, out);
     scratch_free_owned(sc);
     return rc;
 }
@@ -1022,6 +1172,11 @@ int tok_encode(const struct tok *t, const char *text, size_t len, bool allow_spe
         sc.md = pcre2_match_data_create(2, NULL);
         if (!sc.md)
             return lm_err(LM_ENOMEM, "tokenizer: out of memory for regex match data");
+    }
+    /* Short texts (a prompt, a line) are not worth the cache's setup. */
+    if (len >= 4096 && !(sc.cache = lm_calloc(1, sizeof(*sc.cache)))) {
+        scratch_deinit(&sc);
+        return LM_ENOMEM;
     }
     /* Valid UTF-8 runs take the full path; bytes that are not UTF-8 become
      * pieces of their own. */
@@ -1336,18 +1491,27 @@ static int build_ids(struct tok *t)
     t->str_mask = slots - 1;
     t->n_ids = (size_t)max_vocab + 1;
 
-    for (size_t i = 0; i < j->n_vocab; i++) {
-        const struct tok_json_vocab *v = &j->vocab[i];
-        struct tok_entry *e = &t->entries[v->id];
-        if (e->text)
-            return lm_err(LM_EFORMAT, "%s: model.vocab gives id %d to both \"%s\" and \"%s\"",
-                          j->label, (int)v->id, e->text, v->token);
-        int32_t other = str_lookup(t, v->token, v->len);
-        if (other >= 0)
-            return lm_err(LM_EFORMAT, "%s: model.vocab lists \"%s\" twice (ids %d and %d)",
-                          j->label, v->token, (int)other, (int)v->id);
-        *e = (struct tok_entry){ v->token, v->len, TOK_ENTRY_VOCAB };
-        str_insert(t, v->id);
+    /* In blocks: hash a block and prefetch its slots, then insert, so that
+     * the cache misses of a block overlap. */
+    for (size_t base = 0; base < j->n_vocab; base += LOAD_BLOCK) {
+        size_t nb = LM_MIN((size_t)LOAD_BLOCK, j->n_vocab - base);
+        uint64_t h[LOAD_BLOCK];
+        for (size_t k = 0; k < nb; k++) {
+            h[k] = hash_bytes(j->vocab[base + k].token, j->vocab[base + k].len);
+            TOK_PREFETCH(&t->str_slots[h[k] & t->str_mask]);
+        }
+        for (size_t k = 0; k < nb; k++) {
+            const struct tok_json_vocab *v = &j->vocab[base + k];
+            struct tok_entry *e = &t->entries[v->id];
+            if (e->text)
+                return lm_err(LM_EFORMAT, "%s: model.vocab gives id %d to both \"%s\" and "
+                              "\"%s\"", j->label, (int)v->id, e->text, v->token);
+            *e = (struct tok_entry){ v->token, v->len, TOK_ENTRY_VOCAB };
+            int32_t other = str_insert(t, v->id, h[k]);
+            if (other >= 0)
+                return lm_err(LM_EFORMAT, "%s: model.vocab lists \"%s\" twice (ids %d and %d)",
+                              j->label, v->token, (int)other, (int)v->id);
+        }
     }
     int64_t max_added = -1;
     int64_t vocab_len = (int64_t)j->n_vocab;
@@ -1368,7 +1532,7 @@ static int build_ids(struct tok *t)
                               "the vocabulary already gives to \"%s\"", j->label, i, a->content,
                               (int)id, j->n_vocab, e->text);
             *e = (struct tok_entry){ a->content, a->len, 0 };
-            str_insert(t, id);
+            str_insert(t, id, hash_bytes(a->content, a->len));
             t->n_ids = LM_MAX(t->n_ids, (size_t)id + 1);
         }
         max_added = LM_MAX(max_added, (int64_t)id);
@@ -1378,6 +1542,9 @@ static int build_ids(struct tok *t)
     return 0;
 }
 
+/* Merges are resolved in blocks for the same reason as the vocabulary:
+ * three lookups each (left, right, joined) into a table far larger than
+ * the caches. */
 static int build_merges(struct tok *t)
 {
     const struct tok_json *j = t->json;
@@ -1389,28 +1556,51 @@ static int build_merges(struct tok *t)
     char *joined = NULL;
     size_t joined_cap = 0;
     int rc = 0;
-    for (size_t i = 0; i < j->n_merges && !rc; i++) {
-        const struct tok_json_merge *m = &j->merges[i];
-        int32_t a = vocab_lookup(t, m->left, m->left_len);
-        int32_t b = vocab_lookup(t, m->right, m->right_len);
-        if (a < 0 || b < 0) {
-            rc = lm_err(LM_EFORMAT, "%s: model.merges[%zu] \"%s\" \"%s\": \"%s\" is not in the "
-                        "vocabulary", j->label, i, m->left, m->right, a < 0 ? m->left : m->right);
-            break;
+    for (size_t base = 0; base < j->n_merges && !rc; base += LOAD_BLOCK) {
+        size_t nb = LM_MIN((size_t)LOAD_BLOCK, j->n_merges - base);
+        uint64_t ha[LOAD_BLOCK], hb[LOAD_BLOCK], hc[LOAD_BLOCK];
+        size_t off[LOAD_BLOCK + 1] = { 0 };
+        int32_t a[LOAD_BLOCK], b[LOAD_BLOCK], c[LOAD_BLOCK];
+        for (size_t k = 0; k < nb; k++) {
+            const struct tok_json_merge *m = &j->merges[base + k];
+            off[k + 1] = off[k] + m->left_len + m->right_len;
         }
-        size_t len = (size_t)m->left_len + m->right_len;
-        if ((rc = grow(&joined, &joined_cap, len, 1)))
+        if ((rc = grow(&joined, &joined_cap, off[nb], 1)))
             break;
-        memcpy(joined, m->left, m->left_len);
-        memcpy(joined + m->left_len, m->right, m->right_len);
-        int32_t c = vocab_lookup(t, joined, len);
-        if (c < 0) {
-            rc = lm_err(LM_EFORMAT, "%s: model.merges[%zu] \"%s\" \"%s\": the merged token "
-                        "\"%.*s\" is not in the vocabulary", j->label, i, m->left, m->right,
-                        (int)len, joined);
-            break;
+        for (size_t k = 0; k < nb; k++) {
+            const struct tok_json_merge *m = &j->merges[base + k];
+            char *jk = joined + off[k];
+            memcpy(jk, m->left, m->left_len);
+            memcpy(jk + m->left_len, m->right, m->right_len);
+            ha[k] = hash_bytes(m->left, m->left_len);
+            hb[k] = hash_bytes(m->right, m->right_len);
+            hc[k] = hash_bytes(jk, off[k + 1] - off[k]);
+            TOK_PREFETCH(&t->str_slots[ha[k] & t->str_mask]);
+            TOK_PREFETCH(&t->str_slots[hb[k] & t->str_mask]);
+            TOK_PREFETCH(&t->str_slots[hc[k] & t->str_mask]);
         }
-        merge_insert(t, a, b, (uint32_t)i, c);
+        for (size_t k = 0; k < nb; k++) {
+            const struct tok_json_merge *m = &j->merges[base + k];
+            size_t i = base + k, len = off[k + 1] - off[k];
+            a[k] = str_find_h(t, m->left, m->left_len, ha[k], true);
+            b[k] = str_find_h(t, m->right, m->right_len, hb[k], true);
+            if (a[k] < 0 || b[k] < 0) {
+                rc = lm_err(LM_EFORMAT, "%s: model.merges[%zu] \"%s\" \"%s\": \"%s\" is not in "
+                            "the vocabulary", j->label, i, m->left, m->right,
+                            a[k] < 0 ? m->left : m->right);
+                break;
+            }
+            c[k] = str_find_h(t, joined + off[k], len, hc[k], true);
+            if (c[k] < 0) {
+                rc = lm_err(LM_EFORMAT, "%s: model.merges[%zu] \"%s\" \"%s\": the merged token "
+                            "\"%.*s\" is not in the vocabulary", j->label, i, m->left, m->right,
+                            (int)len, joined + off[k]);
+                break;
+            }
+            TOK_PREFETCH(&t->merge_slots[hash_u64(merge_key(a[k], b[k])) & t->merge_mask]);
+        }
+        for (size_t k = 0; k < nb && !rc; k++)
+            merge_insert(t, a[k], b[k], (uint32_t)(base + k), c[k]);
     }
     free(joined);
     return rc;

@@ -22,6 +22,11 @@
  * mode. Non-special added tokens (Qwen's <think>, <tool_call>) are always
  * matched, as in Hugging Face.
  *
+ * Added tokens get the ids Hugging Face gives them, which ignores their
+ * "id" field: a token whose text is in the vocabulary takes that token's
+ * id, the others are numbered in file order from the vocabulary size. Real
+ * files write exactly these ids.
+ *
  * Input bytes that are not valid UTF-8 (which Hugging Face cannot take) are
  * kept as pieces of their own that skip normalization and pre-tokenization,
  * so decode(encode(x)) == x for any byte string x.

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include "lm_error.h"
 #include "merge_plan.h"
 #include "pool.h"
+#include "select.h"
 
 #define EMBED_NAME   "model.embed_tokens.weight"
 #define LM_HEAD_NAME "lm_head.weight"
@@ -40,8 +42,8 @@ struct workspace {
     int tokenizer_from;
     char *notes;
     struct stats_raw *stats;
-    bool *stats_done;
-    float **merged;
+    atomic_bool *stats_done;
+    void **merged;                  /* output-dtype bytes per tensor, or NULL */
 };
 
 struct ws_params ws_default_params(void)
@@ -376,7 +378,10 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
         goto fail;
 
     ws->stats = lm_calloc(ws->n_tensors, sizeof(*ws->stats));
-    ws->stats_done = lm_calloc(ws->n_tensors, sizeof(*ws->stats_done));
+    ws->stats_done = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->stats_done));
+    for (size_t i = 0; ws->stats_done && i < ws->n_tensors; i++)
+        atomic_init(&ws->stats_done[i], false);
+
     ws->merged = lm_calloc(ws->n_tensors, sizeof(*ws->merged));
     ws->pool = pool_new(params.n_threads);
     if (!ws->stats || !ws->stats_done || !ws->merged || !ws->pool)
@@ -462,16 +467,19 @@ int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed)
         return rc;
     }
     plan.n_layers = ws->n_layers;
+    const char *old_dtype = old->output.dtype ? old->output.dtype : "";
+    const char *new_dtype = copy->output.dtype ? copy->output.dtype : "";
+    bool dtype_changed = strcmp(old_dtype, new_dtype) != 0;
     for (size_t i = 0; i < ws->n_tensors; i++) {
         const struct ws_tensor *t = &ws->tensors[i];
         struct merge_tensor_params a, b;
         merge_plan_resolve(&ws->plan, t->name, &t->info, &a);
         merge_plan_resolve(&plan, t->name, &t->info, &b);
         bool differs = plan.method != ws->plan.method || memcmp(&a, &b, sizeof(a)) != 0;
-        if (differs) {
+        if (differs || dtype_changed) {
             free(ws->merged[i]);
             ws->merged[i] = NULL;
-            ws->stats_done[i] = false;
+            atomic_store(&ws->stats_done[i], false);
         }
         if (changed)
             changed[i] = differs;
@@ -593,8 +601,7 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     const struct ws_tensor *t = &ws->tensors[i];
     struct ws_scratch *sc = &ws->scratch[worker];
     size_t n = (size_t)t->n_elements;
-    float *out = p->keep_merged ? lm_malloc_array(n, sizeof(float))
-                                : merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, n);
+    float *out = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, n);
     if (!out) {
         pass_fail(p, LM_ENOMEM);
         return;
@@ -614,24 +621,21 @@ static void pass_tensor(void *ud, int64_t k, int worker)
                               prm.density, prm.weight, &sc->method);
         if (!rc) {
             ws->stats[i] = raw;
-            ws->stats_done[i] = true;
+            atomic_store_explicit(&ws->stats_done[i], true, memory_order_release);
         }
     }
-    if (!rc && p->out_bytes) {
-        size_t bytes = n * lm_dtype_size(p->out_dtype);
-        void *buf = lm_malloc(bytes);
+    if (!rc && (p->out_bytes || p->keep_merged)) {
+        enum lm_dtype dt = p->keep_merged ? ws_output_dtype(ws, i, -1) : p->out_dtype;
+        void *buf = lm_malloc_array(n, lm_dtype_size(dt));
         if (!buf) {
             rc = LM_ENOMEM;
         } else {
-            lm_convert_from_f32(buf, p->out_dtype, out, n);
-            p->out_bytes[k] = buf;
+            lm_convert_from_f32(buf, dt, out, n);
+            if (p->keep_merged)
+                ws->merged[i] = buf;
+            else
+                p->out_bytes[k] = buf;
         }
-    }
-    if (p->keep_merged) {
-        if (rc)
-            free(out);
-        else
-            ws->merged[i] = out;
     }
     if (rc) {
         pass_fail(p, rc);
@@ -690,7 +694,7 @@ int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
         return LM_ENOMEM;
     size_t n = 0;
     for (size_t i = 0; i < ws->n_tensors; i++)
-        if (!ws->stats_done[i])
+        if (!atomic_load(&ws->stats_done[i]))
             todo[n++] = i;
     sort_ws = ws;
     qsort(todo, n, sizeof(*todo), by_size_desc);
@@ -707,17 +711,19 @@ int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
 
 const struct stats_raw *ws_tensor_stats(const struct workspace *ws, size_t i)
 {
-    return ws->stats_done[i] ? &ws->stats[i] : NULL;
+    return atomic_load_explicit(&ws->stats_done[i], memory_order_acquire) ? &ws->stats[i] : NULL;
 }
 
-int ws_merge_layer(struct workspace *ws, int layer, lm_progress_fn progress, void *ud)
+/* Merges the listed tensors that are not cached yet into the cache. */
+static int merge_into_cache(struct workspace *ws, bool (*want)(const struct ws_tensor *, int), int arg,
+                            lm_progress_fn progress, void *ud)
 {
     size_t *todo = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
     if (!todo)
         return LM_ENOMEM;
     size_t n = 0;
     for (size_t i = 0; i < ws->n_tensors; i++)
-        if (ws->tensors[i].info.layer == layer && !ws->merged[i])
+        if (want(&ws->tensors[i], arg) && !ws->merged[i])
             todo[n++] = i;
     sort_ws = ws;
     qsort(todo, n, sizeof(*todo), by_size_desc);
@@ -729,9 +735,64 @@ int ws_merge_layer(struct workspace *ws, int layer, lm_progress_fn progress, voi
     return pass_finish(&p);
 }
 
-const float *ws_merged(const struct workspace *ws, size_t i)
+static bool in_layer(const struct ws_tensor *t, int layer)
+{
+    return t->info.layer == layer;
+}
+
+static bool any_tensor(const struct ws_tensor *t, int unused)
+{
+    (void)t;
+    (void)unused;
+    return true;
+}
+
+int ws_merge_layer(struct workspace *ws, int layer, lm_progress_fn progress, void *ud)
+{
+    return merge_into_cache(ws, in_layer, layer, progress, ud);
+}
+
+int ws_merge_all(struct workspace *ws, lm_progress_fn progress, void *ud)
+{
+    int rc = merge_into_cache(ws, any_tensor, 0, progress, ud);
+    release_scratch(ws);
+    return rc;
+}
+
+const void *ws_merged(const struct workspace *ws, size_t i)
 {
     return ws->merged[i];
+}
+
+enum lm_dtype ws_output_dtype(const struct workspace *ws, size_t i, int override)
+{
+    if (override >= 0)
+        return (enum lm_dtype)override;
+    int d = ws->recipe->output.dtype ? lm_dtype_from_user_name(ws->recipe->output.dtype) : -1;
+    return d >= 0 ? (enum lm_dtype)d : ws->tensors[i].base_dtype;
+}
+
+int ws_output_config(const struct workspace *ws, struct hf_config *out)
+{
+    const struct ws_model *m = &ws->sources[ws->config_from];
+    if (!m->has_config)
+        return lm_err(LM_EFORMAT, "model '%s' (%s) has no config.json to run the merged model with",
+                      m->name, m->dir);
+    int rc = hf_config_load(m->config.path, out);
+    if (rc)
+        return rc;
+    char *gen = lm_path_join(m->dir, "generation_config.json");
+    if (!gen)
+        return LM_ENOMEM;
+    rc = hf_generation_config_load(gen, out);
+    free(gen);
+    if (rc)
+        return rc;
+    out->tie_word_embeddings = ws->output_tied;
+    out->has_tie_word_embeddings = true;
+    if (ws->out_vocab > 0)
+        out->vocab_size = ws->out_vocab;
+    return 0;
 }
 
 void ws_drop_merged(struct workspace *ws)
@@ -742,6 +803,83 @@ void ws_drop_merged(struct workspace *ws)
         free(ws->merged[i]);
         ws->merged[i] = NULL;
     }
+}
+
+/* ===== Histograms ===== */
+
+/* Every `stride`-th entry of source s of tensor t as float32 (0 past the
+ * rows the source has). */
+static float *load_sampled(const struct ws_tensor *t, int s, uint64_t stride, uint64_t n_s)
+{
+    const struct st_tensor *src = t->src[s];
+    float *out = lm_malloc_array(n_s ? n_s : 1, sizeof(float));
+    if (!out)
+        return NULL;
+    size_t es = lm_dtype_size(src->dtype);
+    for (uint64_t k = 0; k < n_s; k++) {
+        uint64_t e = k * stride;
+        if (e < src->n_elements)
+            lm_convert_to_f32(&out[k], (const char *)src->data + e * es, src->dtype, 1);
+        else
+            out[k] = 0;
+    }
+    return out;
+}
+
+static int hist_bin(double log_v, const struct ws_histogram *h)
+{
+    int b = (int)((log_v - h->lo) / (h->hi - h->lo) * h->n_bins);
+    return b < 0 ? 0 : b >= h->n_bins ? h->n_bins - 1 : b;
+}
+
+int ws_delta_histogram(const struct workspace *ws, size_t i, int n_bins, uint64_t max_samples,
+                       struct ws_histogram *h)
+{
+    const struct ws_tensor *t = &ws->tensors[i];
+    memset(h, 0, sizeof(*h));
+    h->n_models = ws->n_sources - 1;
+    h->n_bins = LM_MAX(1, LM_MIN(n_bins, WS_HIST_MAX_BINS));
+    uint64_t n = t->n_elements;
+    uint64_t stride = max_samples && n > max_samples ? (n + max_samples - 1) / max_samples : 1;
+    uint64_t n_s = (n + stride - 1) / stride;
+    h->n_sampled = n_s;
+    struct merge_tensor_params p;
+    merge_plan_resolve(&ws->plan, t->name, &t->info, &p);
+    float *base = load_sampled(t, 0, stride, n_s);
+    float *d[MERGE_MAX_MODELS] = { NULL };
+    int rc = base ? 0 : LM_ENOMEM;
+    double maxabs = 0;
+    for (int m = 0; m < h->n_models && !rc; m++) {
+        if (!(d[m] = load_sampled(t, 1 + m, stride, n_s))) {
+            rc = LM_ENOMEM;
+            break;
+        }
+        for (uint64_t k = 0; k < n_s; k++) {
+            d[m][k] -= base[k];
+            maxabs = fmax(maxabs, fabs((double)d[m][k]));
+        }
+    }
+    if (!rc) {
+        h->hi = maxabs > 0 ? log10(maxabs) : 0;
+        h->lo = h->hi - 6;
+        for (int m = 0; m < h->n_models; m++) {
+            for (uint64_t k = 0; k < n_s; k++) {
+                double v = fabs((double)d[m][k]);
+                if (v > 0)
+                    h->counts[m][hist_bin(log10(v), h)] += 1;
+            }
+            h->threshold_bin[m] = -1;
+            if (p.density[m] < 1.0) {
+                struct topk_cut cut = topk_find(d[m], n_s, topk_count(p.density[m], n_s));
+                if (isfinite(cut.threshold) && cut.threshold > 0)
+                    h->threshold_bin[m] = hist_bin(log10(cut.threshold), h);
+            }
+        }
+    }
+    for (int m = 0; m < h->n_models; m++)
+        free(d[m]);
+    free(base);
+    return rc;
 }
 
 /* ===== Statistics rows ===== */
@@ -788,7 +926,7 @@ int ws_stats_rows(const struct workspace *ws, enum ws_stats_by by, struct ws_sta
         return LM_ENOMEM;
     size_t n = 0;
     for (size_t i = 0; i < ws->n_tensors; i++) {
-        if (!ws->stats_done[i])
+        if (!ws_tensor_stats(ws, i))
             continue;
         struct ws_stats_row proto;
         int r = row_index_for(by, &ws->tensors[i], rows, n, &proto);
@@ -1075,11 +1213,8 @@ int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params p
 {
     const struct recipe *r = ws->recipe;
     int dtype = params.out_dtype;
-    if (dtype < 0 && r->output.dtype) {
+    if (dtype < 0 && r->output.dtype)
         dtype = lm_dtype_from_user_name(r->output.dtype);
-        if (dtype < 0)
-            return lm_err(LM_EFORMAT, "output.dtype: \"%s\" is not bf16, f16 or f32", r->output.dtype);
-    }
     uint64_t shard = params.shard_size;
     if (!shard && r->output.shard_size && st_parse_size(r->output.shard_size, &shard) != 0)
         return lm_err(LM_EFORMAT, "output.shard_size: \"%s\" is not a size like \"5GB\"", r->output.shard_size);

@@ -100,7 +100,9 @@ int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed);
 
 /* Computes statistics for every tensor that has none yet (all threads). */
 int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud);
-/* Statistics of tensor i, or NULL when not computed yet. */
+/* Statistics of tensor i, or NULL when not computed yet. Safe to call
+ * while ws_stats_compute runs on another thread (a tensor's statistics are
+ * published whole). */
 const struct stats_raw *ws_tensor_stats(const struct workspace *ws, size_t i);
 
 enum ws_stats_by {
@@ -121,6 +123,21 @@ struct ws_stats_row {
 int ws_stats_rows(const struct workspace *ws, enum ws_stats_by by,
                   struct ws_stats_row **rows, size_t *n_rows);
 
+/* Histogram of log10 |d_i| for tensor i, per model, over at most
+ * `max_samples` evenly strided entries, with the bin of the TIES trim
+ * threshold the current density gives (computed on the same sample). */
+#define WS_HIST_MAX_BINS 128
+struct ws_histogram {
+    int n_models;
+    int n_bins;
+    double lo, hi;                                   /* log10 range of the bins */
+    double counts[MERGE_MAX_MODELS][WS_HIST_MAX_BINS];
+    int threshold_bin[MERGE_MAX_MODELS];             /* -1: no trim */
+    uint64_t n_sampled;
+};
+int ws_delta_histogram(const struct workspace *ws, size_t i, int n_bins, uint64_t max_samples,
+                       struct ws_histogram *out);
+
 /* ===== Merging ===== */
 
 /* Buffers one thread reuses across tensors: float32 copies of the inputs,
@@ -135,13 +152,27 @@ void ws_scratch_deinit(struct ws_scratch *s);
  * call from several threads at once with different scratch. */
 int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratch *scratch);
 
+/* The dtype tensor i is written in (and cached in): `override` when >= 0,
+ * else output.dtype, else the base tensor's dtype. */
+enum lm_dtype ws_output_dtype(const struct workspace *ws, size_t i, int override);
+
 /* Merges every tensor of `layer` (-1: the tensors outside the layer stack)
- * into the in-memory cache, in parallel; tensors already cached are kept. */
+ * into the in-memory cache, in parallel; tensors already cached are kept.
+ * The cache holds each tensor rounded to its output dtype, i.e. exactly the
+ * bytes `ws_write` would store, so that a preview runs the model the user
+ * would save. */
 int ws_merge_layer(struct workspace *ws, int layer, lm_progress_fn progress, void *ud);
-/* The cached merged tensor i (float32), or NULL. */
-const float *ws_merged(const struct workspace *ws, size_t i);
+/* Merges every tensor not yet cached (all threads). */
+int ws_merge_all(struct workspace *ws, lm_progress_fn progress, void *ud);
+/* The cached merged tensor i (ws_output_dtype(ws, i, -1) elements), or NULL. */
+const void *ws_merged(const struct workspace *ws, size_t i);
 /* Drops every cached merge. */
 void ws_drop_merged(struct workspace *ws);
+
+/* The config.json of output.config_from with tie_word_embeddings and
+ * vocab_size made true to the merged tensors, for running the merged model
+ * in memory. `out` is deinitialised with hf_config_deinit. */
+int ws_output_config(const struct workspace *ws, struct hf_config *out);
 
 struct ws_write_params {
     int out_dtype;          /* an enum lm_dtype, or -1: output.dtype, else each base tensor's dtype */

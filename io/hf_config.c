@@ -21,12 +21,8 @@ const char *hf_arch_name(enum hf_arch a)
     }
 }
 
-static cJSON *parse_json_file(const char *path)
+static cJSON *parse_json_text(const char *text, size_t len, const char *path)
 {
-    size_t len;
-    char *text = lm_read_file(path, HF_CONFIG_MAX_BYTES, &len);
-    if (!text)
-        return NULL;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!root) {
@@ -37,6 +33,16 @@ static cJSON *parse_json_file(const char *path)
         cJSON_Delete(root);
         root = NULL;
     }
+    return root;
+}
+
+static cJSON *parse_json_file(const char *path)
+{
+    size_t len;
+    char *text = lm_read_file(path, HF_CONFIG_MAX_BYTES, &len);
+    if (!text)
+        return NULL;
+    cJSON *root = parse_json_text(text, len, path);
     free(text);
     return root;
 }
@@ -137,18 +143,40 @@ static enum hf_arch arch_from(const char *model_type, const char *architecture)
     return HF_ARCH_UNKNOWN;
 }
 
+static int config_from_json(cJSON *root, const char *path, struct hf_config *c);
+
 int hf_config_load(const char *path, struct hf_config *c)
 {
     memset(c, 0, sizeof(*c));
+    size_t len;
+    char *text = lm_read_file(path, HF_CONFIG_MAX_BYTES, &len);
+    if (!text)
+        return LM_EIO;
+    int rc = hf_config_parse(text, len, path, c);
+    free(text);
+    return rc;
+}
+
+int hf_config_parse(const char *text, size_t len, const char *path, struct hf_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    cJSON *root = parse_json_text(text, len, path);
+    if (!root)
+        return LM_EFORMAT;
+    return config_from_json(root, path, c);
+}
+
+/* Fills `c` from a parsed config.json and deletes `root`. */
+static int config_from_json(cJSON *root, const char *path, struct hf_config *c)
+{
     c->bos_token_id = -1;
     c->rope_theta = 10000.0;
     c->rms_norm_eps = 1e-6;
     c->path = lm_strdup(path);
-    if (!c->path)
+    if (!c->path) {
+        cJSON_Delete(root);
         return LM_ENOMEM;
-    cJSON *root = parse_json_file(path);
-    if (!root)
-        return LM_EFORMAT;
+    }
 
     int rc = 0;
     const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");

@@ -10,6 +10,7 @@
 #define LM_IO_HF_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum hf_arch {
@@ -53,6 +54,8 @@ struct hf_config {
 
 /* Parses config.json at `path`. 0 or an error naming the file and key. */
 int hf_config_load(const char *path, struct hf_config *out);
+/* The same from text in memory; `path` names it in messages. */
+int hf_config_parse(const char *text, size_t len, const char *path, struct hf_config *out);
 void hf_config_deinit(struct hf_config *c);
 const char *hf_arch_name(enum hf_arch a);
 

@@ -24,8 +24,10 @@
  *
  * What mergekit cannot express is left out (or approximated) and reported,
  * one line each, in *warnings and as comments at the top of the YAML.
- * Assumes mergescope's method defaults are mergekit's (normalize, density 1,
- * gamma 0.01, epsilon 0.15), except where a warning says otherwise. */
+ * mergescope's method defaults are mergekit's (normalize, lambda 1, density 1,
+ * gamma 0.01, epsilon 0.15), so unset parameters stay unset; the exceptions
+ * (DARE/DELLA rescaling, the output dtype, a gradient's value for the final
+ * norm and lm_head) are warned about. */
 #include "recipe.h"
 
 #include <stdarg.h>
@@ -170,6 +172,76 @@ static void sb_spaces(struct sbuf *b, int n)
         sb_putn(b, " ", 1);
 }
 
+/* ===== Text that YAML accepts ===== */
+
+/* Length of the valid UTF-8 sequence at `p` (its code point in *cp), or 0
+ * for a byte that starts none (overlong forms and surrogates included). */
+static size_t utf8_next(const unsigned char *p, uint32_t *cp)
+{
+    if (p[0] < 0x80) {
+        *cp = p[0];
+        return 1;
+    }
+    size_t n;
+    uint32_t c, min;
+    if ((p[0] & 0xe0) == 0xc0) {
+        n = 2, c = p[0] & 0x1fu, min = 0x80;
+    } else if ((p[0] & 0xf0) == 0xe0) {
+        n = 3, c = p[0] & 0x0fu, min = 0x800;
+    } else if ((p[0] & 0xf8) == 0xf0) {
+        n = 4, c = p[0] & 0x07u, min = 0x10000;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        c = (c << 6) | (p[i] & 0x3fu);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return n;
+}
+
+/* What YAML (PyYAML) lets appear unescaped. */
+static bool yaml_printable(uint32_t c)
+{
+    return c == '\t' || (c >= 0x20 && c <= 0x7e) || c == 0x85 || (c >= 0xa0 && c <= 0xd7ff) ||
+           (c >= 0xe000 && c <= 0xfffd) || (c >= 0x10000 && c <= 0x10ffff);
+}
+
+static bool utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    uint32_t c;
+    while (*p) {
+        size_t n = utf8_next(p, &c);
+        if (n == 0)
+            return false;
+        p += n;
+    }
+    return true;
+}
+
+/* Appends `n` bytes of `s` for a comment or a warning: anything that is not
+ * printable UTF-8 (control characters, stray bytes) becomes '?'. */
+static void sb_put_clean(struct sbuf *b, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end) {
+        uint32_t c;
+        size_t k = utf8_next(p, &c);
+        if (k == 0 || p + k > end || !yaml_printable(c) || c == 0x85) {
+            sb_putn(b, "?", 1);
+            p += k ? k : 1;
+            continue;
+        }
+        sb_putn(b, (const char *)p, k);
+        p += k;
+    }
+}
+
 /* ===== YAML scalars ===== */
 
 static bool ascii_alpha(char c)
@@ -215,20 +287,32 @@ static void yaml_string(struct sbuf *b, const char *s)
         sb_puts(b, s);
         return;
     }
+    /* Double-quoted: escapes for what YAML does not print; a byte that is
+     * not UTF-8 can only be written as \xNN, which YAML reads as U+00NN
+     * (the exporter warns about such strings). */
     sb_putn(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"':  sb_putn(b, "\\\"", 2); break;
-        case '\\': sb_putn(b, "\\\\", 2); break;
-        case '\n': sb_putn(b, "\\n", 2); break;
-        case '\t': sb_putn(b, "\\t", 2); break;
-        case '\r': sb_putn(b, "\\r", 2); break;
-        default:
-            if (*p < 0x20 || *p == 0x7f)
-                sb_printf(b, "\\x%02x", *p);
-            else
-                sb_putn(b, (const char *)p, 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        uint32_t c;
+        size_t k = utf8_next(p, &c);
+        if (k == 0) {
+            sb_printf(b, "\\x%02x", *p++);
+            continue;
         }
+        if (c == '"')
+            sb_putn(b, "\\\"", 2);
+        else if (c == '\\')
+            sb_putn(b, "\\\\", 2);
+        else if (c == '\n')
+            sb_putn(b, "\\n", 2);
+        else if (c == '\t')
+            sb_putn(b, "\\t", 2);
+        else if (c == '\r')
+            sb_putn(b, "\\r", 2);
+        else if (!yaml_printable(c) || c == 0x85)
+            sb_printf(b, c > 0xffff ? "\\U%08x" : "\\u%04x", (unsigned)c);
+        else
+            sb_putn(b, (const char *)p, k);
+        p += k;
     }
     sb_putn(b, "\"", 1);
 }
@@ -323,10 +407,7 @@ static void warnf(struct mk_ctx *x, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    for (char *p = line; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = ' ';
-    sb_puts(&x->warn, line);
+    sb_put_clean(&x->warn, line, strlen(line));
     sb_putn(&x->warn, "\n", 1);
 }
 
@@ -481,19 +562,27 @@ static bool value_is_gradient(const struct mk_val *v)
 
 /* mergekit's `rescale` is a bool: true rescales the kept entries to the L1
  * norm of the task vector, which is our "l1". Other choices have no match. */
-static bool map_value(struct mk_ctx *x, const char *name, const char *where, struct mk_val *v)
+static bool map_value(struct mk_ctx *x, const char *name, const char *where, struct mk_val *v,
+                      bool quiet)
 {
     if (v->kind == RECIPE_VALUE_PER_MODEL)
         return false;
     if ((v->kind == RECIPE_VALUE_NUMBER || v->kind == RECIPE_VALUE_LIST) && (!v->nums || v->n == 0))
         return false;
-    if (strcmp(name, "rescale") != 0)
-        return true;
+    if (strcmp(name, "rescale") != 0) {
+        if (v->kind != RECIPE_VALUE_STRING)
+            return true;
+        if (!quiet)
+            warnf(x, "%s.%s '%s': not a number; left out", where, name, v->s ? v->s : "");
+        return false;
+    }
     if (v->kind == RECIPE_VALUE_STRING && v->s && strcmp(v->s, "l1") == 0) {
         v->kind = RECIPE_VALUE_BOOL;
         v->b = true;
         return true;
     }
+    if (quiet)
+        return false;
     if (v->kind == RECIPE_VALUE_STRING)
         warnf(x, "%s.rescale '%s': mergekit only rescales to match the L1 norm (\"l1\"); left out",
               where, v->s ? v->s : "");
@@ -575,7 +664,7 @@ static size_t collect_entries(struct mk_ctx *x, const char *name, long model, bo
         }
         char where[48];
         snprintf(where, sizeof(where), "overrides[%zu].params", k);
-        if (!map_value(x, name, where, &v))
+        if (!map_value(x, name, where, &v, model > 0))
             continue;
         if (f->post && value_is_gradient(&v))
             *gradient_post = true;
@@ -630,7 +719,7 @@ static void export_param(struct mk_ctx *x, const char *name)
     static const double one = 1.0, half = 0.5;
     if (g) {
         value_from_recipe(&g->value, &gv);
-        if (map_value(x, name, "params", &gv))
+        if (map_value(x, name, "params", &gv, false))
             gdef = &gv;
         if (gdef && value_is_gradient(gdef))
             gradient_post = true;
@@ -672,7 +761,7 @@ static void export_param(struct mk_ctx *x, const char *name)
                 value_from_recipe(&p->value, &own);
                 char where[48];
                 snprintf(where, sizeof(where), "models[%zu]", i);
-                if (map_value(x, name, where, &own))
+                if (map_value(x, name, where, &own, false))
                     def = &own;
                 if (value_is_gradient(&own))
                     gradient_post = true;
@@ -788,7 +877,7 @@ static void comment_lines(struct sbuf *y, const char *prefix, const char *text)
         const char *nl = strchr(p, '\n');
         size_t n = nl ? (size_t)(nl - p) : strlen(p);
         sb_puts(y, prefix);
-        sb_putn(y, p, n);
+        sb_put_clean(y, p, n);
         sb_puts(y, "\n");
         p += n;
         if (*p)
@@ -824,6 +913,16 @@ static int export_all(struct mk_ctx *x, struct sbuf *y)
             warnf(x, "method '%s' needs a base model and the recipe has none", r->method);
         }
     }
+
+    bool bad_utf8 = r->base && !utf8_valid(r->base);
+    for (size_t i = 0; i < r->n_models; i++)
+        bad_utf8 = bad_utf8 || !utf8_valid(r->models[i].path);
+    for (size_t k = 0; k < r->n_overrides; k++)
+        for (size_t i = 0; i < r->overrides[k].n_modules; i++)
+            bad_utf8 = bad_utf8 || !utf8_valid(r->overrides[k].modules[i]);
+    if (bad_utf8)
+        warnf(x, "a path or module name is not valid UTF-8: written with \\x escapes, which "
+              "mergekit reads as other characters");
 
     const char **names = NULL;
     size_t n_names = 0;
@@ -898,26 +997,17 @@ char *recipe_to_mergekit_yaml(const struct recipe *r, char **warnings)
 
     /* Header: where this came from, paths, what is not exact. */
     sb_puts(&out, "# mergekit configuration exported by mergescope from ");
-    sb_puts(&out, label);
+    sb_put_clean(&out, label, strlen(label));
     sb_puts(&out, "\n");
-    if (r->description) {
-        struct sbuf d = { 0 };
-        sb_puts(&d, r->description);
-        if (d.p) {
-            for (char *p = d.p; *p; p++)
-                if ((unsigned char)*p < 0x20 && *p != '\n')
-                    *p = ' ';
-            comment_lines(&out, "# ", d.p);
-        }
-        free(d.p);
-    }
+    if (r->description)
+        comment_lines(&out, "# ", r->description);
     bool relative = path_relative(r->base);
     for (size_t i = 0; i < r->n_models; i++)
         relative = relative || path_relative(r->models[i].path);
     if (relative) {
         if (r->dir && strcmp(r->dir, ".") != 0) {
             sb_puts(&out, "# Paths are as written in the recipe, relative to ");
-            sb_puts(&out, r->dir);
+            sb_put_clean(&out, r->dir, strlen(r->dir));
             sb_puts(&out, "/: mergekit resolves them from where it runs, so run it there.\n");
         } else {
             sb_puts(&out, "# Paths are as written in the recipe, relative to its directory: "

@@ -18,7 +18,7 @@
 #define TOK_JSON_MAX_BYTES (512u << 20)
 #define TOK_JSON_ARENA_BLOCK (1u << 20)
 
-/* ===== Storage for the strings copied out of cJSON ===== */
+/* ===== Storage for the strings, freed all at once ===== */
 
 struct tok_json_arena {
     struct tok_json_arena *next;
@@ -64,7 +64,12 @@ static size_t utf8_valid_prefix(const unsigned char *s, size_t n)
     while (i < n) {
         unsigned c = s[i];
         if (c < 0x80) {
-            i++;
+            /* most of a tokenizer.json is ASCII: skip it eight bytes at a time */
+            uint64_t w;
+            while (n - i >= 8 && (memcpy(&w, s + i, 8), (w & 0x8080808080808080ull) == 0))
+                i += 8;
+            if (i < n && s[i] < 0x80)
+                i++;
             continue;
         }
         size_t k;
@@ -274,6 +279,8 @@ static int js_string(struct jscan *s, const char **out, size_t *len)
             return js_fail(s, "control character inside a string");
         if (*q == '\\') {
             escaped = true;
+            if (s->end - q < 2)
+                break;
             q++;
         }
         q++;
@@ -357,37 +364,36 @@ static int js_skip(struct jscan *s, const char **start, size_t *len)
 {
     js_ws(s);
     *start = s->p;
+    if (s->p >= s->end)
+        return js_fail(s, "expected a value");
+    char first = *s->p;
+    if (first != '{' && first != '[' && first != '"') {
+        /* a number or a literal: up to the next delimiter */
+        while (s->p < s->end && *s->p != ',' && *s->p != '}' && *s->p != ']' && *s->p != ' ' &&
+               *s->p != '\n' && *s->p != '\r' && *s->p != '\t')
+            s->p++;
+        *len = (size_t)(s->p - *start);
+        return *len ? 0 : js_fail(s, "expected a value");
+    }
     size_t depth = 0;
-    while (s->p < s->end) {
+    do {
         char c = *s->p;
         if (c == '"') {
             s->p++;
             while (s->p < s->end && *s->p != '"')
-                s->p += *s->p == '\\' ? 2 : 1;
+                s->p += *s->p == '\\' && s->end - s->p > 1 ? 2 : 1;
             if (s->p >= s->end)
                 return js_fail(s, "unterminated string");
-            s->p++;
         } else if (c == '{' || c == '[') {
             depth++;
-            s->p++;
         } else if (c == '}' || c == ']') {
-            if (depth == 0)
-                break;
             depth--;
-            s->p++;
-        } else if (c == ',' && depth == 0) {
-            break;
-        } else {
-            s->p++;
         }
-        if (depth == 0 && (c == '"' || c == '}' || c == ']'))
-            break;
-    }
+        s->p++;
+    } while (depth > 0 && s->p < s->end);
     if (depth)
         return js_fail(s, "unterminated array or object");
     *len = (size_t)(s->p - *start);
-    if (*len == 0)
-        return js_fail(s, "expected a value");
     return 0;
 }
 

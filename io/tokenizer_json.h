@@ -25,8 +25,13 @@
  * not supported"). Wrong JSON types, missing keys, invalid UTF-8 and ids
  * outside [0, 2^31) are LM_EFORMAT errors naming the key.
  *
- * Limitation: strings are read through cJSON, so a token holding U+0000
- * cannot be represented (byte-level vocabularies never do: byte 0 is 'Ā'). */
+ * model.vocab and model.merges (hundreds of thousands of strings) are read
+ * by a small streaming scanner straight into the struct's storage; the
+ * other, small members go through cJSON.
+ *
+ * Limitation: U+0000 cannot be part of a string: vocab and merges reject
+ * it, cJSON ends the other strings there (byte-level vocabularies never
+ * hold it: byte 0 is 'Ā'). */
 #ifndef LM_IO_TOKENIZER_JSON_H
 #define LM_IO_TOKENIZER_JSON_H
 
@@ -81,7 +86,7 @@ struct tok_json_merge {
 struct tok_json_added {
     const char *content;            /* UTF-8, NUL-terminated, never empty */
     uint32_t    len;
-    int32_t     id;
+    int32_t     id;                 /* as written; Hugging Face numbers them itself */
     bool        special;
     bool        single_word;
     bool        lstrip;

@@ -701,6 +701,22 @@ static void test_mergekit(void)
     free(y);
     recipe_free(r);
 
+    /* text YAML cannot hold as is: stray bytes, control characters */
+    r = parse_plain("{'format': 'mergescope-recipe/1', 'description': 'two\\nlines \\u0007 bell', 'base': 'b\xff',"
+                    " 'models': [{'name': 'a', 'path': 'caf\xc3\xa9 \\u0001'}], 'method': 'ties',"
+                    " 'params': {'density': 'lots'}, 'output': {'dtype': 'f32'}}");
+    y = r ? recipe_to_mergekit_yaml(r, &warn) : NULL;
+    TEST_COND("stray byte written as \\xff and warned", has(y, "base_model: \"b\\xff\"\n") &&
+              has(warn, "not valid UTF-8"));
+    TEST_COND("UTF-8 kept, control character escaped", has(y, "  - model: \"caf\xc3\xa9 \\u0001\"\n"));
+    TEST_COND("description lines become comments, control characters '?'",
+              has(y, "\n# two\n# lines ? bell\n"));
+    TEST_COND("string value for a number warned and left out",
+              has(warn, "params.density 'lots': not a number") && !has(y, "density:"));
+    free(y);
+    free(warn);
+    recipe_free(r);
+
     /* methods mergekit does not have */
     r = parse_plain("{'format': 'mergescope-recipe/1', 'models': [{'name': 'a', 'path': 'pa'}], 'method': 'lore'}");
     warn = NULL;

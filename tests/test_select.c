@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "lm_error.h"
+#include "merge_method.h"
 #include "test.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
@@ -167,6 +168,189 @@ static void test_random(const char *path_name)
     }
 }
 
+
+/* ===== topk_find_diff and the block walk ===== */
+
+static int cuts_equal(struct topk_cut a, struct topk_cut b)
+{
+    return a.k == b.k && float_bits(a.threshold) == float_bits(b.threshold) &&
+           a.keep_at_threshold == b.keep_at_threshold && a.keep_all == b.keep_all;
+}
+
+/* A bf16-like value: few distinct magnitudes near `scale`, so that the
+ * difference of two of them ties often, as real task vectors do. */
+static float bf16_like(float scale)
+{
+    float v = scale * (float)((int)(rng_next() % 2001) - 1000) / 1000.0f;
+    uint32_t u = float_bits(v) & 0xffff0000u;
+    return bits_float(u);
+}
+
+/* topk_find_diff against topk_find on the materialised difference, with and
+ * without work space, on both kernel paths; and the walk against
+ * topk_mask. Returns 1 when everything matched. */
+static int check_diff(const float *x, const float *b, uint64_t n, uint64_t k, uint32_t *work,
+                      size_t work_len, const char *what)
+{
+    float *d = malloc((n + 1) * sizeof *d);
+    for (uint64_t e = 0; e < n; e++)
+        d[e] = b ? x[e] - b[e] : x[e];
+    struct topk_cut want = topk_find(d, n, k);
+    int ok = 1;
+    for (int simd = 0; simd < 2; simd++) {
+        int old = merge_simd_force_portable(simd == 0);
+        struct topk_cut with_work = topk_find_diff(x, b, n, k, work, work_len);
+        struct topk_cut without = topk_find_diff(x, b, n, k, NULL, 0);
+        merge_simd_force_portable(old);
+        if (!cuts_equal(with_work, want) || !cuts_equal(without, want)) {
+            printf("      %s: n %llu k %llu (%s): want thr %a at %llu k %llu, got %a at %llu k %llu"
+                   " / %a at %llu\n", what, (unsigned long long)n, (unsigned long long)k,
+                   simd ? "avx2" : "portable", (double)want.threshold,
+                   (unsigned long long)want.keep_at_threshold, (unsigned long long)want.k,
+                   (double)with_work.threshold, (unsigned long long)with_work.keep_at_threshold,
+                   (unsigned long long)with_work.k, (double)without.threshold,
+                   (unsigned long long)without.keep_at_threshold);
+            ok = 0;
+        }
+    }
+    /* The walk, in blocks of varying size, against topk_mask. */
+    uint8_t *mask = malloc(n + 1);
+    topk_mask(mask, d, n, &want);
+    struct topk_walk w;
+    topk_walk_init(&w, &want);
+    uint64_t e0 = 0;
+    size_t len = 1;
+    while (e0 < n && ok) {
+        size_t l = (size_t)(n - e0 < len ? n - e0 : len);
+        int64_t c = topk_walk_block(&w, x + e0, b ? b + e0 : NULL, l);
+        uint32_t thr = float_bits(want.threshold) & 0x7fffffffu;
+        for (size_t j = 0; j < l; j++) {
+            uint32_t key = float_bits(d[e0 + j]) & 0x7fffffffu;
+            int in = key <= 0x7f800000u && (key > thr || (key == thr && (int64_t)j <= c));
+            if (in != mask[e0 + j]) {
+                printf("      %s: walk differs at %llu\n", what, (unsigned long long)(e0 + j));
+                ok = 0;
+                break;
+            }
+        }
+        e0 += l;
+        len = len * 3 + 1;
+        if (len > 5000)
+            len = 7;
+    }
+    free(mask);
+    free(d);
+    return ok;
+}
+
+static void test_find_diff(void)
+{
+    static const uint64_t sizes[] = { 0, 1, 9, 1000, 65536, 100003, 300000 };
+    static const double densities[] = { 0.0, 1e-5, 0.2, 0.5, 0.97, 1.0 };
+    uint64_t nmax = 300000;
+    float *x = malloc(nmax * sizeof *x), *b = malloc(nmax * sizeof *b);
+    size_t work_len = topk_work_len(nmax);
+    uint32_t *work = malloc(work_len * sizeof *work);
+    int ok_random = 1, ok_bf16 = 1, ok_plain = 1, ok_nan = 1;
+    for (size_t si = 0; si < LM_ARRAY_SIZE(sizes); si++) {
+        uint64_t n = sizes[si];
+        /* special values everywhere */
+        for (uint64_t e = 0; e < n; e++) {
+            x[e] = random_value();
+            b[e] = random_value();
+        }
+        for (size_t di = 0; di < LM_ARRAY_SIZE(densities); di++)
+            ok_nan &= check_diff(x, b, n, topk_count(densities[di], n), work, work_len, "special values");
+        /* finite, bf16-like, heavy ties */
+        for (uint64_t e = 0; e < n; e++) {
+            b[e] = bf16_like(0.05f);
+            x[e] = bits_float(float_bits(b[e] + bf16_like(0.004f)) & 0xffff0000u);
+        }
+        for (size_t di = 0; di < LM_ARRAY_SIZE(densities); di++) {
+            ok_bf16 &= check_diff(x, b, n, topk_count(densities[di], n), work, work_len, "bf16-like");
+            ok_plain &= check_diff(x, NULL, n, topk_count(densities[di], n), work, work_len, "no base");
+        }
+        /* continuous values, every k class */
+        for (uint64_t e = 0; e < n; e++) {
+            b[e] = (float)((double)(rng_next() >> 11) * 0x1p-53 - 0.5);
+            x[e] = b[e] + (float)((double)(rng_next() >> 11) * 0x1p-53 - 0.5) * 0.01f;
+        }
+        for (uint64_t k = 0; k <= n && k < 4; k++)
+            ok_random &= check_diff(x, b, n, k, work, work_len, "continuous, small k");
+        if (n > 4)
+            ok_random &= check_diff(x, b, n, n - 1, work, work_len, "continuous, k = n - 1");
+    }
+    TEST_COND("topk_find_diff = topk_find on x - b: NaN, inf, zeros, subnormals, every density", ok_nan);
+    TEST_COND("topk_find_diff = topk_find on x - b: bf16-like deltas with many ties", ok_bf16);
+    TEST_COND("topk_find_diff with b NULL = topk_find on x", ok_plain);
+    TEST_COND("topk_find_diff = topk_find on x - b: k = 0 .. 3 and n - 1", ok_random);
+
+    /* On data like real task vectors the sample's bracket holds the cut, so
+     * one gathering pass does it (both paths). */
+    {
+        uint64_t n = 300000;
+        for (uint64_t e = 0; e < n; e++) {
+            b[e] = bf16_like(0.05f);
+            x[e] = bits_float(float_bits(b[e] + bf16_like(0.004f)) & 0xffff0000u);
+        }
+        int hits = 0;
+        for (int simd = 0; simd < 2; simd++) {
+            int old = merge_simd_force_portable(simd == 0);
+            for (int di = 0; di < 3; di++) {
+                uint64_t k = topk_count(di == 0 ? 0.01 : di == 1 ? 0.2 : 0.9, n);
+                uint32_t lo, hi;
+                struct gather g;
+                if (bracket_from_sample(x, b, n, k, work, &lo, &hi) &&
+                    gather_keys(x, b, n, lo, hi, work, work_len - GATHER_SLACK, &g) &&
+                    g.greater < k && k <= g.greater + g.count)
+                    hits++;
+            }
+            merge_simd_force_portable(old);
+        }
+        TEST_COND("bf16-like data, densities 0.01/0.2/0.9: the sampled bracket holds the cut "
+                  "and its keys fit the work space", hits == 6);
+    }
+    /* Data the fixed sample misjudges: the sampled positions hold large
+     * values, the rest small ones; and a lone NaN outside the sample. */
+    {
+        uint64_t n = 300000;
+        size_t s = sample_size(n);
+        uint64_t stride = n / s;
+        for (uint64_t e = 0; e < n; e++) {
+            b[e] = 0.0f;
+            x[e] = (e % stride == stride / 2) ? 100.0f + (float)(e % 7) : (float)(e % 1000) * 1e-3f;
+        }
+        int ok = check_diff(x, b, n, topk_count(0.2, n), work, work_len, "sample misjudged");
+        x[1] = NAN;
+        ok &= check_diff(x, b, n, topk_count(0.2, n), work, work_len, "NaN outside the sample");
+        ok &= check_diff(x, b, n, n - 1, work, work_len, "NaN outside the sample, k = n - 1");
+        TEST_COND("topk_find_diff falls back to the exact passes when the sample misleads", ok);
+        /* too little work space for the gathered keys */
+        for (uint64_t e = 0; e < n; e++)
+            x[e] = 1.0f;
+        ok = check_diff(x, b, n, topk_count(0.2, n), work, work_len, "all equal");
+        TEST_COND("topk_find_diff: all entries equal (the bracket holds them all)", ok);
+    }
+    /* The exact passes alone give the same cuts. */
+    {
+        uint64_t n = 100003;
+        for (uint64_t e = 0; e < n; e++) {
+            b[e] = bf16_like(0.05f);
+            x[e] = bits_float(float_bits(b[e] + bf16_like(0.004f)) & 0xffff0000u);
+        }
+        select_bracket_off = 1;
+        int ok = check_diff(x, b, n, topk_count(0.3, n), work, work_len, "bracket off");
+        select_wide_from = 0;
+        ok &= check_diff(x, b, n, topk_count(0.3, n), work, work_len, "bracket off, 64-bit");
+        select_wide_from = (uint64_t)UINT32_MAX + 1;
+        select_bracket_off = 0;
+        TEST_COND("topk_find_diff without the bracket (both counter widths) gives the same cut", ok);
+    }
+    free(x);
+    free(b);
+    free(work);
+}
+
 static double now_s(void)
 {
     struct timespec t;
@@ -252,6 +436,8 @@ int main(void)
         free(x);
     }
 
+    test_find_diff();
+
     test_random("32-bit");
     select_wide_from = 0;
     test_random("64-bit");
@@ -274,8 +460,15 @@ int main(void)
         topk_apply(out, x, n, &cut);
         double t2 = now_s();
 
-        printf("      timing: 13.7M-entry select: find %.1f ms, apply %.1f ms\n",
-               (t1 - t0) * 1e3, (t2 - t1) * 1e3);
+        size_t wl = topk_work_len(n);
+        uint32_t *work = malloc(wl * sizeof *work);
+        double t3 = now_s();
+        struct topk_cut cut2 = topk_find_diff(x, NULL, n, topk_count(0.2, n), work, wl);
+        double t4 = now_s();
+        free(work);
+        printf("      timing: 13.7M-entry select: find %.1f ms, apply %.1f ms, find_diff %.1f ms\n",
+               (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t4 - t3) * 1e3);
+        TEST_COND("13.7M entries: topk_find_diff gives topk_find's cut", cuts_equal(cut, cut2));
         uint64_t kept = 0;
         for (uint64_t e = 0; e < n; e++)
             kept += out[e] != 0.0f;

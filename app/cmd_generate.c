@@ -1,0 +1,291 @@
+/* mergescope generate: stream a model's continuation of a prompt. Also the
+ * model opening that `logits` shares (engine_open). */
+#include "cmd_engine.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat.h"
+#include "cli.h"
+#include "fsutil.h"
+#include "generate.h"
+#include "lm_error.h"
+
+/* ===== Opening a model argument ===== */
+
+/* Fills e->config, e->source and e->tokenizer_dir from `arg`. The one place
+ * that knows what a MODEL argument can be: a Hugging Face model directory
+ * today (a recipe merged in memory is the next kind). Returns 0 or an
+ * LM_E* code after lm_err(). */
+static int open_model_source(struct engine *e, const char *arg)
+{
+    if (!(e->dir = model_dir_open(arg)))
+        return lm_is_dir(arg) || lm_is_file(arg) ? LM_EFORMAT : LM_EIO;
+    e->config = model_dir_config(e->dir);
+    e->source = model_dir_source(e->dir);
+    e->tokenizer_dir = model_dir_path(e->dir);
+    return 0;
+}
+
+int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer)
+{
+    memset(e, 0, sizeof(*e));
+    int rc = open_model_source(e, arg);
+    if (rc < 0)
+        return cli_fail(rc == LM_EIO ? LM_EIO : LM_EFORMAT);
+    if (need_tokenizer) {
+        char *path = lm_path_join(e->tokenizer_dir, "tokenizer.json");
+        bool present = path && lm_is_file(path);
+        free(path);
+        if (!present) {
+            lm_err(LM_EFORMAT, "%s: no tokenizer.json", e->tokenizer_dir);
+            engine_close(e);
+            return cli_fail(LM_EFORMAT);
+        }
+        if (!(e->tok = tok_load(e->tokenizer_dir))) {
+            engine_close(e);
+            return cli_fail(LM_EFORMAT);
+        }
+    }
+    /* Every load failure is a problem with the model (exit 3): its
+     * config, weights or architecture. */
+    if (!(e->model = model_load(e->config, &e->source, params))) {
+        engine_close(e);
+        return cli_fail(LM_EFORMAT);
+    }
+    return 0;
+}
+
+void engine_close(struct engine *e)
+{
+    model_free(e->model);
+    tok_free(e->tok);
+    if (e->source_free)
+        e->source_free(e->source_state);
+    model_dir_close(e->dir);
+    memset(e, 0, sizeof(*e));
+}
+
+/* ===== generate ===== */
+
+static const char generate_usage[] =
+    "usage: mergescope generate MODEL_DIR -p PROMPT [options]\n"
+    "\n"
+    "Streams the model's continuation of PROMPT to standard output, then prints\n"
+    "the prompt and generated token counts and the speed on standard error.\n"
+    "Qwen2, Llama (llama3 RoPE scaling included) and Qwen3 models run from their\n"
+    "safetensors weights (F32, F16 or BF16) with float32 arithmetic on the CPU.\n"
+    "\n"
+    "Options:\n"
+    "  -p, --prompt TEXT      the user message (required)\n"
+    "  -n, --max-new N        generate at most N tokens (default 256)\n"
+    "  --temp T               sampling temperature; 0 = greedy (default 0)\n"
+    "  --top-p P              nucleus sampling threshold in (0, 1] (default 1)\n"
+    "  --top-k K              sample among the K most likely tokens; 0 = all (default 0)\n"
+    "  --seed S               random seed for sampling (default 0)\n"
+    "  --chat FORMAT          auto, none, chatml, deepseek-r1 or llama3 (default auto:\n"
+    "                         from tokenizer_config.json's chat template)\n"
+    "  --system TEXT          system prompt (default: the template's own, if any)\n"
+    "  --threads N            worker threads (default: one per CPU)\n"
+    "  -h, --help             this help\n"
+    "\n"
+    "Generation stops at the model's EOS ids, <|im_end|> and the chat format's\n"
+    "end-of-turn token, after N tokens, at the end of the context, or on Ctrl-C.\n";
+
+struct stream_state {
+    size_t n_printed;
+    char last;
+    bool failed;
+};
+
+static bool on_event(const struct gen_event *ev, void *ud)
+{
+    struct stream_state *st = ud;
+    if (ev->kind == GEN_EVENT_PREFILL) {
+        if (ev->n_done == ev->n_total) {
+            cli_progress_done();
+            return !cli_interrupted();
+        }
+        return cli_progress((double)ev->n_done / (double)ev->n_total, "prompt", NULL);
+    }
+    if (ev->len > 0) {
+        if (fwrite(ev->text, 1, ev->len, stdout) != ev->len || fflush(stdout) != 0)
+            st->failed = true;
+        st->n_printed += ev->len;
+        st->last = ev->text[ev->len - 1];
+    }
+    return !cli_interrupted() && !st->failed;
+}
+
+static int parse_float(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || *end || !(v >= lo && v <= hi))
+        return cli_usage_error(cmd, "%s must be a number in [%g, %g]", opt, lo, hi);
+    *out = v;
+    return 0;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    static const struct option options[] = {
+        { "prompt", required_argument, NULL, 'p' },
+        { "max-new", required_argument, NULL, 'n' },
+        { "temp", required_argument, NULL, 'T' },
+        { "top-p", required_argument, NULL, 'P' },
+        { "top-k", required_argument, NULL, 'K' },
+        { "seed", required_argument, NULL, 'S' },
+        { "chat", required_argument, NULL, 'c' },
+        { "system", required_argument, NULL, 's' },
+        { "threads", required_argument, NULL, 't' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *prompt = NULL, *system = NULL, *chat_name = "auto";
+    struct gen_params gp = gen_default_params();
+    struct model_params mp = model_default_params();
+    double v = 0.0;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "p:n:h", options, NULL)) != -1) {
+        switch (c) {
+        case 'p': prompt = optarg; break;
+        case 's': system = optarg; break;
+        case 'c': chat_name = optarg; break;
+        case 'n': {
+            long n = cli_parse_long(optarg, 1, 100000000);
+            if (n < 0)
+                return cli_usage_error("generate", "--max-new must be a positive number");
+            gp.max_new_tokens = n;
+            break;
+        }
+        case 'T':
+            if (parse_float("generate", "--temp", optarg, 0.0, 100.0, &v))
+                return CLI_EXIT_USAGE;
+            gp.sampling.temperature = (float)v;
+            break;
+        case 'P':
+            if (parse_float("generate", "--top-p", optarg, 1e-6, 1.0, &v))
+                return CLI_EXIT_USAGE;
+            gp.sampling.top_p = (float)v;
+            break;
+        case 'K': {
+            long k = cli_parse_long(optarg, 0, 100000000);
+            if (k < 0)
+                return cli_usage_error("generate", "--top-k must be a number >= 0");
+            gp.sampling.top_k = (int)k;
+            break;
+        }
+        case 'S': {
+            char *end;
+            unsigned long long s = strtoull(optarg, &end, 10);
+            if (end == optarg || *end || optarg[0] == '-')
+                return cli_usage_error("generate", "--seed must be a non-negative integer");
+            gp.seed = (uint64_t)s;
+            break;
+        }
+        case 't': {
+            long n = cli_parse_long(optarg, 1, 1024);
+            if (n < 0)
+                return cli_usage_error("generate", "--threads must be a number from 1 to 1024");
+            mp.n_threads = (int)n;
+            break;
+        }
+        case 'h': fputs(generate_usage, stdout); return CLI_EXIT_OK;
+        default: return cli_usage_error("generate", "bad option");
+        }
+    }
+    if (optind >= argc)
+        return cli_usage_error("generate", "generate needs a MODEL_DIR");
+    if (optind + 1 < argc)
+        return cli_usage_error("generate", "unexpected argument '%s'", argv[optind + 1]);
+    if (!prompt)
+        return cli_usage_error("generate", "generate needs a prompt (-p TEXT)");
+    enum chat_format fmt;
+    bool chat_auto;
+    if (chat_format_parse(chat_name, &fmt, &chat_auto) < 0)
+        return cli_usage_error("generate", "%s", lm_last_error());
+
+    cli_install_interrupt();
+    struct engine e;
+    int rc = engine_open(&e, argv[optind], mp, true);
+    if (rc)
+        return rc;
+
+    /* The chat format and the prompt ids. */
+    struct chat_detected det;
+    struct tok_ids ids = { 0 }, stops = { 0 };
+    struct gen_result res;
+    bool have_det = false;
+    if (chat_detect_dir(e.tokenizer_dir, &det) < 0) {
+        rc = cli_fail(LM_EFORMAT);
+        goto out;
+    }
+    have_det = true;
+    if (chat_auto) {
+        fmt = det.format;
+        fprintf(stderr, "mergescope: chat format %s (auto: %s)\n", chat_format_name(fmt), det.reason);
+    }
+    if (!system)
+        system = chat_default_system(fmt, &det);
+    else if (fmt == CHAT_FORMAT_NONE)
+        fprintf(stderr, "mergescope: note: --system is ignored with chat format none\n");
+    if (chat_encode(e.tok, fmt, system, prompt, &ids) < 0 || chat_stop_ids(e.tok, fmt, &stops) < 0) {
+        rc = cli_fail(LM_ENOMEM);
+        goto out;
+    }
+    for (int i = 0; i < e.config->n_eos_token_ids; i++) {
+        int32_t id = (int32_t)e.config->eos_token_ids[i];
+        bool dup = false;
+        for (size_t j = 0; j < stops.n; j++)
+            dup |= stops.data[j] == id;
+        if (!dup && tok_ids_push(&stops, id) < 0) {
+            rc = cli_fail(LM_ENOMEM);
+            goto out;
+        }
+    }
+    const struct model_info *info = model_get_info(e.model);
+    if ((int64_t)ids.n > info->n_ctx) {
+        lm_err(LM_EFORMAT, "the prompt has %zu tokens, more than the model's context of %lld "
+               "(max_position_embeddings)", ids.n, (long long)info->n_ctx);
+        rc = cli_fail(LM_EFORMAT);
+        goto out;
+    }
+
+    gp.stop_ids = stops.data;
+    gp.n_stop_ids = stops.n;
+    struct stream_state st = { 0, '\n', false };
+    int grc = gen_run(e.model, e.tok, ids.data, ids.n, &gp, on_event, &st, &res);
+    cli_progress_done();
+    if (st.n_printed > 0 && st.last != '\n')
+        fputc('\n', stdout);
+    fflush(stdout);
+    if (grc < 0) {
+        rc = cli_fail(grc);
+        goto out;
+    }
+    fprintf(stderr, "mergescope: prompt %lld tokens, %lld new tokens (stop: %s)\n", (long long)res.n_prompt,
+            (long long)res.n_generated, st.failed ? "output error" : gen_stop_name(res.stop));
+    fprintf(stderr, "mergescope: prefill %.1f tokens/s (%.3f s), decode %.1f tokens/s (%lld tokens, %.3f s), "
+            "%d threads\n",
+            res.prefill_seconds > 0 ? (double)res.n_prompt / res.prefill_seconds : 0.0, res.prefill_seconds,
+            res.decode_seconds > 0 ? (double)res.n_decoded / res.decode_seconds : 0.0,
+            (long long)res.n_decoded, res.decode_seconds, info->n_threads);
+    if (st.failed) {
+        fprintf(stderr, "mergescope: error: writing to standard output failed\n");
+        rc = CLI_EXIT_FAILURE;
+    } else if (res.stop == GEN_STOP_CANCELLED) {
+        fprintf(stderr, "mergescope: error: interrupted\n");
+        rc = CLI_EXIT_FAILURE;
+    }
+out:
+    tok_ids_free(&ids);
+    tok_ids_free(&stops);
+    if (have_det)
+        chat_detected_deinit(&det);
+    engine_close(&e);
+    return rc;
+}

@@ -1,0 +1,483 @@
+/* Chat formats and their detection (see chat.h).
+ *
+ * tokenizer_config.json is not parsed as a whole: the one string needed is
+ * found by its key and decoded here (JSON string escapes, \uXXXX with
+ * surrogate pairs). Limitation: a "chat_template" key nested inside another
+ * object before the top-level one would be taken instead; real files have
+ * none. */
+#include "chat.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fsutil.h"
+#include "lm_error.h"
+
+#define CHAT_CONFIG_MAX_BYTES (64u << 20)
+#define CHAT_R1_BOS "<｜begin▁of▁sentence｜>"
+#define CHAT_LLAMA3_BOS "<|begin_of_text|>"
+
+const char *chat_format_name(enum chat_format f)
+{
+    switch (f) {
+    case CHAT_FORMAT_CHATML:      return "chatml";
+    case CHAT_FORMAT_DEEPSEEK_R1: return "deepseek-r1";
+    case CHAT_FORMAT_LLAMA3:      return "llama3";
+    default:                      return "none";
+    }
+}
+
+int chat_format_parse(const char *name, enum chat_format *out, bool *is_auto)
+{
+    static const enum chat_format all[] = {
+        CHAT_FORMAT_NONE, CHAT_FORMAT_CHATML, CHAT_FORMAT_DEEPSEEK_R1, CHAT_FORMAT_LLAMA3,
+    };
+    *is_auto = false;
+    *out = CHAT_FORMAT_NONE;
+    if (strcmp(name, "auto") == 0) {
+        *is_auto = true;
+        return 0;
+    }
+    for (size_t i = 0; i < LM_ARRAY_SIZE(all); i++)
+        if (strcmp(name, chat_format_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    return lm_err(LM_EINVAL, "unknown chat format '%s' (auto, none, chatml, deepseek-r1, llama3)", name);
+}
+
+/* ===== A growable string ===== */
+
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool failed;
+};
+
+static void sb_addn(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->failed)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->failed = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sb_add(struct sbuf *b, const char *s)
+{
+    sb_addn(b, s, strlen(s));
+}
+
+/* The string ("" when nothing was added), or NULL with an error when an
+ * allocation failed. */
+static char *sb_finish(struct sbuf *b)
+{
+    if (b->failed) {
+        free(b->p);
+        lm_err(LM_ENOMEM, "out of memory building a string");
+        return NULL;
+    }
+    return b->p ? b->p : lm_strdup("");
+}
+
+static void sb_add_utf8(struct sbuf *b, uint32_t cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xc0 | (cp >> 6));
+        u[1] = (char)(0x80 | (cp & 0x3f));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xe0 | (cp >> 12));
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[2] = (char)(0x80 | (cp & 0x3f));
+        n = 3;
+    } else {
+        u[0] = (char)(0xf0 | (cp >> 18));
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[3] = (char)(0x80 | (cp & 0x3f));
+        n = 4;
+    }
+    sb_addn(b, u, n);
+}
+
+/* ===== Reading the template ===== */
+
+static int hex4(const char *p, const char *end, uint32_t *out)
+{
+    uint32_t v = 0;
+    if (end - p < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (uint32_t)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Decodes the JSON string starting at the opening quote *p. NULL with an
+ * error naming `label` when it is malformed. */
+static char *json_string(const char *p, const char *end, const char *label)
+{
+    struct sbuf b = { 0 };
+    if (p >= end || *p != '"')
+        goto bad;
+    for (p++; p < end && *p != '"'; p++) {
+        if (*p != '\\') {
+            sb_addn(&b, p, 1);
+            continue;
+        }
+        if (++p >= end)
+            goto bad;
+        switch (*p) {
+        case '"': sb_add(&b, "\""); break;
+        case '\\': sb_add(&b, "\\"); break;
+        case '/': sb_add(&b, "/"); break;
+        case 'b': sb_add(&b, "\b"); break;
+        case 'f': sb_add(&b, "\f"); break;
+        case 'n': sb_add(&b, "\n"); break;
+        case 'r': sb_add(&b, "\r"); break;
+        case 't': sb_add(&b, "\t"); break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (hex4(p + 1, end, &cp) < 0)
+                goto bad;
+            p += 4;
+            if (cp >= 0xd800 && cp < 0xdc00) {
+                if (end - p < 7 || p[1] != '\\' || p[2] != 'u' || hex4(p + 3, end, &lo) < 0 ||
+                    lo < 0xdc00 || lo >= 0xe000)
+                    goto bad;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                p += 6;
+            } else if (cp >= 0xdc00 && cp < 0xe000) {
+                goto bad;
+            }
+            sb_add_utf8(&b, cp);
+            break;
+        }
+        default:
+            goto bad;
+        }
+    }
+    if (p >= end)
+        goto bad;
+    return sb_finish(&b);
+bad:
+    free(b.p);
+    lm_err(LM_EFORMAT, "%s: malformed JSON string in \"chat_template\"", label);
+    return NULL;
+}
+
+/* The value of "key" after `from`: a pointer to its first non-space
+ * character, or NULL. */
+static const char *find_key(const char *from, const char *end, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *p = from; p && p + kl + 2 <= end; p++) {
+        p = memchr(p, '"', (size_t)(end - p));
+        if (!p || p + kl + 2 > end)
+            return NULL;
+        if (memcmp(p + 1, key, kl) != 0 || p[kl + 1] != '"' || (p > from && p[-1] == '\\'))
+            continue;
+        const char *q = p + kl + 2;
+        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
+            q++;
+        if (q >= end || *q != ':')
+            continue;
+        for (q++; q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'); q++)
+            ;
+        return q < end ? q : NULL;
+    }
+    return NULL;
+}
+
+/* *out = the template text or NULL when the file has none. */
+static int template_from_config(const char *path, char **out)
+{
+    size_t len;
+    *out = NULL;
+    char *text = lm_read_file(path, CHAT_CONFIG_MAX_BYTES, &len);
+    if (!text)
+        return LM_EIO;
+    const char *end = text + len;
+    const char *v = find_key(text, end, "chat_template");
+    int rc = 0;
+    if (v && *v == '[') /* [{"name": ..., "template": ...}, ...]: the first one */
+        v = find_key(v, end, "template");
+    if (v && *v == '"' && !(*out = json_string(v, end, path)))
+        rc = LM_EFORMAT;
+    free(text);
+    return rc;
+}
+
+/* Jinja string-literal escapes: \\ \n \t \' \" (others kept as written). */
+static char *jinja_unescape(const char *s, size_t n)
+{
+    struct sbuf b = { 0 };
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\' && i + 1 < n) {
+            char c = s[++i];
+            switch (c) {
+            case 'n': sb_add(&b, "\n"); break;
+            case 't': sb_add(&b, "\t"); break;
+            case '\\': case '\'': case '"': sb_addn(&b, &c, 1); break;
+            default: sb_addn(&b, s + i - 1, 2); break;
+            }
+        } else {
+            sb_addn(&b, s + i, 1);
+        }
+    }
+    return sb_finish(&b);
+}
+
+/* The default system prompt of a ChatML template: text between
+ * "<|im_start|>system\n" and "<|im_end|>" inside one string literal (no
+ * quote in between, which would mean a message is spliced in). */
+static int chatml_default_system(const char *tmpl, char **out)
+{
+    static const char *const heads[] = { "<|im_start|>system\\n", "<|im_start|>system\n" };
+    *out = NULL;
+    for (size_t h = 0; h < LM_ARRAY_SIZE(heads); h++) {
+        size_t hl = strlen(heads[h]);
+        for (const char *p = strstr(tmpl, heads[h]); p; p = strstr(p + 1, heads[h])) {
+            const char *body = p + hl;
+            const char *stop = strstr(body, "<|im_end|>");
+            if (!stop)
+                break;
+            if (memchr(body, '\'', (size_t)(stop - body)) || memchr(body, '"', (size_t)(stop - body)) ||
+                stop == body)
+                continue;
+            if (!(*out = jinja_unescape(body, (size_t)(stop - body))))
+                return LM_ENOMEM;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+int chat_detect_template(const char *tmpl, const char *source, struct chat_detected *out)
+{
+    static const struct {
+        const char *marker;
+        enum chat_format format;
+    } markers[] = {
+        { "<｜Assistant｜>", CHAT_FORMAT_DEEPSEEK_R1 },
+        { "<｜User｜>", CHAT_FORMAT_DEEPSEEK_R1 },
+        { "<|start_header_id|>", CHAT_FORMAT_LLAMA3 },
+        { "<|im_start|>", CHAT_FORMAT_CHATML },
+    };
+    memset(out, 0, sizeof(*out));
+    out->has_template = true;
+    for (size_t i = 0; i < LM_ARRAY_SIZE(markers); i++) {
+        if (!strstr(tmpl, markers[i].marker))
+            continue;
+        out->format = markers[i].format;
+        if (out->format == CHAT_FORMAT_CHATML && chatml_default_system(tmpl, &out->default_system) < 0)
+            return LM_ENOMEM;
+        snprintf(out->reason, sizeof out->reason, "%s: chat template contains '%s'%s%s%s", source,
+                 markers[i].marker, out->format != CHAT_FORMAT_CHATML ? "" :
+                 out->default_system ? "; default system prompt \"" : "; no default system prompt",
+                 out->default_system ? out->default_system : "", out->default_system ? "\"" : "");
+        return 0;
+    }
+    out->format = CHAT_FORMAT_NONE;
+    snprintf(out->reason, sizeof out->reason, "%s: chat template has none of the known markers", source);
+    return 0;
+}
+
+int chat_detect_dir(const char *dir, struct chat_detected *out)
+{
+    memset(out, 0, sizeof(*out));
+    char *cfg = lm_path_join(dir, "tokenizer_config.json");
+    char *jinja = lm_path_join(dir, "chat_template.jinja");
+    char *tmpl = NULL;
+    const char *source = NULL;
+    int rc = 0;
+    if (!cfg || !jinja) {
+        rc = LM_ENOMEM;
+        goto done;
+    }
+    if (lm_is_file(cfg)) {
+        if ((rc = template_from_config(cfg, &tmpl)) < 0)
+            goto done;
+        source = cfg;
+    }
+    if (!tmpl && lm_is_file(jinja)) {
+        size_t len;
+        if (!(tmpl = lm_read_file(jinja, CHAT_CONFIG_MAX_BYTES, &len))) {
+            rc = LM_EIO;
+            goto done;
+        }
+        source = jinja;
+    }
+    if (tmpl) {
+        rc = chat_detect_template(tmpl, source, out);
+    } else {
+        out->format = CHAT_FORMAT_NONE;
+        snprintf(out->reason, sizeof out->reason, "%s: no chat template (tokenizer_config.json "
+                 "\"chat_template\" or chat_template.jinja)", dir);
+    }
+done:
+    free(tmpl);
+    free(cfg);
+    free(jinja);
+    return rc;
+}
+
+void chat_detected_deinit(struct chat_detected *d)
+{
+    if (!d)
+        return;
+    free(d->default_system);
+    memset(d, 0, sizeof(*d));
+}
+
+const char *chat_default_system(enum chat_format f, const struct chat_detected *detected)
+{
+    if (f != CHAT_FORMAT_CHATML)
+        return NULL;
+    if (detected && detected->has_template && detected->format == CHAT_FORMAT_CHATML)
+        return detected->default_system;
+    return CHAT_QWEN25_DEFAULT_SYSTEM;
+}
+
+/* ===== Formatting ===== */
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* s trimmed of ASCII white space at both ends (what Jinja's trim removes
+ * for these texts). */
+static void sb_add_trimmed(struct sbuf *b, const char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && is_space(*s)) {
+        s++;
+        n--;
+    }
+    while (n > 0 && is_space(s[n - 1]))
+        n--;
+    sb_addn(b, s, n);
+}
+
+char *chat_format_prompt(enum chat_format f, const char *system, const char *user, const char *bos)
+{
+    struct sbuf b = { 0 };
+    switch (f) {
+    case CHAT_FORMAT_CHATML:
+        if (system) {
+            sb_add(&b, "<|im_start|>system\n");
+            sb_add(&b, system);
+            sb_add(&b, "<|im_end|>\n");
+        }
+        sb_add(&b, "<|im_start|>user\n");
+        sb_add(&b, user);
+        sb_add(&b, "<|im_end|>\n<|im_start|>assistant\n");
+        break;
+    case CHAT_FORMAT_DEEPSEEK_R1:
+        sb_add(&b, bos ? bos : CHAT_R1_BOS);
+        if (system)
+            sb_add(&b, system);
+        sb_add(&b, "<｜User｜>");
+        sb_add(&b, user);
+        sb_add(&b, "<｜Assistant｜><think>\n");
+        break;
+    case CHAT_FORMAT_LLAMA3:
+        sb_add(&b, bos ? bos : CHAT_LLAMA3_BOS);
+        if (system) {
+            sb_add(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
+            sb_add_trimmed(&b, system);
+            sb_add(&b, "<|eot_id|>");
+        }
+        sb_add(&b, "<|start_header_id|>user<|end_header_id|>\n\n");
+        sb_add_trimmed(&b, user);
+        sb_add(&b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+        break;
+    default:
+        sb_add(&b, user);
+        break;
+    }
+    return sb_finish(&b);
+}
+
+/* The BOS text to write for a format: the tokenizer's BOS token, else the
+ * format's standard token when the vocabulary has it, else "". */
+static const char *bos_text(const struct tok *t, enum chat_format f)
+{
+    int32_t id = tok_bos_id(t);
+    const char *s = id >= 0 ? tok_id_to_token(t, id) : NULL;
+    if (s)
+        return s;
+    const char *std = f == CHAT_FORMAT_LLAMA3 ? CHAT_LLAMA3_BOS : CHAT_R1_BOS;
+    return tok_token_to_id(t, std) >= 0 ? std : "";
+}
+
+int chat_encode(const struct tok *t, enum chat_format f, const char *system, const char *user,
+                struct tok_ids *out)
+{
+    const char *bos = f == CHAT_FORMAT_DEEPSEEK_R1 || f == CHAT_FORMAT_LLAMA3 ? bos_text(t, f) : NULL;
+    char *text = chat_format_prompt(f, f == CHAT_FORMAT_NONE ? NULL : system, user, bos);
+    if (!text)
+        return LM_ENOMEM;
+    int rc = 0;
+    if (f == CHAT_FORMAT_NONE && tok_bos_id(t) >= 0)
+        rc = tok_ids_push(out, tok_bos_id(t));
+    if (rc == 0)
+        rc = tok_encode(t, text, strlen(text), f != CHAT_FORMAT_NONE, out);
+    free(text);
+    return rc;
+}
+
+static int push_unique(struct tok_ids *ids, int32_t id)
+{
+    if (id < 0)
+        return 0;
+    for (size_t i = 0; i < ids->n; i++)
+        if (ids->data[i] == id)
+            return 0;
+    return tok_ids_push(ids, id);
+}
+
+int chat_stop_ids(const struct tok *t, enum chat_format f, struct tok_ids *ids)
+{
+    int rc;
+    if ((rc = push_unique(ids, tok_token_to_id(t, "<|im_end|>"))) < 0 ||
+        (rc = push_unique(ids, tok_token_to_id(t, "<|endoftext|>"))) < 0)
+        return rc;
+    if (f == CHAT_FORMAT_LLAMA3 && (rc = push_unique(ids, tok_token_to_id(t, "<|eot_id|>"))) < 0)
+        return rc;
+    if (f == CHAT_FORMAT_DEEPSEEK_R1 &&
+        (rc = push_unique(ids, tok_token_to_id(t, "<｜end▁of▁sentence｜>"))) < 0)
+        return rc;
+    return 0;
+}

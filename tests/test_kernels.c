@@ -1,0 +1,292 @@
+/* Forward-pass kernels against their reference loops: matmul rows for F32,
+ * F16 and BF16 weights (odd sizes, unaligned rows, several tokens), dot,
+ * axpy, RMSNorm, softmax, SiLU-gating and RoPE, on the vector path and on
+ * the forced scalar path. Also the sampler's greedy / top-k / top-p rules
+ * and its seeded reproducibility. */
+#include "kernels.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "convert.h"
+#include "lm_error.h"
+#include "sampler.h"
+#include "test.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static double rnd(void) /* uniform in [-1, 1) */
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (double)((rng_state * 0x2545f4914f6cdd1dull) >> 11) / 4503599627370496.0 - 1.0;
+}
+
+static void fill(float *x, int64_t n, double scale)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = (float)(rnd() * scale);
+}
+
+static double max_abs_diff(const float *a, const float *b, int64_t n)
+{
+    double m = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m))
+            m = d;
+    }
+    return m;
+}
+
+/* Weights of `rows x cols` in dtype t at byte offset `misalign` of a
+ * buffer, so that unaligned views (as in a mmapped file) are exercised. */
+static unsigned char *make_weights(enum lm_dtype t, int64_t rows, int64_t cols, size_t misalign,
+                                   unsigned char **base)
+{
+    size_t n = (size_t)(rows * cols);
+    float *f = malloc(n * sizeof(float) + 1);
+    fill(f, (int64_t)n, 1.0);
+    *base = malloc(n * 4 + 16);
+    unsigned char *w = *base + misalign;
+    lm_convert_from_f32(w, t, f, n);
+    free(f);
+    return w;
+}
+
+static void check_matmul(enum lm_dtype t, int64_t rows, int64_t cols, int64_t n_tok, size_t misalign)
+{
+    unsigned char *base;
+    unsigned char *w = make_weights(t, rows, cols, misalign, &base);
+    int64_t ldx = cols + 3, ldo = rows + 5;
+    float *x = malloc((size_t)(n_tok * ldx) * sizeof(float));
+    float *got = calloc((size_t)(n_tok * ldo), sizeof(float));
+    float *want = calloc((size_t)(n_tok * ldo), sizeof(float));
+    fill(x, n_tok * ldx, 1.0);
+    /* rows [1, rows - 1) only: the untouched edges must stay zero */
+    int64_t r0 = rows > 2 ? 1 : 0, r1 = rows > 2 ? rows - 1 : rows;
+    kernel_matmul_rows(got, ldo, w, t, cols, x, ldx, n_tok, r0, r1);
+    kernel_matmul_rows_ref(want, ldo, w, t, cols, x, ldx, n_tok, r0, r1);
+    /* error bound: float32 accumulation of cols products of size <= 1 */
+    double tol = 1e-6 * (double)cols + 1e-6;
+    char descr[160];
+    snprintf(descr, sizeof descr, "matmul %s %s %lldx%lld, %lld token(s), offset %zu: max diff %.2e",
+             kernel_impl_name(), lm_dtype_name(t), (long long)rows, (long long)cols, (long long)n_tok,
+             misalign, max_abs_diff(got, want, n_tok * ldo));
+    TEST_COND(descr, max_abs_diff(got, want, n_tok * ldo) <= tol);
+    free(x);
+    free(got);
+    free(want);
+    free(base);
+}
+
+static void check_small_kernels(void)
+{
+    char descr[160];
+    static const int64_t sizes[] = { 1, 7, 8, 9, 31, 64, 100, 1023 };
+    for (size_t s = 0; s < LM_ARRAY_SIZE(sizes); s++) {
+        int64_t n = sizes[s];
+        float *a = malloc((size_t)n * sizeof(float)), *b = malloc((size_t)n * sizeof(float));
+        float *c = malloc((size_t)n * sizeof(float)), *d = malloc((size_t)n * sizeof(float));
+        float *w = malloc((size_t)n * sizeof(float));
+        fill(a, n, 1.0);
+        fill(b, n, 1.0);
+        fill(w, n, 1.0);
+
+        float dv = kernel_dot(a, b, n), dr = kernel_dot_ref(a, b, n);
+        snprintf(descr, sizeof descr, "dot %s n=%lld", kernel_impl_name(), (long long)n);
+        TEST_NEAR(descr, dv, dr, 1e-6 * (double)n + 1e-6);
+
+        memcpy(c, b, (size_t)n * sizeof(float));
+        memcpy(d, b, (size_t)n * sizeof(float));
+        kernel_axpy(c, 0.37f, a, n);
+        kernel_axpy_ref(d, 0.37f, a, n);
+        snprintf(descr, sizeof descr, "axpy %s n=%lld", kernel_impl_name(), (long long)n);
+        TEST_COND(descr, max_abs_diff(c, d, n) <= 1e-6);
+
+        kernel_rmsnorm(c, a, w, n, 1e-6f);
+        kernel_rmsnorm_ref(d, a, w, n, 1e-6f);
+        snprintf(descr, sizeof descr, "rmsnorm %s n=%lld", kernel_impl_name(), (long long)n);
+        TEST_COND(descr, max_abs_diff(c, d, n) <= 1e-5);
+        /* in place, as the Qwen3 head norm uses it */
+        memcpy(c, a, (size_t)n * sizeof(float));
+        kernel_rmsnorm(c, c, w, n, 1e-6f);
+        snprintf(descr, sizeof descr, "rmsnorm in place %s n=%lld", kernel_impl_name(), (long long)n);
+        TEST_COND(descr, max_abs_diff(c, d, n) <= 1e-5);
+
+        /* softmax over a wide range, including very negative entries */
+        for (int64_t i = 0; i < n; i++)
+            c[i] = d[i] = a[i] * 40.0f - (i % 5 == 0 ? 100.0f : 0.0f);
+        kernel_softmax(c, n);
+        kernel_softmax_ref(d, n);
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            sum += c[i];
+        snprintf(descr, sizeof descr, "softmax %s n=%lld (sum %.7f)", kernel_impl_name(), (long long)n, sum);
+        TEST_COND(descr, max_abs_diff(c, d, n) <= 2e-6 && fabs(sum - 1.0) < 1e-5);
+
+        for (int64_t i = 0; i < n; i++)
+            c[i] = d[i] = a[i] * 30.0f;
+        kernel_silu_mul(c, b, n);
+        kernel_silu_mul_ref(d, b, n);
+        double worst = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            double rel = fabs((double)c[i] - (double)d[i]) / (fabs((double)d[i]) + 1e-6);
+            if (rel > worst)
+                worst = rel;
+        }
+        snprintf(descr, sizeof descr, "silu*up %s n=%lld (max rel diff %.1e)", kernel_impl_name(),
+                 (long long)n, worst);
+        TEST_COND(descr, worst <= 1e-5);
+        free(a);
+        free(b);
+        free(c);
+        free(d);
+        free(w);
+    }
+
+    static const int64_t dims[] = { 2, 14, 16, 32, 64, 128 };
+    for (size_t s = 0; s < LM_ARRAY_SIZE(dims); s++) {
+        int64_t hd = dims[s], heads = 3;
+        float *x = malloc((size_t)(heads * hd) * sizeof(float)), *y = malloc((size_t)(heads * hd) * sizeof(float));
+        float *cs = malloc((size_t)(hd / 2) * sizeof(float)), *sn = malloc((size_t)(hd / 2) * sizeof(float));
+        fill(x, heads * hd, 2.0);
+        memcpy(y, x, (size_t)(heads * hd) * sizeof(float));
+        for (int64_t i = 0; i < hd / 2; i++) {
+            double a = 17.0 * pow(10000.0, -2.0 * (double)i / (double)hd);
+            cs[i] = (float)cos(a);
+            sn[i] = (float)sin(a);
+        }
+        kernel_rope(x, heads, hd, cs, sn);
+        kernel_rope_ref(y, heads, hd, cs, sn);
+        snprintf(descr, sizeof descr, "rope %s head_dim=%lld", kernel_impl_name(), (long long)hd);
+        TEST_COND(descr, max_abs_diff(x, y, heads * hd) <= 2e-6);
+        free(x);
+        free(y);
+        free(cs);
+        free(sn);
+    }
+}
+
+static void check_all_kernels(void)
+{
+    static const enum lm_dtype types[] = { LM_DTYPE_F32, LM_DTYPE_F16, LM_DTYPE_BF16 };
+    static const int64_t shapes[][2] = { { 1, 1 }, { 3, 7 }, { 5, 8 }, { 9, 33 }, { 17, 64 },
+                                         { 33, 257 }, { 64, 1000 }, { 7, 4099 } };
+    for (size_t t = 0; t < LM_ARRAY_SIZE(types); t++)
+        for (size_t s = 0; s < LM_ARRAY_SIZE(shapes); s++)
+            check_matmul(types[t], shapes[s][0], shapes[s][1], s % 3 == 0 ? 1 : (int64_t)(s % 4) + 1,
+                         s % 2 ? 2 : 0);
+    check_small_kernels();
+}
+
+/* ===== Sampler ===== */
+
+static void check_sampler(void)
+{
+    enum { N = 1000 };
+    float logits[N], work[N];
+    for (int i = 0; i < N; i++)
+        logits[i] = (float)(rnd() * 3.0);
+    logits[417] = 9.0f;
+    logits[418] = 9.0f; /* tie: the lower id wins */
+
+    TEST_COND("argmax takes the lowest index of a tie", sampler_argmax(logits, N) == 417);
+    float nan_first[3] = { NAN, 1.0f, 2.0f };
+    TEST_COND("argmax skips NaN", sampler_argmax(nan_first, 3) == 2);
+
+    struct sampler *greedy = sampler_new(N, sampler_default_params());
+    struct sampler_rng rng;
+    sampler_rng_seed(&rng, 1);
+    memcpy(work, logits, sizeof work);
+    TEST_COND("greedy sampler picks the argmax", sampler_sample(greedy, work, &rng) == 417);
+    sampler_free(greedy);
+
+    struct sampler_params p = { 1.0f, 1, 1.0f };
+    struct sampler *k1 = sampler_new(N, p);
+    int ok = 1;
+    for (int i = 0; i < 50; i++) {
+        memcpy(work, logits, sizeof work);
+        ok &= sampler_sample(k1, work, &rng) == 417;
+    }
+    TEST_COND("top-k 1 always gives the (first) best token", ok);
+    sampler_free(k1);
+
+    /* top-k 3: only the three best ids ever come out, and all of them */
+    for (int i = 0; i < N; i++)
+        logits[i] = (float)i * 0.001f;
+    p.top_k = 3;
+    struct sampler *k3 = sampler_new(N, p);
+    int seen[N] = { 0 };
+    ok = 1;
+    for (int i = 0; i < 300; i++) {
+        memcpy(work, logits, sizeof work);
+        int32_t id = sampler_sample(k3, work, &rng);
+        ok &= id >= N - 3;
+        seen[id]++;
+    }
+    TEST_COND("top-k 3 stays within the three best ids and uses all three",
+              ok && seen[N - 1] && seen[N - 2] && seen[N - 3]);
+    sampler_free(k3);
+
+    /* top-p: probabilities 0.5, 0.3, 0.2 (and ~0 elsewhere); top_p 0.75
+     * keeps the first two only. */
+    for (int i = 0; i < N; i++)
+        logits[i] = -100.0f;
+    logits[10] = logf(0.5f);
+    logits[20] = logf(0.3f);
+    logits[30] = logf(0.2f);
+    struct sampler_params pp = { 1.0f, 0, 0.75f };
+    struct sampler *tp = sampler_new(N, pp);
+    int c10 = 0, c20 = 0, other = 0;
+    for (int i = 0; i < 2000; i++) {
+        memcpy(work, logits, sizeof work);
+        int32_t id = sampler_sample(tp, work, &rng);
+        c10 += id == 10;
+        c20 += id == 20;
+        other += id != 10 && id != 20;
+    }
+    char descr[160];
+    snprintf(descr, sizeof descr, "top-p 0.75 keeps {0.5, 0.3}: %d / %d / %d other, ratio near 5:3",
+             c10, c20, other);
+    TEST_COND(descr, other == 0 && c10 > 1100 && c10 < 1400);
+    sampler_free(tp);
+
+    /* temperature sampling follows the distribution and a seed repeats it */
+    struct sampler_params pt = { 0.5f, 0, 1.0f };
+    struct sampler *ts = sampler_new(N, pt);
+    int32_t run1[64], run2[64];
+    for (int r = 0; r < 2; r++) {
+        struct sampler_rng g;
+        sampler_rng_seed(&g, 1234);
+        for (int i = 0; i < 64; i++) {
+            for (int j = 0; j < N; j++)
+                work[j] = (float)(j % 7);
+            (r ? run2 : run1)[i] = sampler_sample(ts, work, &g);
+        }
+    }
+    TEST_COND("the same seed gives the same samples", memcmp(run1, run2, sizeof run1) == 0);
+    int high = 0;
+    for (int i = 0; i < 64; i++)
+        high += run1[i] % 7 >= 4; /* at T = 0.5 the top three classes hold 99.7% */
+    TEST_COND("temperature 0.5 samples the high-logit classes", high >= 60);
+    sampler_free(ts);
+
+    struct sampler_params bad = { 1.0f, 0, 0.0f };
+    TEST_COND("top_p 0 is rejected", sampler_new(N, bad) == NULL);
+}
+
+int main(void)
+{
+    printf("# vector path: %s\n", kernel_impl_name());
+    check_all_kernels();
+    int prev = kernel_force_scalar(1);
+    TEST_COND("forcing the scalar path is reported", strcmp(kernel_impl_name(), "scalar") == 0);
+    check_all_kernels();
+    kernel_force_scalar(prev);
+    check_sampler();
+    return test_report();
+}

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The workbench end to end, in a private tmux server with a fixed size:
+# open a model trio, move through the layers, change a coefficient, undo
+# and redo it, run a preview, save the recipe, write the merged model,
+# quit; then `mergescope merge` on the saved recipe must give the same
+# weights. $1 = the mergescope binary; MS_MKFIXTURE = the fixture writer.
+set -u
+ms="$1"
+mk="${MS_MKFIXTURE:?MS_MKFIXTURE not set}"
+command -v tmux >/dev/null || { echo "tmux is not installed (scripts/install-deps installs it)"; exit 1; }
+tmp=$(mktemp -d /tmp/ms-test-tui-XXXXXX)
+sock="mstest-$$"
+T() { tmux -L "$sock" "$@"; }
+trap 'T kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
+n=0 failed=0
+
+check() { # check DESCRIPTION COMMAND...
+    local descr="$1"; shift
+    n=$((n + 1))
+    if "$@"; then echo "$n - $descr: PASSED"; else echo "$n - $descr: FAILED"; failed=$((failed + 1)); fi
+}
+
+# wait_for TEXT [SECONDS]: polls the screen until it shows TEXT.
+wait_for() {
+    local text="$1" limit="${2:-20}" i=0
+    while [ "$i" -lt $((limit * 10)) ]; do
+        if T capture-pane -p -t tui 2>/dev/null | grep -qF -- "$text"; then return 0; fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "      screen lacks '$text':"; T capture-pane -p -t tui 2>/dev/null | sed 's/^/      | /'
+    return 1
+}
+screen_has() { T capture-pane -p -t tui | grep -qF -- "$1"; }
+
+"$mk" "$tmp/m" 5 || { echo "cannot make fixtures"; exit 1; }
+
+# A tiny byte-level tokenizer (30 byte tokens, one merge, <|im_end|> as a
+# special token) that fits the fixture models' 32-row vocabulary.
+for d in base quick long; do
+    cp "$MS_SOURCE_DIR/tests/fixtures/tiny-tokenizer.json" "$tmp/m/$d/tokenizer.json"
+done
+
+export HOME="$tmp/home" XDG_CONFIG_HOME="$tmp/home/.config" XDG_STATE_HOME="$tmp/home/state"
+mkdir -p "$HOME"
+cd "$tmp/m"
+T new-session -d -s tui -x 120 -y 32 "TERM=xterm-256color '$ms' --base base --model quick --model long --threads 2 2>'$tmp/stderr'; echo \$? >'$tmp/status'; sleep 60"
+
+check "the Layers screen opens with a row per layer" bash -c "$(declare -f wait_for T); sock=$sock; wait_for 'layer 2' && wait_for 'lm_head' && wait_for 'attention'"
+check "statistics fill in" wait_for "stats 39/39"
+check "the function bar lists the keys" screen_has "F1Help"
+T send-keys -t tui j j
+check "moving down selects layer 1 and the header names the method" bash -c "$(declare -f wait_for T); sock=$sock; wait_for 'task_arithmetic'"
+T send-keys -t tui +
+check "a coefficient change re-merges only its layer" wait_for "on layer 1: 12 tensors to re-merge"
+check "the changed layer carries an override mark" bash -c "$(declare -f T); sock=$sock; T capture-pane -p -t tui | grep -q '^\* *layer 1'"
+check "the header says the recipe is modified" screen_has "[modified]"
+T send-keys -t tui u
+check "undo restores the recipe" wait_for "undone"
+T send-keys -t tui C-r
+check "redo applies it again" wait_for "redone"
+T send-keys -t tui d
+check "the detail screen lists the layer's tensors" wait_for "self_attn.q_proj.bias"
+check "the detail screen draws a histogram" wait_for "log10 scale"
+T send-keys -t tui F4
+check "the preview screen opens" wait_for "No preview yet"
+T send-keys -t tui e
+T send-keys -t tui -l "ab ab"
+T send-keys -t tui Enter
+check "a preview streams tokens with a count and speed" wait_for "tok/s" 30
+check "the preview reaches its end" wait_for "tokens" 30
+T send-keys -t tui Escape F5
+check "back on the Layers screen" wait_for "F5Detail"
+T send-keys -t tui s C-u
+T send-keys -t tui -l "$tmp/saved.json"
+T send-keys -t tui Enter
+check "s saves the recipe" wait_for "saved the recipe to"
+check "the saved recipe has the layer override" bash -c "grep -q '\"layers\"' '$tmp/saved.json'"
+T send-keys -t tui w C-u
+T send-keys -t tui -l "$tmp/out-tui"
+T send-keys -t tui Enter
+check "w writes the merged model" wait_for "wrote the merged model to" 60
+T send-keys -t tui q
+for i in $(seq 1 50); do [ -f "$tmp/status" ] && break; sleep 0.1; done
+check "q quits with status 0" bash -c "[ \"\$(cat '$tmp/status' 2>/dev/null)\" = 0 ]"
+
+"$ms" merge "$tmp/saved.json" -o "$tmp/out-cli" --threads 1 >/dev/null 2>"$tmp/merge.err"
+check "mergescope merge reruns the saved recipe" bash -c "[ -f '$tmp/out-cli/model.safetensors' ] || { cat '$tmp/merge.err'; exit 1; }"
+check "the headless merge equals what the TUI wrote, byte for byte" \
+    cmp "$tmp/out-tui/model.safetensors" "$tmp/out-cli/model.safetensors"
+
+# Small terminals and Ctrl-C with unsaved changes.
+T kill-session -t tui
+rm -f "$tmp/status"
+T new-session -d -s tui -x 40 -y 10 "TERM=xterm '$ms' --base base --model long 2>'$tmp/stderr'; echo \$? >'$tmp/status'; sleep 60"
+check "below the minimum size it says so" wait_for "terminal too small"
+T resize-window -t tui -x 100 -y 30 2>/dev/null || T resize-pane -t tui -x 100 -y 30
+check "a resize redraws the screen" wait_for "F1Help"
+T send-keys -t tui j j +
+wait_for "re-merge" >/dev/null
+T send-keys -t tui C-c
+check "Ctrl-C asks before dropping unsaved changes" wait_for "quit anyway"
+T send-keys -t tui y
+for i in $(seq 1 50); do [ -f "$tmp/status" ] && break; sleep 0.1; done
+check "answering y quits" bash -c "[ \"\$(cat '$tmp/status' 2>/dev/null)\" = 0 ]"
+
+echo "$((n - failed)) passed, $failed failed"
+[ "$failed" -eq 0 ]

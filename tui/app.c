@@ -1,0 +1,527 @@
+/* The workbench's life cycle and event loop: open the workspace, draw the
+ * first frame at once, then loop: draw when something changed, wait for a
+ * key with a short timeout, run its action, and keep one job going on the
+ * worker (statistics, then previews, writes and histograms as asked). */
+#include "app.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include "draw.h"
+#include "lm_error.h"
+#include "prompt.h"
+#include "term.h"
+#include "theme.h"
+#include "fsutil.h"
+#include "workspace.h"
+
+/* ===== Shared helpers ===== */
+
+void ui_status(struct ui_app *a, bool error, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->status, sizeof(a->status), fmt, ap);
+    va_end(ap);
+    a->status_error = error;
+    msglog_add(&a->log, error ? MSGLOG_ERROR : MSGLOG_INFO, a->status);
+}
+
+bool ui_unsaved(const struct ui_app *a)
+{
+    return !recipe_equal(ws_recipe(a->ws), a->saved);
+}
+
+/* The numeric parameters the current method takes, in spec order. */
+static size_t tunable_params(const struct ui_app *a, const struct merge_param_spec **out, size_t max)
+{
+    size_t n = 0;
+    const struct merge_method *m = ws_method(a->ws);
+    for (int id = 0; id < MERGE_PARAM_COUNT && n < max; id++)
+        if (merge_method_takes(m, (enum merge_param_id)id) &&
+            merge_param_specs[id].kind == MERGE_PARAM_KIND_NUMBER)
+            out[n++] = &merge_param_specs[id];
+    return n;
+}
+
+const struct merge_param_spec *ui_tuned_param(const struct ui_app *a)
+{
+    const struct merge_param_spec *specs[MERGE_PARAM_COUNT];
+    size_t n = tunable_params(a, specs, MERGE_PARAM_COUNT);
+    if (n == 0)
+        return NULL;
+    return specs[(size_t)a->param_idx % n];
+}
+
+const char *ui_tuned_model(const struct ui_app *a)
+{
+    const struct merge_param_spec *s = ui_tuned_param(a);
+    if (!s || !s->per_model || ws_n_models(a->ws) == 0)
+        return NULL;
+    return ws_model(a->ws, a->model_idx % ws_n_models(a->ws))->name;
+}
+
+const char *ui_tuned_module(const struct ui_app *a)
+{
+    static const char *const modules[3] = { NULL, "self_attn", "mlp" };
+    return modules[a->module_idx % 3];
+}
+
+void ui_refresh_table(struct ui_app *a)
+{
+    const struct merge_param_spec *s = ui_tuned_param(a);
+    char title[16];
+    if (s) {
+        const char *model = ui_tuned_model(a);
+        if (model)
+            snprintf(title, sizeof(title), "%.6s(%.6s)", s->name, model);
+        else
+            snprintf(title, sizeof(title), "%s", s->name);
+    }
+    int n = ws_n_models(a->ws);
+    const char *mod = ui_tuned_module(a);
+    enum tn_group g = !mod ? TN_GROUP_COUNT : strcmp(mod, "mlp") == 0 ? TN_GROUP_MLP : TN_GROUP_ATTN;
+    int rc = lt_fill(&a->table, a->ws, n ? a->pair_a % n : 0, n > 1 ? a->pair_b % n : 0,
+                     s ? title : NULL, s ? s->name : NULL, s && s->per_model ? a->model_idx % (n ? n : 1) : -1, g);
+    if (rc)
+        ui_status(a, true, "%s", lm_last_error());
+    a->table_dirty = false;
+    if (a->sel >= a->table.n_rows)
+        a->sel = a->table.n_rows ? a->table.n_rows - 1 : 0;
+}
+
+static bool all_stats_done(const struct ui_app *a)
+{
+    for (size_t i = 0; i < ws_n_tensors(a->ws); i++)
+        if (!ws_tensor_stats(a->ws, i))
+            return false;
+    return true;
+}
+
+int ui_apply_recipe(struct ui_app *a, const struct recipe *r, bool record)
+{
+    bool was_previewing = job_busy(&a->job) && a->job.kind == UI_JOB_PREVIEW;
+    job_stop(&a->job);
+    if (job_state(&a->job) == JOB_IDLE && a->job.kind == UI_JOB_PREVIEW)
+        was_previewing = was_previewing || a->preview.n_panes > 0;
+    struct recipe *before = recipe_clone(ws_recipe(a->ws));
+    if (!before)
+        return LM_ENOMEM;
+    size_t n = ws_n_tensors(a->ws);
+    bool *changed = lm_calloc(n ? n : 1, sizeof(bool));
+    int rc = changed ? ws_set_recipe(a->ws, r, changed) : LM_ENOMEM;
+    if (rc) {
+        ui_status(a, true, "%s", lm_last_error());
+        recipe_free(before);
+        free(changed);
+        return rc;
+    }
+    size_t n_changed = 0;
+    for (size_t i = 0; i < n; i++)
+        n_changed += changed[i];
+    free(changed);
+    if (record)
+        undo_record(&a->undo, before);
+    recipe_free(before);
+    a->stats_wanted = true;
+    a->table_dirty = true;
+    a->hist.ready = false;
+    a->hist.tensor = -1;
+    if (was_previewing && a->preview.prompt)
+        a->preview_wanted = true;
+    snprintf(a->status, sizeof(a->status), "%zu tensor%s to re-merge%s", n_changed,
+             n_changed == 1 ? "" : "s", a->preview_wanted ? "; preview restarted" : "");
+    a->status_error = false;
+    return 0;
+}
+
+void ui_start_preview(struct ui_app *a)
+{
+    if (!a->preview.prompt || !*a->preview.prompt) {
+        ui_status(a, true, "type a prompt first (e or > on the Preview screen)");
+        return;
+    }
+    job_stop(&a->job);
+    a->preview_wanted = true;
+}
+
+/* ===== Jobs ===== */
+
+static int stats_job(struct job *j, void *ud)
+{
+    return ws_stats_compute(ud, job_progress_cb, j);
+}
+
+struct write_job {
+    struct workspace *ws;
+    char dir[1024];
+};
+static struct write_job write_args;
+
+static int write_job_fn(struct job *j, void *ud)
+{
+    struct write_job *w = ud;
+    return ws_write(w->ws, w->dir, ws_default_write_params(), job_progress_cb, j);
+}
+
+static void finish_job(struct ui_app *a)
+{
+    int kind = a->job.kind;
+    bool cancelled = atomic_load(&a->job.stop);
+    int rc = job_join(&a->job);
+    if (rc && rc != LM_ECANCELED && !cancelled)
+        ui_status(a, true, "%s", a->job.error);
+    else if (kind == UI_JOB_WRITE && !rc)
+        ui_status(a, false, "wrote the merged model to %s", write_args.dir);
+    else if (kind == UI_JOB_WRITE && rc)
+        ui_status(a, false, "write cancelled; %s is unchanged", write_args.dir);
+    if (kind == UI_JOB_STATS && !rc && !a->status_error && strstr(a->status, "being computed"))
+        ui_status(a, false, "statistics ready for %zu tensors (? for help)", ws_n_tensors(a->ws));
+    if (kind == UI_JOB_HIST && !rc)
+        a->hist.ready = true;
+    a->table_dirty = true;
+    if (!all_stats_done(a))
+        a->stats_wanted = true;
+}
+
+static void schedule(struct ui_app *a)
+{
+    if (job_state(&a->job) == JOB_DONE)
+        finish_job(a);
+    if (job_busy(&a->job))
+        return;
+    if (a->preview_wanted) {
+        a->preview_wanted = false;
+        preview_reset(&a->preview);
+        if (job_start(&a->job, UI_JOB_PREVIEW, preview_job, &a->preview))
+            ui_status(a, true, "%s", lm_last_error());
+        return;
+    }
+    if (a->hist_wanted >= 0) {
+        a->hist.tensor = a->hist_wanted;
+        a->hist.ready = false;
+        a->hist_wanted = -1;
+        if (job_start(&a->job, UI_JOB_HIST, ui_hist_job, a))
+            ui_status(a, true, "%s", lm_last_error());
+        return;
+    }
+    if (a->stats_wanted) {
+        a->stats_wanted = false;
+        if (!all_stats_done(a) && job_start(&a->job, UI_JOB_STATS, stats_job, a->ws))
+            ui_status(a, true, "%s", lm_last_error());
+    }
+}
+
+void ui_start_write(struct ui_app *a, const char *dir)
+{
+    job_stop(&a->job);
+    write_args.ws = a->ws;
+    snprintf(write_args.dir, sizeof(write_args.dir), "%s", dir);
+    if (job_start(&a->job, UI_JOB_WRITE, write_job_fn, &write_args))
+        ui_status(a, true, "%s", lm_last_error());
+    else
+        ui_status(a, false, "writing %s ...", dir);
+    a->stats_wanted = !all_stats_done(a);
+}
+
+/* ===== Drawing ===== */
+
+void ui_draw_header(struct ui_app *a, int w)
+{
+    const struct recipe *r = ws_recipe(a->ws);
+    char line[1024];
+    int n = snprintf(line, sizeof(line), " mergescope  base: %s  models:", ws_model(a->ws, -1)->name);
+    for (int i = 0; i < ws_n_models(a->ws) && n < (int)sizeof(line) - 40; i++)
+        n += snprintf(line + n, sizeof(line) - (size_t)n, " %s", ws_model(a->ws, i)->name);
+    n += snprintf(line + n, sizeof(line) - (size_t)n, "  method: %s ", r->method);
+    for (size_t i = 0; i < r->n_params && n < (int)sizeof(line) - 40; i++) {
+        const struct recipe_value *v = &r->params[i].value;
+        char num[32] = "";
+        if (v->kind == RECIPE_VALUE_NUMBER)
+            recipe_format_number(v->numbers[0], num, sizeof(num));
+        else if (v->kind == RECIPE_VALUE_LIST)
+            snprintf(num, sizeof(num), "[%g..%g]", v->numbers[0], v->numbers[v->n_numbers - 1]);
+        else if (v->kind == RECIPE_VALUE_BOOL)
+            snprintf(num, sizeof(num), "%s", v->boolean ? "true" : "false");
+        else if (v->kind == RECIPE_VALUE_STRING)
+            snprintf(num, sizeof(num), "%s", v->string);
+        n += snprintf(line + n, sizeof(line) - (size_t)n, " %s=%s", r->params[i].name, num);
+    }
+    if (ui_unsaved(a))
+        snprintf(line + n, sizeof(line) - (size_t)n, "  [modified]");
+    int used = draw_text(a->win, 0, 0, w, UI_ROLE_HEADER, line);
+    draw_fill(a->win, 0, used, w - used, UI_ROLE_HEADER);
+}
+
+static void draw_bottom(struct ui_app *a, int h, int w)
+{
+    int y = h - 2;
+    if (a->input_kind != UI_INPUT_NONE) {
+        static const char *const labels[] = {
+            "", "search: ", "value: ", "gradient from,to: ", "save recipe to: ",
+            "save mergekit YAML to: ", "write merged model to: ",
+            "unsaved changes: quit anyway? (y/n) ",
+        };
+        int lw = draw_text(a->win, y, 0, w, UI_ROLE_PROMPT, labels[a->input_kind]);
+        int used = draw_text(a->win, y, lw, w - lw - 1, UI_ROLE_NORMAL, a->input.text);
+        draw_fill(a->win, y, lw + used, w - lw - used, UI_ROLE_NORMAL);
+        char before[LINEEDIT_MAX];
+        memcpy(before, a->input.text, a->input.cursor);
+        before[a->input.cursor] = '\0';
+        wmove(a->win, y, lw + draw_width(before));
+        curs_set(1);
+    } else if (job_state(&a->job) == JOB_RUNNING && a->job.kind != UI_JOB_PREVIEW) {
+        char label[96], what[64];
+        job_label(&a->job, what, sizeof(what));
+        snprintf(label, sizeof(label), "%s (Esc cancels)", what[0] ? what : "working");
+        int pw = w / 2 > 40 ? 40 : w / 2;
+        int used = draw_text(a->win, y, 0, w - pw - 1, a->status_error ? UI_ROLE_STATUS_ERROR : UI_ROLE_STATUS,
+                             a->status);
+        draw_fill(a->win, y, used, w - pw - used, UI_ROLE_STATUS);
+        draw_progress(a->win, y, w - pw, pw, label, job_fraction(&a->job));
+    } else {
+        draw_status(a->win, y, w, a->status, a->status_error);
+    }
+    draw_function_bar(a->win, h - 1, w, a->screen);
+}
+
+void ui_draw(struct ui_app *a)
+{
+    int h = getmaxy(a->win), w = getmaxx(a->win);
+    curs_set(0);
+    if (w < UI_MIN_WIDTH || h < UI_MIN_HEIGHT) {
+        draw_too_small(a->win, UI_MIN_WIDTH, UI_MIN_HEIGHT);
+        wnoutrefresh(a->win);
+        doupdate();
+        return;
+    }
+    werase(a->win);
+    if (a->table_dirty)
+        ui_refresh_table(a);
+    ui_draw_header(a, w);
+    int y0 = 1, body = h - 3;
+    switch (a->screen) {
+    case UI_SCREEN_LAYERS: screen_layers_draw(a, y0, body, w); break;
+    case UI_SCREEN_DETAIL: screen_detail_draw(a, y0, body, w); break;
+    case UI_SCREEN_RECIPE: screen_recipe_draw(a, y0, body, w); break;
+    case UI_SCREEN_PREVIEW: screen_preview_draw(a, y0, body, w); break;
+    case UI_SCREEN_HELP: screen_help_draw(a, y0, body, w); break;
+    case UI_SCREEN_LOG: screen_log_draw(a, y0, body, w); break;
+    default: break;
+    }
+    draw_bottom(a, h, w);
+    if (a->screen == UI_SCREEN_PREVIEW && a->prompt_focus && a->input_kind == UI_INPUT_NONE) {
+        prompt_draw(a->win, y0 + 1, w, "prompt");
+        curs_set(1);
+    }
+    wnoutrefresh(a->win);
+    doupdate();
+}
+
+/* ===== Configuration file ===== */
+
+struct ui_config {
+    char theme[256];
+    int threads;
+    bool ascii;
+};
+
+/* Reads "key = value" lines (theme, threads, ascii); '#' starts a comment.
+ * Unknown keys are reported in the log. */
+static void read_config(struct ui_app *a, struct ui_config *c)
+{
+    const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+    char path[1024];
+    if (xdg && *xdg)
+        snprintf(path, sizeof(path), "%s/mergescope/config", xdg);
+    else if (home && *home)
+        snprintf(path, sizeof(path), "%s/.config/mergescope/config", home);
+    else
+        return;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[512];
+    int lineno = 0;
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        line[strcspn(line, "#\r\n")] = '\0';
+        char key[64], val[256];
+        if (sscanf(line, " %63[^= \t] = %255[^\n]", key, val) != 2)
+            continue;
+        size_t vl = strlen(val);
+        while (vl && (val[vl - 1] == ' ' || val[vl - 1] == '\t'))
+            val[--vl] = '\0';
+        if (strcmp(key, "theme") == 0)
+            snprintf(c->theme, sizeof(c->theme), "%s", val);
+        else if (strcmp(key, "threads") == 0)
+            c->threads = atoi(val);
+        else if (strcmp(key, "ascii") == 0)
+            c->ascii = strcmp(val, "true") == 0 || strcmp(val, "1") == 0 || strcmp(val, "yes") == 0;
+        else {
+            char msg[1400];
+            snprintf(msg, sizeof(msg), "%s:%d: unknown key '%s' (theme, threads, ascii)", path, lineno, key);
+            msglog_add(&a->log, MSGLOG_WARN, msg);
+        }
+    }
+    fclose(f);
+}
+
+static char *history_path(void)
+{
+    const char *state = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+    char *dir = NULL;
+    if (state && *state)
+        dir = lm_asprintf("%s/mergescope", state);
+    else if (home && *home)
+        dir = lm_asprintf("%s/.local/state/mergescope", home);
+    if (!dir || lm_mkdir_p(dir) != 0) {
+        free(dir);
+        return NULL;
+    }
+    char *p = lm_asprintf("%s/history", dir);
+    free(dir);
+    return p;
+}
+
+/* ===== The loop ===== */
+
+static int handle_key(struct ui_app *a, int key)
+{
+    if (key == KEY_RESIZE)
+        return UI_REACT_REDRAW;
+    if (a->input_kind != UI_INPUT_NONE)
+        return ui_input_key(a, key);
+    if (key == KEY_MOUSE)
+        return ui_mouse(a);
+    if (a->screen == UI_SCREEN_PREVIEW && a->prompt_focus) {
+        if (key == 27) {
+            a->prompt_focus = false;
+            prompt_end();
+            if (job_busy(&a->job) && a->job.kind == UI_JOB_PREVIEW)
+                job_cancel(&a->job);
+            return UI_REACT_REDRAW;
+        }
+        if (key == 3 || (key >= KEY_F(1) && key <= KEY_F(12)) || key == KEY_PPAGE || key == KEY_NPAGE)
+            return ui_run_action(a, keymap_lookup(a->screen, key));
+        char *line = NULL;
+        if (prompt_key(key, &line)) {
+            preview_set_prompt(&a->preview, line);
+            free(line);
+            ui_start_preview(a);
+        }
+        return UI_REACT_REDRAW;
+    }
+    return ui_run_action(a, keymap_lookup(a->screen, key));
+}
+
+static int run_loop(struct ui_app *a)
+{
+    bool dirty = true;
+    while (!a->quit) {
+        if (term_signal()) {
+            break;
+        }
+        schedule(a);
+        int change = atomic_load(&a->job.changed);
+        if (change != a->last_job_change) {
+            a->last_job_change = change;
+            if (a->job.kind == UI_JOB_STATS)
+                a->table_dirty = true;
+            dirty = true;
+        }
+        if (dirty) {
+            ui_draw(a);
+            a->frames++;
+            dirty = false;
+            if (a->opt.max_frames > 0 && a->frames >= a->opt.max_frames)
+                break;
+        }
+        wtimeout(a->win, job_busy(&a->job) ? 50 : 200);
+        int key = wgetch(a->win);
+        if (key == ERR)
+            continue;
+        int react = handle_key(a, key);
+        if (react & UI_REACT_QUIT)
+            a->quit = true;
+        dirty = true;
+    }
+    return 0;
+}
+
+int tui_run(const struct recipe *r, const struct tui_options *opt)
+{
+    static struct ui_app app;
+    struct ui_app *a = &app;
+    memset(a, 0, sizeof(*a));
+    a->opt = *opt;
+    a->mark_layer = -1;
+    a->hist.tensor = -1;
+    a->hist_wanted = -1;
+    a->pair_b = 1;
+    struct ui_config cfg = { "", 0, false };
+    read_config(a, &cfg);
+    if (a->opt.n_threads <= 0 && cfg.threads > 0)
+        a->opt.n_threads = cfg.threads;
+    if (term_start() != 0)
+        return 1;
+    a->win = stdscr;
+    const char *theme = opt->theme ? opt->theme : cfg.theme[0] ? cfg.theme : NULL;
+    bool color_ok = !(getenv("NO_COLOR") && *getenv("NO_COLOR"));
+    if (theme_setup(theme, color_ok) != 0) {
+        msglog_add(&a->log, MSGLOG_ERROR, lm_last_error());
+        snprintf(a->status, sizeof(a->status), "%s", lm_last_error());
+        a->status_error = true;
+        theme_setup(NULL, color_ok);
+    }
+    draw_set_unicode(term_utf8() && !opt->ascii && !cfg.ascii);
+    /* Something on screen before the models are opened. */
+    erase();
+    draw_text(stdscr, 0, 0, COLS, UI_ROLE_HEADER, " mergescope: opening models ...");
+    refresh();
+    struct ws_params wp = ws_default_params();
+    wp.n_threads = a->opt.n_threads;
+    a->ws = ws_open(r, wp);
+    if (!a->ws) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", lm_last_error());
+        term_stop();
+        fprintf(stderr, "mergescope: error: %s\n", msg);
+        return 3;
+    }
+    a->saved = recipe_clone(ws_recipe(a->ws));
+    a->save_path = opt->recipe_path ? lm_strdup(opt->recipe_path) : NULL;
+    if (*ws_notes(a->ws))
+        msglog_add(&a->log, MSGLOG_WARN, ws_notes(a->ws));
+    job_init(&a->job);
+    preview_init(&a->preview, a->ws, a->opt.n_threads);
+    char *hp = history_path();
+    prompt_init(hp);
+    free(hp);
+    a->table_dirty = true;
+    a->stats_wanted = true;
+    if (!a->status[0])
+        snprintf(a->status, sizeof(a->status), "%zu tensors, %d layers; statistics are being computed "
+                 "(? for help)", ws_n_tensors(a->ws), ws_n_layers(a->ws));
+    int rc = run_loop(a);
+    job_deinit(&a->job);
+    prompt_deinit();
+    term_stop();
+    if (term_signal())
+        fprintf(stderr, "mergescope: stopped by signal %d\n", term_signal());
+    if (ui_unsaved(a) && !a->quit)
+        fprintf(stderr, "mergescope: note: the recipe had unsaved changes\n");
+    preview_deinit(&a->preview);
+    lt_free(&a->table);
+    undo_deinit(&a->undo);
+    msglog_free(&a->log);
+    recipe_free(a->saved);
+    free(a->save_path);
+    ws_free(a->ws);
+    return rc;
+}
