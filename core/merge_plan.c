@@ -275,9 +275,13 @@ void merge_plan_resolve(const struct merge_plan *plan, const char *name,
     if (plan->method->set_defaults)
         plan->method->set_defaults(out);
 
+    /* Like mergekit: embeddings sit at t = 0, the final norm and lm_head
+     * (which come after the last layer) at t = 1. */
     double t = 0.0;
     if (info->layer >= 0 && plan->n_layers > 1)
         t = (double)info->layer / (double)(plan->n_layers - 1);
+    else if (info->layer < 0 && (info->group == TN_GROUP_LM_HEAD || info->group == TN_GROUP_NORM))
+        t = 1.0;
 
     for (size_t i = 0; i < r->n_params; i++)
         apply_param(r, out, &r->params[i], -1, t);

@@ -6,8 +6,9 @@
  * parameters, then every override whose layers and modules match, in order.
  * A list value is a gradient: with t = layer / (n_layers - 1) it is
  * interpolated linearly between its evenly spaced points (numpy.interp, as
- * mergekit does); tensors outside the layer stack (embeddings, final norm,
- * lm_head) take the first value. */
+ * mergekit does); tensors outside the layer stack take an end of the list
+ * as in mergekit: embeddings the first value, the final norm and lm_head
+ * the last. */
 #ifndef LM_CORE_MERGE_PLAN_H
 #define LM_CORE_MERGE_PLAN_H
 

@@ -26,8 +26,9 @@
  * one line each, in *warnings and as comments at the top of the YAML.
  * mergescope's method defaults are mergekit's (normalize, lambda 1, density 1,
  * gamma 0.01, epsilon 0.15), so unset parameters stay unset; the exceptions
- * (DARE/DELLA rescaling, the output dtype, a gradient's value for the final
- * norm and lm_head) are warned about. */
+ * (DARE/DELLA rescaling, the output dtype) are warned about. Gradients mean
+ * the same in both: t = layer / (n_layers - 1), embeddings at t = 0, the
+ * final norm and lm_head at t = 1. */
 #include "recipe.h"
 
 #include <stdarg.h>
@@ -375,7 +376,6 @@ struct mk_filter {
     size_t n;
     bool all;     /* every tensor (no layers, no modules) */
     bool usable;  /* false: mergekit cannot express it; the override is left out */
-    bool post;    /* may select the final norm or lm_head */
 };
 
 /* One entry of a conditional list: override `ov`'s value. */
@@ -441,11 +441,6 @@ static bool module_outside_layers(const char *module)
            strcmp(module, "lm_head") == 0;
 }
 
-static bool module_hits_post(const char *module)
-{
-    return strstr("model.norm.weight", module) || strstr("lm_head.weight", module);
-}
-
 static int filter_add(struct mk_filter *f, char *s)
 {
     if (!s)
@@ -475,12 +470,9 @@ static int build_filter(struct mk_ctx *x, size_t k)
     if (o->all_layers) {
         if (o->n_modules == 0) {
             f->all = true;
-            f->post = true;
             return 0;
         }
         for (size_t i = 0; i < o->n_modules; i++) {
-            if (module_hits_post(o->modules[i]))
-                f->post = true;
             int rc = filter_add(f, lm_strdup(o->modules[i]));
             if (rc)
                 return rc;
@@ -553,11 +545,6 @@ static void value_from_numbers(const double *nums, size_t n, struct mk_val *out)
     out->kind = n == 1 ? RECIPE_VALUE_NUMBER : RECIPE_VALUE_LIST;
     out->nums = nums;
     out->n = n;
-}
-
-static bool value_is_gradient(const struct mk_val *v)
-{
-    return v->kind == RECIPE_VALUE_LIST && v->n >= 2 && v->nums[0] != v->nums[v->n - 1];
 }
 
 /* mergekit's `rescale` is a bool: true rescales the kept entries to the L1
@@ -637,7 +624,7 @@ static void write_setting(struct mk_ctx *x, struct sbuf *b, int indent, const ch
 
 /* Entries for `name` from the overrides, last first. `model` is the index
  * of the model whose per-model values count, or -1 for none. */
-static size_t collect_entries(struct mk_ctx *x, const char *name, long model, bool *gradient_post)
+static size_t collect_entries(struct mk_ctx *x, const char *name, long model)
 {
     const struct recipe *r = x->r;
     size_t ne = 0;
@@ -666,8 +653,6 @@ static size_t collect_entries(struct mk_ctx *x, const char *name, long model, bo
         snprintf(where, sizeof(where), "overrides[%zu].params", k);
         if (!map_value(x, name, where, &v, model > 0))
             continue;
-        if (f->post && value_is_gradient(&v))
-            *gradient_post = true;
         x->entries[ne].ov = k;
         x->entries[ne].v = v;
         ne++;
@@ -692,8 +677,6 @@ static void export_param(struct mk_ctx *x, const char *name)
 {
     const struct recipe *r = x->r;
     unsigned flags = x->m->flags;
-    bool gradient_post = false;
-
     if (strcmp(name, "seed") == 0) {
         if (!(flags & MK_RANDOM))
             warnf(x, "seed: not used by mergekit's %s; left out", x->m->mergekit);
@@ -721,8 +704,6 @@ static void export_param(struct mk_ctx *x, const char *name)
         value_from_recipe(&g->value, &gv);
         if (map_value(x, name, "params", &gv, false))
             gdef = &gv;
-        if (gdef && value_is_gradient(gdef))
-            gradient_post = true;
     } else if (strcmp(name, "weight") == 0 && (flags & MK_WEIGHT)) {
         value_from_numbers(&one, 1, &fallback);
         gdef = &fallback;
@@ -749,7 +730,7 @@ static void export_param(struct mk_ctx *x, const char *name)
     }
 
     if (!model_level) {
-        size_t ne = collect_entries(x, name, -1, &gradient_post);
+        size_t ne = collect_entries(x, name, -1);
         write_setting(x, &x->glob, 2, name, x->entries, ne, gdef);
     } else {
         for (size_t i = 0; i < r->n_models; i++) {
@@ -763,16 +744,11 @@ static void export_param(struct mk_ctx *x, const char *name)
                 snprintf(where, sizeof(where), "models[%zu]", i);
                 if (map_value(x, name, where, &own, false))
                     def = &own;
-                if (value_is_gradient(&own))
-                    gradient_post = true;
             }
-            size_t ne = collect_entries(x, name, (long)i, &gradient_post);
+            size_t ne = collect_entries(x, name, (long)i);
             write_setting(x, &x->model[i], 6, name, x->entries, ne, def);
         }
     }
-    if (gradient_post)
-        warnf(x, "%s: mergekit gives the final norm and lm_head a gradient's last value, "
-              "mergescope its first", name);
 }
 
 /* Every parameter name the recipe uses, in order of first appearance. */

@@ -109,7 +109,10 @@ int main(void)
         TEST_NEAR("embeddings: module override lambda 3", prm.lambda, 3.0, 0);
         TEST_NEAR("embeddings take the first gradient value for c's weight", prm.weight[1], 0.0, 0);
         resolve(&p, "lm_head.weight", &prm);
-        TEST_NEAR("lm_head takes the first lambda value", prm.lambda, 1.0, 0);
+        TEST_NEAR("lm_head takes the last lambda value (mergekit's t = 1)", prm.lambda, 0.0, 0);
+        TEST_NEAR("lm_head takes the last weight value for c", prm.weight[1], 1.0, 0);
+        resolve(&p, "model.norm.weight", &prm);
+        TEST_NEAR("the final norm takes the last lambda value", prm.lambda, 0.0, 0);
     }
     recipe_free(r);
 
