@@ -12,15 +12,66 @@
 #include "fsutil.h"
 #include "generate.h"
 #include "lm_error.h"
+#include "merged_source.h"
+#include "workspace.h"
 
 /* ===== Opening a model argument ===== */
 
+/* A recipe merged in memory: the workspace holding the merged tensors and
+ * the output config the model runs with. */
+struct recipe_source {
+    struct workspace *ws;
+    struct hf_config config;
+};
+
+static void recipe_source_free(void *state)
+{
+    struct recipe_source *rs = state;
+    if (!rs)
+        return;
+    hf_config_deinit(&rs->config);
+    ws_free(rs->ws);
+    free(rs);
+}
+
+/* Merges the recipe at `path` in memory (nothing is written to disk). */
+static int open_recipe_source(struct engine *e, const char *path)
+{
+    struct recipe *r = recipe_load(path);
+    if (!r)
+        return LM_EFORMAT;
+    struct recipe_source *rs = lm_calloc(1, sizeof(*rs));
+    if (!rs) {
+        recipe_free(r);
+        return LM_ENOMEM;
+    }
+    e->source_state = rs;
+    e->source_free = recipe_source_free;
+    rs->ws = ws_open(r, ws_default_params());
+    recipe_free(r);
+    if (!rs->ws)
+        return LM_EFORMAT;
+    cli_print_notes(ws_notes(rs->ws));
+    int rc = ws_merge_all(rs->ws, cli_progress, NULL);
+    cli_progress_done();
+    if (!rc)
+        rc = ws_output_config(rs->ws, &rs->config);
+    if (rc)
+        return rc;
+    e->config = &rs->config;
+    e->source = ws_model_source(rs->ws);
+    e->tokenizer_dir = ws_tokenizer_dir(rs->ws);
+    return 0;
+}
+
 /* Fills e->config, e->source and e->tokenizer_dir from `arg`. The one place
- * that knows what a MODEL argument can be: a Hugging Face model directory
- * today (a recipe merged in memory is the next kind). Returns 0 or an
- * LM_E* code after lm_err(). */
+ * that knows what a MODEL argument can be: a Hugging Face model directory,
+ * or a recipe file, merged in memory first. Returns 0 or an LM_E* code
+ * after lm_err(). */
 static int open_model_source(struct engine *e, const char *arg)
 {
+    if (lm_is_file(arg))
+        return open_recipe_source(e, arg);
     if (!(e->dir = model_dir_open(arg)))
         return lm_is_dir(arg) || lm_is_file(arg) ? LM_EFORMAT : LM_EIO;
     e->config = model_dir_config(e->dir);
@@ -33,8 +84,10 @@ int engine_open(struct engine *e, const char *arg, struct model_params params, b
 {
     memset(e, 0, sizeof(*e));
     int rc = open_model_source(e, arg);
-    if (rc < 0)
-        return cli_fail(rc == LM_EIO ? LM_EIO : LM_EFORMAT);
+    if (rc < 0) {
+        engine_close(e);
+        return cli_fail(rc == LM_EIO || rc == LM_ECANCELED || rc == LM_ENOMEM ? rc : LM_EFORMAT);
+    }
     if (need_tokenizer) {
         char *path = lm_path_join(e->tokenizer_dir, "tokenizer.json");
         bool present = path && lm_is_file(path);
@@ -71,8 +124,10 @@ void engine_close(struct engine *e)
 /* ===== generate ===== */
 
 static const char generate_usage[] =
-    "usage: mergescope generate MODEL_DIR -p PROMPT [options]\n"
+    "usage: mergescope generate MODEL_DIR|RECIPE -p PROMPT [options]\n"
     "\n"
+    "A RECIPE is merged in memory first (nothing is written): the model that\n"
+    "runs is exactly the one `mergescope merge RECIPE` would write.\n"
     "Streams the model's continuation of PROMPT to standard output, then prints\n"
     "the prompt and generated token counts and the speed on standard error.\n"
     "Qwen2, Llama (llama3 RoPE scaling included) and Qwen3 models run from their\n"

@@ -13,12 +13,12 @@
 #include "lm_error.h"
 
 static const char logits_usage[] =
-    "usage: mergescope logits MODEL_DIR (--ids 1,2,3 | --text T) -o FILE.f32 [--threads N]\n"
+    "usage: mergescope logits MODEL_DIR|RECIPE (--ids 1,2,3 | --text T) -o FILE.f32 [--threads N]\n"
     "\n"
     "Runs the tokens through the model in one prefill pass (positions 0..n-1)\n"
     "and writes the logits of every position to FILE.f32: float32, little-endian,\n"
     "row-major [n_tokens x vocab_size], no header. The shape is printed on\n"
-    "standard error.\n"
+    "standard error. A RECIPE is merged in memory first.\n"
     "\n"
     "Options:\n"
     "  --ids LIST        comma-separated token ids\n"

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cmd_engine.h"
 #include "cmd_tokenize.h"
 #include "cmd_tui.h"
 #include "merge_method.h"
@@ -22,6 +23,8 @@ static const struct cli_command commands[] = {
     { "stats",    cmd_stats,    "per-tensor, per-layer and per-module task-vector statistics" },
     { "merge",    cmd_merge,    "merge the models a recipe names and write an HF model directory" },
     { "export",   cmd_export,   "print a recipe as mergekit YAML" },
+    { "generate", cmd_generate, "stream a model's (or a recipe's merged model's) continuation of a prompt" },
+    { "logits",   cmd_logits,   "write prefill logits as float32 [n_tokens x vocab]" },
     { "tokenize", cmd_tokenize, "print the token ids of a text" },
 };
 

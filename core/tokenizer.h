@@ -69,7 +69,8 @@ void tok_ids_free(struct tok_ids *v);
  * tokens are recognised in the text only when `allow_special` is true (see
  * above). No BOS/EOS or template is added: callers that want the
  * post-processor's BOS prepend tok_bos_id() themselves. 0 or a negative
- * LM_E* code (out of memory; a regex engine failure). */
+ * LM_E* code (out of memory; a regex engine failure), in which case `out`
+ * is left as it was. */
 int tok_encode(const struct tok *t, const char *text, size_t len, bool allow_special,
                struct tok_ids *out);
 

@@ -434,6 +434,11 @@ bool ws_output_tied(const struct workspace *ws) { return ws->output_tied; }
 int64_t ws_output_vocab(const struct workspace *ws) { return ws->out_vocab; }
 const char *ws_notes(const struct workspace *ws) { return ws->notes; }
 
+const char *ws_tokenizer_dir(const struct workspace *ws)
+{
+    return ws->sources[ws->tokenizer_from].dir;
+}
+
 long ws_find_tensor(const struct workspace *ws, const char *name)
 {
     for (size_t i = 0; i < ws->n_tensors; i++)

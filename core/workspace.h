@@ -78,6 +78,9 @@ int ws_n_models(const struct workspace *ws);                /* not counting the 
 const struct ws_model *ws_model(const struct workspace *ws, int i);
 size_t ws_n_tensors(const struct workspace *ws);            /* output tensors, in output order */
 const struct ws_tensor *ws_tensor(const struct workspace *ws, size_t i);
+/* The directory of output.tokenizer_from (whose tokenizer files the merged
+ * model uses). */
+const char *ws_tokenizer_dir(const struct workspace *ws);
 /* Index of a tensor by name, or -1. */
 long ws_find_tensor(const struct workspace *ws, const char *name);
 int ws_n_layers(const struct workspace *ws);

@@ -80,6 +80,11 @@ check "sharded merge writes an index" \
 check "merging again into a sharded directory as one file removes the stale shards" \
     bash -c "run 0 '$ms' merge '$tmp/m/ties.json' -o '$tmp/merged3' && [ -f '$tmp/merged3/model.safetensors' ] && ! ls '$tmp/merged3' | grep -q 'model-0000' && [ ! -f '$tmp/merged3/model.safetensors.index.json' ]"
 
+check "logits of a recipe merged in memory equal those of the model merge wrote" \
+    bash -c "run 0 '$ms' logits '$tmp/m/ties.json' --ids 1,5,7,30 -o '$tmp/a.f32' && run 0 '$ms' logits '$tmp/merged' --ids 1,5,7,30 -o '$tmp/b.f32' && [ \$(stat -c %s '$tmp/a.f32') -eq \$((4 * 32 * 4)) ] && cmp '$tmp/a.f32' '$tmp/b.f32'"
+check "logits differ from the unmerged base's" \
+    bash -c "run 0 '$ms' logits '$tmp/m/quick' --ids 1,5,7,30 -o '$tmp/c.f32' && ! cmp -s '$tmp/a.f32' '$tmp/c.f32'"
+
 printf '{"format": "mergescope-recipe/1", "base": "quick", "models": [{"name": "long", "path": "long"}], "method": "ties", "bogus": 1}' >"$tmp/m/bad.json"
 check "unknown recipe key exits 3 naming the key" bash -c "run 3 '$ms' merge '$tmp/m/bad.json' -o '$tmp/o' && err_has 'bogus'"
 printf '{"format": "mergescope-recipe/1", "base": "quick", "models": [{"name": "long", "path": "long"}], "method": "ties", "params": {"density": 2}}' >"$tmp/m/range.json"

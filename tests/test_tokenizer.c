@@ -145,7 +145,8 @@ static char *make_json(const struct spec *sp)
     }
     if (sp->extra_vocab) {
         char *copy = strdup(sp->extra_vocab);
-        for (char *save = NULL, *w = strtok_r(copy, ";", &save); w; w = strtok_r(NULL, ";", &save)) {
+        char *save = NULL;
+        for (char *w = strtok_r(copy, ";", &save); w; w = strtok_r(NULL, ";", &save)) {
             buf_puts(&b, ",\"");
             buf_bytelevel(&b, w);
             snprintf(num, sizeof(num), "\":%d", id++);
@@ -345,7 +346,8 @@ static void test_merges_formats(void)
     TEST_COND("\"bcab\" -> [bc, ab]", encode_is(a, "bcab", false, bcab, 2));
     /* characters without merges fall back to one token per byte */
     int32_t e_acute[] = { 0xC3, 0xA9 };
-    TEST_COND("\"é\" (no merges) -> its two byte-level tokens", encode_is(a, "é", false, e_acute, 2));
+    TEST_COND("\"é\" (no merges) -> its two byte-level tokens",
+              encode_is(a, "é", false, e_acute, 2));
     int32_t emoji[] = { 0xF0, 0x9F, 0x98, 0x80 };
     TEST_COND("\"😀\" -> four byte-level tokens", encode_is(a, "😀", false, emoji, 4));
     int32_t space[] = { ' ', 'x' };
@@ -527,7 +529,8 @@ static void test_stream(void)
     TEST_COND("stream: flush turns a held incomplete character into one U+FFFD", ok);
     ok = tok_stream_flush(s, &text, &len) == 0 && len == 0;
     TEST_COND("stream: flush again gives nothing", ok);
-    TEST_COND("stream: unknown id is LM_EINVAL", tok_stream_push(s, 99999, &text, &len) == LM_EINVAL);
+    TEST_COND("stream: unknown id is LM_EINVAL",
+              tok_stream_push(s, 99999, &text, &len) == LM_EINVAL);
     tok_stream_free(s);
 
     s = tok_stream_new(t, true);
@@ -727,7 +730,8 @@ static void test_rejections(void)
     reject_mut("a string merge with two spaces", &str, "\"h e\"", "\"h e l\"",
                "not two tokens separated by one space");
     reject_mut("mixed merges formats", &sp, "[\"l\",\"l\"]", "\"l l\"", "must be a pair");
-    reject_mut("a vocab id that is a string", &sp, "\"!\":33", "\"!\":\"0\"", "integer in [0, 2^31)");
+    reject_mut("a vocab id that is a string", &sp, "\"!\":33", "\"!\":\"0\"",
+               "integer in [0, 2^31)");
     reject_mut("a negative vocab id", &sp, "\"!\":33", "\"!\":-1", "integer in [0, 2^31)");
     reject_mut("a fractional vocab id", &sp, "\"!\":33", "\"!\":0.5", "integer in [0, 2^31)");
     reject_mut("a huge vocab id", &sp, "\"!\":33", "\"!\":99999999999", "integer in [0, 2^31)");
