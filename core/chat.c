@@ -14,6 +14,7 @@
 
 #include "fsutil.h"
 #include "lm_error.h"
+#include "strbuf.h"
 
 #define CHAT_CONFIG_MAX_BYTES (64u << 20)
 #define CHAT_R1_BOS "<｜begin▁of▁sentence｜>"
@@ -50,51 +51,7 @@ int chat_format_parse(const char *name, enum chat_format *out, bool *is_auto)
 
 /* ===== A growable string ===== */
 
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool failed;
-};
-
-static void sb_addn(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_add(struct sbuf *b, const char *s)
-{
-    sb_addn(b, s, strlen(s));
-}
-
-/* The string ("" when nothing was added), or NULL with an error when an
- * allocation failed. */
-static char *sb_finish(struct sbuf *b)
-{
-    if (b->failed) {
-        free(b->p);
-        lm_err(LM_ENOMEM, "out of memory building a string");
-        return NULL;
-    }
-    return b->p ? b->p : lm_strdup("");
-}
-
-static void sb_add_utf8(struct sbuf *b, uint32_t cp)
+static void sb_add_utf8(struct lm_strbuf *b, uint32_t cp)
 {
     char u[4];
     size_t n;
@@ -117,7 +74,7 @@ static void sb_add_utf8(struct sbuf *b, uint32_t cp)
         u[3] = (char)(0x80 | (cp & 0x3f));
         n = 4;
     }
-    sb_addn(b, u, n);
+    lm_strbuf_putn(b, u, n);
 }
 
 /* ===== Reading the template ===== */
@@ -147,25 +104,25 @@ static int hex4(const char *p, const char *end, uint32_t *out)
  * error naming `label` when it is malformed. */
 static char *json_string(const char *p, const char *end, const char *label)
 {
-    struct sbuf b = { 0 };
+    struct lm_strbuf b = { 0 };
     if (p >= end || *p != '"')
         goto bad;
     for (p++; p < end && *p != '"'; p++) {
         if (*p != '\\') {
-            sb_addn(&b, p, 1);
+            lm_strbuf_putn(&b, p, 1);
             continue;
         }
         if (++p >= end)
             goto bad;
         switch (*p) {
-        case '"': sb_add(&b, "\""); break;
-        case '\\': sb_add(&b, "\\"); break;
-        case '/': sb_add(&b, "/"); break;
-        case 'b': sb_add(&b, "\b"); break;
-        case 'f': sb_add(&b, "\f"); break;
-        case 'n': sb_add(&b, "\n"); break;
-        case 'r': sb_add(&b, "\r"); break;
-        case 't': sb_add(&b, "\t"); break;
+        case '"': lm_strbuf_puts(&b, "\""); break;
+        case '\\': lm_strbuf_puts(&b, "\\"); break;
+        case '/': lm_strbuf_puts(&b, "/"); break;
+        case 'b': lm_strbuf_puts(&b, "\b"); break;
+        case 'f': lm_strbuf_puts(&b, "\f"); break;
+        case 'n': lm_strbuf_puts(&b, "\n"); break;
+        case 'r': lm_strbuf_puts(&b, "\r"); break;
+        case 't': lm_strbuf_puts(&b, "\t"); break;
         case 'u': {
             uint32_t cp, lo;
             if (hex4(p + 1, end, &cp) < 0)
@@ -189,7 +146,7 @@ static char *json_string(const char *p, const char *end, const char *label)
     }
     if (p >= end)
         goto bad;
-    return sb_finish(&b);
+    return lm_strbuf_finish(&b);
 bad:
     free(b.p);
     lm_err(LM_EFORMAT, "%s: malformed JSON string in \"chat_template\"", label);
@@ -241,21 +198,21 @@ static int template_from_config(const char *path, char **out)
 /* Jinja string-literal escapes: \\ \n \t \' \" (others kept as written). */
 static char *jinja_unescape(const char *s, size_t n)
 {
-    struct sbuf b = { 0 };
+    struct lm_strbuf b = { 0 };
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '\\' && i + 1 < n) {
             char c = s[++i];
             switch (c) {
-            case 'n': sb_add(&b, "\n"); break;
-            case 't': sb_add(&b, "\t"); break;
-            case '\\': case '\'': case '"': sb_addn(&b, &c, 1); break;
-            default: sb_addn(&b, s + i - 1, 2); break;
+            case 'n': lm_strbuf_puts(&b, "\n"); break;
+            case 't': lm_strbuf_puts(&b, "\t"); break;
+            case '\\': case '\'': case '"': lm_strbuf_putn(&b, &c, 1); break;
+            default: lm_strbuf_putn(&b, s + i - 1, 2); break;
             }
         } else {
-            sb_addn(&b, s + i, 1);
+            lm_strbuf_putn(&b, s + i, 1);
         }
     }
-    return sb_finish(&b);
+    return lm_strbuf_finish(&b);
 }
 
 /* The default system prompt of a ChatML template: text between
@@ -378,7 +335,7 @@ static int is_space(char c)
 
 /* s trimmed of ASCII white space at both ends (what Jinja's trim removes
  * for these texts). */
-static void sb_add_trimmed(struct sbuf *b, const char *s)
+static void sb_add_trimmed(struct lm_strbuf *b, const char *s)
 {
     size_t n = strlen(s);
     while (n > 0 && is_space(*s)) {
@@ -387,47 +344,47 @@ static void sb_add_trimmed(struct sbuf *b, const char *s)
     }
     while (n > 0 && is_space(s[n - 1]))
         n--;
-    sb_addn(b, s, n);
+    lm_strbuf_putn(b, s, n);
 }
 
 char *chat_format_prompt(enum chat_format f, const char *system, const char *user, const char *bos)
 {
-    struct sbuf b = { 0 };
+    struct lm_strbuf b = { 0 };
     switch (f) {
     case CHAT_FORMAT_CHATML:
         if (system) {
-            sb_add(&b, "<|im_start|>system\n");
-            sb_add(&b, system);
-            sb_add(&b, "<|im_end|>\n");
+            lm_strbuf_puts(&b, "<|im_start|>system\n");
+            lm_strbuf_puts(&b, system);
+            lm_strbuf_puts(&b, "<|im_end|>\n");
         }
-        sb_add(&b, "<|im_start|>user\n");
-        sb_add(&b, user);
-        sb_add(&b, "<|im_end|>\n<|im_start|>assistant\n");
+        lm_strbuf_puts(&b, "<|im_start|>user\n");
+        lm_strbuf_puts(&b, user);
+        lm_strbuf_puts(&b, "<|im_end|>\n<|im_start|>assistant\n");
         break;
     case CHAT_FORMAT_DEEPSEEK_R1:
-        sb_add(&b, bos ? bos : CHAT_R1_BOS);
+        lm_strbuf_puts(&b, bos ? bos : CHAT_R1_BOS);
         if (system)
-            sb_add(&b, system);
-        sb_add(&b, "<｜User｜>");
-        sb_add(&b, user);
-        sb_add(&b, "<｜Assistant｜><think>\n");
+            lm_strbuf_puts(&b, system);
+        lm_strbuf_puts(&b, "<｜User｜>");
+        lm_strbuf_puts(&b, user);
+        lm_strbuf_puts(&b, "<｜Assistant｜><think>\n");
         break;
     case CHAT_FORMAT_LLAMA3:
-        sb_add(&b, bos ? bos : CHAT_LLAMA3_BOS);
+        lm_strbuf_puts(&b, bos ? bos : CHAT_LLAMA3_BOS);
         if (system) {
-            sb_add(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
+            lm_strbuf_puts(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
             sb_add_trimmed(&b, system);
-            sb_add(&b, "<|eot_id|>");
+            lm_strbuf_puts(&b, "<|eot_id|>");
         }
-        sb_add(&b, "<|start_header_id|>user<|end_header_id|>\n\n");
+        lm_strbuf_puts(&b, "<|start_header_id|>user<|end_header_id|>\n\n");
         sb_add_trimmed(&b, user);
-        sb_add(&b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+        lm_strbuf_puts(&b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     default:
-        sb_add(&b, user);
+        lm_strbuf_puts(&b, user);
         break;
     }
-    return sb_finish(&b);
+    return lm_strbuf_finish(&b);
 }
 
 /* The BOS text to write for a format: the tokenizer's BOS token, else the

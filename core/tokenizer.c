@@ -11,6 +11,7 @@
 
 #include "fsutil.h"
 #include "lm_error.h"
+#include "utf8.h"
 #include "tokenizer_json.h"
 
 /* ===== Data ===== */
@@ -126,37 +127,6 @@ static void byte_map_init(void)
         byte_to_cp[b] = printable ? (uint32_t)b : next++;
         cp_to_byte[byte_to_cp[b]] = (int16_t)b;
     }
-}
-
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if the bytes there
- * are not one (overlong forms, surrogates and values above U+10FFFF are
- * invalid). A sequence cut short by the end of the buffer is invalid. */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t k;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-        k = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        k = 2;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        k = 3;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n <= k || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t m = 2; m <= k; m++)
-        if ((s[m] & 0xC0) != 0x80)
-            return 0;
-    return k + 1;
 }
 
 /* For a buffer that may end inside a character: how many bytes at s form
@@ -759,7 +729,7 @@ static int regex_spans(struct span_sink *sk, const pcre2_code *re, const char *s
         } else {
             if (off >= n)
                 break;
-            size_t k = utf8_seq_len((const unsigned char *)s + off, n - off);
+            size_t k = lm_utf8_seq_len((const unsigned char *)s + off, n - off);
             off += k ? k : 1;
         }
     }
@@ -1186,7 +1156,7 @@ int tok_encode(const struct tok *t, const char *text, size_t len, bool allow_spe
     while (!rc && i < len) {
         size_t j = i;
         size_t k;
-        while (j < len && (k = utf8_seq_len(u + j, len - j)))
+        while (j < len && (k = lm_utf8_seq_len(u + j, len - j)))
             j += k;
         if (j > i)
             rc = split_added(t, &sc, &t->added_raw, text + i, j - i, allow_special, encode_gap,
@@ -1196,7 +1166,7 @@ int tok_encode(const struct tok *t, const char *text, size_t len, bool allow_spe
             break;
         }
         size_t bad = j;
-        while (bad < len && !utf8_seq_len(u + bad, len - bad))
+        while (bad < len && !lm_utf8_seq_len(u + bad, len - bad))
             bad++;
         rc = bpe_piece(t, &sc, u + j, bad - j, out);
         i = bad;
@@ -1330,7 +1300,7 @@ static size_t lossy_utf8(const unsigned char *in, size_t n, char *out, bool hold
     size_t i = 0, m = 0;
     *held = 0;
     while (i < n) {
-        size_t k = utf8_seq_len(in + i, n - i);
+        size_t k = lm_utf8_seq_len(in + i, n - i);
         if (k) {
             memcpy(out + m, in + i, k);
             m += k;

@@ -39,6 +39,8 @@
 
 #include "dtype.h"
 #include "lm_error.h"
+#include "strbuf.h"
+#include "utf8.h"
 
 /* Layer filters are listed one per layer: an override needing more than
  * MK_MAX_FILTERS, or one that would take the recipe past MK_MAX_FILTERS_ALL,
@@ -106,71 +108,11 @@ static const struct {
 
 /* ===== Output buffer ===== */
 
-struct sbuf {
-    char  *p;
-    size_t len, cap;
-    bool   failed;
-};
 
-static void sb_putn(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-    sb_putn(b, s, strlen(s));
-}
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...) LM_PRINTF(2, 3);
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-    char small[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof(small), fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        b->failed = true;
-        return;
-    }
-    if ((size_t)n < sizeof(small)) {
-        sb_putn(b, small, (size_t)n);
-        return;
-    }
-    char *big = malloc((size_t)n + 1);
-    if (!big) {
-        b->failed = true;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb_putn(b, big, (size_t)n);
-    free(big);
-}
-
-static void sb_spaces(struct sbuf *b, int n)
+static void sb_spaces(struct lm_strbuf *b, int n)
 {
     for (int i = 0; i < n; i++)
-        sb_putn(b, " ", 1);
+        lm_strbuf_putn(b, " ", 1);
 }
 
 /* ===== Text that YAML accepts ===== */
@@ -179,29 +121,9 @@ static void sb_spaces(struct sbuf *b, int n)
  * for a byte that starts none (overlong forms and surrogates included). */
 static size_t utf8_next(const unsigned char *p, uint32_t *cp)
 {
-    if (p[0] < 0x80) {
-        *cp = p[0];
-        return 1;
-    }
-    size_t n;
-    uint32_t c, min;
-    if ((p[0] & 0xe0) == 0xc0) {
-        n = 2, c = p[0] & 0x1fu, min = 0x80;
-    } else if ((p[0] & 0xf0) == 0xe0) {
-        n = 3, c = p[0] & 0x0fu, min = 0x800;
-    } else if ((p[0] & 0xf8) == 0xf0) {
-        n = 4, c = p[0] & 0x07u, min = 0x10000;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        c = (c << 6) | (p[i] & 0x3fu);
-    }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-        return 0;
-    *cp = c;
+    size_t n = lm_utf8_seq_len(p, strnlen((const char *)p, 4));
+    if (n)
+        *cp = lm_utf8_decode(p, n);
     return n;
 }
 
@@ -227,18 +149,18 @@ static bool utf8_valid(const char *s)
 
 /* Appends `n` bytes of `s` for a comment or a warning: anything that is not
  * printable UTF-8 (control characters, stray bytes) becomes '?'. */
-static void sb_put_clean(struct sbuf *b, const char *s, size_t n)
+static void sb_put_clean(struct lm_strbuf *b, const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
     while (p < end) {
         uint32_t c;
         size_t k = utf8_next(p, &c);
         if (k == 0 || p + k > end || !yaml_printable(c) || c == 0x85) {
-            sb_putn(b, "?", 1);
+            lm_strbuf_putn(b, "?", 1);
             p += k ? k : 1;
             continue;
         }
-        sb_putn(b, (const char *)p, k);
+        lm_strbuf_putn(b, (const char *)p, k);
         p += k;
     }
 }
@@ -282,44 +204,44 @@ static bool yaml_plain_ok(const char *s)
     return true;
 }
 
-static void yaml_string(struct sbuf *b, const char *s)
+static void yaml_string(struct lm_strbuf *b, const char *s)
 {
     if (yaml_plain_ok(s)) {
-        sb_puts(b, s);
+        lm_strbuf_puts(b, s);
         return;
     }
     /* Double-quoted: escapes for what YAML does not print; a byte that is
      * not UTF-8 can only be written as \xNN, which YAML reads as U+00NN
      * (the exporter warns about such strings). */
-    sb_putn(b, "\"", 1);
+    lm_strbuf_putn(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p;) {
         uint32_t c;
         size_t k = utf8_next(p, &c);
         if (k == 0) {
-            sb_printf(b, "\\x%02x", *p++);
+            lm_strbuf_printf(b, "\\x%02x", *p++);
             continue;
         }
         if (c == '"')
-            sb_putn(b, "\\\"", 2);
+            lm_strbuf_putn(b, "\\\"", 2);
         else if (c == '\\')
-            sb_putn(b, "\\\\", 2);
+            lm_strbuf_putn(b, "\\\\", 2);
         else if (c == '\n')
-            sb_putn(b, "\\n", 2);
+            lm_strbuf_putn(b, "\\n", 2);
         else if (c == '\t')
-            sb_putn(b, "\\t", 2);
+            lm_strbuf_putn(b, "\\t", 2);
         else if (c == '\r')
-            sb_putn(b, "\\r", 2);
+            lm_strbuf_putn(b, "\\r", 2);
         else if (!yaml_printable(c) || c == 0x85)
-            sb_printf(b, c > 0xffff ? "\\U%08x" : "\\u%04x", (unsigned)c);
+            lm_strbuf_printf(b, c > 0xffff ? "\\U%08x" : "\\u%04x", (unsigned)c);
         else
-            sb_putn(b, (const char *)p, k);
+            lm_strbuf_putn(b, (const char *)p, k);
         p += k;
     }
-    sb_putn(b, "\"", 1);
+    lm_strbuf_putn(b, "\"", 1);
 }
 
 /* PyYAML reads "1e-09" as a string: its floats need a '.' in the mantissa. */
-static void yaml_number(struct sbuf *b, double v)
+static void yaml_number(struct lm_strbuf *b, double v)
 {
     char buf[48];
     recipe_format_number(v, buf, sizeof(buf));
@@ -332,7 +254,7 @@ static void yaml_number(struct sbuf *b, double v)
             e[1] = '0';
         }
     }
-    sb_puts(b, buf);
+    lm_strbuf_puts(b, buf);
 }
 
 /* ===== Values and settings ===== */
@@ -346,23 +268,23 @@ struct mk_val {
     const char *s;
 };
 
-static void yaml_value(struct sbuf *b, const struct mk_val *v)
+static void yaml_value(struct lm_strbuf *b, const struct mk_val *v)
 {
     switch (v->kind) {
     case RECIPE_VALUE_NUMBER:
         yaml_number(b, v->nums[0]);
         break;
     case RECIPE_VALUE_LIST:
-        sb_putn(b, "[", 1);
+        lm_strbuf_putn(b, "[", 1);
         for (size_t i = 0; i < v->n; i++) {
             if (i)
-                sb_putn(b, ", ", 2);
+                lm_strbuf_putn(b, ", ", 2);
             yaml_number(b, v->nums[i]);
         }
-        sb_putn(b, "]", 1);
+        lm_strbuf_putn(b, "]", 1);
         break;
     case RECIPE_VALUE_BOOL:
-        sb_puts(b, v->b ? "true" : "false");
+        lm_strbuf_puts(b, v->b ? "true" : "false");
         break;
     default:
         yaml_string(b, v->s ? v->s : "");
@@ -389,9 +311,9 @@ struct mk_ctx {
     const struct mk_method *m;
     const char *label;
     struct mk_filter *filters; /* one per override */
-    struct sbuf warn;          /* one line per warning */
-    struct sbuf glob;          /* lines under `parameters:` */
-    struct sbuf *model;        /* lines under each model's `parameters:` */
+    struct lm_strbuf warn;          /* one line per warning */
+    struct lm_strbuf glob;          /* lines under `parameters:` */
+    struct lm_strbuf *model;        /* lines under each model's `parameters:` */
     const char *yaml_base;     /* base_model written, or NULL */
     uint64_t n_layer_filters;  /* layer filters so far, all overrides */
     struct mk_entry *entries;  /* scratch, n_overrides long */
@@ -408,7 +330,7 @@ static void warnf(struct mk_ctx *x, const char *fmt, ...)
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
     sb_put_clean(&x->warn, line, strlen(line));
-    sb_putn(&x->warn, "\n", 1);
+    lm_strbuf_putn(&x->warn, "\n", 1);
 }
 
 static void layers_text(const struct recipe_override *o, char *buf, size_t size)
@@ -580,7 +502,7 @@ static bool map_value(struct mk_ctx *x, const char *name, const char *where, str
 
 /* Writes `name:` with the entries (filters from their overrides) and a
  * final default, at `indent` spaces. */
-static void write_setting(struct mk_ctx *x, struct sbuf *b, int indent, const char *name,
+static void write_setting(struct mk_ctx *x, struct lm_strbuf *b, int indent, const char *name,
                           const struct mk_entry *e, size_t ne, const struct mk_val *def)
 {
     if (ne == 0 && !def)
@@ -588,37 +510,37 @@ static void write_setting(struct mk_ctx *x, struct sbuf *b, int indent, const ch
     sb_spaces(b, indent);
     yaml_string(b, name);
     if (ne == 0) {
-        sb_puts(b, ": ");
+        lm_strbuf_puts(b, ": ");
         yaml_value(b, def);
-        sb_puts(b, "\n");
+        lm_strbuf_puts(b, "\n");
         return;
     }
-    sb_puts(b, ":\n");
+    lm_strbuf_puts(b, ":\n");
     for (size_t i = 0; i < ne; i++) {
         const struct mk_filter *f = &x->filters[e[i].ov];
         if (f->all) {
             sb_spaces(b, indent + 2);
-            sb_puts(b, "- value: ");
+            lm_strbuf_puts(b, "- value: ");
             yaml_value(b, &e[i].v);
-            sb_puts(b, "\n");
+            lm_strbuf_puts(b, "\n");
             continue;
         }
         for (size_t j = 0; j < f->n; j++) {
             sb_spaces(b, indent + 2);
-            sb_puts(b, "- filter: ");
+            lm_strbuf_puts(b, "- filter: ");
             yaml_string(b, f->f[j]);
-            sb_puts(b, "\n");
+            lm_strbuf_puts(b, "\n");
             sb_spaces(b, indent + 4);
-            sb_puts(b, "value: ");
+            lm_strbuf_puts(b, "value: ");
             yaml_value(b, &e[i].v);
-            sb_puts(b, "\n");
+            lm_strbuf_puts(b, "\n");
         }
     }
     if (def) {
         sb_spaces(b, indent + 2);
-        sb_puts(b, "- value: ");
+        lm_strbuf_puts(b, "- value: ");
         yaml_value(b, def);
-        sb_puts(b, "\n");
+        lm_strbuf_puts(b, "\n");
     }
 }
 
@@ -806,17 +728,17 @@ static bool path_relative(const char *p)
 }
 
 /* The output section: dtype, tokenizer, config and what has no match. */
-static void export_output(struct mk_ctx *x, struct sbuf *y)
+static void export_output(struct mk_ctx *x, struct lm_strbuf *y)
 {
     const struct recipe *r = x->r;
     const struct recipe_output *o = &r->output;
 
-    sb_puts(y, "dtype: float32\n");
+    lm_strbuf_puts(y, "dtype: float32\n");
     int t = o->dtype ? lm_dtype_from_user_name(o->dtype) : -1;
     if (t >= 0) {
-        sb_puts(y, "out_dtype: ");
-        sb_puts(y, lm_dtype_torch_name((enum lm_dtype)t));
-        sb_puts(y, "\n");
+        lm_strbuf_puts(y, "out_dtype: ");
+        lm_strbuf_puts(y, lm_dtype_torch_name((enum lm_dtype)t));
+        lm_strbuf_puts(y, "\n");
     } else {
         warnf(x, "output dtype: mergescope writes the base model's dtype, mergekit float32 "
               "(set out_dtype to match)");
@@ -824,12 +746,12 @@ static void export_output(struct mk_ctx *x, struct sbuf *y)
 
     const char *tok = o->tokenizer_from ? o->tokenizer_from : o->config_from;
     if (tok) {
-        sb_puts(y, "tokenizer_source: ");
+        lm_strbuf_puts(y, "tokenizer_source: ");
         if (strcmp(tok, "base") == 0 && x->yaml_base)
-            sb_puts(y, "base");
+            lm_strbuf_puts(y, "base");
         else
             yaml_string(y, ref_path(r, tok) ? ref_path(r, tok) : tok);
-        sb_puts(y, "\n");
+        lm_strbuf_puts(y, "\n");
     }
 
     const char *ours = o->config_from ? ref_path(r, o->config_from)
@@ -846,15 +768,15 @@ static void export_output(struct mk_ctx *x, struct sbuf *y)
               "smallest vocabulary, or remaps them with tokenizer_source)", o->vocab);
 }
 
-static void comment_lines(struct sbuf *y, const char *prefix, const char *text)
+static void comment_lines(struct lm_strbuf *y, const char *prefix, const char *text)
 {
     const char *p = text;
     while (*p) {
         const char *nl = strchr(p, '\n');
         size_t n = nl ? (size_t)(nl - p) : strlen(p);
-        sb_puts(y, prefix);
+        lm_strbuf_puts(y, prefix);
         sb_put_clean(y, p, n);
-        sb_puts(y, "\n");
+        lm_strbuf_puts(y, "\n");
         p += n;
         if (*p)
             p++;
@@ -869,7 +791,7 @@ static const struct mk_method *mk_method_find(const char *name)
     return NULL;
 }
 
-static int export_all(struct mk_ctx *x, struct sbuf *y)
+static int export_all(struct mk_ctx *x, struct lm_strbuf *y)
 {
     const struct recipe *r = x->r;
     const unsigned flags = x->m->flags;
@@ -960,7 +882,7 @@ char *recipe_to_mergekit_yaml(const struct recipe *r, char **warnings)
     }
 
     struct mk_ctx x = { .r = r, .m = m, .label = label };
-    struct sbuf out = { 0 }, tail = { 0 };
+    struct lm_strbuf out = { 0 }, tail = { 0 };
     char *result = NULL;
     int rc = LM_ENOMEM;
     x.filters = lm_calloc(r->n_overrides + 1, sizeof(*x.filters));
@@ -972,9 +894,9 @@ char *recipe_to_mergekit_yaml(const struct recipe *r, char **warnings)
         goto done;
 
     /* Header: where this came from, paths, what is not exact. */
-    sb_puts(&out, "# mergekit configuration exported by mergescope from ");
+    lm_strbuf_puts(&out, "# mergekit configuration exported by mergescope from ");
     sb_put_clean(&out, label, strlen(label));
-    sb_puts(&out, "\n");
+    lm_strbuf_puts(&out, "\n");
     if (r->description)
         comment_lines(&out, "# ", r->description);
     bool relative = path_relative(r->base);
@@ -982,62 +904,62 @@ char *recipe_to_mergekit_yaml(const struct recipe *r, char **warnings)
         relative = relative || path_relative(r->models[i].path);
     if (relative) {
         if (r->dir && strcmp(r->dir, ".") != 0) {
-            sb_puts(&out, "# Paths are as written in the recipe, relative to ");
+            lm_strbuf_puts(&out, "# Paths are as written in the recipe, relative to ");
             sb_put_clean(&out, r->dir, strlen(r->dir));
-            sb_puts(&out, "/: mergekit resolves them from where it runs, so run it there.\n");
+            lm_strbuf_puts(&out, "/: mergekit resolves them from where it runs, so run it there.\n");
         } else {
-            sb_puts(&out, "# Paths are as written in the recipe, relative to its directory: "
+            lm_strbuf_puts(&out, "# Paths are as written in the recipe, relative to its directory: "
                           "mergekit resolves them from where it runs, so run it there.\n");
         }
     }
     if (r->output.shard_size) {
         uint64_t bytes = 0;
         if (recipe_parse_size(r->output.shard_size, &bytes) == 0)
-            sb_printf(&out, "# Shard size %llu bytes: pass --out-shard-size %llu to mergekit-yaml.\n",
+            lm_strbuf_printf(&out, "# Shard size %llu bytes: pass --out-shard-size %llu to mergekit-yaml.\n",
                       (unsigned long long)bytes, (unsigned long long)bytes);
     }
     if (x.warn.len > 0) {
-        sb_puts(&out, "# Not exact in mergekit (left out or approximated):\n");
+        lm_strbuf_puts(&out, "# Not exact in mergekit (left out or approximated):\n");
         comment_lines(&out, "#   - ", x.warn.p);
     }
 
-    sb_puts(&out, "merge_method: ");
-    sb_puts(&out, m->mergekit);
-    sb_puts(&out, "\n");
+    lm_strbuf_puts(&out, "merge_method: ");
+    lm_strbuf_puts(&out, m->mergekit);
+    lm_strbuf_puts(&out, "\n");
     if (x.yaml_base) {
-        sb_puts(&out, "base_model: ");
+        lm_strbuf_puts(&out, "base_model: ");
         yaml_string(&out, x.yaml_base);
-        sb_puts(&out, (m->flags & MK_T) && !r->base ? "  # t = 0 is this model\n" : "\n");
+        lm_strbuf_puts(&out, (m->flags & MK_T) && !r->base ? "  # t = 0 is this model\n" : "\n");
     } else if (r->base && !(m->flags & MK_BASE)) {
-        sb_puts(&out, "# base model ");
+        lm_strbuf_puts(&out, "# base model ");
         yaml_string(&out, r->base);
-        sb_puts(&out, " is not used by this method\n");
+        lm_strbuf_puts(&out, " is not used by this method\n");
     }
-    sb_puts(&out, "models:\n");
+    lm_strbuf_puts(&out, "models:\n");
     if ((m->flags & MK_T) && r->base) {
-        sb_puts(&out, "  - model: ");
+        lm_strbuf_puts(&out, "  - model: ");
         yaml_string(&out, r->base);
-        sb_puts(&out, "\n");
+        lm_strbuf_puts(&out, "\n");
     }
     for (size_t i = 0; i < r->n_models; i++) {
-        sb_puts(&out, "  - model: ");
+        lm_strbuf_puts(&out, "  - model: ");
         yaml_string(&out, r->models[i].path);
-        sb_puts(&out, "\n");
+        lm_strbuf_puts(&out, "\n");
         if (x.model[i].len > 0) {
-            sb_puts(&out, "    parameters:\n");
-            sb_puts(&out, x.model[i].p);
+            lm_strbuf_puts(&out, "    parameters:\n");
+            lm_strbuf_puts(&out, x.model[i].p);
         }
     }
     if ((m->flags & MK_AVERAGE)) {
-        sb_puts(&x.glob, "  weight: 1.0\n");
-        sb_puts(&x.glob, "  normalize: true\n");
+        lm_strbuf_puts(&x.glob, "  weight: 1.0\n");
+        lm_strbuf_puts(&x.glob, "  normalize: true\n");
     }
     if (x.glob.len > 0) {
-        sb_puts(&out, "parameters:\n");
-        sb_puts(&out, x.glob.p);
+        lm_strbuf_puts(&out, "parameters:\n");
+        lm_strbuf_puts(&out, x.glob.p);
     }
     if (tail.p)
-        sb_puts(&out, tail.p);
+        lm_strbuf_puts(&out, tail.p);
 
     rc = 0;
     if (out.failed || x.warn.failed || x.glob.failed || tail.failed)

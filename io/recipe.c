@@ -26,6 +26,7 @@
 #include "dtype.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "strbuf.h"
 
 #define RECIPE_MAX_BYTES (16u << 20)
 #define RECIPE_PATH_MAX 256 /* key paths in messages are cut beyond this */
@@ -1307,90 +1308,32 @@ struct recipe *recipe_load(const char *path)
 
 /* ===== Writing ===== */
 
-/* A growing string; `failed` sticks after the first allocation failure. */
-struct sbuf {
-    char  *p;
-    size_t len, cap;
-    bool   failed;
-};
-
-static void sb_putn(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-    sb_putn(b, s, strlen(s));
-}
-
-static void sb_indent(struct sbuf *b, int level)
+static void sb_indent(struct lm_strbuf *b, int level)
 {
     for (int i = 0; i < level; i++)
-        sb_putn(b, "  ", 2);
+        lm_strbuf_putn(b, "  ", 2);
 }
 
-static void sb_json_string(struct sbuf *b, const char *s)
-{
-    sb_putn(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        char esc[8];
-        switch (*p) {
-        case '"':  sb_putn(b, "\\\"", 2); break;
-        case '\\': sb_putn(b, "\\\\", 2); break;
-        case '\n': sb_putn(b, "\\n", 2); break;
-        case '\r': sb_putn(b, "\\r", 2); break;
-        case '\t': sb_putn(b, "\\t", 2); break;
-        case '\b': sb_putn(b, "\\b", 2); break;
-        case '\f': sb_putn(b, "\\f", 2); break;
-        default:
-            if (*p < 0x20) {
-                snprintf(esc, sizeof(esc), "\\u%04x", *p);
-                sb_puts(b, esc);
-            } else {
-                sb_putn(b, (const char *)p, 1);
-            }
-        }
-    }
-    sb_putn(b, "\"", 1);
-}
-
-static void sb_number(struct sbuf *b, double v)
+static void sb_number(struct lm_strbuf *b, double v)
 {
     char buf[40];
     recipe_format_number(v, buf, sizeof(buf));
-    sb_puts(b, buf);
+    lm_strbuf_puts(b, buf);
 }
 
-static void sb_number_list(struct sbuf *b, const double *v, size_t n)
+static void sb_number_list(struct lm_strbuf *b, const double *v, size_t n)
 {
     if (n == 1) {
         sb_number(b, v[0]);
         return;
     }
-    sb_putn(b, "[", 1);
+    lm_strbuf_putn(b, "[", 1);
     for (size_t i = 0; i < n; i++) {
         if (i)
-            sb_putn(b, ", ", 2);
+            lm_strbuf_putn(b, ", ", 2);
         sb_number(b, v[i]);
     }
-    sb_putn(b, "]", 1);
+    lm_strbuf_putn(b, "]", 1);
 }
 
 static bool numbers_ok(const double *v, size_t n)
@@ -1404,7 +1347,7 @@ static bool numbers_ok(const double *v, size_t n)
 }
 
 /* Writes a value; LM_EINVAL for one that would not read back the same. */
-static int write_value(struct sbuf *b, const struct recipe_value *v, int level, const char *name)
+static int write_value(struct lm_strbuf *b, const struct recipe_value *v, int level, const char *name)
 {
     switch (v->kind) {
     case RECIPE_VALUE_NUMBER:
@@ -1417,28 +1360,28 @@ static int write_value(struct sbuf *b, const struct recipe_value *v, int level, 
         sb_number_list(b, v->numbers, v->n_numbers);
         return 0;
     case RECIPE_VALUE_BOOL:
-        sb_puts(b, v->boolean ? "true" : "false");
+        lm_strbuf_puts(b, v->boolean ? "true" : "false");
         return 0;
     case RECIPE_VALUE_STRING:
-        sb_json_string(b, v->string);
+        lm_strbuf_json_string(b, v->string);
         return 0;
     case RECIPE_VALUE_PER_MODEL:
         if (v->n_per_model == 0 || !v->per_model)
             return lm_err(LM_EINVAL, "parameter '%s': no per-model values", name);
-        sb_puts(b, "{\n");
+        lm_strbuf_puts(b, "{\n");
         for (size_t i = 0; i < v->n_per_model; i++) {
             const struct recipe_model_value *mv = &v->per_model[i];
             if (!numbers_ok(mv->numbers, mv->n_numbers))
                 return lm_err(LM_EINVAL, "parameter '%s': model '%s': no finite numbers", name,
                               mv->model ? mv->model : "");
             sb_indent(b, level + 1);
-            sb_json_string(b, mv->model);
-            sb_puts(b, ": ");
+            lm_strbuf_json_string(b, mv->model);
+            lm_strbuf_puts(b, ": ");
             sb_number_list(b, mv->numbers, mv->n_numbers);
-            sb_puts(b, i + 1 < v->n_per_model ? ",\n" : "\n");
+            lm_strbuf_puts(b, i + 1 < v->n_per_model ? ",\n" : "\n");
         }
         sb_indent(b, level);
-        sb_puts(b, "}");
+        lm_strbuf_puts(b, "}");
         return 0;
     }
     return lm_err(LM_EINVAL, "parameter '%s': unknown value kind %d", name, (int)v->kind);
@@ -1446,14 +1389,14 @@ static int write_value(struct sbuf *b, const struct recipe_value *v, int level, 
 
 /* Members of an object whose first members were written already
  * (`more` = something was written before). */
-static int write_params(struct sbuf *b, const struct recipe_param *params, size_t n, int level, bool more)
+static int write_params(struct lm_strbuf *b, const struct recipe_param *params, size_t n, int level, bool more)
 {
     for (size_t i = 0; i < n; i++) {
         if (more || i)
-            sb_puts(b, ",\n");
+            lm_strbuf_puts(b, ",\n");
         sb_indent(b, level);
-        sb_json_string(b, params[i].name);
-        sb_puts(b, ": ");
+        lm_strbuf_json_string(b, params[i].name);
+        lm_strbuf_puts(b, ": ");
         int rc = write_value(b, &params[i].value, level, params[i].name ? params[i].name : "");
         if (rc)
             return rc;
@@ -1461,38 +1404,38 @@ static int write_params(struct sbuf *b, const struct recipe_param *params, size_
     return 0;
 }
 
-static void write_member(struct sbuf *b, int level, const char *key, const char *value, bool *more)
+static void write_member(struct lm_strbuf *b, int level, const char *key, const char *value, bool *more)
 {
     if (!value)
         return;
     if (*more)
-        sb_puts(b, ",\n");
+        lm_strbuf_puts(b, ",\n");
     sb_indent(b, level);
-    sb_json_string(b, key);
-    sb_puts(b, ": ");
-    sb_json_string(b, value);
+    lm_strbuf_json_string(b, key);
+    lm_strbuf_puts(b, ": ");
+    lm_strbuf_json_string(b, value);
     *more = true;
 }
 
-static void write_layers(struct sbuf *b, const struct recipe_override *o)
+static void write_layers(struct lm_strbuf *b, const struct recipe_override *o)
 {
-    sb_putn(b, "\"", 1);
+    lm_strbuf_putn(b, "\"", 1);
     for (size_t k = 0; k < o->n_layers; k++) {
         char buf[32];
         if (o->layers[k].first == o->layers[k].last)
             snprintf(buf, sizeof(buf), "%s%d", k ? "," : "", o->layers[k].first);
         else
             snprintf(buf, sizeof(buf), "%s%d-%d", k ? "," : "", o->layers[k].first, o->layers[k].last);
-        sb_puts(b, buf);
+        lm_strbuf_puts(b, buf);
     }
-    sb_putn(b, "\"", 1);
+    lm_strbuf_putn(b, "\"", 1);
 }
 
-static int write_override(struct sbuf *b, const struct recipe_override *o)
+static int write_override(struct lm_strbuf *b, const struct recipe_override *o)
 {
     bool more = false;
     sb_indent(b, 2);
-    sb_puts(b, "{\n");
+    lm_strbuf_puts(b, "{\n");
     if (!o->all_layers) {
         for (size_t k = 0; k < o->n_layers; k++)
             if (o->layers[k].first < 0 || o->layers[k].first > o->layers[k].last)
@@ -1501,123 +1444,123 @@ static int write_override(struct sbuf *b, const struct recipe_override *o)
         if (o->n_layers == 0)
             return lm_err(LM_EINVAL, "override: no layers (set all_layers for every layer)");
         sb_indent(b, 3);
-        sb_puts(b, "\"layers\": ");
+        lm_strbuf_puts(b, "\"layers\": ");
         write_layers(b, o);
         more = true;
     }
     if (o->n_modules > 0) {
         if (more)
-            sb_puts(b, ",\n");
+            lm_strbuf_puts(b, ",\n");
         sb_indent(b, 3);
-        sb_puts(b, "\"modules\": ");
+        lm_strbuf_puts(b, "\"modules\": ");
         if (o->n_modules == 1) {
-            sb_json_string(b, o->modules[0]);
+            lm_strbuf_json_string(b, o->modules[0]);
         } else {
-            sb_putn(b, "[", 1);
+            lm_strbuf_putn(b, "[", 1);
             for (size_t k = 0; k < o->n_modules; k++) {
                 if (k)
-                    sb_putn(b, ", ", 2);
-                sb_json_string(b, o->modules[k]);
+                    lm_strbuf_putn(b, ", ", 2);
+                lm_strbuf_json_string(b, o->modules[k]);
             }
-            sb_putn(b, "]", 1);
+            lm_strbuf_putn(b, "]", 1);
         }
         more = true;
     }
     if (more)
-        sb_puts(b, ",\n");
+        lm_strbuf_puts(b, ",\n");
     sb_indent(b, 3);
-    sb_puts(b, "\"params\": {");
+    lm_strbuf_puts(b, "\"params\": {");
     if (o->n_params > 0) {
-        sb_puts(b, "\n");
+        lm_strbuf_puts(b, "\n");
         int rc = write_params(b, o->params, o->n_params, 4, false);
         if (rc)
             return rc;
-        sb_puts(b, "\n");
+        lm_strbuf_puts(b, "\n");
         sb_indent(b, 3);
     }
-    sb_puts(b, "}\n");
+    lm_strbuf_puts(b, "}\n");
     sb_indent(b, 2);
-    sb_puts(b, "}");
+    lm_strbuf_puts(b, "}");
     return 0;
 }
 
-static int write_recipe(struct sbuf *b, const struct recipe *r)
+static int write_recipe(struct lm_strbuf *b, const struct recipe *r)
 {
     int rc;
     bool more = true;
-    sb_puts(b, "{\n");
+    lm_strbuf_puts(b, "{\n");
     sb_indent(b, 1);
-    sb_puts(b, "\"format\": ");
-    sb_json_string(b, RECIPE_FORMAT);
+    lm_strbuf_puts(b, "\"format\": ");
+    lm_strbuf_json_string(b, RECIPE_FORMAT);
     write_member(b, 1, "description", r->description, &more);
     write_member(b, 1, "base", r->base, &more);
 
-    sb_puts(b, ",\n");
+    lm_strbuf_puts(b, ",\n");
     sb_indent(b, 1);
-    sb_puts(b, "\"models\": [");
+    lm_strbuf_puts(b, "\"models\": [");
     for (size_t i = 0; i < r->n_models; i++) {
         const struct recipe_model *m = &r->models[i];
-        sb_puts(b, i ? ",\n" : "\n");
+        lm_strbuf_puts(b, i ? ",\n" : "\n");
         sb_indent(b, 2);
-        sb_puts(b, "{\n");
+        lm_strbuf_puts(b, "{\n");
         sb_indent(b, 3);
-        sb_puts(b, "\"name\": ");
-        sb_json_string(b, m->name);
-        sb_puts(b, ",\n");
+        lm_strbuf_puts(b, "\"name\": ");
+        lm_strbuf_json_string(b, m->name);
+        lm_strbuf_puts(b, ",\n");
         sb_indent(b, 3);
-        sb_puts(b, "\"path\": ");
-        sb_json_string(b, m->path);
+        lm_strbuf_puts(b, "\"path\": ");
+        lm_strbuf_json_string(b, m->path);
         if ((rc = write_params(b, m->params, m->n_params, 3, true)) != 0)
             return rc;
-        sb_puts(b, "\n");
+        lm_strbuf_puts(b, "\n");
         sb_indent(b, 2);
-        sb_puts(b, "}");
+        lm_strbuf_puts(b, "}");
     }
     if (r->n_models > 0) {
-        sb_puts(b, "\n");
+        lm_strbuf_puts(b, "\n");
         sb_indent(b, 1);
     }
-    sb_puts(b, "]");
+    lm_strbuf_puts(b, "]");
 
     write_member(b, 1, "method", r->method, &more);
     if (r->n_params > 0) {
-        sb_puts(b, ",\n");
+        lm_strbuf_puts(b, ",\n");
         sb_indent(b, 1);
-        sb_puts(b, "\"params\": {\n");
+        lm_strbuf_puts(b, "\"params\": {\n");
         if ((rc = write_params(b, r->params, r->n_params, 2, false)) != 0)
             return rc;
-        sb_puts(b, "\n");
+        lm_strbuf_puts(b, "\n");
         sb_indent(b, 1);
-        sb_puts(b, "}");
+        lm_strbuf_puts(b, "}");
     }
     if (r->n_overrides > 0) {
-        sb_puts(b, ",\n");
+        lm_strbuf_puts(b, ",\n");
         sb_indent(b, 1);
-        sb_puts(b, "\"overrides\": [\n");
+        lm_strbuf_puts(b, "\"overrides\": [\n");
         for (size_t i = 0; i < r->n_overrides; i++) {
             if ((rc = write_override(b, &r->overrides[i])) != 0)
                 return lm_err_context(rc, "overrides[%zu]", i);
-            sb_puts(b, i + 1 < r->n_overrides ? ",\n" : "\n");
+            lm_strbuf_puts(b, i + 1 < r->n_overrides ? ",\n" : "\n");
         }
         sb_indent(b, 1);
-        sb_puts(b, "]");
+        lm_strbuf_puts(b, "]");
     }
     const struct recipe_output *o = &r->output;
     if (o->dtype || o->config_from || o->tokenizer_from || o->vocab || o->shard_size) {
         bool omore = false;
-        sb_puts(b, ",\n");
+        lm_strbuf_puts(b, ",\n");
         sb_indent(b, 1);
-        sb_puts(b, "\"output\": {\n");
+        lm_strbuf_puts(b, "\"output\": {\n");
         write_member(b, 2, "dtype", o->dtype, &omore);
         write_member(b, 2, "config_from", o->config_from, &omore);
         write_member(b, 2, "tokenizer_from", o->tokenizer_from, &omore);
         write_member(b, 2, "vocab", o->vocab, &omore);
         write_member(b, 2, "shard_size", o->shard_size, &omore);
-        sb_puts(b, "\n");
+        lm_strbuf_puts(b, "\n");
         sb_indent(b, 1);
-        sb_puts(b, "}");
+        lm_strbuf_puts(b, "}");
     }
-    sb_puts(b, "\n}\n");
+    lm_strbuf_puts(b, "\n}\n");
     return 0;
 }
 
@@ -1627,7 +1570,7 @@ static int to_json(const struct recipe *r, char **out)
     *out = NULL;
     if (!r)
         return lm_err(LM_EINVAL, "no recipe to write");
-    struct sbuf b = { 0 };
+    struct lm_strbuf b = { 0 };
     int rc = write_recipe(&b, r);
     if (rc == 0 && b.failed)
         rc = lm_err(LM_ENOMEM, "out of memory writing a recipe");

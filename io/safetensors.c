@@ -31,6 +31,8 @@
 #include <cjson/cJSON.h>
 
 #include "lm_error.h"
+#include "strbuf.h"
+#include "utf8.h"
 
 #define ST_MAX_INDEX_BYTES ST_MAX_HEADER
 #define ST_INDEX_NAME "model.safetensors.index.json"
@@ -92,40 +94,9 @@ static size_t json_count_children(const cJSON *item)
  * len when there is none. */
 static size_t utf8_first_bad(const unsigned char *s, size_t len)
 {
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        if (c == 0)
-            return i;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-            if (c == 0xe0) lo = 0xa0;
-            if (c == 0xed) hi = 0x9f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-            if (c == 0xf0) lo = 0x90;
-            if (c == 0xf4) hi = 0x8f;
-        } else {
-            return i;
-        }
-        if (need > len - i - 1)
-            return i;
-        for (size_t k = 1; k <= need; k++) {
-            unsigned b = s[i + k];
-            if (b < (k == 1 ? lo : 0x80u) || b > (k == 1 ? hi : 0xbfu))
-                return i;
-        }
-        i += need + 1;
-    }
-    return len;
+    size_t valid = lm_utf8_valid_prefix(s, len);
+    const unsigned char *nul = memchr(s, 0, valid);
+    return nul ? (size_t)(nul - s) : valid;
 }
 
 /* Checks that JSON text is strict UTF-8 without NUL bytes, and has no
@@ -1052,85 +1023,6 @@ const char *st_set_file_path(const struct st_set *s, size_t i)
 
 #define ST_WRITE_BUFFER (4u << 20)
 
-/* A growable text buffer for JSON; `failed` is sticky. */
-struct strbuf {
-    char  *p;
-    size_t len, cap;
-    bool   failed;
-};
-
-static void sb_append(struct strbuf *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return;
-    if (n > SIZE_MAX - b->len - 1) {
-        b->failed = true;
-        return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap = cap > SIZE_MAX / 2 ? b->len + n + 1 : cap * 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct strbuf *b, const char *s)
-{
-    sb_append(b, s, strlen(s));
-}
-
-static void sb_printf(struct strbuf *b, const char *fmt, ...) LM_PRINTF(2, 3);
-
-static void sb_printf(struct strbuf *b, const char *fmt, ...)
-{
-    char tmp[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(tmp)) {
-        b->failed = true;
-        return;
-    }
-    sb_append(b, tmp, (size_t)n);
-}
-
-/* A JSON string literal: quotes, backslashes and control characters escaped,
- * everything else (already checked to be UTF-8) as is. */
-static void sb_json_string(struct strbuf *b, const char *s)
-{
-    sb_append(b, "\"", 1);
-    const char *run = s;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c != '"' && c != '\\' && c >= 0x20)
-            continue;
-        sb_append(b, run, (size_t)(s - run));
-        char esc[8];
-        if (c == '"' || c == '\\')
-            snprintf(esc, sizeof(esc), "\\%c", c);
-        else if (c == '\n')
-            snprintf(esc, sizeof(esc), "\\n");
-        else if (c == '\t')
-            snprintf(esc, sizeof(esc), "\\t");
-        else
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-        sb_puts(b, esc);
-        run = s + 1;
-    }
-    sb_append(b, run, (size_t)(s - run));
-    sb_append(b, "\"", 1);
-}
 
 struct st_writer_tensor {
     char         *name;
@@ -1401,36 +1293,36 @@ int st_writer_add(struct st_writer *w, const char *name, enum lm_dtype dtype,
 
 /* The header of one shard: "__metadata__" first, then its tensors in
  * declaration order, padded with spaces so that 8 + N is a multiple of 8. */
-static int shard_header(const struct st_writer *w, const struct st_writer_shard *sh, struct strbuf *b)
+static int shard_header(const struct st_writer *w, const struct st_writer_shard *sh, struct lm_strbuf *b)
 {
-    sb_puts(b, "{");
+    lm_strbuf_puts(b, "{");
     bool first = true;
     if (w->n_meta) {
-        sb_puts(b, "\"__metadata__\":{");
+        lm_strbuf_puts(b, "\"__metadata__\":{");
         for (size_t i = 0; i < w->n_meta; i++) {
             if (i)
-                sb_puts(b, ",");
-            sb_json_string(b, w->meta_keys[i]);
-            sb_puts(b, ":");
-            sb_json_string(b, w->meta_values[i]);
+                lm_strbuf_puts(b, ",");
+            lm_strbuf_json_string(b, w->meta_keys[i]);
+            lm_strbuf_puts(b, ":");
+            lm_strbuf_json_string(b, w->meta_values[i]);
         }
-        sb_puts(b, "}");
+        lm_strbuf_puts(b, "}");
         first = false;
     }
     for (size_t i = sh->first; i < sh->end; i++) {
         const struct st_writer_tensor *t = &w->tensors[i];
         if (!first)
-            sb_puts(b, ",");
+            lm_strbuf_puts(b, ",");
         first = false;
-        sb_json_string(b, t->name);
-        sb_printf(b, ":{\"dtype\":\"%s\",\"shape\":[", lm_dtype_name(t->dtype));
+        lm_strbuf_json_string(b, t->name);
+        lm_strbuf_printf(b, ":{\"dtype\":\"%s\",\"shape\":[", lm_dtype_name(t->dtype));
         for (int d = 0; d < t->ndim; d++)
-            sb_printf(b, "%s%" PRId64, d ? "," : "", t->shape[d]);
-        sb_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", t->offset, t->offset + t->nbytes);
+            lm_strbuf_printf(b, "%s%" PRId64, d ? "," : "", t->shape[d]);
+        lm_strbuf_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", t->offset, t->offset + t->nbytes);
     }
-    sb_puts(b, "}");
+    lm_strbuf_puts(b, "}");
     while (!b->failed && (8 + b->len) % 8 != 0)
-        sb_puts(b, " ");
+        lm_strbuf_puts(b, " ");
     if (b->failed)
         return lm_err(LM_ENOMEM, "%s: out of memory building the header of %s", w->dir, sh->name);
     if (b->len > ST_MAX_HEADER)
@@ -1452,7 +1344,7 @@ static int writer_flush(struct st_writer *w)
 static int writer_open_shard(struct st_writer *w, size_t k)
 {
     struct st_writer_shard *sh = &w->shards[k];
-    struct strbuf b = { 0 };
+    struct lm_strbuf b = { 0 };
     int rc = shard_header(w, sh, &b);
     if (rc == 0)
         rc = create_temp(w->dir, sh->name, &sh->tmp_path, &w->fd);
@@ -1642,16 +1534,16 @@ static int writer_write_index(struct st_writer *w)
         total += w->tensors[i].nbytes;
     }
     qsort(order, w->n_tensors, sizeof(*order), cmp_writer_tensor_ptr);
-    struct strbuf b = { 0 };
-    sb_printf(&b, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {\n", total);
+    struct lm_strbuf b = { 0 };
+    lm_strbuf_printf(&b, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {\n", total);
     for (size_t i = 0; i < w->n_tensors; i++) {
-        sb_puts(&b, "    ");
-        sb_json_string(&b, order[i]->name);
-        sb_puts(&b, ": ");
-        sb_json_string(&b, w->shards[order[i]->shard].name);
-        sb_puts(&b, i + 1 < w->n_tensors ? ",\n" : "\n");
+        lm_strbuf_puts(&b, "    ");
+        lm_strbuf_json_string(&b, order[i]->name);
+        lm_strbuf_puts(&b, ": ");
+        lm_strbuf_json_string(&b, w->shards[order[i]->shard].name);
+        lm_strbuf_puts(&b, i + 1 < w->n_tensors ? ",\n" : "\n");
     }
-    sb_puts(&b, "  }\n}\n");
+    lm_strbuf_puts(&b, "  }\n}\n");
     free(order);
     int rc = 0;
     w->index_path = path_join(w->dir, ST_INDEX_NAME);

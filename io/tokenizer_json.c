@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "lm_error.h"
+#include "utf8.h"
 
 /* Real files are around 10 MiB (Qwen: 11 MiB, 150k tokens); anything far
  * larger is refused before it is read. */
@@ -55,49 +56,6 @@ static const char *arena_strndup(struct tok_json *j, const char *s, size_t n)
 }
 
 /* ===== Small helpers ===== */
-
-/* Length of the longest valid UTF-8 prefix of buf (no overlongs, no
- * surrogates, nothing above U+10FFFF). */
-static size_t utf8_valid_prefix(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        if (c < 0x80) {
-            /* most of a tokenizer.json is ASCII: skip it eight bytes at a time */
-            uint64_t w;
-            while (n - i >= 8 && (memcpy(&w, s + i, 8), (w & 0x8080808080808080ull) == 0))
-                i += 8;
-            if (i < n && s[i] < 0x80)
-                i++;
-            continue;
-        }
-        size_t k;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) {
-            k = 1;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            k = 2;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            k = 3;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
-        } else {
-            return i;
-        }
-        if (n - i <= k)
-            return i;
-        if (s[i + 1] < lo || s[i + 1] > hi)
-            return i;
-        for (size_t m = 2; m <= k; m++)
-            if ((s[i + m] & 0xC0) != 0x80)
-                return i;
-        i += k + 1;
-    }
-    return n;
-}
 
 /* Doubles the array whose pointer is at `pp` (holding *cap elements of
  * `size` bytes). */
@@ -961,7 +919,7 @@ struct tok_json *tok_json_parse(const char *buf, size_t len, const char *label)
         tok_json_free(j);
         return NULL;
     }
-    size_t valid = utf8_valid_prefix((const unsigned char *)buf, len);
+    size_t valid = lm_utf8_valid_prefix((const unsigned char *)buf, len);
     if (valid != len) {
         lm_err(LM_EFORMAT, "%s: invalid UTF-8 at byte %zu", label, valid);
         tok_json_free(j);
