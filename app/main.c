@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "cmd_engine.h"
+#include "cmd_eval.h"
 #include "cmd_tokenize.h"
 #include "cmd_tui.h"
 #include "merge_method.h"
@@ -25,6 +26,8 @@ static const struct cli_command commands[] = {
     { "export",   cmd_export,   "print a recipe as mergekit YAML" },
     { "generate", cmd_generate, "stream a model's (or a recipe's merged model's) continuation of a prompt" },
     { "logits",   cmd_logits,   "write prefill logits as float32 [n_tokens x vocab]" },
+    { "eval",     cmd_eval,     "accuracy, mean response length and reflection of a model on a benchmark" },
+    { "sweep",    cmd_sweep,    "one eval row per combination of recipe settings, merged in memory" },
     { "tokenize", cmd_tokenize, "print the token ids of a text" },
 };
 
