@@ -84,14 +84,15 @@ int cmd_tui(int argc, char **argv)
     }
     struct recipe *r = NULL;
     if (optind == argc && !base && n_models == 0) {
-        /* No models named: the bundled demo, when it has been built. */
+        /* No models named: the bundled demo's long-to-short TIES recipe.
+         * `s` then saves to ./recipe.json, never over the bundled file. */
 #ifdef MS_DEMO_DIR
-        static const char demo_recipe[] = MS_DEMO_DIR "/recipe.json";
+        static const char demo_recipe[] = MS_DEMO_DIR "/l2s-ties.json";
         if (lm_is_file(demo_recipe)) {
             r = cli_load_recipe(demo_recipe);
             if (!r)
                 return CLI_EXIT_BAD_INPUT;
-            opt.recipe_path = demo_recipe;
+            opt.recipe_path = NULL;
             int rc = tui_run(r, &opt);
             recipe_free(r);
             return rc;

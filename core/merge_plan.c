@@ -71,7 +71,9 @@ static int check_param(const struct merge_plan *plan, const char *path,
     if (!s)
         return lm_err(LM_EFORMAT, "%s: unknown parameter '%s' (method '%s' takes %s)",
                       path, p->name, plan->method->name, names);
-    if (!merge_method_takes(plan->method, s->id))
+    /* A seed is harmless where nothing is random, and keeping it lets one
+     * recipe switch between ties and dare_ties without editing. */
+    if (!merge_method_takes(plan->method, s->id) && s->id != MERGE_PARAM_SEED)
         return lm_err(LM_EFORMAT, "%s: method '%s' does not take '%s' (it takes %s)",
                       path, plan->method->name, p->name, names);
     if (in_model && !s->per_model)

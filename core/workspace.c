@@ -612,6 +612,8 @@ static void pass_tensor(void *ud, int64_t k, int worker)
         return;
     }
     int rc = ws_merge_tensor(ws, i, out, sc);
+    if (!rc && atomic_load(&p->cancel))
+        return; /* someone failed or asked to stop: skip the statistics */
     if (!rc && p->stats) {
         /* The inputs are still in the scratch slots ws_merge_tensor filled. */
         const float *base = sc->inputs.buf[0];

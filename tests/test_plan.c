@@ -134,6 +134,14 @@ int main(void)
                    "{\"format\": \"mergescope-recipe/1\", \"base\": \"b\", \"method\": \"slerp\","
                    " \"models\": [{\"name\": \"a\", \"path\": \"a\"}, {\"name\": \"c\", \"path\": \"c\"}]}",
                    "exactly 1");
+    {
+        snprintf(buf, sizeof(buf), "%s%s", head, "\"method\": \"ties\", \"params\": {\"density\": 0.2, \"seed\": 42}}");
+        struct recipe *rs = parse(buf);
+        struct merge_plan ps;
+        TEST_COND("a seed is accepted by a method without randomness (DESIGN's example recipe)",
+                  rs && merge_plan_init(&ps, rs) == 0);
+        recipe_free(rs);
+    }
     INVALID("average takes no weights", "\"method\": \"average\", \"params\": {\"weight\": 1}}", "does not take 'weight'");
 #undef INVALID
     return test_report();

@@ -509,9 +509,11 @@ int tui_run(const struct recipe *r, const struct tui_options *opt)
         snprintf(a->status, sizeof(a->status), "%zu tensors, %d layers; statistics are being computed "
                  "(? for help)", ws_n_tensors(a->ws), ws_n_layers(a->ws));
     int rc = run_loop(a);
+    /* Give the terminal back first: a job cancelled mid-tensor may take a
+     * moment to notice. */
+    term_stop();
     job_deinit(&a->job);
     prompt_deinit();
-    term_stop();
     if (term_signal())
         fprintf(stderr, "mergescope: stopped by signal %d\n", term_signal());
     if (ui_unsaved(a) && !a->quit)
