@@ -63,8 +63,7 @@ T send-keys -t tui d
 check "the detail screen lists the layer's tensors" wait_for "self_attn.q_proj.bias"
 check "the detail screen draws a histogram" wait_for "log10 scale"
 T send-keys -t tui F4
-check "the preview screen opens" wait_for "No preview yet"
-T send-keys -t tui e
+check "the preview screen opens with the prompt taking the keys" wait_for "No preview yet"
 T send-keys -t tui -l "ab ab"
 T send-keys -t tui Enter
 check "a preview streams tokens with a count and speed" wait_for "tok/s" 30

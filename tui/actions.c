@@ -428,7 +428,6 @@ int ui_run_action(struct ui_app *a, enum ui_action action)
     case UI_ACTION_LAYERS: return switch_to(a, UI_SCREEN_LAYERS);
     case UI_ACTION_DETAIL: return switch_to(a, UI_SCREEN_DETAIL);
     case UI_ACTION_RECIPE: return switch_to(a, UI_SCREEN_RECIPE);
-    case UI_ACTION_PREVIEW: return switch_to(a, UI_SCREEN_PREVIEW);
     case UI_ACTION_LOG: return switch_to(a, UI_SCREEN_LOG);
     case UI_ACTION_SEARCH:
         if (a->screen != UI_SCREEN_LAYERS && a->screen != UI_SCREEN_DETAIL)
@@ -524,6 +523,7 @@ int ui_run_action(struct ui_app *a, enum ui_action action)
     case UI_ACTION_WRITE:
         begin_input(a, UI_INPUT_WRITE, "merged");
         return UI_REACT_REDRAW;
+    case UI_ACTION_PREVIEW: /* the preview is for typing: the prompt takes the keys */
     case UI_ACTION_PROMPT:
         switch_to(a, UI_SCREEN_PREVIEW);
         a->prompt_focus = true;

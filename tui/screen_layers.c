@@ -13,8 +13,10 @@ void layers_format_number(double v, char *buf, size_t size)
 {
     if (isnan(v))
         snprintf(buf, size, "%s", draw_unicode() ? "\u00b7" : ".");
-    else if (v != 0 && (fabs(v) < 1e-3 || fabs(v) >= 1e5))
-        snprintf(buf, size, "%.1e", v);
+    else if (v != 0 && fabs(v) < 1e-3)
+        snprintf(buf, size, "%s", v < 0 ? "-0.000" : "<.001"); /* fits the 5-6 cell column */
+    else if (fabs(v) >= 1e5)
+        snprintf(buf, size, "%.0e", v);
     else if (fabs(v) >= 100)
         snprintf(buf, size, "%.1f", v);
     else
