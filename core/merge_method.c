@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "lm_error.h"
 
@@ -199,6 +200,29 @@ int merge_job_check(const struct merge_method *m, const struct merge_tensor_job 
 
 /* ===== Scratch ===== */
 
+/* Scratch buffers of whole tensors run to hundreds of megabytes, and the
+ * first touch of each 4 KiB page is a fault (a costly one in a virtual
+ * machine). Large buffers ask for transparent huge pages, one fault per
+ * 2 MiB where the system allows it; this is advice only, and its failure
+ * changes nothing. */
+#define SCRATCH_HUGE_FROM ((size_t)4 << 20)
+
+static void scratch_advise_huge(void *p, size_t bytes)
+{
+#if defined(MADV_HUGEPAGE)
+    if (bytes < SCRATCH_HUGE_FROM)
+        return;
+    const uintptr_t page = 4096;
+    const uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+    const uintptr_t hi = ((uintptr_t)p + bytes) & ~(page - 1);
+    if (hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 float *merge_scratch_get(struct merge_scratch *s, int slot, size_t n)
 {
     if (slot < 0 || slot >= MERGE_SCRATCH_SLOTS) {
@@ -212,6 +236,7 @@ float *merge_scratch_get(struct merge_scratch *s, int slot, size_t n)
         return NULL; /* the old buffer stays owned by s */
     s->buf[slot] = p;
     s->cap[slot] = n ? n : 1;
+    scratch_advise_huge(p, (n ? n : 1) * sizeof(float));
     return p;
 }
 

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define MERGE_MAX_MODELS 16
 
@@ -207,5 +208,20 @@ int merge_simd_force_portable(int on);
 const char *merge_simd_name(void);
 /* For the implementations: whether to take the AVX2 path. */
 bool merge_simd_avx2(void);
+
+/* Every merge writes a NaN result as the quiet NaN 0x7fc00000: which NaN
+ * an operation passes on when both operands are NaN depends on the order
+ * the compiler gave them, so without this the bits would depend on the
+ * build and the path. */
+#define MERGE_NAN_BITS 0x7fc00000u
+/* For the implementations: v, or that NaN when v is a NaN. */
+static inline float merge_nan_canonical(float v)
+{
+    if (v != v) {
+        const uint32_t u = MERGE_NAN_BITS;
+        memcpy(&v, &u, sizeof v);
+    }
+    return v;
+}
 
 #endif

@@ -20,7 +20,13 @@
  *   - n = 0 gives keep_all with k = 0.
  * The streaming loops (NaN/zero count, apply, mask) use SSE2 where the
  * compiler targets it (every x86-64), with plain loops for the tails and
- * elsewhere; select results do not depend on which ran. */
+ * elsewhere; select results do not depend on which ran.
+ *
+ * topk_find_diff selects on x - b without writing it out, in about one pass
+ * where the two above would take three (write, then two histograms): see
+ * "Selection on a difference". Its gathering pass and the block walk have
+ * AVX2 forms, taken when merge_simd_avx2() says so; the cuts are the same
+ * whichever runs. */
 #include "select.h"
 
 #include <math.h>
@@ -169,7 +175,8 @@ static struct topk_cut cut_make(uint64_t k, uint32_t thr_key, uint64_t greater)
 }
 
 /* Two passes with 16-bit digits and 32-bit counters: n <= UINT32_MAX.
- * 0 < k < n. The keys are those of x - b (of x when b is NULL). The histogram (256 KiB) lives on the stack. */
+ * 0 < k < n. The keys are those of x - b when use_b, of x otherwise. The
+ * histogram (256 KiB) lives on the stack. */
 static SELECT_INLINE struct topk_cut find_narrow_impl(const float *x, const float *b, bool use_b,
                                                       uint64_t n, uint64_t k)
 {
@@ -453,17 +460,25 @@ void topk_mask(uint8_t *mask, const float *x, uint64_t n, const struct topk_cut 
  * A sample of the keys, taken at fixed positions, brackets the k-th largest
  * key: [lo, hi] spans the sample ranks around k/n of the sample size by six
  * standard deviations of a sampled rank. One pass then counts the keys above
- * hi and the NaNs and gathers the keys inside [lo, hi] into `work`; when the
- * k-th largest key is among them it is selected exactly from them (radix
- * select on a few percent of the entries). Otherwise, or when the gathered
- * keys outgrow `work`, the two exact histogram passes run on x - b instead.
+ * hi and the NaNs and gathers the keys inside [lo, hi] into a list in
+ * `work`. Task vectors of bf16 weights take few distinct values, each many
+ * times, so the list can outgrow its room; from then on the keys are counted
+ * in up to 65536 buckets of equal key width instead, each remembering
+ * whether it saw more than one key (a narrow bracket is counted that way
+ * from the start, one key per bucket). When the k-th largest key is inside
+ * the bracket it comes from a radix select on the list, or from its bucket
+ * when that bucket saw that key only. Otherwise (the sample misled, or a
+ * bucket mixes keys) the two exact histogram passes run on x - b instead.
  * Only the speed depends on the sample: the cut is always the exact one. */
 
 #define SAMPLE_MIN_N   ((uint64_t)1 << 16) /* smaller inputs: two passes */
 #define SAMPLE_MAX     32768u
 #define SAMPLE_MIN     4096u
-#define GATHER_CHUNK   8192u               /* entries between overflow checks */
+#define GATHER_CHUNK   8192u               /* entries between flushes */
 #define GATHER_SLACK   (GATHER_CHUNK + 64u)
+#define BUCKETS        65536u
+#define KEY_EMPTY      0xffffffffu         /* bucket key: none seen yet */
+#define KEY_MIXED      0x80000000u         /* bucket key flag: more than one seen */
 
 /* For tests: take the two exact passes even when `work` would do. */
 static int select_bracket_off;
@@ -478,13 +493,19 @@ static size_t sample_size(uint64_t n)
     return (size_t)s;
 }
 
+/* Room for the list: an eighth of the entries, at least a chunk. */
+static size_t list_cap(uint64_t n)
+{
+    return (size_t)(n / 8) > GATHER_SLACK ? (size_t)(n / 8) : GATHER_SLACK;
+}
+
 size_t topk_work_len(uint64_t n)
 {
     if (n < SAMPLE_MIN_N || n / 8 > (uint64_t)(SIZE_MAX / 2))
         return 0;
-    size_t gather = (size_t)(n / 8) + GATHER_SLACK;
-    size_t sample = 2 * sample_size(n);
-    return gather > sample ? gather : sample;
+    /* list (and staging) | bucket counts | bucket keys; the sample and its
+     * sorting space fit in the list's room */
+    return list_cap(n) + GATHER_SLACK + 2 * (size_t)BUCKETS;
 }
 
 /* Sorts s[0..len) ascending (keys below 2^31) by LSD radix with digits of
@@ -540,169 +561,336 @@ static bool bracket_from_sample(const float *x, const float *b, uint64_t n, uint
 }
 
 struct gather {
-    uint64_t greater; /* keys in (hi, KEY_INF] */
-    uint64_t nans;    /* keys above KEY_INF */
-    size_t   count;   /* keys in [lo, hi], stored in work[0 .. count) */
+    uint64_t  greater;    /* keys in (hi, KEY_INF] */
+    uint64_t  nans;       /* keys above KEY_INF */
+    uint64_t  count;      /* keys in [lo, hi] */
+    uint32_t  lo, hi;
+    uint32_t *work;       /* the list, or the staging area for the buckets */
+    size_t    listed;     /* keys in work[0 .. listed) */
+    size_t    cap;        /* the list's room */
+    bool      bucketed;   /* counted in buckets (else listed) */
+    unsigned  shift;      /* bucket of key: (key - lo) >> shift */
+    uint32_t *bucket_n;   /* keys per bucket */
+    uint32_t *bucket_key; /* the bucket's key, KEY_EMPTY, or it | KEY_MIXED */
 };
 
-/* The gathering pass, portable. False when more than `cap` keys fall inside
- * the bracket (work must hold cap + GATHER_SLACK entries). */
-static SELECT_INLINE bool gather_portable_impl(const float *x, const float *b, bool use_b,
-                                               uint64_t n, uint32_t lo, uint32_t hi,
-                                               uint32_t *work, size_t cap, struct gather *g)
+static void buckets_start(struct gather *g)
 {
+    unsigned sh = 0;
+    while (((g->hi - g->lo) >> sh) >= BUCKETS)
+        sh++;
+    g->shift = sh;
+    const size_t nb = (size_t)((g->hi - g->lo) >> sh) + 1;
+    memset(g->bucket_n, 0, nb * sizeof *g->bucket_n);
+    memset(g->bucket_key, 0xff, nb * sizeof *g->bucket_key);
+    g->bucketed = true;
+}
+
+static void buckets_add(struct gather *g, const uint32_t *keys, size_t len)
+{
+    uint32_t *bn = g->bucket_n, *bk = g->bucket_key;
+    const uint32_t lo = g->lo;
+    const unsigned sh = g->shift;
+    for (size_t j = 0; j < len; j++) {
+        const uint32_t k = keys[j], i = (k - lo) >> sh, f = bk[i];
+        bn[i]++;
+        bk[i] = f == KEY_EMPTY ? k : (f == k ? f : f | KEY_MIXED);
+    }
+    g->count += len;
+}
+
+/* After each chunk: keys staged in work[0 .. listed) go to the buckets; a
+ * list that outgrew its room moves to them. */
+static void gather_flush(struct gather *g)
+{
+    if (!g->bucketed) {
+        g->count = g->listed;
+        if (g->listed <= g->cap)
+            return;
+        g->count = 0;
+        buckets_start(g);
+    }
+    buckets_add(g, g->work, g->listed);
+    g->listed = 0;
+}
+
+/* One chunk of at most GATHER_CHUNK entries, portable: counts the keys
+ * above the bracket and the NaNs, lists or stages the ones inside. */
+static SELECT_INLINE void gather_chunk_portable_impl(const float *x, const float *b, bool use_b,
+                                                     size_t len, struct gather *g)
+{
+    const uint32_t lo = g->lo, hi = g->hi;
+    uint32_t *work = g->work;
     uint64_t greater = 0, nans = 0;
-    size_t c = 0;
-    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
-        const uint64_t end = n - e0 < GATHER_CHUNK ? n : e0 + GATHER_CHUNK;
-        for (uint64_t e = e0; e < end; e++) {
-            const uint32_t key = key_of(x, b, use_b, e);
-            work[c] = key;
-            c += (key >= lo) & (key <= hi);
-            greater += (key > hi) & (key <= KEY_INF);
-            nans += key > KEY_INF;
-        }
-        if (c > cap)
-            return false;
-    }
-    g->greater = greater;
-    g->nans = nans;
-    g->count = c;
-    return true;
-}
-
-static bool gather_portable(const float *x, const float *b, uint64_t n, uint32_t lo, uint32_t hi,
-                            uint32_t *work, size_t cap, struct gather *g)
-{
-    return b ? gather_portable_impl(x, b, true, n, lo, hi, work, cap, g)
-             : gather_portable_impl(x, NULL, false, n, lo, hi, work, cap, g);
-}
-
-#if SELECT_X86
-/* The gathering pass with AVX2: eight keys at a time, the ones inside the
- * bracket packed to the front of a vector (a permutation from a table of
- * set-bit positions) and stored at the end of the gathered list. */
-SELECT_AVX2_TARGET
-static SELECT_INLINE bool gather_avx2_impl(const float *x, const float *b, bool use_b, uint64_t n,
-                                           uint32_t lo, uint32_t hi, uint32_t *work, size_t cap,
-                                           struct gather *g)
-{
-    /* lut[m]: the positions of m's set bits, 3 bits each from the lowest,
-     * and their number in bits 24 and up. */
-    uint32_t lut[256];
-    for (unsigned m = 0; m < 256; m++) {
-        uint32_t v = 0, c = 0;
-        for (unsigned i = 0; i < 8; i++)
-            if (m >> i & 1u)
-                v |= i << (3 * c++);
-        lut[m] = v | c << 24;
-    }
-    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
-    const __m256i inf = _mm256_set1_epi32((int)KEY_INF);
-    const __m256i lo1 = _mm256_set1_epi32((int)lo - 1); /* lo >= 0: no wrap below -1 */
-    const __m256i hiv = _mm256_set1_epi32((int)hi);
-    const __m256i shifts = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
-    const __m256i seven = _mm256_set1_epi32(7);
-    uint64_t greater = 0, nans = 0, e = 0;
-    size_t c = 0;
-    const uint64_t n8 = n / 8 * 8;
-    while (e < n8) {
-        const uint64_t end = n8 - e < GATHER_CHUNK ? n8 : e + GATHER_CHUNK;
-        __m256i cg = _mm256_setzero_si256(), cn = _mm256_setzero_si256();
-        for (; e < end; e += 8) {
-            __m256 v = _mm256_loadu_ps(x + e);
-            if (use_b)
-                v = _mm256_sub_ps(v, _mm256_loadu_ps(b + e));
-            const __m256i key = _mm256_and_si256(_mm256_castps_si256(v), abs_mask);
-            const __m256i is_nan = _mm256_cmpgt_epi32(key, inf);
-            const __m256i above = _mm256_cmpgt_epi32(key, hiv);
-            const __m256i in = _mm256_andnot_si256(above, _mm256_cmpgt_epi32(key, lo1));
-            cg = _mm256_sub_epi32(cg, _mm256_andnot_si256(is_nan, above));
-            cn = _mm256_sub_epi32(cn, is_nan);
-            const uint32_t l = lut[_mm256_movemask_ps(_mm256_castsi256_ps(in))];
-            const __m256i perm = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)l), shifts), seven);
-            _mm256_storeu_si256((__m256i *)(void *)(work + c), _mm256_permutevar8x32_epi32(key, perm));
-            c += l >> 24;
-        }
-        uint32_t lg[8], ln[8];
-        _mm256_storeu_si256((__m256i *)(void *)lg, cg);
-        _mm256_storeu_si256((__m256i *)(void *)ln, cn);
-        for (int i = 0; i < 8; i++) {
-            greater += lg[i];
-            nans += ln[i];
-        }
-        if (c > cap)
-            return false;
-    }
-    for (; e < n; e++) {
+    size_t c = g->listed;
+    for (size_t e = 0; e < len; e++) {
         const uint32_t key = key_of(x, b, use_b, e);
         work[c] = key;
         c += (key >= lo) & (key <= hi);
         greater += (key > hi) & (key <= KEY_INF);
         nans += key > KEY_INF;
     }
-    if (c > cap)
+    g->listed = c;
+    g->greater += greater;
+    g->nans += nans;
+    gather_flush(g);
+}
+
+#if SELECT_X86
+/* lut[m]: the positions of m's set bits, 3 bits each from the lowest, and
+ * their number in bits 24 and up: the permutation that packs the lanes
+ * selected by an 8-bit mask to the front of a vector. */
+static const uint32_t gather_lut[256] = {
+    0x00000000, 0x01000000, 0x01000001, 0x02000008, 0x01000002, 0x02000010,
+    0x02000011, 0x03000088, 0x01000003, 0x02000018, 0x02000019, 0x030000c8,
+    0x0200001a, 0x030000d0, 0x030000d1, 0x04000688, 0x01000004, 0x02000020,
+    0x02000021, 0x03000108, 0x02000022, 0x03000110, 0x03000111, 0x04000888,
+    0x02000023, 0x03000118, 0x03000119, 0x040008c8, 0x0300011a, 0x040008d0,
+    0x040008d1, 0x05004688, 0x01000005, 0x02000028, 0x02000029, 0x03000148,
+    0x0200002a, 0x03000150, 0x03000151, 0x04000a88, 0x0200002b, 0x03000158,
+    0x03000159, 0x04000ac8, 0x0300015a, 0x04000ad0, 0x04000ad1, 0x05005688,
+    0x0200002c, 0x03000160, 0x03000161, 0x04000b08, 0x03000162, 0x04000b10,
+    0x04000b11, 0x05005888, 0x03000163, 0x04000b18, 0x04000b19, 0x050058c8,
+    0x04000b1a, 0x050058d0, 0x050058d1, 0x0602c688, 0x01000006, 0x02000030,
+    0x02000031, 0x03000188, 0x02000032, 0x03000190, 0x03000191, 0x04000c88,
+    0x02000033, 0x03000198, 0x03000199, 0x04000cc8, 0x0300019a, 0x04000cd0,
+    0x04000cd1, 0x05006688, 0x02000034, 0x030001a0, 0x030001a1, 0x04000d08,
+    0x030001a2, 0x04000d10, 0x04000d11, 0x05006888, 0x030001a3, 0x04000d18,
+    0x04000d19, 0x050068c8, 0x04000d1a, 0x050068d0, 0x050068d1, 0x06034688,
+    0x02000035, 0x030001a8, 0x030001a9, 0x04000d48, 0x030001aa, 0x04000d50,
+    0x04000d51, 0x05006a88, 0x030001ab, 0x04000d58, 0x04000d59, 0x05006ac8,
+    0x04000d5a, 0x05006ad0, 0x05006ad1, 0x06035688, 0x030001ac, 0x04000d60,
+    0x04000d61, 0x05006b08, 0x04000d62, 0x05006b10, 0x05006b11, 0x06035888,
+    0x04000d63, 0x05006b18, 0x05006b19, 0x060358c8, 0x05006b1a, 0x060358d0,
+    0x060358d1, 0x071ac688, 0x01000007, 0x02000038, 0x02000039, 0x030001c8,
+    0x0200003a, 0x030001d0, 0x030001d1, 0x04000e88, 0x0200003b, 0x030001d8,
+    0x030001d9, 0x04000ec8, 0x030001da, 0x04000ed0, 0x04000ed1, 0x05007688,
+    0x0200003c, 0x030001e0, 0x030001e1, 0x04000f08, 0x030001e2, 0x04000f10,
+    0x04000f11, 0x05007888, 0x030001e3, 0x04000f18, 0x04000f19, 0x050078c8,
+    0x04000f1a, 0x050078d0, 0x050078d1, 0x0603c688, 0x0200003d, 0x030001e8,
+    0x030001e9, 0x04000f48, 0x030001ea, 0x04000f50, 0x04000f51, 0x05007a88,
+    0x030001eb, 0x04000f58, 0x04000f59, 0x05007ac8, 0x04000f5a, 0x05007ad0,
+    0x05007ad1, 0x0603d688, 0x030001ec, 0x04000f60, 0x04000f61, 0x05007b08,
+    0x04000f62, 0x05007b10, 0x05007b11, 0x0603d888, 0x04000f63, 0x05007b18,
+    0x05007b19, 0x0603d8c8, 0x05007b1a, 0x0603d8d0, 0x0603d8d1, 0x071ec688,
+    0x0200003e, 0x030001f0, 0x030001f1, 0x04000f88, 0x030001f2, 0x04000f90,
+    0x04000f91, 0x05007c88, 0x030001f3, 0x04000f98, 0x04000f99, 0x05007cc8,
+    0x04000f9a, 0x05007cd0, 0x05007cd1, 0x0603e688, 0x030001f4, 0x04000fa0,
+    0x04000fa1, 0x05007d08, 0x04000fa2, 0x05007d10, 0x05007d11, 0x0603e888,
+    0x04000fa3, 0x05007d18, 0x05007d19, 0x0603e8c8, 0x05007d1a, 0x0603e8d0,
+    0x0603e8d1, 0x071f4688, 0x030001f5, 0x04000fa8, 0x04000fa9, 0x05007d48,
+    0x04000faa, 0x05007d50, 0x05007d51, 0x0603ea88, 0x04000fab, 0x05007d58,
+    0x05007d59, 0x0603eac8, 0x05007d5a, 0x0603ead0, 0x0603ead1, 0x071f5688,
+    0x04000fac, 0x05007d60, 0x05007d61, 0x0603eb08, 0x05007d62, 0x0603eb10,
+    0x0603eb11, 0x071f5888, 0x05007d63, 0x0603eb18, 0x0603eb19, 0x071f58c8,
+    0x0603eb1a, 0x071f58d0, 0x071f58d1, 0x08fac688,
+};
+
+/* The chunk with AVX2: eight keys at a time, the ones inside the bracket
+ * packed to the front of a vector and stored at the end of the list. */
+SELECT_AVX2_TARGET
+static SELECT_INLINE void gather_chunk_avx2_impl(const float *x, const float *b, bool use_b,
+                                                 size_t len, struct gather *g)
+{
+    const uint32_t lo = g->lo, hi = g->hi;
+    uint32_t *work = g->work;
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    const __m256i inf = _mm256_set1_epi32((int)KEY_INF);
+    const __m256i lo1 = _mm256_set1_epi32((int)lo - 1); /* lo >= 0: no wrap below -1 */
+    const __m256i hiv = _mm256_set1_epi32((int)hi);
+    const __m256i shifts = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+    const __m256i seven = _mm256_set1_epi32(7);
+    __m256i cg = _mm256_setzero_si256(), cn = _mm256_setzero_si256();
+    size_t c = g->listed, e = 0;
+    for (; e + 8 <= len; e += 8) {
+        __m256 v = _mm256_loadu_ps(x + e);
+        if (use_b)
+            v = _mm256_sub_ps(v, _mm256_loadu_ps(b + e));
+        const __m256i key = _mm256_and_si256(_mm256_castps_si256(v), abs_mask);
+        const __m256i is_nan = _mm256_cmpgt_epi32(key, inf);
+        const __m256i above = _mm256_cmpgt_epi32(key, hiv);
+        const __m256i in = _mm256_andnot_si256(above, _mm256_cmpgt_epi32(key, lo1));
+        cg = _mm256_sub_epi32(cg, _mm256_andnot_si256(is_nan, above));
+        cn = _mm256_sub_epi32(cn, is_nan);
+        const uint32_t l = gather_lut[_mm256_movemask_ps(_mm256_castsi256_ps(in))];
+        const __m256i perm = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)l), shifts),
+                                              seven);
+        _mm256_storeu_si256((__m256i *)(void *)(work + c), _mm256_permutevar8x32_epi32(key, perm));
+        c += l >> 24;
+    }
+    uint32_t lg[8], ln[8];
+    _mm256_storeu_si256((__m256i *)(void *)lg, cg);
+    _mm256_storeu_si256((__m256i *)(void *)ln, cn);
+    uint64_t greater = 0, nans = 0;
+    for (int i = 0; i < 8; i++) {
+        greater += lg[i];
+        nans += ln[i];
+    }
+    for (; e < len; e++) {
+        const uint32_t key = key_of(x, b, use_b, e);
+        work[c] = key;
+        c += (key >= lo) & (key <= hi);
+        greater += (key > hi) & (key <= KEY_INF);
+        nans += key > KEY_INF;
+    }
+    g->listed = c;
+    g->greater += greater;
+    g->nans += nans;
+    gather_flush(g);
+}
+
+SELECT_AVX2_TARGET
+static void gather_chunk_avx2_diff(const float *x, const float *b, size_t len, struct gather *g)
+{
+    gather_chunk_avx2_impl(x, b, true, len, g);
+}
+
+SELECT_AVX2_TARGET
+static void gather_chunk_avx2_plain(const float *x, size_t len, struct gather *g)
+{
+    gather_chunk_avx2_impl(x, NULL, false, len, g);
+}
+#endif
+
+/* Entries e0 .. e0 + len of x (- b) into `g`; len <= GATHER_CHUNK. */
+static void gather_chunk(const float *x, const float *b, uint64_t e0, size_t len, bool avx2,
+                         struct gather *g)
+{
+#if SELECT_X86
+    if (avx2) {
+        if (b)
+            gather_chunk_avx2_diff(x + e0, b + e0, len, g);
+        else
+            gather_chunk_avx2_plain(x + e0, len, g);
+        return;
+    }
+#else
+    (void)avx2;
+#endif
+    if (b)
+        gather_chunk_portable_impl(x + e0, b + e0, true, len, g);
+    else
+        gather_chunk_portable_impl(x + e0, NULL, false, len, g);
+}
+
+/* The kk-th largest of the keys c[0..len) (1 <= kk <= len), all in
+ * [lo, hi], and how many keys are above it. Radix select on the bits in
+ * which lo and hi differ (the others are shared), 11 at a time from the
+ * top: each round counts the digits of the keys that share the prefix
+ * found so far, finds the digit holding the kk-th largest, and moves those
+ * keys to the front (c is reordered; the list is scratch). */
+static void select_in_keys(uint32_t *c, size_t len, uint64_t kk, uint32_t lo, uint32_t hi,
+                           uint32_t *thr, uint64_t *above)
+{
+    unsigned bits = 0;
+    while (bits < 32 && ((lo ^ hi) >> bits) != 0)
+        bits++;
+    uint64_t count[2048];
+    uint64_t greater = 0;
+    uint32_t prefix = bits < 32 ? lo >> bits << bits : 0;
+    while (bits > 0) {
+        const unsigned width = bits < 11 ? bits : 11;
+        const unsigned sh = bits - width;
+        const uint32_t mask = (1u << width) - 1;
+        memset(count, 0, (size_t)(mask + 1) * sizeof count[0]);
+        for (size_t j = 0; j < len; j++)
+            count[(c[j] >> sh) & mask]++;
+        uint32_t digit = mask;
+        while (greater + count[digit] < kk)
+            greater += count[digit--];
+        prefix |= digit << sh;
+        bits = sh;
+        if (count[digit] == len)
+            continue; /* every key has this digit: nothing to drop */
+        size_t w = 0;
+        for (size_t j = 0; j < len; j++) {
+            c[w] = c[j];
+            w += ((c[j] >> sh) & mask) == digit;
+        }
+        len = w;
+    }
+    *thr = prefix;
+    *above = greater;
+}
+
+/* Sets `g` up for the sampled bracket's way to the cut (0 < k < n) with
+ * `work` of work_len entries: false when it does not apply (short work
+ * space, NaN in the sample). */
+static bool bracket_begin(const float *x, const float *b, uint64_t n, uint64_t k, uint32_t *work,
+                          size_t work_len, struct gather *g)
+{
+    const size_t need = topk_work_len(n);
+    memset(g, 0, sizeof *g);
+    if (select_bracket_off || need == 0 || !work || work_len < need ||
+        !bracket_from_sample(x, b, n, k, work, &g->lo, &g->hi))
         return false;
-    g->greater = greater;
-    g->nans = nans;
-    g->count = c;
+    g->work = work;
+    g->cap = list_cap(n);
+    g->bucket_n = work + g->cap + GATHER_SLACK;
+    g->bucket_key = g->bucket_n + BUCKETS;
+    if (g->hi - g->lo < BUCKETS)
+        buckets_start(g); /* one key per bucket */
     return true;
 }
 
-SELECT_AVX2_TARGET
-static bool gather_avx2_diff(const float *x, const float *b, uint64_t n, uint32_t lo, uint32_t hi,
-                             uint32_t *work, size_t cap, struct gather *g)
+/* The cut from a completed gathering pass: false when the k-th key is
+ * outside the bracket or its bucket mixes keys. */
+static bool bracket_end(struct gather *g, uint64_t n, uint64_t k, struct topk_cut *cut)
 {
-    return gather_avx2_impl(x, b, true, n, lo, hi, work, cap, g);
-}
-
-SELECT_AVX2_TARGET
-static bool gather_avx2_plain(const float *x, uint64_t n, uint32_t lo, uint32_t hi,
-                              uint32_t *work, size_t cap, struct gather *g)
-{
-    return gather_avx2_impl(x, NULL, false, n, lo, hi, work, cap, g);
-}
-#endif
-
-static bool gather_keys(const float *x, const float *b, uint64_t n, uint32_t lo, uint32_t hi,
-                        uint32_t *work, size_t cap, struct gather *g)
-{
-#if SELECT_X86
-    if (merge_simd_avx2())
-        return b ? gather_avx2_diff(x, b, n, lo, hi, work, cap, g)
-                 : gather_avx2_plain(x, n, lo, hi, work, cap, g);
-#endif
-    return gather_portable(x, b, n, lo, hi, work, cap, g);
-}
-
-/* The kk-th largest of the keys c[0..len) (1 <= kk <= len, no NaN keys) and
- * how many keys are above it. */
-static void select_in_keys(const uint32_t *c, size_t len, uint64_t kk, uint32_t *thr,
-                           uint64_t *above)
-{
-    if (kk == len) {
-        uint32_t m = UINT32_MAX;
-        for (size_t j = 0; j < len; j++)
-            m = c[j] < m ? c[j] : m;
-        uint64_t a = 0;
-        for (size_t j = 0; j < len; j++)
-            a += c[j] > m;
-        *thr = m;
-        *above = a;
-        return;
+    const uint64_t non_nan = n - g->nans;
+    if (non_nan == 0) {
+        *cut = cut_make(0, KEY_INF, 0);
+        return true;
     }
-    /* Keys are the bits of non-negative, non-NaN floats: their own keys. */
-    const float *f = (const float *)(const void *)c;
-    struct topk_cut cut = len >= select_wide_from ? find_wide(f, len, kk) : find_narrow(f, len, kk);
-    memcpy(thr, &cut.threshold, sizeof *thr);
-    *above = kk - cut.keep_at_threshold;
+    const uint64_t kk = k < non_nan ? k : non_nan; /* as find_narrow does */
+    if (!(g->greater < kk && kk <= g->greater + g->count))
+        return false;
+    uint32_t thr;
+    uint64_t above;
+    if (g->bucketed) {
+        /* down from the top bucket to the one that reaches kk */
+        uint64_t acc = g->greater;
+        uint32_t i = (g->hi - g->lo) >> g->shift;
+        while (acc + g->bucket_n[i] < kk)
+            acc += g->bucket_n[i--];
+        if (g->bucket_key[i] & KEY_MIXED)
+            return false;
+        thr = g->bucket_key[i];
+        above = acc;
+    } else {
+        select_in_keys(g->work, (size_t)g->count, kk - g->greater, g->lo, g->hi, &thr, &above);
+        above += g->greater;
+    }
+    *cut = cut_make(kk, thr, above);
+    return true;
 }
 
-struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint64_t k,
-                               uint32_t *work, size_t work_len)
+/* The sampled bracket's way to the cut for 0 < k < n: false when it does
+ * not apply. */
+static bool find_bracketed(const float *x, const float *b, uint64_t n, uint64_t k, uint32_t *work,
+                           size_t work_len, struct topk_cut *cut)
 {
-    if (k > n)
-        k = n;
+    struct gather g;
+    if (!bracket_begin(x, b, n, k, work, work_len, &g))
+        return false;
+    const bool avx2 = merge_simd_avx2();
+    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK)
+        gather_chunk(x, b, e0, (size_t)(n - e0 < GATHER_CHUNK ? n - e0 : GATHER_CHUNK), avx2, &g);
+    return bracket_end(&g, n, k, cut);
+}
+
+/* The exact two passes (topk_find's) on x - b. */
+static struct topk_cut find_exact_diff(const float *x, const float *b, uint64_t n, uint64_t k)
+{
+    if (!b)
+        return n >= select_wide_from ? find_wide(x, n, k) : find_narrow(x, n, k);
+    return n >= select_wide_from ? find_wide_diff(x, b, n, k) : find_narrow_diff(x, b, n, k);
+}
+
+/* topk_find_diff's answers for k == n and k == 0; false for other k. */
+static bool find_diff_trivial(const float *x, const float *b, uint64_t n, uint64_t k,
+                              struct topk_cut *cut)
+{
     if (k == n) {
         uint64_t nans = 0, zeros = 0;
         for (uint64_t e = 0; e < n; e++) {
@@ -711,34 +899,31 @@ struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint6
             zeros += a == 0;
         }
         if (nans == 0)
-            return cut_all_non_nan(n, zeros, true);
-        if (nans == n)
-            return cut_make(0, KEY_INF, 0);
-        return cut_all_non_nan(n - nans, zeros, false);
+            *cut = cut_all_non_nan(n, zeros, true);
+        else if (nans == n)
+            *cut = cut_make(0, KEY_INF, 0);
+        else
+            *cut = cut_all_non_nan(n - nans, zeros, false);
+        return true;
     }
-    if (k == 0)
-        return topk_find(x, n, 0);
+    if (k == 0) {
+        *cut = topk_find(x, n, 0);
+        return true;
+    }
+    return false;
+}
 
-    const size_t need = topk_work_len(n);
-    uint32_t lo, hi;
-    struct gather g;
-    if (!select_bracket_off && need > 0 && work && work_len >= need &&
-        bracket_from_sample(x, b, n, k, work, &lo, &hi) &&
-        gather_keys(x, b, n, lo, hi, work, work_len - GATHER_SLACK, &g)) {
-        const uint64_t non_nan = n - g.nans;
-        if (non_nan == 0)
-            return cut_make(0, KEY_INF, 0);
-        const uint64_t kk = k < non_nan ? k : non_nan; /* as find_narrow does */
-        if (g.greater < kk && kk <= g.greater + g.count) {
-            uint32_t thr;
-            uint64_t above;
-            select_in_keys(work, g.count, kk - g.greater, &thr, &above);
-            return cut_make(kk, thr, g.greater + above);
-        }
-    }
-    if (!b)
-        return n >= select_wide_from ? find_wide(x, n, k) : find_narrow(x, n, k);
-    return n >= select_wide_from ? find_wide_diff(x, b, n, k) : find_narrow_diff(x, b, n, k);
+struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint64_t k,
+                               uint32_t *work, size_t work_len)
+{
+    if (k > n)
+        k = n;
+    struct topk_cut cut;
+    if (find_diff_trivial(x, b, n, k, &cut))
+        return cut;
+    if (find_bracketed(x, b, n, k, work, work_len, &cut))
+        return cut;
+    return find_exact_diff(x, b, n, k);
 }
 
 /* ===== Walking a cut a block at a time ===== */
@@ -751,9 +936,38 @@ void topk_walk_init(struct topk_walk *w, const struct topk_cut *cut)
     w->left = cut->keep_at_threshold;
 }
 
+#if SELECT_X86
+SELECT_AVX2_TARGET
+static uint64_t count_equal_diff_avx2(const float *x, const float *b, size_t len, uint32_t thr)
+{
+    const __m256i t = _mm256_set1_epi32((int)thr), abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i acc = _mm256_setzero_si256();
+    size_t j = 0;
+    for (; j + 8 <= len; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        if (b)
+            v = _mm256_sub_ps(v, _mm256_loadu_ps(b + j));
+        const __m256i a = _mm256_and_si256(_mm256_castps_si256(v), abs_mask);
+        acc = _mm256_sub_epi32(acc, _mm256_cmpeq_epi32(a, t));
+    }
+    uint32_t l[8];
+    _mm256_storeu_si256((__m256i *)(void *)l, acc);
+    uint64_t c = 0;
+    for (int i = 0; i < 8; i++)
+        c += l[i];
+    for (; j < len; j++)
+        c += diff_key(x, b, j) == thr;
+    return c;
+}
+#endif
+
 /* Entries of the block whose key is `thr`. */
 static uint64_t count_equal_diff(const float *x, const float *b, size_t len, uint32_t thr)
 {
+#if SELECT_X86
+    if (merge_simd_avx2())
+        return count_equal_diff_avx2(x, b, len, thr);
+#endif
     uint64_t c = 0;
     size_t j = 0;
 #if SELECT_SSE2

@@ -2,14 +2,16 @@
  *
  * One tensor is one pass over its entries in blocks, models in recipe
  * order, every sum in double with a fixed association (see "One tensor,
- * block by block"): the same inputs give the same bits on every call. When
- * a density below 1 needs a cut, the task vector is materialised in scratch
- * slot 0 (one model at a time); the block work arrays live in slot 1, so the
- * inputs must not live in those slots of the scratch passed. The
- * TIES figures trim exactly as the TIES merge does: the top-k cut is found
- * on the float32 task vector x_i - b (select.h, ties by lower index, NaN
- * never kept), and the weighted values and their sum are formed in double
- * from the float32 inputs.
+ * block by block"): the same inputs give the same bits on every call, on
+ * the portable path and the AVX2 one alike (see "The AVX2 kernel"). When a
+ * density below 1 needs a cut, it is found on the task vector without
+ * writing it out (select.h's topk_find_diff, about one extra pass over x_i
+ * and b per model) with work space in scratch slot 0; the portable path's
+ * block work arrays live in slot 1, so the inputs must not live in those
+ * slots of the scratch passed. The TIES figures trim exactly as the TIES
+ * merge does: the top-k cut is found on the float32 task vector x_i - b
+ * (select.h, ties by lower index, NaN never kept), and the weighted values
+ * and their sum are formed in double from the float32 inputs.
  *
  * Conventions where a definition leaves a case open:
  *   - An entry's sign is -1, 0 or +1; a NaN entry has sign 0, so it never
@@ -42,9 +44,10 @@ enum trim_mode {
 };
 
 struct trim_state {
-    enum trim_mode mode;
-    uint32_t       thr;   /* |d| bits at the cut */
-    uint64_t       left;  /* threshold entries still to keep */
+    enum trim_mode   mode;
+    uint32_t         thr;   /* |d| bits at the cut */
+    uint64_t         left;  /* threshold entries still to keep */
+    struct topk_walk walk;  /* the same cut, for the AVX2 kernel */
 };
 
 static inline uint32_t abs_key(float v)
@@ -103,35 +106,41 @@ void stats_raw_add(struct stats_raw *s, const struct stats_raw *t)
     s->has_merged = s->has_merged && t->has_merged;
 }
 
-/* Prepares model i's trim: finds the top-k cut on the materialised float
- * task vector when 0 < k < n. */
-static int trim_prepare(struct trim_state *t, const float *base, const float *x, uint64_t n,
-                        double density, struct merge_scratch *scratch)
+/* Prepares the models' trims: the top-k cut on each float task vector
+ * x_i - b for 0 < k < n, found without writing it out (select.h's
+ * topk_find_diff), with work space in scratch slot 0. */
+static int trims_prepare(struct trim_state *trim, const float *base, const float *const *models,
+                         int m, uint64_t n, const double *density, struct merge_scratch *scratch)
 {
-    uint64_t k = topk_count(density, n);
-    memset(t, 0, sizeof *t);
-    if (k >= n) {
-        /* topk_find would keep every non-NaN entry: no need to look. */
-        t->mode = TRIM_ALL;
-        return 0;
+    const size_t wlen = topk_work_len(n);
+    uint32_t *work = NULL;
+    for (int i = 0; i < m; i++) {
+        struct trim_state *t = &trim[i];
+        uint64_t k = topk_count(density[i], n);
+        memset(t, 0, sizeof *t);
+        if (k >= n) {
+            /* topk_find would keep every non-NaN entry: no need to look. */
+            t->mode = TRIM_ALL;
+            continue;
+        }
+        if (k == 0) {
+            t->mode = TRIM_NONE;
+            continue;
+        }
+        if (wlen > 0 && !work) {
+            LM_ASSERT(scratch);
+            float *w = merge_scratch_get(scratch, 0, wlen);
+            if (!w)
+                return lm_err_context(LM_ENOMEM, "stats: selection work space for %llu entries",
+                                      (unsigned long long)n);
+            work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
+        }
+        struct topk_cut cut = topk_find_diff(models[i], base, n, k, work, wlen);
+        t->mode = TRIM_CUT;
+        topk_walk_init(&t->walk, &cut);
+        t->thr = abs_key(cut.threshold);
+        t->left = cut.keep_at_threshold;
     }
-    if (k == 0) {
-        t->mode = TRIM_NONE;
-        return 0;
-    }
-    if ((uint64_t)(size_t)n != n)
-        return lm_err(LM_ENOMEM, "stats: a tensor of %llu entries does not fit in memory",
-                      (unsigned long long)n);
-    LM_ASSERT(scratch);
-    float *d = merge_scratch_get(scratch, 0, (size_t)n);
-    if (!d)
-        return lm_err_context(LM_ENOMEM, "stats: task vector of %llu entries", (unsigned long long)n);
-    for (uint64_t e = 0; e < n; e++)
-        d[e] = x[e] - base[e];
-    struct topk_cut cut = topk_find(d, n, k);
-    t->mode = TRIM_CUT;
-    t->thr = abs_key(cut.threshold);
-    t->left = cut.keep_at_threshold;
     return 0;
 }
 
@@ -480,26 +489,257 @@ static void merged_block(struct stats_acc *acc, const float *mg, const float *b,
 #endif
 }
 
-int stats_accumulate(struct stats_raw *s, const float *base, const float *const *models,
-                     int n_models, const float *merged, uint64_t n,
-                     const double *density, const double *weight,
-                     struct merge_scratch *scratch)
-{
-    if (n_models < 0 || n_models > MERGE_MAX_MODELS)
-        return lm_err(LM_EINVAL, "stats: %d models (at most %d)", n_models, MERGE_MAX_MODELS);
-    if (n_models != s->n_models)
-        return lm_err(LM_EINVAL, "stats: %d models given to an accumulator prepared for %d",
-                      n_models, s->n_models);
-    LM_ASSERT(n == 0 || base);
-    const int m = n_models;
+/* ===== The AVX2 kernel =====
+ * One pass over the tensor in groups of eight entries (two vectors of four
+ * doubles: entries e..e+3, then e+4..e+7, e a multiple of 8), every sum in
+ * a vector whose lane l takes the entries with index % 4 == l in index
+ * order: the same lanes, the same order and the same IEEE operations as the
+ * block loops above, so the same bits (NaN payloads aside, as there). The
+ * task vectors, trims and masks of a group stay in registers instead of
+ * block arrays. The trims walk their cuts a block of STATS_VBLOCK entries at
+ * a time (select.h's topk_walk_block). The last, short group runs on
+ * zero-padded copies, like the last block above. Compiled for one, two and
+ * any number of models, so that the loops over models unroll. */
 
-    struct trim_state trim[MERGE_MAX_MODELS];
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#define STATS_X86 1
+#define STATS_AVX2 __attribute__((target("avx2")))
+#define STATS_INLINE inline __attribute__((always_inline))
+#define STATS_UNROLL _Pragma("GCC unroll 2")
+#else
+#define STATS_X86 0
+#endif
+
+#if STATS_X86
+#define STATS_VBLOCK 1024
+
+/* Accumulators: double lanes as in struct lanes, counts in 32-bit lanes
+ * (flushed every block). */
+struct vacc {
+    __m256d base_sq, merged_sq;
+    __m256d delta_sq[MERGE_MAX_MODELS], topk_sq[MERGE_MAX_MODELS];
+    __m256d dot[MERGE_MAX_MODELS][MERGE_MAX_MODELS];
+    __m256i both[MERGE_MAX_MODELS][MERGE_MAX_MODELS], opp[MERGE_MAX_MODELS][MERGE_MAX_MODELS];
+    __m256i kept, disagree, flips;
+};
+
+/* A trim's rule for the lanes of one block: key in (lo1, limit], lo1 being
+ * thr - 1 at block positions <= c and thr past them. */
+struct vtrim {
+    __m256i thr_m1, c, limit;
+};
+
+STATS_AVX2 static STATS_INLINE uint64_t vcount(__m256i c)
+{
+    uint32_t l[8];
+    _mm256_storeu_si256((__m256i *)(void *)l, c);
+    uint64_t t = 0;
+    for (int i = 0; i < 8; i++)
+        t += l[i];
+    return t;
+}
+
+STATS_AVX2 static STATS_INLINE void vlanes_store(struct lanes *a, __m256d v)
+{
+    double l[4];
+    _mm256_storeu_pd(l, v);
+    for (int i = 0; i < 4; i++)
+        a->l[i] = l[i];
+}
+
+/* 64-bit lane masks (two vectors of four) to eight 32-bit lane masks. */
+STATS_AVX2 static STATS_INLINE __m256i narrow8(__m256d a, __m256d b)
+{
+    const __m256 t = _mm256_shuffle_ps(_mm256_castpd_ps(a), _mm256_castpd_ps(b), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_permute4x64_epi64(_mm256_castps_si256(t), _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+STATS_AVX2 static STATS_INLINE void stats_group(const int m, struct vacc *a, const float *const *xs,
+                                                const float *bp, const float *mp,
+                                                const double *weight, const struct vtrim *tr,
+                                                __m256i pos)
+{
+    const __m256d zd = _mm256_setzero_pd();
+    const __m256 zf = _mm256_setzero_ps();
+    const __m256 bf = _mm256_loadu_ps(bp);
+    const __m256d b0 = _mm256_cvtps_pd(_mm256_castps256_ps128(bf));
+    const __m256d b1 = _mm256_cvtps_pd(_mm256_extractf128_ps(bf, 1));
+    a->base_sq = _mm256_add_pd(a->base_sq, _mm256_mul_pd(b0, b0));
+    a->base_sq = _mm256_add_pd(a->base_sq, _mm256_mul_pd(b1, b1));
+
+    __m256d d0[MERGE_MAX_MODELS], d1[MERGE_MAX_MODELS];
+    __m256d vp0[MERGE_MAX_MODELS], vp1[MERGE_MAX_MODELS], vn0[MERGE_MAX_MODELS], vn1[MERGE_MAX_MODELS];
+    __m256i nz[MERGE_MAX_MODELS], ps[MERGE_MAX_MODELS], knz[MERGE_MAX_MODELS];
+    __m256d vs0 = zd, vs1 = zd;
+    STATS_UNROLL
     for (int i = 0; i < m; i++) {
-        LM_ASSERT(n == 0 || models[i]);
-        int rc = trim_prepare(&trim[i], base, models[i], n, density[i], scratch);
-        if (rc)
-            return rc;
+        const __m256 xf = _mm256_loadu_ps(xs[i]);
+        const __m256 fd = _mm256_sub_ps(xf, bf);
+        d0[i] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xf)), b0);
+        d1[i] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xf, 1)), b1);
+        /* the trim, on the float task vector */
+        const __m256i key = _mm256_and_si256(_mm256_castps_si256(fd), _mm256_set1_epi32(0x7fffffff));
+        const __m256i lo1 = _mm256_sub_epi32(tr[i].thr_m1, _mm256_cmpgt_epi32(pos, tr[i].c));
+        const __m256i kept = _mm256_andnot_si256(_mm256_cmpgt_epi32(key, tr[i].limit),
+                                                 _mm256_cmpgt_epi32(key, lo1));
+        const __m256d k0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(kept)));
+        const __m256d k1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(kept, 1)));
+        const __m256d kd0 = _mm256_and_pd(d0[i], k0), kd1 = _mm256_and_pd(d1[i], k1);
+        const __m256d w = _mm256_set1_pd(weight[i]);
+        const __m256d v0 = _mm256_mul_pd(w, kd0), v1 = _mm256_mul_pd(w, kd1);
+        a->delta_sq[i] = _mm256_add_pd(a->delta_sq[i], _mm256_mul_pd(d0[i], d0[i]));
+        a->delta_sq[i] = _mm256_add_pd(a->delta_sq[i], _mm256_mul_pd(d1[i], d1[i]));
+        a->topk_sq[i] = _mm256_add_pd(a->topk_sq[i], _mm256_mul_pd(kd0, kd0));
+        a->topk_sq[i] = _mm256_add_pd(a->topk_sq[i], _mm256_mul_pd(kd1, kd1));
+        vs0 = _mm256_add_pd(vs0, v0);
+        vs1 = _mm256_add_pd(vs1, v1);
+        /* signs from the float difference, as model_block */
+        const __m256 pos_f = _mm256_cmp_ps(fd, zf, _CMP_GT_OQ);
+        ps[i] = _mm256_castps_si256(pos_f);
+        nz[i] = _mm256_castps_si256(_mm256_or_ps(pos_f, _mm256_cmp_ps(fd, zf, _CMP_LT_OQ)));
+        knz[i] = _mm256_and_si256(kept, nz[i]);
+        vp0[i] = _mm256_cmp_pd(v0, zd, _CMP_GT_OQ);
+        vp1[i] = _mm256_cmp_pd(v1, zd, _CMP_GT_OQ);
+        vn0[i] = _mm256_cmp_pd(v0, zd, _CMP_LT_OQ);
+        vn1[i] = _mm256_cmp_pd(v1, zd, _CMP_LT_OQ);
+        STATS_UNROLL
+        for (int j = 0; j < i; j++) {
+            a->dot[j][i] = _mm256_add_pd(a->dot[j][i], _mm256_mul_pd(d0[j], d0[i]));
+            a->dot[j][i] = _mm256_add_pd(a->dot[j][i], _mm256_mul_pd(d1[j], d1[i]));
+            const __m256i both = _mm256_and_si256(nz[j], nz[i]);
+            a->both[j][i] = _mm256_sub_epi32(a->both[j][i], both);
+            a->opp[j][i] = _mm256_sub_epi32(a->opp[j][i],
+                                            _mm256_and_si256(both, _mm256_xor_si256(ps[j], ps[i])));
+        }
     }
+    /* sign election: + where the weighted sum is >= 0 (NaN elects -) */
+    const __m256d ep0 = _mm256_cmp_pd(vs0, zd, _CMP_GE_OQ), ep1 = _mm256_cmp_pd(vs1, zd, _CMP_GE_OQ);
+    STATS_UNROLL
+    for (int i = 0; i < m; i++) {
+        const __m256i agree = narrow8(_mm256_blendv_pd(vn0[i], vp0[i], ep0),
+                                      _mm256_blendv_pd(vn1[i], vp1[i], ep1));
+        a->kept = _mm256_sub_epi32(a->kept, knz[i]);
+        a->disagree = _mm256_sub_epi32(a->disagree, _mm256_andnot_si256(agree, knz[i]));
+    }
+    if (mp) {
+        const __m256 mf = _mm256_loadu_ps(mp);
+        const __m256d e0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(mf)), b0);
+        const __m256d e1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(mf, 1)), b1);
+        a->merged_sq = _mm256_add_pd(a->merged_sq, _mm256_mul_pd(e0, e0));
+        a->merged_sq = _mm256_add_pd(a->merged_sq, _mm256_mul_pd(e1, e1));
+        const __m256 dp = _mm256_xor_ps(_mm256_cmp_ps(mf, zf, _CMP_GT_OQ),
+                                        _mm256_cmp_ps(bf, zf, _CMP_GT_OQ));
+        const __m256 dn = _mm256_xor_ps(_mm256_cmp_ps(mf, zf, _CMP_LT_OQ),
+                                        _mm256_cmp_ps(bf, zf, _CMP_LT_OQ));
+        a->flips = _mm256_sub_epi32(a->flips, _mm256_castps_si256(_mm256_or_ps(dp, dn)));
+    }
+}
+
+/* Adds a block's counts to `acc` and clears them. */
+STATS_AVX2 static STATS_INLINE void vacc_flush_counts(const int m, struct vacc *a, struct stats_acc *acc)
+{
+    const __m256i z = _mm256_setzero_si256();
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < i; j++) {
+            acc->both[j][i] += vcount(a->both[j][i]);
+            acc->opp[j][i] += vcount(a->opp[j][i]);
+            a->both[j][i] = a->opp[j][i] = z;
+        }
+    acc->ties_kept += vcount(a->kept);
+    acc->ties_disagree += vcount(a->disagree);
+    acc->sign_flips += vcount(a->flips);
+    a->kept = a->disagree = a->flips = z;
+}
+
+STATS_AVX2 static STATS_INLINE void stats_avx2_run(const int m, struct stats_acc *acc,
+                                                   struct trim_state *trim, const float *base,
+                                                   const float *const *models, const float *merged,
+                                                   uint64_t n, const double *weight)
+{
+    struct vacc a;
+    memset(&a, 0, sizeof a);
+    struct vtrim tr[MERGE_MAX_MODELS];
+    const float *xs[MERGE_MAX_MODELS];
+    const __m256i lane_pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (uint64_t e0 = 0; e0 < n; e0 += STATS_VBLOCK) {
+        const size_t len = (size_t)(n - e0 < STATS_VBLOCK ? n - e0 : STATS_VBLOCK);
+        for (int i = 0; i < m; i++) {
+            struct trim_state *t = &trim[i];
+            if (t->mode == TRIM_CUT) {
+                const int64_t c = topk_walk_block(&t->walk, models[i] + e0, base + e0, len);
+                tr[i].thr_m1 = _mm256_set1_epi32((int)t->walk.thr - 1);
+                tr[i].c = _mm256_set1_epi32((int)c);
+            } else {
+                /* every non-NaN key, or none */
+                tr[i].thr_m1 = _mm256_set1_epi32(t->mode == TRIM_ALL ? -1 : (int)KEY_INF);
+                tr[i].c = _mm256_set1_epi32(STATS_VBLOCK);
+            }
+            tr[i].limit = _mm256_set1_epi32((int)KEY_INF);
+        }
+        size_t j = 0;
+        __m256i pos = lane_pos;
+        for (; j + 8 <= len; j += 8) {
+            STATS_UNROLL
+            for (int i = 0; i < m; i++)
+                xs[i] = models[i] + e0 + j;
+            stats_group(m, &a, xs, base + e0 + j, merged ? merged + e0 + j : NULL, weight, tr, pos);
+            pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));
+        }
+        if (j < len) {
+            const size_t r = len - j;
+            float pb[8] = { 0 }, pm[8] = { 0 }, px[MERGE_MAX_MODELS][8];
+            memcpy(pb, base + e0 + j, r * sizeof(float));
+            if (merged)
+                memcpy(pm, merged + e0 + j, r * sizeof(float));
+            for (int i = 0; i < m; i++) {
+                memset(px[i], 0, sizeof px[i]);
+                memcpy(px[i], models[i] + e0 + j, r * sizeof(float));
+                xs[i] = px[i];
+            }
+            stats_group(m, &a, xs, pb, merged ? pm : NULL, weight, tr, pos);
+        }
+        vacc_flush_counts(m, &a, acc);
+    }
+    vlanes_store(&acc->base_sq, a.base_sq);
+    vlanes_store(&acc->merged_sq, a.merged_sq);
+    for (int i = 0; i < m; i++) {
+        vlanes_store(&acc->delta_sq[i], a.delta_sq[i]);
+        vlanes_store(&acc->topk_sq[i], a.topk_sq[i]);
+        for (int j = 0; j < i; j++)
+            vlanes_store(&acc->dot[j][i], a.dot[j][i]);
+    }
+}
+
+STATS_AVX2 static void stats_avx2_1(struct stats_acc *acc, struct trim_state *trim, const float *base,
+                                    const float *const *models, int m, const float *merged,
+                                    uint64_t n, const double *weight)
+{
+    (void)m;
+    stats_avx2_run(1, acc, trim, base, models, merged, n, weight);
+}
+
+STATS_AVX2 static void stats_avx2_2(struct stats_acc *acc, struct trim_state *trim, const float *base,
+                                    const float *const *models, int m, const float *merged,
+                                    uint64_t n, const double *weight)
+{
+    (void)m;
+    stats_avx2_run(2, acc, trim, base, models, merged, n, weight);
+}
+
+STATS_AVX2 static void stats_avx2_any(struct stats_acc *acc, struct trim_state *trim,
+                                      const float *base, const float *const *models, int m,
+                                      const float *merged, uint64_t n, const double *weight)
+{
+    stats_avx2_run(m, acc, trim, base, models, merged, n, weight);
+}
+#endif
+
+/* The block loops over one tensor, into `acc`. 0 or an error. */
+static int stats_portable(struct stats_acc *acc, struct trim_state *trim, const float *base,
+                          const float *const *models, int m, const float *merged, uint64_t n,
+                          const double *weight, struct merge_scratch *scratch)
+{
     struct stats_block bk;
     memset(&bk, 0, sizeof bk);
     if (n > 0) {
@@ -508,8 +748,6 @@ int stats_accumulate(struct stats_raw *s, const float *base, const float *const 
             return rc;
     }
 
-    static const struct stats_acc zero_acc;
-    struct stats_acc acc = zero_acc;
     /* Zero-padded copies for the last, short block. */
     float pad_b[STATS_BLOCK], pad_m[STATS_BLOCK], pad_x[MERGE_MAX_MODELS][STATS_BLOCK];
 
@@ -537,20 +775,59 @@ int stats_accumulate(struct stats_raw *s, const float *base, const float *const 
             len = padded;
         }
 
-        base_block(&acc, b, len);
+        base_block(acc, b, len);
         memset(bk.vsum, 0, (size_t)len * sizeof *bk.vsum);
         for (int i = 0; i < m; i++) {
             /* The trim looks at the float32 task vector, as the merge does;
              * the sums use the exact difference in double. */
             trim_block(&trim[i], x[i], b, len, bk.kept);
-            model_block(&acc, &bk, i, x[i], b, len, weight[i]);
+            model_block(acc, &bk, i, x[i], b, len, weight[i]);
             for (int j = 0; j < i; j++)
-                pair_block(&acc, &bk, j, i, len);
+                pair_block(acc, &bk, j, i, len);
         }
         if (m > 0)
-            ties_block(&acc, &bk, m, len);
+            ties_block(acc, &bk, m, len);
         if (mg)
-            merged_block(&acc, mg, b, len);
+            merged_block(acc, mg, b, len);
+    }
+    return 0;
+}
+
+int stats_accumulate(struct stats_raw *s, const float *base, const float *const *models,
+                     int n_models, const float *merged, uint64_t n,
+                     const double *density, const double *weight,
+                     struct merge_scratch *scratch)
+{
+    if (n_models < 0 || n_models > MERGE_MAX_MODELS)
+        return lm_err(LM_EINVAL, "stats: %d models (at most %d)", n_models, MERGE_MAX_MODELS);
+    if (n_models != s->n_models)
+        return lm_err(LM_EINVAL, "stats: %d models given to an accumulator prepared for %d",
+                      n_models, s->n_models);
+    LM_ASSERT(n == 0 || base);
+    const int m = n_models;
+
+    struct trim_state trim[MERGE_MAX_MODELS];
+    for (int i = 0; i < m; i++)
+        LM_ASSERT(n == 0 || models[i]);
+    int rc = trims_prepare(trim, base, models, m, n, density, scratch);
+    if (rc)
+        return rc;
+    static const struct stats_acc zero_acc;
+    struct stats_acc acc = zero_acc;
+#if STATS_X86
+    if (merge_simd_avx2() && n > 0) {
+        if (m == 1)
+            stats_avx2_1(&acc, trim, base, models, m, merged, n, weight);
+        else if (m == 2)
+            stats_avx2_2(&acc, trim, base, models, m, merged, n, weight);
+        else
+            stats_avx2_any(&acc, trim, base, models, m, merged, n, weight);
+    } else
+#endif
+    {
+        rc = stats_portable(&acc, trim, base, models, m, merged, n, weight, scratch);
+        if (rc)
+            return rc;
     }
 
     s->n_elements += n;

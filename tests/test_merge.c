@@ -1078,6 +1078,172 @@ static void test_della(void)
     }
 }
 
+/* ===== the AVX2 and portable kernels agree ===== */
+
+static float bits_to_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Test data for the path comparison: mostly bf16-like values (ties galore),
+ * with zeros of both signs, infinities, NaNs with payloads and signs,
+ * subnormals and huge values mixed in at `special` per mille. */
+static float path_value(float scale, int special)
+{
+    test_rng = test_rng * 6364136223846793005u + 1442695040888963407u;
+    uint64_t r = test_rng;
+    uint32_t sign = (uint32_t)(r >> 63) << 31;
+    if ((int)((r >> 20) % 1000) < special) {
+        switch ((r >> 8) % 6) {
+        case 0: return bits_to_float(sign);
+        case 1: return bits_to_float(sign | 0x7f800000u);
+        case 2: return bits_to_float(sign | 0x7fc00000u | (uint32_t)((r >> 30) & 0x3fffffu));
+        case 3: return bits_to_float(sign | (uint32_t)((r >> 30) & 0x7fffffu));
+        case 4: return bits_to_float(sign | 0x7f000000u | (uint32_t)((r >> 30) & 0x7fffffu));
+        default: return bits_to_float(sign | 0x3f800000u);
+        }
+    }
+    float v = scale * (float)((int)((r >> 24) % 201) - 100) / 100.0f;
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return bits_to_float(u & 0xffff0000u);
+}
+
+/* Runs `m` on both kernel paths; 1 when the outputs are bit for bit equal
+ * (NaN payloads and signs included) and both calls agree on success. */
+static int paths_agree(const struct merge_method *m, const char *name, const float *b,
+                       const float *const *x, int nm, uint64_t n,
+                       const struct merge_tensor_params *p, float *o1, float *o2)
+{
+    int old = merge_simd_force_portable(1);
+    int rc1 = run(m, name, b, x, nm, n, p, o1);
+    merge_simd_force_portable(0);
+    int rc2 = run(m, name, b, x, nm, n, p, o2);
+    merge_simd_force_portable(old);
+    if (rc1 != rc2)
+        return 0;
+    if (rc1 != 0)
+        return 1;
+    for (uint64_t e = 0; e < n; e++) {
+        if (memcmp(&o1[e], &o2[e], sizeof(float)) != 0) {
+            uint32_t a, c;
+            memcpy(&a, &o1[e], sizeof a);
+            memcpy(&c, &o2[e], sizeof c);
+            printf("      %s, %d models, n %llu: entry %llu portable %08x avx2 %08x\n", m->name, nm,
+                   (unsigned long long)n, (unsigned long long)e, (unsigned)a, (unsigned)c);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* DARE's keep test at its boundary: a density equal to an entry's own mask
+ * value drops it (u < density is false), the next double up keeps it; on
+ * both kernel paths. */
+static void test_dare_boundary(void)
+{
+    enum { N = 64 };
+    float b[N], x[N], o1[N], o2[N];
+    for (int e = 0; e < N; e++) {
+        b[e] = 0.0f;
+        x[e] = 1.0f;
+    }
+    const float *xs[1] = { x };
+    const char *name = "model.layers.0.mlp.down_proj.weight";
+    int ok = 1;
+    for (int e = 0; e < N; e += 7) {
+        const double u = merge_mask_uniform_model(5, name, 0, (uint64_t)e);
+        if (!(u > 0.0))
+            continue;
+        for (int up = 0; up < 2; up++) {
+            struct merge_tensor_params p = params_for(&merge_method_dare_linear, 1);
+            p.seed = 5;
+            p.density[0] = up ? nextafter(u, 2.0) : u;
+            if (p.density[0] >= 1.0)
+                continue;
+            ok &= paths_agree(&merge_method_dare_linear, name, b, xs, 1, N, &p, o1, o2);
+            ok &= (o2[e] != 0.0f) == (up == 1);
+        }
+    }
+    TEST_COND("dare: density equal to an entry's mask value drops it, the next double keeps it "
+              "(both kernel paths)", ok);
+}
+
+static void test_paths_agree(void)
+{
+    enum { NMAX = 70001, MMAX = 5 };
+    static const uint64_t sizes[] = { 0, 1, 7, 8, 1029, 3001, NMAX };
+    static const int counts[] = { 1, 2, 3, 5 };
+    static const int specials[] = { 0, 20 };
+    const struct merge_method *methods[] = {
+        &merge_method_linear, &merge_method_average, &merge_method_task_arithmetic,
+        &merge_method_ties, &merge_method_dare_linear, &merge_method_dare_ties,
+        &merge_method_breadcrumbs, &merge_method_della, &merge_method_slerp,
+    };
+    float *b = malloc(NMAX * sizeof(float)), *x[MMAX];
+    float *o1 = malloc(NMAX * sizeof(float)), *o2 = malloc(NMAX * sizeof(float));
+    for (int i = 0; i < MMAX; i++)
+        x[i] = malloc(NMAX * sizeof(float));
+    const float *const *xs = (const float *const *)x;
+    printf("      kernel path on this machine: %s\n", merge_simd_name());
+    for (size_t mi = 0; mi < LM_ARRAY_SIZE(methods); mi++) {
+        const struct merge_method *m = methods[mi];
+        int ok = 1, runs = 0;
+        for (size_t sp = 0; sp < LM_ARRAY_SIZE(specials); sp++) {
+            for (uint64_t e = 0; e < NMAX; e++) {
+                b[e] = path_value(0.05f, specials[sp]);
+                for (int i = 0; i < MMAX; i++)
+                    x[i][e] = bits_to_float(0); /* set below */
+            }
+            for (int i = 0; i < MMAX; i++)
+                for (uint64_t e = 0; e < NMAX; e++) {
+                    float d = path_value(0.004f * (float)(i + 1), specials[sp]);
+                    uint32_t u;
+                    float v = b[e] + d;
+                    memcpy(&u, &v, sizeof u);
+                    x[i][e] = (e % 5 == 0) ? b[e] : bits_to_float(u & 0xffff0000u);
+                }
+            for (size_t si = 0; si < LM_ARRAY_SIZE(sizes); si++) {
+                for (size_t ci = 0; ci < LM_ARRAY_SIZE(counts); ci++) {
+                    int nm = counts[ci];
+                    if (nm < m->min_models || nm > m->max_models)
+                        continue;
+                    for (int variant = 0; variant < 4; variant++) {
+                        struct merge_tensor_params p = params_for(m, nm);
+                        for (int i = 0; i < nm; i++) {
+                            p.weight[i] = variant == 1 ? (i == 1 ? -0.5 : (i == 0 ? 0.0 : 1.25)) : 0.6 + 0.3 * i;
+                            p.density[i] = variant == 2 ? (i == 0 ? 0.0 : (i == 1 ? 1.0 : 0.35)) : 0.2 + 0.05 * i;
+                        }
+                        if (m == &merge_method_della)
+                            for (int i = 0; i < nm; i++)
+                                p.density[i] = variant == 2 && i == 1 ? 1.0 : 0.5;
+                        p.normalize = variant != 3 ? !p.normalize : p.normalize;
+                        p.lambda = variant == 3 ? 1.0 : 0.85;
+                        p.seed = (uint64_t)(17 + variant);
+                        p.rescale = variant == 3 ? MERGE_RESCALE_L1 : MERGE_RESCALE_INVERSE;
+                        p.gamma = variant == 1 ? 0.0 : 0.02;
+                        p.t = variant * 0.3;
+                        ok &= paths_agree(m, "model.layers.0.mlp.up_proj.weight", b, xs, nm, sizes[si],
+                                          &p, o1, o2);
+                        runs++;
+                    }
+                }
+            }
+        }
+        char descr[160];
+        snprintf(descr, sizeof descr, "%s: AVX2 and portable kernels give identical bits "
+                 "(%d runs: NaN/inf/zeros/ties, 1-5 models, sizes 0..70001)", m->name, runs);
+        TEST_COND(descr, ok);
+    }
+    free(b);
+    free(o1);
+    free(o2);
+    for (int i = 0; i < MMAX; i++)
+        free(x[i]);
+}
+
 int main(void)
 {
     test_registry();
@@ -1097,6 +1263,8 @@ int main(void)
     test_edges();
     test_breadcrumbs();
     test_della();
+    test_paths_agree();
+    test_dare_boundary();
     merge_scratch_deinit(&scratch);
     return test_report();
 }

@@ -213,30 +213,34 @@ static int check_diff(const float *x, const float *b, uint64_t n, uint64_t k, ui
             ok = 0;
         }
     }
-    /* The walk, in blocks of varying size, against topk_mask. */
+    /* The walk, in blocks of varying size, against topk_mask (both paths). */
     uint8_t *mask = malloc(n + 1);
     topk_mask(mask, d, n, &want);
-    struct topk_walk w;
-    topk_walk_init(&w, &want);
-    uint64_t e0 = 0;
-    size_t len = 1;
-    while (e0 < n && ok) {
-        size_t l = (size_t)(n - e0 < len ? n - e0 : len);
-        int64_t c = topk_walk_block(&w, x + e0, b ? b + e0 : NULL, l);
-        uint32_t thr = float_bits(want.threshold) & 0x7fffffffu;
-        for (size_t j = 0; j < l; j++) {
-            uint32_t key = float_bits(d[e0 + j]) & 0x7fffffffu;
-            int in = key <= 0x7f800000u && (key > thr || (key == thr && (int64_t)j <= c));
-            if (in != mask[e0 + j]) {
-                printf("      %s: walk differs at %llu\n", what, (unsigned long long)(e0 + j));
-                ok = 0;
-                break;
+    for (int simd = 0; simd < 2; simd++) {
+        int old = merge_simd_force_portable(simd == 0);
+        struct topk_walk w;
+        topk_walk_init(&w, &want);
+        uint64_t e0 = 0;
+        size_t len = 1;
+        while (e0 < n && ok) {
+            size_t l = (size_t)(n - e0 < len ? n - e0 : len);
+            int64_t c = topk_walk_block(&w, x + e0, b ? b + e0 : NULL, l);
+            uint32_t thr = float_bits(want.threshold) & 0x7fffffffu;
+            for (size_t j = 0; j < l; j++) {
+                uint32_t key = float_bits(d[e0 + j]) & 0x7fffffffu;
+                int in = key <= 0x7f800000u && (key > thr || (key == thr && (int64_t)j <= c));
+                if (in != mask[e0 + j]) {
+                    printf("      %s: walk differs at %llu\n", what, (unsigned long long)(e0 + j));
+                    ok = 0;
+                    break;
+                }
             }
+            e0 += l;
+            len = len * 3 + 1;
+            if (len > 5000)
+                len = 7;
         }
-        e0 += l;
-        len = len * 3 + 1;
-        if (len > 5000)
-            len = 7;
+        merge_simd_force_portable(old);
     }
     free(mask);
     free(d);
@@ -298,17 +302,27 @@ static void test_find_diff(void)
             int old = merge_simd_force_portable(simd == 0);
             for (int di = 0; di < 3; di++) {
                 uint64_t k = topk_count(di == 0 ? 0.01 : di == 1 ? 0.2 : 0.9, n);
-                uint32_t lo, hi;
-                struct gather g;
-                if (bracket_from_sample(x, b, n, k, work, &lo, &hi) &&
-                    gather_keys(x, b, n, lo, hi, work, work_len - GATHER_SLACK, &g) &&
-                    g.greater < k && k <= g.greater + g.count)
-                    hits++;
+                struct topk_cut cut;
+                hits += find_bracketed(x, b, n, k, work, work_len, &cut);
             }
             merge_simd_force_portable(old);
         }
-        TEST_COND("bf16-like data, densities 0.01/0.2/0.9: the sampled bracket holds the cut "
-                  "and its keys fit the work space", hits == 6);
+        /* continuous values: the gathered keys are listed */
+        for (uint64_t e = 0; e < n; e++) {
+            b[e] = (float)((double)(rng_next() >> 11) * 0x1p-53 - 0.5);
+            x[e] = b[e] + (float)((double)(rng_next() >> 11) * 0x1p-53 - 0.5) * 0.01f;
+        }
+        for (int simd = 0; simd < 2; simd++) {
+            int old = merge_simd_force_portable(simd == 0);
+            for (int di = 0; di < 3; di++) {
+                uint64_t k = topk_count(di == 0 ? 0.01 : di == 1 ? 0.2 : 0.9, n);
+                struct topk_cut cut;
+                hits += find_bracketed(x, b, n, k, work, work_len, &cut);
+            }
+            merge_simd_force_portable(old);
+        }
+        TEST_COND("bf16-like and continuous data, densities 0.01/0.2/0.9: the sampled bracket "
+                  "holds the cut (one gathering pass)", hits == 12);
     }
     /* Data the fixed sample misjudges: the sampled positions hold large
      * values, the rest small ones; and a lone NaN outside the sample. */

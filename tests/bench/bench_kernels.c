@@ -1,7 +1,7 @@
 /* bench_kernels: per-element cost of the merge, statistics and conversion
  * kernels on one thread, against copying the same bytes.
  *
- *   bench_kernels [reps] [n ...]
+ *   bench_kernels [--portable] [reps] [n ...]
  *
  * For each n (default: 13762560, one Qwen2.5-1.5B MLP matrix, and 46792704,
  * one layer's q/k/v/o/gate/up/down as a single array) it fills a bf16-valued
@@ -11,7 +11,8 @@
  * and GB/s over the bytes the kernel must touch at least once (its float32
  * inputs and output; 2 + 4 bytes for bf16 -> f32; 4 + 4 for memcpy). The
  * last column is a hash of the result (output bits or raw sums), so that two
- * builds can be checked for identical results. The machine may be shared:
+ * builds can be checked for identical results. --portable times the
+ * portable kernels instead of the AVX2 ones. The machine may be shared:
  * the load average is printed, and min-of-reps is the figure to compare. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -199,6 +200,12 @@ static void fill(struct data *d)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "--portable") == 0) {
+        merge_simd_force_portable(1);
+        lm_convert_force_scalar(1);
+        argv++;
+        argc--;
+    }
     int reps = argc > 1 ? atoi(argv[1]) : 3;
     if (reps < 1)
         reps = 1;
@@ -216,8 +223,8 @@ int main(int argc, char **argv)
             load[0] = load[1] = load[2] = -1;
         fclose(f);
     }
-    printf("bench_kernels: %d reps (min shown), convert impl %s, load average %.2f %.2f %.2f\n",
-           reps, lm_convert_impl_name(), load[0], load[1], load[2]);
+    printf("bench_kernels: %d reps (min shown), kernels %s, convert %s, load average %.2f %.2f %.2f\n",
+           reps, merge_simd_name(), lm_convert_impl_name(), load[0], load[1], load[2]);
 
     for (int si = 0; si < n_sizes; si++) {
         struct data d;
@@ -234,12 +241,9 @@ int main(int argc, char **argv)
             return 1;
         }
         fill(&d);
-        /* Touch every output page once, and make a merged tensor for stats. */
+        /* Touch every output page once before timing. */
         memset(d.out, 0, d.n * sizeof(float));
-        run_merge(&d, &merge_method_ties, 2, 0.2);
-        memcpy(d.copy, d.out, d.n * sizeof(float));
-        const float *merged_copy = d.copy;
-        (void)merged_copy;
+        memset(d.copy, 0, d.n * sizeof(float));
 
         printf("\nn = %" PRIu64 " elements (%.1f MB per float32 array)\n", d.n, (double)d.n * 4 / 1e6);
         printf("  %-32s %9s %9s %8s %8s  %s\n", "kernel", "wall ms", "cpu ms", "ns/elem", "GB/s", "result hash");
@@ -252,13 +256,11 @@ int main(int argc, char **argv)
             double best = 1e30, best_cpu = 1e30;
             uint64_t h = 0;
             for (int r = 0; r < reps; r++) {
-                if (k == K_STATS1 || k == K_STATS2) {
-                    /* stats reads the merged tensor from d.copy: rebuild it
-                     * if memcpy / bf16 overwrote it */
-                    if (oi == 0 || r == 0) {
-                        run_merge(&d, &merge_method_ties, 2, 0.2);
-                        memcpy(d.copy, d.out, d.n * sizeof(float));
-                    }
+                if ((k == K_STATS1 || k == K_STATS2) && r == 0) {
+                    /* stats reads a merged tensor from d.copy, which the
+                     * memcpy and bf16 runs overwrote: make it again */
+                    run_merge(&d, &merge_method_ties, 2, 0.2);
+                    memcpy(d.copy, d.out, d.n * sizeof(float));
                 }
                 double t0 = now(), c0 = cpu_now();
                 h = run_kernel(&d, k);
