@@ -44,6 +44,7 @@ struct workspace {
     struct stats_raw *stats;
     atomic_bool *stats_done;
     void **merged;                  /* output-dtype bytes per tensor, or NULL */
+    void **spare;                   /* buffers of invalidated merges, reused by the next */
 };
 
 struct ws_params ws_default_params(void)
@@ -383,8 +384,9 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
         atomic_init(&ws->stats_done[i], false);
 
     ws->merged = lm_calloc(ws->n_tensors, sizeof(*ws->merged));
+    ws->spare = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->spare));
     ws->pool = pool_new(params.n_threads);
-    if (!ws->stats || !ws->stats_done || !ws->merged || !ws->pool)
+    if (!ws->stats || !ws->stats_done || !ws->merged || !ws->spare || !ws->pool)
         goto fail;
     ws->scratch = lm_calloc((size_t)pool_n_workers(ws->pool), sizeof(*ws->scratch));
     if (!ws->scratch)
@@ -406,6 +408,7 @@ void ws_free(struct workspace *ws)
     pool_free(ws->pool);
     ws_drop_merged(ws);
     free(ws->merged);
+    free(ws->spare);
     free(ws->stats);
     free(ws->stats_done);
     for (size_t i = 0; i < ws->n_tensors; i++)
@@ -482,7 +485,12 @@ int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed)
         merge_plan_resolve(&plan, t->name, &t->info, &b);
         bool differs = plan.method != ws->plan.method || memcmp(&a, &b, sizeof(a)) != 0;
         if (differs || dtype_changed) {
-            free(ws->merged[i]);
+            /* Keep the buffer for the re-merge: fresh pages cost more than
+             * the merge itself on large tensors. */
+            free(ws->spare[i]);
+            ws->spare[i] = dtype_changed ? NULL : ws->merged[i];
+            if (dtype_changed)
+                free(ws->merged[i]);
             ws->merged[i] = NULL;
             atomic_store(&ws->stats_done[i], false);
         }
@@ -633,7 +641,13 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     }
     if (!rc && (p->out_bytes || p->keep_merged)) {
         enum lm_dtype dt = p->keep_merged ? ws_output_dtype(ws, i, -1) : p->out_dtype;
-        void *buf = lm_malloc_array(n, lm_dtype_size(dt));
+        void *buf = NULL;
+        if (p->keep_merged && ws->spare[i]) {
+            buf = ws->spare[i];
+            ws->spare[i] = NULL;
+        } else {
+            buf = lm_malloc_array(n, lm_dtype_size(dt));
+        }
         if (!buf) {
             rc = LM_ENOMEM;
         } else {
@@ -809,6 +823,10 @@ void ws_drop_merged(struct workspace *ws)
     for (size_t i = 0; i < ws->n_tensors; i++) {
         free(ws->merged[i]);
         ws->merged[i] = NULL;
+        if (ws->spare) {
+            free(ws->spare[i]);
+            ws->spare[i] = NULL;
+        }
     }
 }
 

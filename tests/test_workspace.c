@@ -25,6 +25,16 @@ static struct recipe *parse(const char *json)
     return r;
 }
 
+/* Parses `json` into a recipe kept until the next call (tests that only
+ * hand it to ws_set_recipe, which copies it). */
+static struct recipe *parse_keep(const char *json)
+{
+    static struct recipe *kept;
+    recipe_free(kept);
+    kept = json ? parse(json) : NULL;
+    return kept;
+}
+
 static struct workspace *open_json(const char *json, int threads)
 {
     struct recipe *r = parse(json);
@@ -337,6 +347,41 @@ int main(void)
         ws_tensor_params(w1, (size_t)ws_find_tensor(w1, "model.layers.1.mlp.up_proj.weight"), &prm);
         TEST_NEAR("override does not reach layer 1", prm.density[0], 0.3, 0);
 
+        /* An edit re-merges only its layer, reusing the old buffers, and
+         * gives what a fresh workspace on the edited recipe gives. */
+        TEST_COND("layer 2 merged into the cache", ws_merge_layer(w2, 2, NULL, NULL) == 0);
+        const char *edited =
+            "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+            " \"models\": [{\"name\": \"quick\", \"path\": \"quick\", \"weight\": 0.6},"
+            "              {\"name\": \"long\", \"path\": \"long\", \"weight\": 0.4}],"
+            " \"method\": \"ties\", \"params\": {\"density\": 0.3, \"lambda\": 1.2},"
+            " \"overrides\": [{\"layers\": \"2\", \"modules\": \"mlp\", \"params\": {\"density\": 0.5}}]}";
+        struct recipe *er = parse(edited);
+        bool changed[64] = { false };
+        TEST_COND("edited recipe accepted", er && ws_set_recipe(w2, er, changed) == 0);
+        size_t n_changed = 0;
+        for (size_t i = 0; i < ws_n_tensors(w2); i++)
+            n_changed += changed[i];
+        TEST_COND("the edit touches exactly layer 2's three MLP tensors", n_changed == 3);
+        TEST_COND("... whose cached merges were dropped", !ws_merged(w2, (size_t)ws_find_tensor(w2, name)));
+        TEST_COND("... and the rest of layer 2 stays cached",
+                  ws_merged(w2, (size_t)ws_find_tensor(w2, "model.layers.2.self_attn.q_proj.weight")) != NULL);
+        TEST_COND("layer 2 merged again", ws_merge_layer(w2, 2, NULL, NULL) == 0);
+        struct workspace *fresh = open_json(edited, 1);
+        TEST_COND("fresh workspace on the edited recipe", fresh && ws_merge_layer(fresh, 2, NULL, NULL) == 0);
+        bool same_bytes = fresh != NULL;
+        for (size_t i = 0; fresh && i < ws_n_tensors(w2); i++) {
+            if (ws_tensor(w2, i)->info.layer != 2)
+                continue;
+            size_t bytes = (size_t)ws_tensor(w2, i)->n_elements * lm_dtype_size(ws_output_dtype(w2, i, -1));
+            same_bytes = same_bytes && ws_merged(w2, i) && ws_merged(fresh, i) &&
+                         memcmp(ws_merged(w2, i), ws_merged(fresh, i), bytes) == 0;
+        }
+        TEST_COND("the re-merged layer equals a fresh merge of the edited recipe", same_bytes);
+        ws_free(fresh);
+        recipe_free(er);
+        TEST_COND("back to the original recipe", ws_set_recipe(w2, parse_keep(ties), NULL) == 0);
+
         snprintf(out1, sizeof(out1), "%s/out-ties-1", root);
         snprintf(out2, sizeof(out2), "%s/out-ties-2", root);
         TEST_COND("ties written with 1 and 2 threads",
@@ -422,6 +467,7 @@ int main(void)
     ws_free(ws);
     fx_free(&big);
 
+    parse_keep(NULL);
     fx_free(&base);
     fx_free(&quick);
     fx_free(&lng);
