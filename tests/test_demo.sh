@@ -8,21 +8,7 @@ ms="$1"
 demo="${MS_SOURCE_DIR:?MS_SOURCE_DIR not set}/demo"
 tmp=$(mktemp -d /tmp/ms-test-demo-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-n=0 failed=0
-
-check() { # check DESCRIPTION COMMAND...
-    local descr="$1"; shift
-    n=$((n + 1))
-    if "$@"; then
-        echo "$n - $descr: PASSED"
-    else
-        echo "$n - $descr: FAILED"
-        failed=$((failed + 1))
-    fi
-}
-same() { # same ACTUAL EXPECTED
-    [ "$1" = "$2" ] || { printf '      got:      %s\n      expected: %s\n' "$1" "$2"; return 1; }
-}
+. "$(dirname "$0")/testlib.sh"
 
 q="Compute 987-734+367+748."
 quick=$("$ms" generate "$demo/quick" -p "$q" -n 80 2>/dev/null)
@@ -56,5 +42,4 @@ check "the merged model on disk answers as the in-memory merge did" \
 check "stats on the demo recipe has one row per layer (6) plus embed, norm, lm_head" \
     bash -c '[ $("$1" stats "$2/l2s-ties.json" --format csv 2>/dev/null | wc -l) -eq 10 ]' _ "$ms" "$demo"
 
-echo "$((n - failed)) passed, $failed failed"
-[ "$failed" -eq 0 ]
+report

@@ -11,37 +11,7 @@ model="$src/tests/golden/qwen2-bf16-tied"
 bench="$src/tests/fixtures/eval-bench.jsonl"
 tmp=$(mktemp -d /tmp/ms-test-eval-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-n=0 failed=0
-
-check() { # check DESCRIPTION COMMAND...
-    local descr="$1"; shift
-    n=$((n + 1))
-    if "$@"; then
-        echo "$n - $descr: PASSED"
-    else
-        echo "$n - $descr: FAILED"
-        failed=$((failed + 1))
-    fi
-}
-
-# run EXPECTED_STATUS CMD... ; keeps stdout in $tmp/out and stderr in $tmp/err
-run() {
-    local want="$1"; shift
-    "$@" >"$tmp/out" 2>"$tmp/err"
-    local got=$?
-    if [ "$got" != "$want" ]; then
-        echo "      exit status $got, expected $want; stderr:"; sed 's/^/      /' "$tmp/err"
-        return 1
-    fi
-}
-err_has() { grep -qF -- "$1" "$tmp/err" || { echo "      stderr lacks '$1':"; sed 's/^/      /' "$tmp/err"; return 1; }; }
-out_has() { grep -qF -- "$1" "$tmp/out" || { echo "      stdout lacks '$1':"; head -8 "$tmp/out" | sed 's/^/      /'; return 1; }; }
-out_is() { # the whole of stdout
-    local want="$1"
-    [ "$(cat "$tmp/out")" = "$want" ] || { echo "      stdout:"; sed 's/^/      /' "$tmp/out"; echo "      expected:"; echo "$want" | sed 's/^/      /'; return 1; }
-}
-export tmp
-export -f run err_has out_has out_is
+. "$(dirname "$0")/testlib.sh"
 
 # What the golden model gives on the bench with -n 24 (recorded once; the
 # engine's results do not depend on threads, and problems are independent).
@@ -155,5 +125,4 @@ check "sweep without --vary exits 2" bash -c "run 2 '$ms' sweep '$tmp/self.json'
 check "sweep of a model directory exits 3" \
     bash -c "run 3 '$ms' sweep '$model' --bench '$bench' --vary params.lambda=1 && err_has 'recipe file'"
 
-echo "$((n - failed)) passed, $failed failed"
-[ "$failed" = 0 ]
+report
