@@ -1,7 +1,8 @@
 /* Qwen2 / Llama / Qwen3 forward pass (see model.h for what it computes and
- * how the work is split). Layout of this file: model directories as weight
- * sources; the structs; loading and validation; RoPE frequencies; the
- * threaded matrix products; attention; forward(). */
+ * how the work is split; the structs are in model_internal.h, shared with
+ * the loss gradient in backward.c). Layout of this file: model directories
+ * as weight sources; loading and validation; RoPE frequencies; the threaded
+ * matrix products; attention; forward(). */
 #include "model.h"
 
 #include <cblas.h>
@@ -15,18 +16,13 @@
 #include "fsutil.h"
 #include "kernels.h"
 #include "lm_error.h"
+#include "model_internal.h"
 #include "pool.h"
 #include "safetensors.h"
 
 /* Batches at least this long go through sgemm; shorter ones (decoding is
  * one token) read each weight row once with kernel_matmul_rows. */
 #define MODEL_GEMM_MIN_TOKENS 4
-/* Float32 elements of one worker's converted weight block for sgemm
- * (512 KiB: the block stays in L2 while the batch streams past it). On a
- * 16-core machine this beat 2 and 4 MiB blocks, and beat converting whole
- * matrices for one OpenBLAS-threaded sgemm (whose spinning threads also
- * slowed the decoding that followed). */
-#define MODEL_GEMM_BLOCK_ELEMS (128 * 1024)
 #define MODEL_DEFAULT_BATCH 128
 /* Sanity bounds on config sizes, so that products of them fit easily. */
 #define MODEL_MAX_DIM (1 << 24)
@@ -116,61 +112,6 @@ struct model_source model_dir_source(const struct model_dir *d)
     struct model_source s = { model_dir_get, (void *)d, d->path };
     return s;
 }
-
-/* ===== Structs ===== */
-
-/* A weight matrix W (rows, cols), row-major, read in place. */
-struct model_matrix {
-    enum lm_dtype dtype;
-    const void *data;
-    int64_t rows, cols;
-};
-
-struct model_layer {
-    const float *attn_norm;        /* (dim) input_layernorm */
-    struct model_matrix wq;        /* (n_head * head_dim, dim) */
-    struct model_matrix wk;        /* (n_kv_head * head_dim, dim) */
-    struct model_matrix wv;        /* (n_kv_head * head_dim, dim) */
-    struct model_matrix wo;        /* (dim, n_head * head_dim) */
-    const float *bq, *bk, *bv, *bo; /* biases of the same rows, or NULL */
-    const float *q_norm, *k_norm;  /* (head_dim) Qwen3 only, else NULL */
-    const float *ffn_norm;         /* (dim) post_attention_layernorm */
-    struct model_matrix w_gate;    /* (n_ff, dim) */
-    struct model_matrix w_up;      /* (n_ff, dim) */
-    struct model_matrix w_down;    /* (dim, n_ff) */
-    float *k_cache, *v_cache;      /* (cache_cap, n_kv_head * head_dim) */
-};
-
-struct model {
-    struct model_info info;
-    float eps;
-    float attn_scale;              /* 1 / sqrt(head_dim) */
-    struct model_matrix embed;     /* (n_vocab, dim) */
-    struct model_matrix lm_head;   /* (n_vocab, dim); the embedding when tied */
-    const float *final_norm;       /* (dim) */
-    struct model_layer *layers;    /* n_layer */
-    float *inv_freq;               /* (head_dim / 2) RoPE inverse frequencies */
-    float *vectors;                /* owned float32 copies of norms and biases */
-    size_t n_vectors_used, n_vectors_cap;
-
-    struct pool *pool;
-    bool own_pool;
-    int n_workers;
-    int64_t n_batch;
-    int64_t n_past;
-    int64_t cache_cap;             /* positions allocated in each cache */
-
-    /* scratch for one batch of up to n_batch tokens */
-    float *x;                      /* (n_batch, dim) residual stream */
-    float *xb;                     /* (n_batch, dim) normed input / block output */
-    float *q;                      /* (n_batch, n_head * head_dim) */
-    float *att;                    /* (n_batch, n_head * head_dim) attention output */
-    float *gate, *up;              /* (n_batch, n_ff) */
-    float *rope_cos, *rope_sin;    /* (n_batch, head_dim / 2) */
-    float **worker_scores;         /* per worker: (cache_cap) attention weights */
-    float **worker_block;          /* per worker: converted weight block for sgemm */
-    int64_t worker_block_elems;
-};
 
 struct model_params model_default_params(void)
 {
@@ -600,33 +541,15 @@ static int reserve_cache(struct model *m, int64_t need)
 
 /* ===== Matrix products on the pool ===== */
 
-struct mm_task {
-    const struct model_matrix *w;
-    float *out;
-    int64_t ldo;
-    int64_t block_rows;
-    int64_t n_blocks;
-};
-
-struct mm_job {
-    struct model *m;
-    const float *x;     /* (n_tok, ldx) */
-    int64_t ldx;
-    int64_t n_tok;
-    bool gemm;
-    struct mm_task task[3];
-    int n_task;
-};
-
 static void mm_run(void *ud, int64_t index, int worker)
 {
-    struct mm_job *job = ud;
+    struct model_mm_job *job = ud;
     int k = 0;
     while (index >= job->task[k].n_blocks) {
         index -= job->task[k].n_blocks;
         k++;
     }
-    const struct mm_task *t = &job->task[k];
+    const struct model_mm_task *t = &job->task[k];
     const struct model_matrix *w = t->w;
     int64_t r0 = index * t->block_rows;
     int64_t r1 = LM_MIN(r0 + t->block_rows, w->rows);
@@ -652,9 +575,10 @@ static void mm_run(void *ud, int64_t index, int worker)
                 1.0f, job->x, (int)job->ldx, wf, (int)w->cols, 0.0f, t->out + r0, (int)t->ldo);
 }
 
-static void mm_add(struct mm_job *job, const struct model_matrix *w, float *out, int64_t ldo)
+void model_mm_add(struct model_mm_job *job, const struct model_matrix *w, float *out, int64_t ldo)
 {
-    struct mm_task *t = &job->task[job->n_task++];
+    LM_ASSERT(job->n_task < (int)LM_ARRAY_SIZE(job->task));
+    struct model_mm_task *t = &job->task[job->n_task++];
     t->w = w;
     t->out = out;
     t->ldo = ldo;
@@ -668,17 +592,18 @@ static void mm_add(struct mm_job *job, const struct model_matrix *w, float *out,
     t->n_blocks = (w->rows + t->block_rows - 1) / t->block_rows;
 }
 
-static void mm_begin(struct mm_job *job, struct model *m, const float *x, int64_t ldx, int64_t n_tok)
+void model_mm_begin(struct model_mm_job *job, struct model *m, const float *x, int64_t ldx,
+                    int64_t n_tok, bool gemm)
 {
     memset(job, 0, sizeof(*job));
     job->m = m;
     job->x = x;
     job->ldx = ldx;
     job->n_tok = n_tok;
-    job->gemm = n_tok >= MODEL_GEMM_MIN_TOKENS;
+    job->gemm = gemm;
 }
 
-static void mm_run_all(struct mm_job *job)
+void model_mm_run(struct model_mm_job *job)
 {
     int64_t n = 0;
     for (int k = 0; k < job->n_task; k++)
@@ -743,7 +668,7 @@ static void forward_batch(struct model *m, const int32_t *tokens, int64_t n_tok,
     int64_t q_dim = n_head * hd, kv_dim = n_kv * hd;
     int64_t pos0 = m->n_past;
     float *x = m->x, *xb = m->xb;
-    struct mm_job job;
+    struct model_mm_job job;
 
     /* Token embeddings: x = embed_tokens(input_ids). */
     size_t esz = lm_dtype_size(m->embed.dtype);
@@ -770,12 +695,15 @@ static void forward_batch(struct model *m, const int32_t *tokens, int64_t n_tok,
         for (int64_t t = 0; t < n_tok; t++)
             kernel_rmsnorm(xb + t * dim, x + t * dim, L->attn_norm, dim, m->eps);
 
+        if (m->probe)
+            m->probe(m->probe_ud, (int)l, MODEL_PROBE_ATTN_IN, xb, n_tok, dim);
+
         /* q/k/v projections; keys and values land straight in the cache. */
-        mm_begin(&job, m, xb, dim, n_tok);
-        mm_add(&job, &L->wq, m->q, q_dim);
-        mm_add(&job, &L->wk, kc, kv_dim);
-        mm_add(&job, &L->wv, vc, kv_dim);
-        mm_run_all(&job);
+        model_mm_begin(&job, m, xb, dim, n_tok, n_tok >= MODEL_GEMM_MIN_TOKENS);
+        model_mm_add(&job, &L->wq, m->q, q_dim);
+        model_mm_add(&job, &L->wk, kc, kv_dim);
+        model_mm_add(&job, &L->wv, vc, kv_dim);
+        model_mm_run(&job);
         add_bias(m->q, q_dim, L->bq, q_dim, n_tok);
         add_bias(kc, kv_dim, L->bk, kv_dim, n_tok);
         add_bias(vc, kv_dim, L->bv, kv_dim, n_tok);
@@ -804,10 +732,13 @@ static void forward_batch(struct model *m, const int32_t *tokens, int64_t n_tok,
         struct attn_job aj = { m, L, pos0, n_tok };
         pool_for(m->pool, n_tok * n_head, attn_run, &aj);
 
+        if (m->probe)
+            m->probe(m->probe_ud, (int)l, MODEL_PROBE_ATTN_OUT, m->att, n_tok, q_dim);
+
         /* hidden_states = residual + self.o_proj(attn_output) */
-        mm_begin(&job, m, m->att, q_dim, n_tok);
-        mm_add(&job, &L->wo, xb, dim);
-        mm_run_all(&job);
+        model_mm_begin(&job, m, m->att, q_dim, n_tok, n_tok >= MODEL_GEMM_MIN_TOKENS);
+        model_mm_add(&job, &L->wo, xb, dim);
+        model_mm_run(&job);
         add_bias(xb, dim, L->bo, dim, n_tok);
         for (int64_t t = 0; t < n_tok; t++)
             kernel_add(x + t * dim, xb + t * dim, dim);
@@ -816,16 +747,21 @@ static void forward_batch(struct model *m, const int32_t *tokens, int64_t n_tok,
         for (int64_t t = 0; t < n_tok; t++)
             kernel_rmsnorm(xb + t * dim, x + t * dim, L->ffn_norm, dim, m->eps);
 
+        if (m->probe)
+            m->probe(m->probe_ud, (int)l, MODEL_PROBE_MLP_IN, xb, n_tok, dim);
+
         /* mlp: down_proj(act_fn(gate_proj(x)) * up_proj(x)) */
-        mm_begin(&job, m, xb, dim, n_tok);
-        mm_add(&job, &L->w_gate, m->gate, ff);
-        mm_add(&job, &L->w_up, m->up, ff);
-        mm_run_all(&job);
+        model_mm_begin(&job, m, xb, dim, n_tok, n_tok >= MODEL_GEMM_MIN_TOKENS);
+        model_mm_add(&job, &L->w_gate, m->gate, ff);
+        model_mm_add(&job, &L->w_up, m->up, ff);
+        model_mm_run(&job);
         for (int64_t t = 0; t < n_tok; t++)
             kernel_silu_mul(m->gate + t * ff, m->up + t * ff, ff);
-        mm_begin(&job, m, m->gate, ff, n_tok);
-        mm_add(&job, &L->w_down, xb, dim);
-        mm_run_all(&job);
+        if (m->probe)
+            m->probe(m->probe_ud, (int)l, MODEL_PROBE_MLP_ACT, m->gate, n_tok, ff);
+        model_mm_begin(&job, m, m->gate, ff, n_tok, n_tok >= MODEL_GEMM_MIN_TOKENS);
+        model_mm_add(&job, &L->w_down, xb, dim);
+        model_mm_run(&job);
         for (int64_t t = 0; t < n_tok; t++)
             kernel_add(x + t * dim, xb + t * dim, dim);
     }
@@ -835,11 +771,19 @@ static void forward_batch(struct model *m, const int32_t *tokens, int64_t n_tok,
         int64_t n_rows = n_tok - lrow0;
         for (int64_t t = 0; t < n_rows; t++)
             kernel_rmsnorm(xb + t * dim, x + (lrow0 + t) * dim, m->final_norm, dim, m->eps);
-        mm_begin(&job, m, xb, dim, n_rows);
-        mm_add(&job, &m->lm_head, logits, in->n_vocab);
-        mm_run_all(&job);
+        if (m->probe)
+            m->probe(m->probe_ud, -1, MODEL_PROBE_HEAD_IN, xb, n_rows, dim);
+        model_mm_begin(&job, m, xb, dim, n_rows, n_rows >= MODEL_GEMM_MIN_TOKENS);
+        model_mm_add(&job, &m->lm_head, logits, in->n_vocab);
+        model_mm_run(&job);
     }
     m->n_past += n_tok;
+}
+
+void model_set_probe(struct model *m, model_probe_fn fn, void *ud)
+{
+    m->probe = fn;
+    m->probe_ud = fn ? ud : NULL;
 }
 
 int model_forward(struct model *m, const int32_t *tokens, int64_t n, float *logits,

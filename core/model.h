@@ -30,7 +30,8 @@
  * the pool is the only source of parallelism and the two never
  * oversubscribe the CPUs. Results do not depend on the number of threads.
  *
- * A model is not thread-safe: one forward pass at a time. */
+ * A model is not thread-safe: one forward pass (or model_loss_grad, see
+ * backward.h) at a time. */
 #ifndef LM_CORE_MODEL_H
 #define LM_CORE_MODEL_H
 
@@ -150,5 +151,30 @@ enum model_logits {
  * LM_ENOMEM growing the cache) the model is unchanged. */
 int model_forward(struct model *m, const int32_t *tokens, int64_t n, float *logits,
                   enum model_logits which);
+
+/* ===== Probes =====
+ *
+ * A probe sees the inputs of the linear layers while model_forward runs,
+ * for methods that weigh parameters by the activations they multiply
+ * (AIM's calibration statistics, for instance). */
+
+/* Where a probe looks: the input of the linear layers at one point of a layer. */
+enum model_probe {
+    MODEL_PROBE_ATTN_IN,   /* input of q/k/v_proj: input_layernorm(x), n_embd wide */
+    MODEL_PROBE_ATTN_OUT,  /* input of o_proj: the attention output, n_head*head_dim wide */
+    MODEL_PROBE_MLP_IN,    /* input of gate/up_proj: post_attention_layernorm(x), n_embd wide */
+    MODEL_PROBE_MLP_ACT,   /* input of down_proj: silu(gate)*up, n_ff wide */
+    MODEL_PROBE_HEAD_IN,   /* input of lm_head: norm(x), n_embd wide; layer = -1; only for rows whose logits are computed */
+    MODEL_PROBE_COUNT
+};
+/* Called by model_forward for each batch it runs with `n_tok` rows of `dim` floats. */
+typedef void (*model_probe_fn)(void *ud, int layer, enum model_probe where,
+                               const float *x, int64_t n_tok, int64_t dim);
+/* Sets (fn != NULL) or clears the probe. The probe runs on the calling
+ * thread, in layer order (ATTN_IN, ATTN_OUT, MLP_IN, MLP_ACT per layer,
+ * then HEAD_IN), once per batch of at most n_batch tokens; `x` is valid
+ * only during the call, rows of `dim` floats laid end to end. Only
+ * model_forward calls it (model_loss_grad does not). */
+void model_set_probe(struct model *m, model_probe_fn fn, void *ud);
 
 #endif
