@@ -15,6 +15,11 @@
 /* ===== Parameters ===== */
 
 static const char *const rescale_choices[] = { "inverse", "l1", NULL };
+/* Must list merge_inner_methods[] by name, in order. */
+static const char *const importance_choices[] = { "minmax", "max", NULL };
+static const char *const on_choices[] = {
+    "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "della", NULL,
+};
 
 /* 2^53 - 1: the largest seed a JSON number (a double) carries exactly. */
 #define SEED_MAX 9007199254740991.0
@@ -65,6 +70,51 @@ const struct merge_param_spec merge_param_specs[MERGE_PARAM_COUNT] = {
         .per_model = false, .min = 0.0, .max = 1.0, .choices = rescale_choices,
         .help = "rescale kept entries: \"inverse\" = 1/density (papers), \"l1\" = keep the L1 norm (mergekit)",
     },
+    [MERGE_PARAM_ON] = {
+        .id = MERGE_PARAM_ON, .name = "on", .kind = MERGE_PARAM_KIND_CHOICE,
+        .per_model = false, .min = 0.0, .max = 5.0, .choices = on_choices,
+        .help = "the task-vector method this one builds on (its parameters apply too)",
+    },
+    [MERGE_PARAM_MU] = {
+        .id = MERGE_PARAM_MU, .name = "mu", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "singular values shrink by mu x the largest (smaller ones are cut; 0 keeps every one)",
+    },
+    [MERGE_PARAM_ITERATIONS] = {
+        .id = MERGE_PARAM_ITERATIONS, .name = "iterations", .kind = MERGE_PARAM_KIND_INT,
+        .per_model = false, .min = 1.0, .max = 100.0,
+        .help = "rounds of alternating minimisation (shared base, then low-rank deltas)",
+    },
+    [MERGE_PARAM_RANK] = {
+        .id = MERGE_PARAM_RANK, .name = "rank", .kind = MERGE_PARAM_KIND_INT,
+        .per_model = false, .min = 0.0, .max = 1048576.0,
+        .help = "rank kept of each model's difference from the shared merge (0: use energy)",
+    },
+    [MERGE_PARAM_ENERGY] = {
+        .id = MERGE_PARAM_ENERGY, .name = "energy", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "when rank is 0: keep the fewest singular values holding this share of the squared sum",
+    },
+    [MERGE_PARAM_OMEGA] = {
+        .id = MERGE_PARAM_OMEGA, .name = "omega", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "share of the delta kept on the base's most active input channels (1: no change)",
+    },
+    [MERGE_PARAM_ALPHA] = {
+        .id = MERGE_PARAM_ALPHA, .name = "alpha", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 100.0,
+        .help = "how strongly layer sensitivity shapes the per-layer coefficients (0: uniform)",
+    },
+    [MERGE_PARAM_TEMPERATURE] = {
+        .id = MERGE_PARAM_TEMPERATURE, .name = "temperature", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 1e-6, .max = 1e6,
+        .help = "softmax temperature of the sensitivity and alignment coefficients",
+    },
+    [MERGE_PARAM_IMPORTANCE] = {
+        .id = MERGE_PARAM_IMPORTANCE, .name = "importance", .kind = MERGE_PARAM_KIND_CHOICE,
+        .per_model = false, .min = 0.0, .max = 1.0, .choices = importance_choices,
+        .help = "channel importance from mean |activation|: \"minmax\" per layer, or \"max\" (divided by the largest)",
+    },
 };
 
 const struct merge_param_spec *merge_param_find(const char *name)
@@ -93,6 +143,14 @@ void merge_tensor_params_default(struct merge_tensor_params *p, int n_models)
     p->epsilon = 0.15;
     p->seed = 0;
     p->rescale = MERGE_RESCALE_INVERSE;
+    p->on = 0;
+    p->mu = 0.1;
+    p->iterations = 3;
+    p->rank = 0;
+    p->energy = 0.9;
+    p->omega = 0.4;
+    p->alpha = 0.4;
+    p->temperature = 3.0;
 }
 
 /* ===== Registry ===== */
@@ -107,8 +165,45 @@ const struct merge_method *const merge_methods[] = {
     &merge_method_slerp,
     &merge_method_breadcrumbs,
     &merge_method_della,
+    &merge_method_lore,
+    &merge_method_twin,
+    &merge_method_aim,
+    &merge_method_sens,
     NULL,
 };
+
+const struct merge_method *const merge_inner_methods[] = {
+    &merge_method_task_arithmetic,
+    &merge_method_ties,
+    &merge_method_dare_linear,
+    &merge_method_dare_ties,
+    &merge_method_breadcrumbs,
+    &merge_method_della,
+    NULL,
+};
+
+const struct merge_method *merge_inner_method(const struct merge_tensor_params *p)
+{
+    int n = 0;
+    while (merge_inner_methods[n])
+        n++;
+    LM_ASSERT(p->on >= 0 && p->on < n);
+    return merge_inner_methods[p->on];
+}
+
+bool merge_method_uses(const struct merge_method *m, int on, enum merge_param_id id)
+{
+    if (merge_method_takes(m, id))
+        return true;
+    if (!m || !m->wraps || on < 0 || on > (int)merge_param_specs[MERGE_PARAM_ON].max)
+        return false;
+    return merge_method_takes(merge_inner_methods[on], id);
+}
+
+int merge_inner_tensor(const struct merge_tensor_job *job)
+{
+    return merge_inner_method(job->params)->merge_tensor(job);
+}
 
 const struct merge_method *merge_method_find(const char *name)
 {
@@ -127,6 +222,17 @@ bool merge_method_takes(const struct merge_method *m, enum merge_param_id id)
     for (const enum merge_param_id *p = m->params; *p != MERGE_PARAM_COUNT; p++)
         if (*p == id)
             return true;
+    return false;
+}
+
+bool merge_method_accepts(const struct merge_method *m, enum merge_param_id id)
+{
+    if (merge_method_takes(m, id))
+        return true;
+    if (m && m->wraps)
+        for (const struct merge_method *const *in = merge_inner_methods; *in; in++)
+            if (merge_method_takes(*in, id))
+                return true;
     return false;
 }
 
@@ -186,6 +292,22 @@ int merge_job_check(const struct merge_method *m, const struct merge_tensor_job 
             if (p->rescale != MERGE_RESCALE_INVERSE && p->rescale != MERGE_RESCALE_L1)
                 rc = lm_err(LM_EINVAL, "tensor '%s': rescale is %d, not 0 (inverse) or 1 (l1)",
                             name, p->rescale);
+            break;
+        case MERGE_PARAM_ON:
+            if (p->on < 0 || p->on > (int)s->max)
+                rc = lm_err(LM_EINVAL, "tensor '%s': on is %d, not a method index", name, p->on);
+            break;
+        case MERGE_PARAM_MU:          rc = check_value(job, s, -1, p->mu); break;
+        case MERGE_PARAM_ITERATIONS:  rc = check_value(job, s, -1, p->iterations); break;
+        case MERGE_PARAM_RANK:        rc = check_value(job, s, -1, p->rank); break;
+        case MERGE_PARAM_ENERGY:      rc = check_value(job, s, -1, p->energy); break;
+        case MERGE_PARAM_OMEGA:       rc = check_value(job, s, -1, p->omega); break;
+        case MERGE_PARAM_ALPHA:       rc = check_value(job, s, -1, p->alpha); break;
+        case MERGE_PARAM_TEMPERATURE: rc = check_value(job, s, -1, p->temperature); break;
+        case MERGE_PARAM_IMPORTANCE:
+            if (p->importance < 0 || p->importance > 1)
+                rc = lm_err(LM_EINVAL, "tensor '%s': importance is %d, not 0 (minmax) or 1 (max)",
+                            name, p->importance);
             break;
         case MERGE_PARAM_NORMALIZE:
         case MERGE_PARAM_SEED:

@@ -27,6 +27,15 @@ enum merge_param_id {
     MERGE_PARAM_EPSILON,    /* della: spread of keep probabilities */
     MERGE_PARAM_SEED,       /* dare/della: random mask seed */
     MERGE_PARAM_RESCALE,    /* dare: 0 = 1/density (papers), 1 = match L1 norm (mergekit's "l1") */
+    MERGE_PARAM_ON,         /* lore, twin, aim, sens: the task-vector method they build on */
+    MERGE_PARAM_MU,         /* lore: singular-value threshold, relative to the largest */
+    MERGE_PARAM_ITERATIONS, /* lore: alternating-minimisation rounds */
+    MERGE_PARAM_RANK,       /* twin: rank kept of each model's difference (0: use energy) */
+    MERGE_PARAM_ENERGY,     /* twin: fraction of squared singular values kept when rank is 0 */
+    MERGE_PARAM_OMEGA,      /* aim: how much of the delta the most active channels keep */
+    MERGE_PARAM_ALPHA,      /* sens: weight of sensitivity in the layer coefficients */
+    MERGE_PARAM_TEMPERATURE,/* sens: softmax temperature */
+    MERGE_PARAM_IMPORTANCE, /* aim: how mean |activation| is scaled to [0, 1] */
     MERGE_PARAM_COUNT
 };
 
@@ -63,12 +72,25 @@ struct merge_tensor_params {
     double   epsilon;
     uint64_t seed;
     int      rescale;
+    int      on;          /* index into merge_inner_methods[] */
+    double   mu;
+    int      iterations;
+    int      rank;
+    double   energy;
+    double   omega;
+    double   alpha;
+    double   temperature;
+    int      importance;  /* enum calib_norm: 0 min-max, 1 divided by the largest */
 };
 
 /* Reusable per-thread buffers, so that merging thousands of tensors does not
  * allocate for each. merge_scratch_get returns a buffer of at least `n`
  * floats for `slot` (contents undefined), or NULL with an error. */
-#define MERGE_SCRATCH_SLOTS (MERGE_MAX_MODELS + 4)
+#define MERGE_SCRATCH_SLOTS (2 * MERGE_MAX_MODELS + 4)
+/* Slots from here on (MERGE_MAX_MODELS of them) belong to wrapping methods
+ * (aim, sens, lore, twin), for inputs they prepare before calling the
+ * method they wrap; the wrapped methods use only the slots below. */
+#define MERGE_SCRATCH_WRAP (MERGE_MAX_MODELS + 4)
 struct merge_scratch {
     float  *buf[MERGE_SCRATCH_SLOTS];
     size_t  cap[MERGE_SCRATCH_SLOTS];
@@ -76,11 +98,27 @@ struct merge_scratch {
 float *merge_scratch_get(struct merge_scratch *s, int slot, size_t n);
 void merge_scratch_deinit(struct merge_scratch *s);
 
+/* What calibration gives one tensor (activation-based methods). The
+ * workspace computes it from the recipe's calibration file; see calib.h. */
+struct merge_context {
+    /* aim: the base model's normalised mean |activation| of each input
+     * channel of this linear layer, `cols` values in [0, 1]; NULL for a
+     * tensor that is not the weight of a linear layer. */
+    const float  *channel_importance;
+    /* sens: each model's coefficient for this tensor (multiplies its
+     * task vector before the combination); NULL = all 1. */
+    const double *model_scale;
+};
+
 /* One tensor to merge. `base` and `models[i]` hold n float32 values each and
  * are read-only; `out` receives n values (it may alias nothing). */
 struct merge_tensor_job {
     const char  *name;      /* full tensor name: part of the DARE/della mask seed */
     uint64_t     n;
+    /* The tensor as a row-major matrix: (rows, cols) for 2-D tensors, (1, n)
+     * for vectors; rows * cols == n. 0, 0 is read as (1, n). */
+    uint64_t     rows, cols;
+    const struct merge_context *ctx;  /* NULL: no calibration data */
     const float *base;
     const float *const *models;
     int          n_models;
@@ -100,7 +138,31 @@ struct merge_method {
     void (*set_defaults)(struct merge_tensor_params *p);
     /* Merges one tensor. 0 or a negative LM_E* code with a message. */
     int (*merge_tensor)(const struct merge_tensor_job *job);
+    /* MERGE_NEEDS_* flags: calibration data the caller must supply in
+     * job->ctx. */
+    unsigned needs;
+    /* The method builds on another one, chosen by MERGE_PARAM_ON: that
+     * method's defaults apply too, and its parameters are accepted. */
+    bool wraps;
 };
+
+#define MERGE_NEEDS_ACTIVATIONS 1u  /* ctx->channel_importance (aim) */
+#define MERGE_NEEDS_SENSITIVITY 2u  /* ctx->model_scale (sens) */
+
+/* The methods MERGE_PARAM_ON may name, in the order of its choices:
+ * task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, della. */
+extern const struct merge_method *const merge_inner_methods[];
+/* The method params->on selects. */
+const struct merge_method *merge_inner_method(const struct merge_tensor_params *p);
+/* Runs the inner method on `job` (same inputs and parameters). */
+int merge_inner_tensor(const struct merge_tensor_job *job);
+/* Whether method `m` accepts parameter `id` directly or, when it wraps,
+ * through any method it may wrap. */
+bool merge_method_accepts(const struct merge_method *m, enum merge_param_id id);
+/* Whether `m` uses parameter `id` when it wraps the method `on` selects
+ * (an index into merge_inner_methods[]; ignored for methods that do not
+ * wrap): what an editor should offer. */
+bool merge_method_uses(const struct merge_method *m, int on, enum merge_param_id id);
 
 /* NULL-terminated registry, in the order --help lists them. */
 extern const struct merge_method *const merge_methods[];
@@ -108,7 +170,10 @@ const struct merge_method *merge_method_find(const char *name);
 bool merge_method_takes(const struct merge_method *m, enum merge_param_id id);
 
 /* Defaults before a method's set_defaults: weight 1, density 1, lambda 1,
- * normalize false, t 0.5, gamma 0.01, epsilon 0.15, seed 0, rescale 0. */
+ * normalize false, t 0.5, gamma 0.01, epsilon 0.15, seed 0, rescale 0,
+ * on task_arithmetic, mu 0.1, iterations 3, rank 0, energy 0.9, omega 0.4,
+ * alpha 0.4, temperature 3 (the paper's 1.5B/7B AIM and 1.5B Sens values),
+ * importance min-max. */
 void merge_tensor_params_default(struct merge_tensor_params *p, int n_models);
 
 /* The DARE/della keep decision for element `index` of tensor `name`: a pure
@@ -148,6 +213,10 @@ extern const struct merge_method merge_method_dare_ties;
 extern const struct merge_method merge_method_slerp;
 extern const struct merge_method merge_method_breadcrumbs;
 extern const struct merge_method merge_method_della;
+extern const struct merge_method merge_method_lore;
+extern const struct merge_method merge_method_twin;
+extern const struct merge_method merge_method_aim;
+extern const struct merge_method merge_method_sens;
 
 /* Values of MERGE_PARAM_RESCALE (indices into its spec's choices). */
 enum merge_rescale {

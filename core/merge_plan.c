@@ -73,7 +73,7 @@ static int check_param(const struct merge_plan *plan, const char *path,
                       path, p->name, plan->method->name, names);
     /* A seed is harmless where nothing is random, and keeping it lets one
      * recipe switch between ties and dare_ties without editing. */
-    if (!merge_method_takes(plan->method, s->id) && s->id != MERGE_PARAM_SEED)
+    if (!merge_method_accepts(plan->method, s->id) && s->id != MERGE_PARAM_SEED)
         return lm_err(LM_EFORMAT, "%s: method '%s' does not take '%s' (it takes %s)",
                       path, plan->method->name, p->name, names);
     if (in_model && !s->per_model)
@@ -226,6 +226,15 @@ static void apply_number(struct merge_tensor_params *out, enum merge_param_id id
     case MERGE_PARAM_EPSILON:   out->epsilon = x; break;
     case MERGE_PARAM_SEED:      out->seed = (uint64_t)x; break;
     case MERGE_PARAM_RESCALE:   out->rescale = (int)x; break;
+    case MERGE_PARAM_ON:          out->on = (int)x; break;
+    case MERGE_PARAM_MU:          out->mu = x; break;
+    case MERGE_PARAM_ITERATIONS:  out->iterations = (int)x; break;
+    case MERGE_PARAM_RANK:        out->rank = (int)x; break;
+    case MERGE_PARAM_ENERGY:      out->energy = x; break;
+    case MERGE_PARAM_OMEGA:       out->omega = x; break;
+    case MERGE_PARAM_ALPHA:       out->alpha = x; break;
+    case MERGE_PARAM_TEMPERATURE: out->temperature = x; break;
+    case MERGE_PARAM_IMPORTANCE:  out->importance = (int)x; break;
     case MERGE_PARAM_COUNT:     break;
     }
 }
@@ -269,13 +278,18 @@ static void apply_param(const struct recipe *r, struct merge_tensor_params *out,
     }
 }
 
-void merge_plan_resolve(const struct merge_plan *plan, const char *name,
-                        const struct tn_info *info, struct merge_tensor_params *out)
+/* One resolution pass; `inner` (may be NULL) is a wrapped method whose
+ * defaults apply after the method's own. */
+static void resolve_with(const struct merge_plan *plan, const struct merge_method *inner,
+                         const char *name, const struct tn_info *info,
+                         struct merge_tensor_params *out)
 {
     const struct recipe *r = plan->recipe;
     merge_tensor_params_default(out, plan->n_models);
     if (plan->method->set_defaults)
         plan->method->set_defaults(out);
+    if (inner && inner->set_defaults)
+        inner->set_defaults(out);
 
     /* Like mergekit: embeddings sit at t = 0, the final norm and lm_head
      * (which come after the last layer) at t = 1. */
@@ -296,5 +310,19 @@ void merge_plan_resolve(const struct merge_plan *plan, const char *name,
             continue;
         for (size_t i = 0; i < o->n_params; i++)
             apply_param(r, out, &o->params[i], -1, t);
+    }
+}
+
+void merge_plan_resolve(const struct merge_plan *plan, const char *name,
+                        const struct tn_info *info, struct merge_tensor_params *out)
+{
+    resolve_with(plan, NULL, name, info, out);
+    /* A wrapping method takes the defaults of the method it builds on (TIES
+     * normalizes by default, task arithmetic does not), which is known only
+     * once `on` is resolved. */
+    if (plan->method->wraps) {
+        const struct merge_method *inner = merge_inner_method(out);
+        if (inner->set_defaults)
+            resolve_with(plan, inner, name, info, out);
     }
 }

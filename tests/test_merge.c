@@ -75,20 +75,20 @@ static void test_registry(void)
 {
     static const char *const want[] = {
         "linear", "average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp",
-        "breadcrumbs", "della",
+        "breadcrumbs", "della", "lore", "twin", "aim", "sens",
     };
     int n = 0;
     int names_ok = 1, fields_ok = 1;
     while (merge_methods[n])
         n++;
-    TEST_COND("registry lists 9 methods", n == (int)LM_ARRAY_SIZE(want));
+    TEST_COND("registry lists 13 methods", n == (int)LM_ARRAY_SIZE(want));
     for (int i = 0; i < n && i < (int)LM_ARRAY_SIZE(want); i++) {
         const struct merge_method *m = merge_methods[i];
         if (strcmp(m->name, want[i]) != 0)
             names_ok = 0;
         if (!m->summary || !m->summary[0] || !m->merge_tensor || !m->params ||
             m->min_models < 1 || m->max_models < m->min_models ||
-            m->max_models > MERGE_MAX_MODELS || !m->mergekit_name)
+            m->max_models > MERGE_MAX_MODELS || (!m->mergekit_name) != m->wraps)
             fields_ok = 0;
         /* params: valid ids, no duplicates, terminated */
         int seen[MERGE_PARAM_COUNT] = { 0 };
@@ -103,9 +103,9 @@ static void test_registry(void)
             names_ok = 0;
     }
     TEST_COND("registry order: linear, average, task_arithmetic, ties, dare_linear, dare_ties, "
-              "slerp, breadcrumbs, della", names_ok);
-    TEST_COND("every method has a summary, a model range, a params list and a mergekit name",
-              fields_ok);
+              "slerp, breadcrumbs, della, lore, twin, aim, sens", names_ok);
+    TEST_COND("every method has a summary, a model range, a params list, and a mergekit name "
+              "exactly when it wraps no other method", fields_ok);
     TEST_COND("merge_method_find(\"nope\") is NULL", merge_method_find("nope") == NULL);
     TEST_COND("merge_method_find(NULL) is NULL", merge_method_find(NULL) == NULL);
     TEST_COND("merge_method_find(\"ties\") is the ties vtable",
@@ -152,13 +152,15 @@ static void test_param_specs(void)
               "only weight and density per model", ok);
     static const char *const names[] = {
         "weight", "density", "lambda", "normalize", "t", "gamma", "epsilon", "seed", "rescale",
+        "on", "mu", "iterations", "rank", "energy", "omega", "alpha", "temperature", "importance",
     };
+    _Static_assert(sizeof(names) / sizeof(names[0]) == MERGE_PARAM_COUNT, "one name per parameter");
     int names_ok = 1;
     for (int i = 0; i < MERGE_PARAM_COUNT; i++)
         if (strcmp(merge_param_specs[i].name, names[i]) != 0)
             names_ok = 0;
-    TEST_COND("param names are weight, density, lambda, normalize, t, gamma, epsilon, seed, rescale",
-              names_ok);
+    TEST_COND("param names are weight, density, lambda, normalize, t, gamma, epsilon, seed, rescale, "
+              "on, mu, iterations, rank, energy, omega, alpha, temperature, importance", names_ok);
     TEST_COND("merge_param_find(\"nope\") is NULL", merge_param_find("nope") == NULL);
     const struct merge_param_spec *w = merge_param_find("weight");
     TEST_COND("weight allows any finite value, negative included",

@@ -43,7 +43,7 @@ static size_t tunable_params(const struct ui_app *a, const struct merge_param_sp
     size_t n = 0;
     const struct merge_method *m = ws_method(a->ws);
     for (int id = 0; id < MERGE_PARAM_COUNT && n < max; id++)
-        if (merge_method_takes(m, (enum merge_param_id)id) &&
+        if (merge_method_accepts(m, (enum merge_param_id)id) &&
             merge_param_specs[id].kind == MERGE_PARAM_KIND_NUMBER)
             out[n++] = &merge_param_specs[id];
     return n;

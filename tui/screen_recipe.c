@@ -27,17 +27,24 @@ static size_t fields(const struct ui_app *a, struct field *out, size_t max)
     size_t n = 0;
     const struct merge_method *m = ws_method(a->ws);
     const struct recipe *r = ws_recipe(a->ws);
+    /* A wrapping method offers the parameters of the method its global
+     * "on" selects. */
+    struct merge_tensor_params gp;
+    if (ws_n_tensors(a->ws) > 0)
+        ws_tensor_params(a->ws, 0, &gp);
+    else
+        merge_tensor_params_default(&gp, ws_n_models(a->ws));
     if (n < max) out[n] = (struct field){ FIELD_METHOD, NULL, -1, 0 };
     n++;
     for (int id = 0; id < MERGE_PARAM_COUNT; id++) {
-        if (!merge_method_takes(m, (enum merge_param_id)id))
+        if (!merge_method_uses(m, gp.on, (enum merge_param_id)id))
             continue;
         if (n < max) out[n] = (struct field){ FIELD_GLOBAL, &merge_param_specs[id], -1, 0 };
         n++;
     }
     for (int k = 0; k < ws_n_models(a->ws); k++)
         for (int id = 0; id < MERGE_PARAM_COUNT; id++) {
-            if (!merge_method_takes(m, (enum merge_param_id)id) || !merge_param_specs[id].per_model)
+            if (!merge_method_uses(m, gp.on, (enum merge_param_id)id) || !merge_param_specs[id].per_model)
                 continue;
             if (n < max) out[n] = (struct field){ FIELD_MODEL, &merge_param_specs[id], k, 0 };
             n++;
@@ -115,12 +122,22 @@ static const struct recipe_param *field_param(const struct ui_app *a, const stru
 static double default_value(const struct ui_app *a, const struct merge_param_spec *s, int model)
 {
     struct merge_tensor_params p;
+    const struct merge_method *m = ws_method(a->ws);
     merge_tensor_params_default(&p, ws_n_models(a->ws));
-    if (ws_method(a->ws)->set_defaults)
-        ws_method(a->ws)->set_defaults(&p);
-    if (model < 0 && s->per_model) {
-        const struct recipe *r = ws_recipe(a->ws);
-        (void)r;
+    if (m->set_defaults)
+        m->set_defaults(&p);
+    /* A wrapping method takes the defaults of the method it wraps (as
+     * merge_plan does): the "on" in effect decides which. */
+    if (m->wraps && s->id != MERGE_PARAM_ON) {
+        struct merge_tensor_params cur;
+        if (ws_n_tensors(a->ws) > 0)
+            ws_tensor_params(a->ws, 0, &cur);
+        else
+            cur = p;
+        p.on = cur.on;
+        const struct merge_method *inner = merge_inner_method(&p);
+        if (inner->set_defaults)
+            inner->set_defaults(&p);
     }
     return tune_param_value(&p, s->id, model);
 }

@@ -90,7 +90,7 @@ bool tune_override_has_layer(const struct recipe_override *o, int layer)
 static bool method_takes_name(const struct merge_method *m, const char *name)
 {
     const struct merge_param_spec *s = merge_param_find(name);
-    return s && merge_method_takes(m, s->id);
+    return s && merge_method_accepts(m, s->id);
 }
 
 int tune_set_method(struct recipe *r, const char *method)
@@ -300,8 +300,18 @@ double tune_param_value(const struct merge_tensor_params *p, enum merge_param_id
     case MERGE_PARAM_EPSILON: return p->epsilon;
     case MERGE_PARAM_SEED: return (double)p->seed;
     case MERGE_PARAM_RESCALE: return p->rescale;
-    default: return 0;
+    case MERGE_PARAM_ON: return p->on;
+    case MERGE_PARAM_MU: return p->mu;
+    case MERGE_PARAM_ITERATIONS: return p->iterations;
+    case MERGE_PARAM_RANK: return p->rank;
+    case MERGE_PARAM_ENERGY: return p->energy;
+    case MERGE_PARAM_OMEGA: return p->omega;
+    case MERGE_PARAM_ALPHA: return p->alpha;
+    case MERGE_PARAM_TEMPERATURE: return p->temperature;
+    case MERGE_PARAM_IMPORTANCE: return p->importance;
+    case MERGE_PARAM_COUNT: break;
     }
+    return 0;
 }
 
 double tune_param_step(const struct merge_param_spec *s)
