@@ -44,11 +44,19 @@ struct recipe *cli_recipe_from_dirs(const char *base, char **models, int n_model
 /* Prints each line of a workspace's notes as "mergescope: note: ...". */
 void cli_print_notes(const char *notes);
 
+struct workspace;
+/* For methods that need calibration (aim, sens): prints what it will cost
+ * (samples, tokens, passes, an estimate of the work and the extra memory)
+ * on stderr, runs it with the progress bar, and prints the time it took.
+ * 0 at once for other methods or when the results are held already; else
+ * an LM_E* code (the error is not printed). `quiet` skips the lines. */
+int cli_calibrate(struct workspace *ws, bool quiet);
 /* Parses a positive integer option; -1 on error. */
 long cli_parse_long(const char *text, long min, long max);
 
 int cmd_stats(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 
 #endif

@@ -488,12 +488,12 @@ static bool method_in_play(const struct recipe *r, const struct vary *vs, size_t
     for (size_t k = 0; k < n_vary; k++)
         if (vs[k].kind == VARY_METHOD) {
             for (size_t i = 0; i < vs[k].n_values; i++)
-                if (merge_method_takes(merge_method_find(vs[k].values[i]), id))
+                if (merge_method_accepts(merge_method_find(vs[k].values[i]), id))
                     return true;
             return false;
         }
     const struct merge_method *m = r->method ? merge_method_find(r->method) : NULL;
-    return m && merge_method_takes(m, id);
+    return m && merge_method_accepts(m, id);
 }
 
 /* Parses `text` (KEY=V1,V2,...) into *v against the recipe. 0 or an exit
@@ -632,7 +632,7 @@ static void drop_untaken(struct recipe_param *params, size_t *n, const struct me
     size_t w = 0;
     for (size_t i = 0; i < *n; i++) {
         const struct merge_param_spec *spec = merge_param_find(params[i].name);
-        if (spec && !merge_method_takes(m, spec->id)) {
+        if (spec && !merge_method_accepts(m, spec->id)) {
             free(params[i].name);
             recipe_value_deinit(&params[i].value);
             continue;
@@ -659,7 +659,7 @@ static bool combo_uses(const struct recipe *r, const struct vary *vs, size_t n_v
     if (vs[k].kind == VARY_METHOD)
         return true;
     const struct merge_method *m = combo_method(r, vs, n_vary, combo);
-    return !m || merge_method_takes(m, vs[k].spec->id);
+    return !m || merge_method_accepts(m, vs[k].spec->id);
 }
 
 /* A copy of `r` with combination `combo` (value index per --vary) applied,
@@ -1073,6 +1073,8 @@ int cmd_sweep(int argc, char **argv)
         recipe_free(r);
         struct hf_config cfg;
         bool have_cfg = false;
+        if (!src)
+            src = cli_calibrate(ws, false);
         if (!src)
             src = ws_merge_all(ws, NULL, NULL);
         if (!src && !(src = ws_output_config(ws, &cfg)))

@@ -52,7 +52,9 @@ static int open_recipe_source(struct engine *e, const char *path)
     if (!rs->ws)
         return LM_EFORMAT;
     cli_print_notes(ws_notes(rs->ws));
-    int rc = ws_merge_all(rs->ws, cli_progress, NULL);
+    int rc = cli_calibrate(rs->ws, false);
+    if (!rc)
+        rc = ws_merge_all(rs->ws, cli_progress, NULL);
     cli_progress_done();
     if (!rc)
         rc = ws_output_config(rs->ws, &rs->config);

@@ -87,7 +87,9 @@ int cmd_merge(int argc, char **argv)
     if (!ws)
         return cli_fail(LM_EFORMAT);
     cli_print_notes(ws_notes(ws));
-    int err = ws_write(ws, out, wp, cli_progress, NULL);
+    int err = cli_calibrate(ws, false);
+    if (!err)
+        err = ws_write(ws, out, wp, cli_progress, NULL);
     cli_progress_done();
     if (err) {
         ws_free(ws);

@@ -319,7 +319,9 @@ int cmd_stats(int argc, char **argv)
         goto out;
     }
     cli_print_notes(ws_notes(ws));
-    int err = ws_stats_compute(ws, cli_progress, NULL);
+    int err = cli_calibrate(ws, false);
+    if (!err)
+        err = ws_stats_compute(ws, cli_progress, NULL);
     cli_progress_done();
     if (err) {
         rc = cli_fail(err);

@@ -24,6 +24,7 @@ static const struct cli_command commands[] = {
     { "stats",    cmd_stats,    "per-tensor, per-layer and per-module task-vector statistics" },
     { "merge",    cmd_merge,    "merge the models a recipe names and write an HF model directory" },
     { "export",   cmd_export,   "print a recipe as mergekit YAML" },
+    { "calibrate", cmd_calibrate, "run and show a recipe's calibration (aim, sens): cost, importance, sensitivity" },
     { "generate", cmd_generate, "stream a model's (or a recipe's merged model's) continuation of a prompt" },
     { "logits",   cmd_logits,   "write prefill logits as float32 [n_tokens x vocab]" },
     { "eval",     cmd_eval,     "accuracy, mean response length and reflection of a model on a benchmark" },

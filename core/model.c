@@ -776,6 +776,12 @@ static void forward_batch(struct model *m, const int32_t *tokens, int64_t n_tok,
         model_mm_begin(&job, m, xb, dim, n_rows, n_rows >= MODEL_GEMM_MIN_TOKENS);
         model_mm_add(&job, &m->lm_head, logits, in->n_vocab);
         model_mm_run(&job);
+    } else if (!logits && lrow0 == n_tok + 1 && m->probe) {
+        /* MODEL_LOGITS_NONE with a probe: show lm_head's input without
+         * paying for lm_head (a vocabulary-sized matrix). */
+        for (int64_t t = 0; t < n_tok; t++)
+            kernel_rmsnorm(xb + t * dim, x + t * dim, m->final_norm, dim, m->eps);
+        m->probe(m->probe_ud, -1, MODEL_PROBE_HEAD_IN, xb, n_tok, dim);
     }
     m->n_past += n_tok;
 }
@@ -806,7 +812,7 @@ int model_forward(struct model *m, const int32_t *tokens, int64_t n, float *logi
     for (int64_t done = 0; done < n;) {
         int64_t nb = LM_MIN(m->n_batch, n - done);
         float *out = NULL;
-        int64_t lrow0 = nb;
+        int64_t lrow0 = which == MODEL_LOGITS_NONE ? nb + 1 : nb; /* nb + 1: no logits at all */
         if (which == MODEL_LOGITS_ALL && logits) {
             out = logits + done * in->n_vocab;
             lrow0 = 0;

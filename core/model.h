@@ -164,7 +164,9 @@ enum model_probe {
     MODEL_PROBE_ATTN_OUT,  /* input of o_proj: the attention output, n_head*head_dim wide */
     MODEL_PROBE_MLP_IN,    /* input of gate/up_proj: post_attention_layernorm(x), n_embd wide */
     MODEL_PROBE_MLP_ACT,   /* input of down_proj: silu(gate)*up, n_ff wide */
-    MODEL_PROBE_HEAD_IN,   /* input of lm_head: norm(x), n_embd wide; layer = -1; only for rows whose logits are computed */
+    MODEL_PROBE_HEAD_IN,   /* input of lm_head: norm(x), n_embd wide; layer = -1; for the rows whose
+                              logits are computed, or for every row under MODEL_LOGITS_NONE (the
+                              final norm is then computed for the probe alone, lm_head is not) */
     MODEL_PROBE_COUNT
 };
 /* Called by model_forward for each batch it runs with `n_tok` rows of `dim` floats. */

@@ -10,14 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "calib.h"
 #include "convert.h"
+#include "disk_cache.h"
 #include "fsutil.h"
 #include "lm_error.h"
 #include "merge_plan.h"
 #include "pool.h"
 #include "select.h"
+#include "strbuf.h"
 
 #define EMBED_NAME   "model.embed_tokens.weight"
 #define LM_HEAD_NAME "lm_head.weight"
@@ -45,6 +49,13 @@ struct workspace {
     atomic_bool *stats_done;
     void **merged;                  /* output-dtype bytes per tensor, or NULL */
     void **spare;                   /* buffers of invalidated merges, reused by the next */
+    /* Calibration results (aim, sens), each with the key of the settings
+     * that produced it; NULL key = not computed. */
+    char *act_key, *sens_key;
+    struct calib_activations act;
+    struct calib_sensitivity sens;
+    struct ws_calib_cost calib_cost;
+    bool have_calib_cost;
 };
 
 struct ws_params ws_default_params(void)
@@ -423,6 +434,10 @@ void ws_free(struct workspace *ws)
     }
     free(ws->notes);
     recipe_free(ws->recipe);
+    free(ws->act_key);
+    free(ws->sens_key);
+    calib_activations_deinit(&ws->act);
+    calib_sensitivity_deinit(&ws->sens);
     free(ws);
 }
 
@@ -504,6 +519,374 @@ int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed)
     return 0;
 }
 
+/* ===== Calibration ===== */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The tokenized calibration data of the recipe and the key that names the
+ * settings that produced it. */
+struct calib_input {
+    struct calib_file file;
+    struct calib_tokens tokens;
+    char *key;
+};
+
+static void calib_input_deinit(struct calib_input *in)
+{
+    calib_file_deinit(&in->file);
+    calib_tokens_deinit(&in->tokens);
+    free(in->key);
+    memset(in, 0, sizeof(*in));
+}
+
+/* The settings key: file (resolved, with size and modification time, so an
+ * edited file is read again), sample and token limits, chat format. NULL
+ * with an error when the recipe has no calibration section. */
+static int calib_key(const struct workspace *ws, char **out)
+{
+    *out = NULL;
+    const struct recipe *r = ws->recipe;
+    const struct recipe_calibration *c = &r->calibration;
+    const char *label = r->source_path ? r->source_path : "recipe";
+    if (!c->file)
+        return lm_err(LM_EFORMAT,
+                      "%s: method '%s' needs calibration data: add \"calibration\": {\"file\": "
+                      "\"calib.jsonl\"} (JSONL of {\"prompt\": ..., \"response\": ...})",
+                      label, ws->plan.method->name);
+    char *path = recipe_resolve_path(r, c->file);
+    if (!path)
+        return LM_ENOMEM;
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        int rc = lm_err(LM_EIO, "calibration.file: cannot read '%s': %s", path, strerror(errno));
+        free(path);
+        return rc;
+    }
+    char buf[PATH_MAX + 256];
+    snprintf(buf, sizeof(buf), "%s|%lld|%lld.%09ld|%lld|%lld|%s", path, (long long)st.st_size,
+             (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec, (long long)c->samples,
+             (long long)c->max_tokens, c->chat ? c->chat : "auto");
+    free(path);
+    *out = lm_strdup(buf);
+    return *out ? 0 : LM_ENOMEM;
+}
+
+static int calib_input_load(const struct workspace *ws, struct calib_input *in)
+{
+    memset(in, 0, sizeof(*in));
+    const struct recipe_calibration *c = &ws->recipe->calibration;
+    int rc = calib_key(ws, &in->key);
+    if (rc)
+        return rc;
+    char *path = recipe_resolve_path(ws->recipe, c->file);
+    if (!path)
+        return LM_ENOMEM;
+    rc = calib_file_load(path, &in->file);
+    free(path);
+    if (rc)
+        return rc;
+    enum chat_format format = CHAT_FORMAT_NONE;
+    bool is_auto = true;
+    if (c->chat && (rc = chat_format_parse(c->chat, &format, &is_auto)) != 0)
+        return lm_err_context(rc, "calibration.chat");
+    struct chat_detected det = { 0 };
+    const char *tok_dir = ws_tokenizer_dir(ws);
+    if (is_auto) {
+        if ((rc = chat_detect_dir(tok_dir, &det)) != 0)
+            return rc;
+        format = det.format;
+    }
+    struct tok *t = tok_load(tok_dir);
+    if (!t) {
+        chat_detected_deinit(&det);
+        return lm_err_context(LM_EFORMAT, "calibration tokenizer");
+    }
+    rc = calib_tokenize(&in->file, t, format, chat_default_system(format, is_auto ? &det : NULL),
+                        c->samples, c->max_tokens, &in->tokens);
+    tok_free(t);
+    chat_detected_deinit(&det);
+    return rc;
+}
+
+/* Weights one forward pass multiplies by: every matrix but the embedding
+ * lookup, and lm_head (which a tied model reads from the embedding) when
+ * `with_head`. */
+static double matmul_weights(const struct workspace *ws, bool with_head)
+{
+    double n = 0;
+    for (size_t i = 0; i < ws->n_tensors; i++) {
+        const struct ws_tensor *t = &ws->tensors[i];
+        if (t->ndim != 2)
+            continue;
+        if (t->info.group == TN_GROUP_LM_HEAD || (ws->output_tied && t->info.group == TN_GROUP_EMBED))
+            n += with_head ? (double)t->n_elements : 0.0;
+        else if (t->info.group != TN_GROUP_EMBED)
+            n += (double)t->n_elements;
+    }
+    return n;
+}
+
+static void calib_estimate(const struct workspace *ws, const struct calib_tokens *tk,
+                           struct ws_calib_cost *out)
+{
+    unsigned needs = ws->plan.method->needs;
+    int n_models = ws->n_sources - 1;
+    memset(out, 0, sizeof(*out));
+    out->needed = needs != 0;
+    out->samples = tk->n;
+    out->tokens = tk->n_tokens;
+    out->response_tokens = tk->n_response_tokens;
+    out->truncated = tk->n_truncated;
+    out->longest = 0;
+    for (size_t i = 0; i < tk->n; i++)
+        out->longest = LM_MAX(out->longest, tk->seqs[i].len);
+    out->forward_passes = 0;
+    out->backward_passes = 0;
+    if (needs & MERGE_NEEDS_ACTIVATIONS)
+        out->forward_passes++;
+    if (needs & MERGE_NEEDS_SENSITIVITY) {
+        out->backward_passes = n_models;
+        if (n_models > 1)
+            out->forward_passes++;
+    }
+    /* aim's pass skips lm_head; sens's passes need the logits. */
+    double fwd = 2.0 * matmul_weights(ws, false) * (double)tk->n_tokens;
+    double fwd_head = 2.0 * matmul_weights(ws, true) * (double)tk->n_tokens;
+    out->flops = 0;
+    if (needs & MERGE_NEEDS_ACTIVATIONS)
+        out->flops += fwd;
+    if (needs & MERGE_NEEDS_SENSITIVITY)
+        out->flops += 3.0 * fwd_head * (double)out->backward_passes + (n_models > 1 ? fwd_head : 0.0);
+
+    const struct hf_config *cfg = &ws->sources[0].config;
+    double L = (double)out->longest, vocab = (double)ws->out_vocab;
+    double dim = (double)cfg->hidden_size, ff = (double)cfg->intermediate_size;
+    double heads = (double)cfg->num_attention_heads, layers = (double)cfg->num_hidden_layers;
+    double bytes = 0;
+    if (needs & MERGE_NEEDS_ACTIVATIONS)  /* the forward pass's batch scratch; no logits */
+        bytes = 128.0 * (6.0 * dim + 2.0 * ff) * 4.0 + L * layers * 2.0 * dim * 4.0;
+    if (needs & MERGE_NEEDS_SENSITIVITY) {
+        double logits = L * vocab * 4.0 * (n_models > 1 ? (double)n_models + 2.0 : 1.0);
+        double saved = L * layers * (12.0 * dim + 4.0 * ff + heads * L) * 4.0;
+        double largest = 0;
+        for (size_t i = 0; i < ws->n_tensors; i++)
+            largest = LM_MAX(largest, (double)ws->tensors[i].n_elements);
+        bytes = LM_MAX(bytes, logits + saved + 2.0 * largest * 4.0);
+    }
+    out->memory_bytes = (uint64_t)bytes;
+}
+
+int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out)
+{
+    memset(out, 0, sizeof(*out));
+    unsigned needs = ws->plan.method->needs;
+    if (!needs)
+        return 0;
+    struct calib_input in;
+    int rc = calib_input_load(ws, &in);
+    if (!rc) {
+        calib_estimate(ws, &in.tokens, out);
+        out->cached = (!(needs & MERGE_NEEDS_ACTIVATIONS) || (ws->act_key && strcmp(ws->act_key, in.key) == 0)) &&
+                      (!(needs & MERGE_NEEDS_SENSITIVITY) || (ws->sens_key && strcmp(ws->sens_key, in.key) == 0));
+    }
+    calib_input_deinit(&in);
+    return rc;
+}
+
+/* Opens source s as a runnable model on the workspace's pool. NULL with an
+ * error naming the model. */
+static struct model *open_model(struct workspace *ws, int s, int64_t n_ctx, struct model_dir **dir)
+{
+    *dir = model_dir_open(ws->sources[s].dir);
+    if (!*dir) {
+        lm_err_context(LM_EFORMAT, "%s", ws->sources[s].name);
+        return NULL;
+    }
+    struct model_params mp = model_default_params();
+    mp.pool = ws->pool;
+    mp.n_ctx = n_ctx;
+    struct model_source src = model_dir_source(*dir);
+    struct model *m = model_load(model_dir_config(*dir), &src, mp);
+    if (!m) {
+        lm_err_context(LM_EFORMAT, "%s", ws->sources[s].name);
+        model_dir_close(*dir);
+        *dir = NULL;
+    }
+    return m;
+}
+
+/* The key of a result in the on-disk cache: the calibration settings, the
+ * tokenizer, and each model the pass reads, identified by its directory and
+ * every weight file's size and modification time. */
+static char *disk_key(const struct workspace *ws, const char *calib, bool with_base, bool with_models)
+{
+    struct lm_strbuf b = { 0 };
+    char buf[PATH_MAX];
+    const char *tok = ws_tokenizer_dir(ws);
+    lm_strbuf_printf(&b, "mergescope-calibration v%d\n%s\ntokenizer %s\n", CALIB_VERSION, calib,
+                     realpath(tok, buf) ? buf : tok);
+    for (int s = with_base ? 0 : 1; s < (with_models ? ws->n_sources : 1); s++) {
+        const struct ws_model *m = &ws->sources[s];
+        lm_strbuf_printf(&b, "model %s\n", realpath(m->dir, buf) ? buf : m->dir);
+        for (size_t f = 0; f < st_set_n_files(m->weights); f++) {
+            const char *path = st_set_file_path(m->weights, f);
+            struct stat st;
+            if (stat(path, &st) != 0) {
+                free(lm_strbuf_finish(&b));
+                return NULL;
+            }
+            lm_strbuf_printf(&b, "  %s %lld %lld.%09ld\n", path, (long long)st.st_size,
+                             (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
+        }
+    }
+    return lm_strbuf_finish(&b);
+}
+
+struct calib_progress {
+    lm_progress_fn fn;
+    void *ud;
+    double from, span;   /* this pass's share of the whole */
+};
+
+static bool calib_report(double frac, const char *what, void *ud)
+{
+    struct calib_progress *cp = ud;
+    char label[96];
+    snprintf(label, sizeof(label), "calibration: %s", what);
+    return !cp->fn || cp->fn(cp->from + cp->span * frac, label, cp->ud);
+}
+
+static void invalidate_all(struct workspace *ws)
+{
+    ws_drop_merged(ws);
+    for (size_t i = 0; i < ws->n_tensors; i++)
+        atomic_store(&ws->stats_done[i], false);
+}
+
+int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
+{
+    unsigned needs = ws->plan.method->needs;
+    if (!needs)
+        return 0;
+    char *key;
+    int rc = calib_key(ws, &key);
+    if (rc)
+        return rc;
+    bool need_act = (needs & MERGE_NEEDS_ACTIVATIONS) && !(ws->act_key && strcmp(ws->act_key, key) == 0);
+    bool need_sens = (needs & MERGE_NEEDS_SENSITIVITY) && !(ws->sens_key && strcmp(ws->sens_key, key) == 0);
+    free(key);
+    if (!need_act && !need_sens)
+        return 0;
+
+    struct calib_input in;
+    rc = calib_input_load(ws, &in);
+    if (rc) {
+        calib_input_deinit(&in);
+        return rc;
+    }
+    struct ws_calib_cost cost;
+    calib_estimate(ws, &in.tokens, &cost);
+    double t0 = now_seconds();
+    int n_models = ws->n_sources - 1;
+    double act_work = need_act ? 1.0 : 0.0;
+    double sens_work = need_sens ? 3.0 * n_models + (n_models > 1 ? 1.0 : 0.0) : 0.0;
+    struct calib_progress cp = { .fn = progress, .ud = ud, .from = 0, .span = 1 };
+    struct model_dir *dirs[WS_MAX_SOURCES] = { 0 };
+    struct model *models[WS_MAX_SOURCES] = { 0 };
+    int64_t n_ctx = LM_MAX(cost.longest, 1);
+
+    if (need_act) {
+        calib_activations_deinit(&ws->act);
+        free(ws->act_key);
+        ws->act_key = NULL;
+        cp.span = act_work / (act_work + sens_work);
+        char *dk = disk_key(ws, in.key, true, false);
+        void *blob = NULL;
+        size_t blen = 0;
+        if (dk && disk_cache_get("aim", dk, &blob, &blen) == 0 &&
+            calib_activations_unpack(blob, blen, &ws->act) == 0) {
+            cost.from_cache = true;
+        } else {
+            lm_clear_error();
+            if (!(models[0] = open_model(ws, 0, n_ctx, &dirs[0])))
+                rc = LM_EFORMAT;
+            if (!rc)
+                rc = calib_activations_compute(models[0], &in.tokens, calib_report, &cp, &ws->act);
+            free(blob);
+            blob = NULL;
+            if (!rc && dk && calib_activations_pack(&ws->act, &blob, &blen) == 0)
+                cost.cache_written |= disk_cache_put("aim", dk, blob, blen, NULL) == 0;
+        }
+        free(blob);
+        free(dk);
+        if (!rc && !(ws->act_key = lm_strdup(in.key)))
+            rc = LM_ENOMEM;
+        cp.from += cp.span;
+    }
+    if (!rc && need_sens) {
+        calib_sensitivity_deinit(&ws->sens);
+        free(ws->sens_key);
+        ws->sens_key = NULL;
+        cp.span = sens_work / (act_work + sens_work);
+        char *dk = disk_key(ws, in.key, n_models > 1, true);
+        void *blob = NULL;
+        size_t blen = 0;
+        if (dk && disk_cache_get("sens", dk, &blob, &blen) == 0 &&
+            calib_sensitivity_unpack(blob, blen, &ws->sens) == 0 && ws->sens.n_models == n_models) {
+            cost.from_cache = true;
+        } else {
+            lm_clear_error();
+            calib_sensitivity_deinit(&ws->sens);
+            for (int s = n_models > 1 ? 0 : 1; s < ws->n_sources && !rc; s++)
+                if (!models[s] && !(models[s] = open_model(ws, s, n_ctx, &dirs[s])))
+                    rc = LM_EFORMAT;
+            if (!rc)
+                rc = calib_sensitivity_compute(models[0], models + 1, n_models, &in.tokens,
+                                               calib_report, &cp, &ws->sens);
+            free(blob);
+            blob = NULL;
+            if (!rc && dk && calib_sensitivity_pack(&ws->sens, &blob, &blen) == 0)
+                cost.cache_written |= disk_cache_put("sens", dk, blob, blen, NULL) == 0;
+        }
+        free(blob);
+        free(dk);
+        if (!rc && !(ws->sens_key = lm_strdup(in.key)))
+            rc = LM_ENOMEM;
+    }
+    for (int s = 0; s < WS_MAX_SOURCES; s++) {
+        model_free(models[s]);
+        model_dir_close(dirs[s]);
+    }
+    calib_input_deinit(&in);
+    if (rc)
+        return lm_err_context(rc, "calibration");
+    invalidate_all(ws);
+    cost.seconds = now_seconds() - t0;
+    ws->calib_cost = cost;
+    ws->have_calib_cost = true;
+    return 0;
+}
+
+const struct calib_activations *ws_calib_activations(const struct workspace *ws)
+{
+    return ws->act_key ? &ws->act : NULL;
+}
+
+const struct calib_sensitivity *ws_calib_sensitivity(const struct workspace *ws)
+{
+    return ws->sens_key ? &ws->sens : NULL;
+}
+
+const struct ws_calib_cost *ws_calib_last(const struct workspace *ws)
+{
+    return ws->have_calib_cost ? &ws->calib_cost : NULL;
+}
+
 /* ===== Merging one tensor ===== */
 
 /* Converts source s of tensor t into dst (t->n_elements floats), filling
@@ -553,10 +936,27 @@ int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratc
         return rc;
     struct merge_tensor_params p;
     merge_plan_resolve(&ws->plan, t->name, &t->info, &p);
+    struct merge_context ctx = { 0 };
+    double scale[MERGE_MAX_MODELS];
+    unsigned needs = ws->plan.method->needs;
+    if (((needs & MERGE_NEEDS_ACTIVATIONS) && !ws->act_key) ||
+        ((needs & MERGE_NEEDS_SENSITIVITY) && !ws->sens_key))
+        return lm_err(LM_EINVAL, "tensor '%s': method '%s' needs calibration, which has not run",
+                      t->name, ws->plan.method->name);
     struct merge_tensor_job job = {
         .name = t->name, .n = t->n_elements, .base = base, .models = models,
         .n_models = ws->n_sources - 1, .params = &p, .out = out, .scratch = &sc->method,
+        .rows = t->ndim == 2 ? (uint64_t)t->shape[0] : 1,
+        .cols = t->ndim == 2 ? (uint64_t)t->shape[1] : t->n_elements,
+        .ctx = needs ? &ctx : NULL,
     };
+    if (needs & MERGE_NEEDS_ACTIVATIONS)
+        ctx.channel_importance = calib_activations_for(&ws->act, t->name, &t->info, job.cols,
+                                                       (enum calib_norm)p.importance);
+    if (needs & MERGE_NEEDS_SENSITIVITY) {
+        calib_sens_scale(&ws->sens, t->info.layer, p.alpha, p.temperature, scale);
+        ctx.model_scale = scale;
+    }
     rc = ws->plan.method->merge_tensor(&job);
     if (rc)
         return lm_err_context(rc, "merging '%s'", t->name);
@@ -710,6 +1110,9 @@ static void release_scratch(struct workspace *ws)
 
 int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
 {
+    int rc = ws_calibrate(ws, progress, ud);
+    if (rc)
+        return rc;
     size_t *todo = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
     if (!todo)
         return LM_ENOMEM;
@@ -739,6 +1142,9 @@ const struct stats_raw *ws_tensor_stats(const struct workspace *ws, size_t i)
 static int merge_into_cache(struct workspace *ws, bool (*want)(const struct ws_tensor *, int), int arg,
                             lm_progress_fn progress, void *ud)
 {
+    int rc = ws_calibrate(ws, progress, ud);
+    if (rc)
+        return rc;
     size_t *todo = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
     if (!todo)
         return LM_ENOMEM;
@@ -1082,6 +1488,18 @@ static struct recipe *recipe_for_output(const struct workspace *ws)
         free(*slot);
         *slot = copy;
     }
+    if (r->calibration.file) {
+        char *resolved = recipe_resolve_path(ws->recipe, ws->recipe->calibration.file);
+        const char *abs = resolved && realpath(resolved, buf) ? buf : resolved;
+        char *copy = abs ? lm_strdup(abs) : NULL;
+        free(resolved);
+        if (!copy) {
+            recipe_free(r);
+            return NULL;
+        }
+        free(r->calibration.file);
+        r->calibration.file = copy;
+    }
     return r;
 }
 
@@ -1236,6 +1654,9 @@ static int write_weights(struct workspace *ws, const char *staging, enum lm_dtyp
 int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params params,
              lm_progress_fn progress, void *ud)
 {
+    int crc = ws_calibrate(ws, progress, ud);
+    if (crc)
+        return crc;
     const struct recipe *r = ws->recipe;
     int dtype = params.out_dtype;
     if (dtype < 0 && r->output.dtype)

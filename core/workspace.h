@@ -99,6 +99,56 @@ void ws_tensor_params(const struct workspace *ws, size_t i, struct merge_tensor_
  * receives ws_n_tensors() flags. 0 or an error (the old recipe stays). */
 int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed);
 
+/* ===== Calibration (aim, sens) ===== */
+
+/* What calibration involves: known before it runs (ws_calib_plan) and
+ * measured after (ws_calibrate fills the seconds). */
+struct ws_calib_cost {
+    bool needed;              /* the method needs calibration */
+    bool cached;              /* results for these settings are held: nothing to run */
+    size_t samples;
+    int64_t tokens;           /* prompt + response tokens over the samples */
+    int64_t response_tokens;
+    size_t truncated;         /* samples cut to max_tokens */
+    int64_t longest;          /* tokens of the longest sample */
+    int forward_passes;       /* model passes per sample: base forward (aim; sens with 2+ models) */
+    int backward_passes;      /* forward + backward per sample (sens: one per model) */
+    double flops;             /* estimate: 2 x weights x tokens per forward, 3x that for backward */
+    uint64_t memory_bytes;    /* estimate of the extra memory: logits, saved activations, gradients */
+    double seconds;           /* measured, after ws_calibrate */
+    bool from_cache;          /* after ws_calibrate: results read from the on-disk cache */
+    bool cache_written;       /* after ws_calibrate: results stored in it */
+};
+
+/* Loads and tokenizes the recipe's calibration file and estimates the
+ * cost for the current method without running anything. out->needed is
+ * false for methods that need no calibration. Errors: a method that needs
+ * calibration with no "calibration" section in the recipe, an unreadable or
+ * malformed file (naming file and line), a tokenizer that cannot load. */
+int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out);
+
+/* Runs the calibration passes the method needs (activations of the base
+ * for aim; sensitivities of each model, and the base's logits when there
+ * are two models or more, for sens), unless results for the same
+ * calibration settings are held already; recomputed results drop every
+ * cached merge and statistic. Results are also kept in the on-disk cache
+ * (disk_cache.h), keyed by the calibration settings and the identity of
+ * every model read (directory, weight files' sizes and modification
+ * times), and read back from it when present. Merging, statistics and writing call it
+ * themselves; call it first to see its progress separately. 0 at once for
+ * methods that need nothing. */
+int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud);
+
+/* The results held, or NULL when not computed (see calib.h). */
+struct calib_activations;
+struct calib_sensitivity;
+const struct calib_activations *ws_calib_activations(const struct workspace *ws);
+const struct calib_sensitivity *ws_calib_sensitivity(const struct workspace *ws);
+
+/* The cost of the last ws_calibrate that ran passes (seconds measured), or
+ * NULL when none has. */
+const struct ws_calib_cost *ws_calib_last(const struct workspace *ws);
+
 /* ===== Statistics ===== */
 
 /* Computes statistics for every tensor that has none yet (all threads). */

@@ -176,6 +176,8 @@ void recipe_free(struct recipe *r)
     free(r->output.tokenizer_from);
     free(r->output.vocab);
     free(r->output.shard_size);
+    free(r->calibration.file);
+    free(r->calibration.chat);
     free(r);
 }
 
@@ -303,8 +305,12 @@ static int recipe_clone_into(struct recipe *d, const struct recipe *r)
         dup_str(&d->output.config_from, r->output.config_from) ||
         dup_str(&d->output.tokenizer_from, r->output.tokenizer_from) ||
         dup_str(&d->output.vocab, r->output.vocab) ||
-        dup_str(&d->output.shard_size, r->output.shard_size))
+        dup_str(&d->output.shard_size, r->output.shard_size) ||
+        dup_str(&d->calibration.file, r->calibration.file) ||
+        dup_str(&d->calibration.chat, r->calibration.chat))
         return LM_ENOMEM;
+    d->calibration.samples = r->calibration.samples;
+    d->calibration.max_tokens = r->calibration.max_tokens;
     return 0;
 }
 
@@ -479,7 +485,11 @@ bool recipe_equal(const struct recipe *a, const struct recipe *b)
            str_eq(a->output.config_from, b->output.config_from) &&
            str_eq(a->output.tokenizer_from, b->output.tokenizer_from) &&
            str_eq(a->output.vocab, b->output.vocab) &&
-           str_eq(a->output.shard_size, b->output.shard_size);
+           str_eq(a->output.shard_size, b->output.shard_size) &&
+           str_eq(a->calibration.file, b->calibration.file) &&
+           a->calibration.samples == b->calibration.samples &&
+           a->calibration.max_tokens == b->calibration.max_tokens &&
+           str_eq(a->calibration.chat, b->calibration.chat);
 }
 
 char *recipe_resolve_path(const struct recipe *r, const char *path)
@@ -1171,10 +1181,53 @@ static int parse_output(const struct parse_ctx *c, const cJSON *j)
     return 0;
 }
 
+/* A whole number in [0, max] at `path`. */
+static int get_count(const struct parse_ctx *c, const char *path, const cJSON *j, double max,
+                     int64_t *out)
+{
+    if (!cJSON_IsNumber(j))
+        return perr(c, path, "expected a whole number, got %s", json_type(j));
+    double d = j->valuedouble;
+    if (!isfinite(d) || d < 0 || d > max || d != floor(d))
+        return perr(c, path, "expected a whole number in [0, %.0f], got %.17g", max, d);
+    *out = (int64_t)d;
+    return 0;
+}
+
+static int parse_calibration(const struct parse_ctx *c, const cJSON *j)
+{
+    static const char *const keys[] = { "file", "samples", "max_tokens", "chat" };
+    struct recipe_calibration *cal = &c->r->calibration;
+    int rc;
+    if (!j)
+        return 0;
+    if (!cJSON_IsObject(j))
+        return perr(c, "calibration", "expected an object, got %s", json_type(j));
+    if ((rc = check_unique_keys(c, "calibration", j)) != 0 ||
+        (rc = check_known_keys(c, "calibration", j, keys, LM_ARRAY_SIZE(keys))) != 0)
+        return rc;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "file");
+    if (!v)
+        return perr(c, "calibration", "missing key 'file' (a JSONL file of prompt/response pairs)");
+    if ((rc = get_string(c, "calibration.file", v, true, &cal->file)) != 0)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "samples")) != NULL &&
+        (rc = get_count(c, "calibration.samples", v, 1e9, &cal->samples)) != 0)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "max_tokens")) != NULL &&
+        (rc = get_count(c, "calibration.max_tokens", v, 1048576, &cal->max_tokens)) != 0)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "chat")) != NULL &&
+        (rc = get_string(c, "calibration.chat", v, true, &cal->chat)) != 0)
+        return rc;
+    return 0;
+}
+
 static int parse_root(struct parse_ctx *c, const cJSON *root)
 {
     static const char *const keys[] = {
         "format", "description", "base", "models", "method", "params", "overrides", "output",
+        "calibration",
     };
     struct recipe *r = c->r;
     int rc;
@@ -1212,7 +1265,9 @@ static int parse_root(struct parse_ctx *c, const cJSON *root)
         return rc;
     if ((rc = parse_overrides(c, cJSON_GetObjectItemCaseSensitive(root, "overrides"))) != 0)
         return rc;
-    return parse_output(c, cJSON_GetObjectItemCaseSensitive(root, "output"));
+    if ((rc = parse_output(c, cJSON_GetObjectItemCaseSensitive(root, "output"))) != 0)
+        return rc;
+    return parse_calibration(c, cJSON_GetObjectItemCaseSensitive(root, "calibration"));
 }
 
 /* 1-based line and column (in bytes) of offset `off`. */
@@ -1556,6 +1611,27 @@ static int write_recipe(struct lm_strbuf *b, const struct recipe *r)
         write_member(b, 2, "tokenizer_from", o->tokenizer_from, &omore);
         write_member(b, 2, "vocab", o->vocab, &omore);
         write_member(b, 2, "shard_size", o->shard_size, &omore);
+        lm_strbuf_puts(b, "\n");
+        sb_indent(b, 1);
+        lm_strbuf_puts(b, "}");
+    }
+    const struct recipe_calibration *cal = &r->calibration;
+    if (cal->file) {
+        bool cmore = false;
+        lm_strbuf_puts(b, ",\n");
+        sb_indent(b, 1);
+        lm_strbuf_puts(b, "\"calibration\": {\n");
+        write_member(b, 2, "file", cal->file, &cmore);
+        const char *keys[2] = { "samples", "max_tokens" };
+        int64_t vals[2] = { cal->samples, cal->max_tokens };
+        for (int k = 0; k < 2; k++) {
+            if (!vals[k])
+                continue;
+            lm_strbuf_puts(b, ",\n");
+            sb_indent(b, 2);
+            lm_strbuf_printf(b, "\"%s\": %lld", keys[k], (long long)vals[k]);
+        }
+        write_member(b, 2, "chat", cal->chat, &cmore);
         lm_strbuf_puts(b, "\n");
         sb_indent(b, 1);
         lm_strbuf_puts(b, "}");

@@ -14,8 +14,17 @@
  *       { "layers": [27], "modules": "self_attn", "params": { "density": 0.5 } }
  *     ],
  *     "output": { "dtype": "bf16", "config_from": "long", "tokenizer_from": "long",
- *                 "vocab": "error" }
+ *                 "vocab": "error" },
+ *     "calibration": { "file": "calib.jsonl", "samples": 64, "max_tokens": 1024,
+ *                      "chat": "auto" }
  *   }
+ *
+ * "calibration" feeds the activation-based methods (aim, sens): a JSONL file
+ * of {"prompt": ..., "response": ...} lines, how many of them to use (absent
+ * or 0: all), the token limit per sample (prompt and response together;
+ * absent or 0: 1024) and the chat format the prompts are wrapped in (a
+ * chat_format name or "auto", the default: detected from the tokenizer
+ * model's template).
  *
  * This layer checks structure and JSON types only (unknown top-level, model,
  * override and output keys, wrong types, duplicate model names, malformed
@@ -96,6 +105,12 @@ struct recipe_output {
     char *shard_size;      /* e.g. "5GB"; NULL = default */
 };
 
+struct recipe_calibration {
+    char   *file;          /* as written; NULL = no calibration section */
+    int64_t samples;       /* 0 = all */
+    int64_t max_tokens;    /* 0 = default */
+    char   *chat;          /* NULL = "auto" */
+};
 struct recipe {
     char *source_path;     /* file it was loaded from, or NULL */
     char *dir;             /* directory relative paths are resolved against ("." default) */
@@ -109,6 +124,7 @@ struct recipe {
     struct recipe_override *overrides;
     size_t n_overrides;
     struct recipe_output output;
+    struct recipe_calibration calibration;
 };
 
 /* Reads and parses a recipe file. NULL with an error naming the file and key. */

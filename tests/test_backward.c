@@ -657,11 +657,23 @@ static void test_probe(void)
     TEST_COND("probe: MODEL_LOGITS_LAST -> one HEAD_IN call of 1 row", rc == 0 && head_calls == 1 && head_rows == 1);
     model_reset(m);
     p.n = 0;
+    int64_t all_rows = n; /* the first n rows logged: those of the MODEL_LOGITS_ALL run */
+    float *head_all = malloc((size_t)(all_rows * 64) * sizeof(float));
+    memcpy(head_all, p.head_in, (size_t)(all_rows * 64) * sizeof(float));
+    p.head_in_rows = 0;
     rc = model_forward(m, ids, n, NULL, MODEL_LOGITS_NONE);
     head_calls = 0;
+    head_rows = 0;
     for (int i = 0; i < p.n && i < 256; i++)
-        head_calls += p.calls[i].where == MODEL_PROBE_HEAD_IN;
-    TEST_COND("probe: MODEL_LOGITS_NONE -> no HEAD_IN call, 24 layer calls", rc == 0 && head_calls == 0 && p.n == 24);
+        if (p.calls[i].where == MODEL_PROBE_HEAD_IN) {
+            head_calls++;
+            head_rows += p.calls[i].n_tok;
+        }
+    TEST_COND("probe: MODEL_LOGITS_NONE -> HEAD_IN for every row (3 calls, 19 rows) without logits",
+              rc == 0 && head_calls == 3 && head_rows == n && p.n == 27);
+    TEST_COND("probe: ... with the same values as under MODEL_LOGITS_ALL",
+              p.head_in_rows == all_rows && memcmp(head_all, p.head_in, (size_t)(all_rows * 64) * sizeof(float)) == 0);
+    free(head_all);
 
     /* Cleared: no calls. */
     model_set_probe(m, NULL, NULL);

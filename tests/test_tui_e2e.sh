@@ -103,5 +103,35 @@ T send-keys -t tui y
 for i in $(seq 1 50); do [ -f "$tmp/status" ] && break; sleep 0.1; done
 check "answering y quits" bash -c "[ \"\$(cat '$tmp/status' 2>/dev/null)\" = 0 ]"
 
+# A calibration-based method: the passes run inside the workbench (their
+# progress in the status line), the layers fill in and the preview runs on
+# the AIM merge; the written model equals the headless merge.
+T kill-session -t tui
+rm -f "$tmp/status"
+printf '{"prompt": "ab", "response": "ab ab"}\n{"prompt": "ba", "response": "ab"}\n' >"$tmp/m/cal.jsonl"
+cat >"$tmp/m/aim.json" <<JSON
+{ "format": "mergescope-recipe/1", "base": "base",
+  "models": [ { "name": "quick", "path": "quick" }, { "name": "long", "path": "long" } ],
+  "method": "aim", "params": { "density": 0.5, "omega": 0.3 },
+  "calibration": { "file": "cal.jsonl" } }
+JSON
+export MERGESCOPE_CACHE_DIR="$tmp/cache"
+T new-session -d -s tui -x 120 -y 32 "TERM=xterm-256color '$ms' aim.json --threads 2 2>'$tmp/stderr'; echo \$? >'$tmp/status'; sleep 60"
+check "an aim recipe opens and its statistics fill in after calibration" wait_for "stats 39/39"
+check "... the header names the method" wait_for "method: aim"
+T send-keys -t tui F4
+T send-keys -t tui -l "ab"
+T send-keys -t tui Enter
+check "... the preview runs on the aim merge" wait_for "merged (aim)"
+T send-keys -t tui Escape w C-u
+T send-keys -t tui -l "$tmp/out-aim"
+T send-keys -t tui Enter
+check "... and writes it" bash -c "for i in \$(seq 1 100); do [ -f '$tmp/out-aim/model.safetensors' ] && exit 0; sleep 0.1; done; exit 1"
+T send-keys -t tui q
+for i in $(seq 1 50); do [ -f "$tmp/status" ] && break; sleep 0.1; done
+"$ms" merge "$tmp/m/aim.json" -o "$tmp/out-aim-cli" --threads 1 >/dev/null 2>&1
+check "the headless aim merge equals what the workbench wrote" \
+    cmp "$tmp/out-aim/model.safetensors" "$tmp/out-aim-cli/model.safetensors"
+
 echo "$((n - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]

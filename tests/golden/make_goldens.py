@@ -210,8 +210,10 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def forward(cfg, W, ids, ftype):
-    """Logits [len(ids), vocab] for one sequence starting at position 0."""
+def forward(cfg, W, ids, ftype, probe=None):
+    """Logits [len(ids), vocab] for one sequence starting at position 0.
+    probe(name, h), when given, sees the input h of every linear layer
+    (name without ".weight"; "lm_head" for the output matrix)."""
     W = {k: v.to(ftype) for k, v in W.items()}
     eps = cfg["rms_norm_eps"]
     nh, nkv, D = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim(cfg)
@@ -227,6 +229,8 @@ def forward(cfg, W, ids, ftype):
     mask = torch.full((T, T), float("-inf"), dtype=ftype).triu(1)
 
     def lin(name, h):
+        if probe:
+            probe(name, h)
         y = h @ W[name + ".weight"].t()
         b = W.get(name + ".bias")
         return y + b if b is not None else y
@@ -255,6 +259,8 @@ def forward(cfg, W, ids, ftype):
         u = lin(p + "mlp.up_proj", h)
         x = x + lin(p + "mlp.down_proj", torch.nn.functional.silu(g) * u)
     x = rms_norm(x, W["model.norm.weight"], eps)
+    if probe:
+        probe("lm_head", x)
     head = W["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else W["lm_head.weight"]
     return x @ head.t()
 
