@@ -9,7 +9,8 @@
  *
  *   theta0  = mean_p x_p
  *   tau_p   = mu * sigma_max(x_p - theta0)          once, from that mean
- *   repeat `iterations` times:
+ *   repeat up to `iterations` times (stopping early once theta0 moves by
+ *   less than 1e-9 of its largest magnitude, far below float precision):
  *     delta_p = SVT(x_p - theta0, tau_p)            for every p
  *     theta0  = mean_p (x_p - delta_p)
  *   b' = theta0 + delta_b,  x_i' = theta0 + delta_i
@@ -229,21 +230,24 @@ static int lore_decompose(struct lore_parts *lp, const float *const *x, int n_pa
         if (rc)
             break;
         /* theta0 = mean_p (x_p - delta_p) */
-        bool moved = false;
+        double step = 0.0, size = 0.0;
         for (uint64_t e = 0; e < n; e++) {
             double sum = 0.0;
             for (int p = 0; p < n_parts; p++)
                 sum += (double)x[p][e] - lp->delta[p][e];
             double t = sum / n_parts;
-            moved = moved || t != lp->theta[e];
+            step = fmax(step, fabs(t - lp->theta[e]));
+            size = fmax(size, fabs(t));
             lp->theta[e] = t;
         }
         if (objective)
             objective[it] = lore_objective(lp, x, n, nuc);
-        /* An exact fixed point: every further round would compute the same
-         * bits again (with one model the first round already is one), so
-         * stopping here changes nothing but the time. */
-        if (!moved) {
+        /* Converged: theta0 moved by less than 1e-9 of its size, far below
+         * float precision, so further rounds cannot change the float
+         * result. With one model the first round is already the fixed point
+         * (up to rounding in the SVD), which makes lore on a base and one
+         * model cost one SVD per participant instead of `iterations`. */
+        if (step <= 1e-9 * size) {
             for (int k = it + 1; objective && k < iterations; k++)
                 objective[k] = objective[it];
             break;

@@ -83,7 +83,7 @@ const struct merge_param_spec merge_param_specs[MERGE_PARAM_COUNT] = {
     [MERGE_PARAM_ITERATIONS] = {
         .id = MERGE_PARAM_ITERATIONS, .name = "iterations", .kind = MERGE_PARAM_KIND_INT,
         .per_model = false, .min = 1.0, .max = 100.0,
-        .help = "rounds of alternating minimisation (shared base, then low-rank deltas)",
+        .help = "at most this many rounds of alternating minimisation (shared base, then low-rank deltas); stops once converged",
     },
     [MERGE_PARAM_RANK] = {
         .id = MERGE_PARAM_RANK, .name = "rank", .kind = MERGE_PARAM_KIND_INT,

@@ -671,12 +671,22 @@ static void calib_estimate(const struct workspace *ws, const struct calib_tokens
     if (needs & MERGE_NEEDS_ACTIVATIONS)  /* the forward pass's batch scratch; no logits */
         bytes = 128.0 * (6.0 * dim + 2.0 * ff) * 4.0 + L * layers * 2.0 * dim * 4.0;
     if (needs & MERGE_NEEDS_SENSITIVITY) {
+        /* The logits of a sample (and, with two models or more, every
+         * participant's response rows for the alignment); the backward
+         * pass's residual stream per layer and one layer's recomputed
+         * activations; the embedding gradient and one reused gradient
+         * buffer (backward.h). */
         double logits = L * vocab * 4.0 * (n_models > 1 ? (double)n_models + 2.0 : 1.0);
-        double saved = L * layers * (12.0 * dim + 4.0 * ff + heads * L) * 4.0;
-        double largest = 0;
-        for (size_t i = 0; i < ws->n_tensors; i++)
-            largest = LM_MAX(largest, (double)ws->tensors[i].n_elements);
-        bytes = LM_MAX(bytes, logits + saved + 2.0 * largest * 4.0);
+        double saved = L * layers * dim * 4.0 + L * (8.0 * dim + 3.0 * ff + 64.0 * heads) * 4.0;
+        double embed = 0, largest = 0;
+        for (size_t i = 0; i < ws->n_tensors; i++) {
+            const struct ws_tensor *t = &ws->tensors[i];
+            if (t->info.group == TN_GROUP_EMBED)
+                embed = LM_MAX(embed, (double)t->n_elements);
+            else if (t->info.layer >= 0)
+                largest = LM_MAX(largest, (double)t->n_elements);
+        }
+        bytes = LM_MAX(bytes, logits + saved + (embed + largest) * 4.0);
     }
     out->memory_bytes = (uint64_t)bytes;
 }

@@ -104,7 +104,7 @@ int disk_cache_put(const char *kind, const char *key, const void *data, size_t l
         *path_out = NULL;
     char *dir = disk_cache_dir();
     if (!dir)
-        return 0;
+        return 1; /* the cache is off: nothing stored, nothing wrong */
     int rc = lm_mkdir_p(dir);
     free(dir);
     if (rc)

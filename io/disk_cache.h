@@ -23,8 +23,9 @@ char *disk_cache_dir(void);
  * with *data NULL. A miss is not an error and records none. */
 int disk_cache_get(const char *kind, const char *key, void **data, size_t *len);
 
-/* Stores the entry. 0, or an LM_E* code with a message (the caller may
- * ignore it: the cache is an optimisation). *path_out, if non-NULL,
+/* Stores the entry. 0, 1 when the cache is off (nothing stored), or an
+ * LM_E* code with a message (the caller may ignore it: the cache is an
+ * optimisation). *path_out, if non-NULL,
  * receives the entry's file name (caller frees). */
 int disk_cache_put(const char *kind, const char *key, const void *data, size_t len, char **path_out);
 

@@ -261,6 +261,31 @@ static void test_activations(const cJSON *exp, const struct calib_tokens *tk)
     calib_activations_deinit(&a[1]);
 }
 
+static bool stop_at_second(double frac, const char *what, void *ud)
+{
+    (void)frac;
+    int *calls = ud;
+    (*calls)++;
+    return strstr(what, "2/") == NULL;
+}
+
+static void test_cancel(const struct calib_tokens *tk)
+{
+    struct model_dir *d;
+    struct model *m = open_golden("qwen2-bf16-tied", 1, &d);
+    struct calib_activations a;
+    int calls = 0;
+    int rc = m ? calib_activations_compute(m, tk, stop_at_second, &calls, &a) : -1;
+    TEST_COND("activations: a progress callback returning false cancels before sample 2",
+              rc == LM_ECANCELED && calls == 2 && a.mean_abs == NULL);
+    struct calib_sensitivity s;
+    calls = 0;
+    rc = m ? calib_sensitivity_compute(NULL, &m, 1, tk, stop_at_second, &calls, &s) : -1;
+    TEST_COND("sensitivity: the same", rc == LM_ECANCELED && calls == 2 && s.layer == NULL);
+    model_free(m);
+    model_dir_close(d);
+}
+
 static void test_sensitivity(const cJSON *exp, const struct calib_tokens *tk)
 {
     static const char *const names[2] = { "model-b", "model-c" };
@@ -576,6 +601,7 @@ int main(void)
         golden_tokens(exp, &tk);
         test_activations(exp, &tk);
         test_sensitivity(exp, &tk);
+        test_cancel(&tk);
         calib_tokens_deinit(&tk);
         cJSON_Delete(exp);
     }
