@@ -3,7 +3,7 @@
  * the same run (the engine's prefill), which is the unit the passes are
  * made of.
  *
- *   bench_calib MODEL_DIR CALIB.jsonl aim|sens|sens2 [samples] [threads]
+ *   bench_calib MODEL_DIR CALIB.jsonl aim|sens|sens2 [samples] [threads] [chat]
  *
  * MODEL_DIR serves as the base and as the model(s) (sens2: two models, so
  * that the alignment pass runs too); it needs a tokenizer.json (copy one in,
@@ -38,12 +38,13 @@ static double peak_rss_gb(void)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: bench_calib MODEL_DIR CALIB.jsonl aim|sens|sens2 [samples] [threads]\n");
+        fprintf(stderr, "usage: bench_calib MODEL_DIR CALIB.jsonl aim|sens|sens2 [samples] [threads] [chat]\n");
         return 2;
     }
     const char *dir = argv[1], *calib = argv[2], *which = argv[3];
     long samples = argc > 4 ? atol(argv[4]) : 16;
     int threads = argc > 5 ? atoi(argv[5]) : 0;
+    const char *chat = argc > 6 ? argv[6] : "auto";
     bool two = strcmp(which, "sens2") == 0;
     const char *method = strcmp(which, "aim") == 0 ? "aim" : "sens";
     setenv("MERGESCOPE_CACHE_DIR", "off", 1);
@@ -52,9 +53,9 @@ int main(int argc, char **argv)
     snprintf(json, sizeof(json),
              "{\"format\": \"mergescope-recipe/1\", \"base\": \"%s\", \"models\": ["
              "{\"name\": \"a\", \"path\": \"%s\"}%s%s%s], \"method\": \"%s\", "
-             "\"calibration\": {\"file\": \"%s\", \"samples\": %ld, \"chat\": \"chatml\"}}",
+             "\"calibration\": {\"file\": \"%s\", \"samples\": %ld, \"chat\": \"%s\"}}",
              dir, dir, two ? ", {\"name\": \"b\", \"path\": \"" : "", two ? dir : "", two ? "\"}" : "",
-             method, calib, samples);
+             method, calib, samples, chat);
     struct recipe *r = recipe_parse(json, strlen(json), "bench", ".");
     struct ws_params wp = ws_default_params();
     wp.n_threads = threads;
@@ -90,7 +91,7 @@ int main(int argc, char **argv)
      * calibration set holds have gone through. */
     int32_t *ids = calloc((size_t)plan.longest, sizeof(int32_t));
     for (int64_t i = 0; i < plan.longest; i++)
-        ids[i] = (int32_t)(i * 7919 % 1000);
+        ids[i] = (int32_t)(i * 7919 % model_get_info(m)->n_vocab);
     float *logits = malloc((size_t)model_get_info(m)->n_vocab * sizeof(float));
     double t0 = now();
     int64_t left = plan.tokens;
