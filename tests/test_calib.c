@@ -11,6 +11,7 @@
 
 #include "calib.h"
 #include "fsutil.h"
+#include "layer_table.h"
 #include "lm_error.h"
 #include "merge_method.h"
 #include "merge_plan.h"
@@ -575,6 +576,37 @@ static void test_workspace(void)
         free(ties);
         free(base);
     }
+    ws_free(ws);
+    recipe_free(r);
+
+    /* sens: the Layers screen shows each layer's factor beside the weight. */
+    snprintf(text, sizeof(text),
+             "{\"format\": \"mergescope-recipe/1\", \"base\": \"%s\", "
+             "\"models\": [{\"name\": \"b\", \"path\": \"%s\", \"weight\": 0.5}], \"method\": \"sens\", "
+             "\"params\": {\"alpha\": 2}, "
+             "\"calibration\": {\"file\": \"w.jsonl\", \"max_tokens\": 256, \"chat\": \"chatml\"}}", a, b);
+    r = recipe_parse(text, strlen(text), "s.json", tmpdir);
+    ws = r ? ws_open(r, one) : NULL;
+    rc = ws ? ws_calibrate(ws, NULL, NULL) : -1;
+    const struct calib_sensitivity *sd = rc == 0 ? ws_calib_sensitivity(ws) : NULL;
+    TEST_COND("sens workspace calibrates (one model, no alignment pass)", sd && sd->n_models == 1 && sd->n_layer == 2);
+    struct layer_table lt = { 0 };
+    if (sd && lt_fill(&lt, ws, 0, 0, "weight(b)", "weight", 0, TN_GROUP_COUNT) == 0) {
+        double sc[1];
+        calib_sens_scale(sd, 1, 2.0, 3.0, sc);
+        char want[32];
+        snprintf(want, sizeof(want), "0.5 x%.3g", sc[0]);
+        const char *got = NULL;
+        for (size_t k = 0; k < lt.n_rows; k++)
+            if (lt.rows[k].layer == 1)
+                got = lt.rows[k].coef_text;
+        TEST_COND("Layers screen: layer 1 reads \"weight x factor\"", got && strcmp(got, want) == 0);
+        if (got && strcmp(got, want) != 0)
+            printf("      got '%s', expected '%s'\n", got, want);
+    } else {
+        TEST_COND("Layers screen: layer 1 reads \"weight x factor\"", false);
+    }
+    lt_free(&lt);
     ws_free(ws);
     recipe_free(r);
     free(a);

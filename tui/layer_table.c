@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "calib.h"
 #include "lm_error.h"
 #include "merge_plan.h"
 #include "stats.h"
@@ -171,11 +172,17 @@ int lt_fill(struct layer_table *t, const struct workspace *ws, int a, int b,
     int n_models = ws_n_models(ws);
     struct stats_raw *acc = lm_calloc(t->n_rows * 3, sizeof(*acc));  /* attn, mlp, all */
     double *coef = lm_malloc_array(t->n_rows * 2, sizeof(double));
-    if (!acc || !coef) {
+    double *sens = lm_malloc_array(t->n_rows, sizeof(double)); /* sens: the layer's factor */
+    if (!acc || !coef || !sens) {
         free(acc);
         free(coef);
+        free(sens);
         return LM_ENOMEM;
     }
+    for (size_t k = 0; k < t->n_rows; k++)
+        sens[k] = NAN;
+    const struct calib_sensitivity *cs_data =
+        (ws_method(ws)->needs & MERGE_NEEDS_SENSITIVITY) ? ws_calib_sensitivity(ws) : NULL;
     for (size_t k = 0; k < t->n_rows * 3; k++)
         stats_raw_init(&acc[k], n_models);
     for (size_t k = 0; k < t->n_rows * 2; k++)
@@ -205,6 +212,15 @@ int lt_fill(struct layer_table *t, const struct workspace *ws, int a, int b,
                 ws_tensor_params(ws, i, &p);
                 coef[row * 2 + cs] = tune_param_value(&p, spec->id, coef_model);
             }
+        }
+        if (cs_data && rw->layer >= 0 && isnan(sens[row])) {
+            /* What Sens-Merging multiplies this layer's task vector by,
+             * with the layer's own alpha and temperature. */
+            struct merge_tensor_params p;
+            double scale[MERGE_MAX_MODELS];
+            ws_tensor_params(ws, i, &p);
+            calib_sens_scale(cs_data, rw->layer, p.alpha, p.temperature, scale);
+            sens[row] = scale[coef_model >= 0 && coef_model < cs_data->n_models ? coef_model : 0];
         }
         const struct stats_raw *s = ws_tensor_stats(ws, i);
         if (!s)
@@ -239,6 +255,10 @@ int lt_fill(struct layer_table *t, const struct workspace *ws, int a, int b,
                     v = x;
                     snprintf(rw->coef_text, sizeof(rw->coef_text), "%.4g", v);
                 }
+                if (!isnan(sens[row])) {
+                    size_t used = strlen(rw->coef_text);
+                    snprintf(rw->coef_text + used, sizeof(rw->coef_text) - used, " x%.3g", sens[row]);
+                }
             } else if (complete) {
                 int slot = rw->layer < 0 ? 2 : col->group == TN_GROUP_ATTN ? 0 : 1;
                 /* Rows outside the layer stack show their numbers once, in
@@ -253,6 +273,7 @@ int lt_fill(struct layer_table *t, const struct workspace *ws, int a, int b,
     }
     free(acc);
     free(coef);
+    free(sens);
     lt_sort(t, t->sort_col, t->sort_desc);
     return 0;
 }

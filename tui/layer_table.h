@@ -41,7 +41,8 @@ struct lt_row {
     bool has_override;     /* a recipe override applies to one of its tensors */
     int n_tensors, n_done; /* tensors in the row / with statistics */
     double value[LT_MAX_COLS];
-    char coef_text[24];    /* LT_COEF cell */
+    char coef_text[24];    /* LT_COEF cell; for sens, followed by " x<factor>": what
+                              calibration multiplies the layer's task vector by */
 };
 
 struct layer_table {
