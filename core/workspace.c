@@ -691,18 +691,38 @@ static void calib_estimate(const struct workspace *ws, const struct calib_tokens
     out->memory_bytes = (uint64_t)bytes;
 }
 
+/* Whether results for calibration settings `key` are held for every pass
+ * the method needs. */
+static bool calib_held(const struct workspace *ws, const char *key)
+{
+    unsigned needs = ws->plan.method->needs;
+    return (!(needs & MERGE_NEEDS_ACTIVATIONS) || (ws->act_key && strcmp(ws->act_key, key) == 0)) &&
+           (!(needs & MERGE_NEEDS_SENSITIVITY) || (ws->sens_key && strcmp(ws->sens_key, key) == 0));
+}
+
 int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out)
 {
     memset(out, 0, sizeof(*out));
-    unsigned needs = ws->plan.method->needs;
-    if (!needs)
+    if (!ws->plan.method->needs)
         return 0;
+    /* Held already (a sweep asks before every setting): answer from the
+     * last run without reading and tokenizing the file again. */
+    char *key;
+    int rc = calib_key(ws, &key);
+    if (rc)
+        return rc;
+    bool held = calib_held(ws, key);
+    free(key);
+    if (held && ws->have_calib_cost) {
+        *out = ws->calib_cost;
+        out->needed = out->cached = true;
+        return 0;
+    }
     struct calib_input in;
-    int rc = calib_input_load(ws, &in);
+    rc = calib_input_load(ws, &in);
     if (!rc) {
         calib_estimate(ws, &in.tokens, out);
-        out->cached = (!(needs & MERGE_NEEDS_ACTIVATIONS) || (ws->act_key && strcmp(ws->act_key, in.key) == 0)) &&
-                      (!(needs & MERGE_NEEDS_SENSITIVITY) || (ws->sens_key && strcmp(ws->sens_key, in.key) == 0));
+        out->cached = calib_held(ws, in.key);
     }
     calib_input_deinit(&in);
     return rc;
@@ -730,16 +750,22 @@ static struct model *open_model(struct workspace *ws, int s, int64_t n_ctx, stru
     return m;
 }
 
-/* The key of a result in the on-disk cache: the calibration settings, the
- * tokenizer, and each model the pass reads, identified by its directory and
- * every weight file's size and modification time. */
-static char *disk_key(const struct workspace *ws, const char *calib, bool with_base, bool with_models)
+/* The key of a result in the on-disk cache: the calibration file's
+ * content and settings, the tokenizer, and each model the pass reads,
+ * identified by its directory and every weight file's size and
+ * modification time. */
+static char *disk_key(const struct workspace *ws, const struct calib_file *file, bool with_base,
+                      bool with_models)
 {
     struct lm_strbuf b = { 0 };
     char buf[PATH_MAX];
     const char *tok = ws_tokenizer_dir(ws);
-    lm_strbuf_printf(&b, "mergescope-calibration v%d\n%s\ntokenizer %s\n", CALIB_VERSION, calib,
-                     realpath(tok, buf) ? buf : tok);
+    const struct recipe_calibration *c = &ws->recipe->calibration;
+    lm_strbuf_printf(&b,
+                     "mergescope-calibration v%d\ncalibration %016llx samples %lld max_tokens %lld chat %s\n"
+                     "tokenizer %s\n",
+                     CALIB_VERSION, (unsigned long long)file->content_hash, (long long)c->samples,
+                     (long long)c->max_tokens, c->chat ? c->chat : "auto", realpath(tok, buf) ? buf : tok);
     for (int s = with_base ? 0 : 1; s < (with_models ? ws->n_sources : 1); s++) {
         const struct ws_model *m = &ws->sources[s];
         lm_strbuf_printf(&b, "model %s\n", realpath(m->dir, buf) ? buf : m->dir);
@@ -787,11 +813,13 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
     int rc = calib_key(ws, &key);
     if (rc)
         return rc;
+    if (calib_held(ws, key)) {
+        free(key);
+        return 0;
+    }
     bool need_act = (needs & MERGE_NEEDS_ACTIVATIONS) && !(ws->act_key && strcmp(ws->act_key, key) == 0);
     bool need_sens = (needs & MERGE_NEEDS_SENSITIVITY) && !(ws->sens_key && strcmp(ws->sens_key, key) == 0);
     free(key);
-    if (!need_act && !need_sens)
-        return 0;
 
     struct calib_input in;
     rc = calib_input_load(ws, &in);
@@ -815,7 +843,7 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
         free(ws->act_key);
         ws->act_key = NULL;
         cp.span = act_work / (act_work + sens_work);
-        char *dk = disk_key(ws, in.key, true, false);
+        char *dk = disk_key(ws, &in.file, true, false);
         void *blob = NULL;
         size_t blen = 0;
         if (dk && disk_cache_get("aim", dk, &blob, &blen) == 0 &&
@@ -843,7 +871,7 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
         free(ws->sens_key);
         ws->sens_key = NULL;
         cp.span = sens_work / (act_work + sens_work);
-        char *dk = disk_key(ws, in.key, n_models > 1, true);
+        char *dk = disk_key(ws, &in.file, n_models > 1, true);
         void *blob = NULL;
         size_t blen = 0;
         if (dk && disk_cache_get("sens", dk, &blob, &blen) == 0 &&

@@ -122,7 +122,9 @@ struct ws_calib_cost {
 
 /* Loads and tokenizes the recipe's calibration file and estimates the
  * cost for the current method without running anything. out->needed is
- * false for methods that need no calibration. Errors: a method that needs
+ * false for methods that need no calibration. When the results are held
+ * already, out->cached is set and the other figures are those of the last
+ * run (nothing is read). Errors: a method that needs
  * calibration with no "calibration" section in the recipe, an unreadable or
  * malformed file (naming file and line), a tokenizer that cannot load. */
 int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out);
@@ -132,10 +134,11 @@ int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out);
  * are two models or more, for sens), unless results for the same
  * calibration settings are held already; recomputed results drop every
  * cached merge and statistic. Results are also kept in the on-disk cache
- * (disk_cache.h), keyed by the calibration settings and the identity of
- * every model read (directory, weight files' sizes and modification
- * times), and read back from it when present. Merging, statistics and writing call it
- * themselves; call it first to see its progress separately. 0 at once for
+ * (disk_cache.h), keyed by the calibration file's content and settings
+ * and the identity of every model read (directory, weight files' sizes and
+ * modification times), and read back from it when present. Merging,
+ * statistics and writing call it themselves; call it first to see its
+ * progress separately. 0 at once for
  * methods that need nothing. */
 int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud);
 

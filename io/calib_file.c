@@ -69,15 +69,13 @@ int calib_file_load(const char *path, struct calib_file *out)
     memset(out, 0, sizeof(*out));
     if (!(out->path = lm_strdup(path)))
         return LM_ENOMEM;
-    int rc = jsonl_load(path, "calibration samples", "{\"prompt\": ..., \"response\": ...}",
-                        calib_line, out, NULL);
-    if (rc == 0) {
-        size_t len;
-        char *text = lm_read_file(path, (size_t)1 << 30, &len);
-        if (!text)
-            rc = LM_EIO;
-        else
-            out->content_hash = fnv1a((const unsigned char *)text, len);
+    size_t len;
+    char *text = lm_read_file(path, (size_t)1 << 30, &len);
+    int rc = text ? 0 : LM_EIO;
+    if (text) {
+        out->content_hash = fnv1a((const unsigned char *)text, len);
+        rc = jsonl_parse(path, text, len, "calibration samples", "{\"prompt\": ..., \"response\": ...}",
+                         calib_line, out, NULL);
         free(text);
     }
     if (rc) {

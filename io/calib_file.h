@@ -16,7 +16,7 @@ struct calib_file {
     char *path;
     struct calib_sample *samples;
     size_t n;
-    uint64_t content_hash;  /* FNV-1a 64 of the file's bytes: the cache key's share */
+    uint64_t content_hash;  /* FNV-1a 64 of the file's bytes: what the on-disk cache keys on */
 };
 
 /* Reads a calibration file: one object per line with string "prompt" and

@@ -11,12 +11,21 @@
 int jsonl_load(const char *path, const char *what, const char *shape, jsonl_line_fn fn, void *ud,
                size_t *n_lines)
 {
-    size_t len, line_no = 0, n = 0;
+    size_t len;
     if (n_lines)
         *n_lines = 0;
     char *text = lm_read_file(path, (size_t)1 << 30, &len);
     if (!text)
         return LM_EIO; /* lm_read_file named the file; callers add what it was */
+    int rc = jsonl_parse(path, text, len, what, shape, fn, ud, n_lines);
+    free(text);
+    return rc;
+}
+
+int jsonl_parse(const char *path, const char *text, size_t len, const char *what, const char *shape,
+                jsonl_line_fn fn, void *ud, size_t *n_lines)
+{
+    size_t line_no = 0, n = 0;
     int rc = 0;
     for (size_t pos = 0; pos < len && rc == 0;) {
         const char *line = text + pos;
@@ -43,7 +52,6 @@ int jsonl_load(const char *path, const char *what, const char *shape, jsonl_line
         cJSON_Delete(root);
         n++;
     }
-    free(text);
     if (rc == 0 && n == 0)
         rc = lm_err(LM_EFORMAT, "%s: no %s (expected one JSON object per line)", path, what);
     if (n_lines)

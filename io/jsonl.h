@@ -20,5 +20,9 @@ typedef int (*jsonl_line_fn)(void *ud, const char *path, size_t line_no, const s
  * number of lines handed to `fn` through *n_lines. */
 int jsonl_load(const char *path, const char *what, const char *shape, jsonl_line_fn fn, void *ud,
                size_t *n_lines);
+/* The same on text already read from `path` (which only names it in
+ * messages). */
+int jsonl_parse(const char *path, const char *text, size_t len, const char *what, const char *shape,
+                jsonl_line_fn fn, void *ud, size_t *n_lines);
 
 #endif

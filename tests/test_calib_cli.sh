@@ -71,6 +71,10 @@ check "... and gives the same bytes" cmp -s "$tmp/sens-5/model.safetensors" "$tm
 check "a changed calibration setting is a different entry" \
     bash -c 'sed "s/\"samples\": 16/\"samples\": 8/" "$1" >"$2" && "$3" calibrate "$2" >/dev/null 2>&1 && [ $(ls "$4"/sens-*.bin | wc -l) = 2 ]' \
     _ "$tmp/sens.json" "$tmp/sens8.json" "$ms" "$tmp/cache"
+cp "$demo/calib.jsonl" "$tmp/copy.jsonl"
+sed "s#$demo/calib.jsonl#$tmp/copy.jsonl#" "$tmp/sens.json" >"$tmp/sens-copy.json"
+check "the same calibration data under another name reads the cached results" run 0 "$ms" calibrate "$tmp/sens-copy.json"
+check "... (says so)" err_has "calibration results read from the cache"
 check "MERGESCOPE_CACHE_DIR=off stores nothing" \
     bash -c 'MERGESCOPE_CACHE_DIR=off "$1" calibrate "$2" >/dev/null 2>&1 && [ ! -e "$3" ]' _ "$ms" "$tmp/aim.json" "$tmp/nocache-dir-unused"
 
