@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "lm_error.h"
 #include "merge_method.h"
+#include "strbuf.h"
 #include "workspace.h"
 
 static void print_plan(const struct ws_calib_cost *c)
@@ -123,20 +124,24 @@ static void print_sensitivity(const struct workspace *ws, const struct calib_sen
     int n = s->n_models;
     double scale[MERGE_MAX_MODELS];
     if (json) {
-        printf("  \"loss\": {");
-        for (int i = 0; i < n; i++)
-            printf("%s\"%s\": %.6g", i ? ", " : "", ws_model(ws, i)->name, s->loss[i]);
-        printf("},\n  \"alignment\": {");
-        for (int i = 0; i < n; i++)
-            printf("%s\"%s\": %.6g", i ? ", " : "", ws_model(ws, i)->name, s->alignment[i]);
+        for (int k = 0; k < 2; k++) {
+            printf(k ? "},\n  \"alignment\": {" : "  \"loss\": {");
+            for (int i = 0; i < n; i++) {
+                struct lm_strbuf name = { 0 };
+                lm_strbuf_json_string(&name, ws_model(ws, i)->name);
+                char *quoted = lm_strbuf_finish(&name);
+                printf("%s%s: %.6g", i ? ", " : "", quoted ? quoted : "\"?\"", k ? s->alignment[i] : s->loss[i]);
+                free(quoted);
+            }
+        }
         printf("},\n  \"layers\": [");
     } else {
-        for (int i = 0; i < n; i++)
-            printf("model %-12s response loss %.4f%s", ws_model(ws, i)->name, s->loss[i],
-                   n > 1 ? "" : "\n");
-        if (n > 1)
-            for (int i = 0; i < n; i++)
-                printf("  alignment %.4f\n", s->alignment[i]);
+        for (int i = 0; i < n; i++) {
+            printf("model %-12s response loss %.4f", ws_model(ws, i)->name, s->loss[i]);
+            if (n > 1)
+                printf("  alignment %.4f", s->alignment[i]);
+            putchar('\n');
+        }
         printf("%-6s", "layer");
         for (int i = 0; i < n; i++)
             printf(" %12s %8s", "sens", "coef");

@@ -23,6 +23,21 @@ void calib_tokens_deinit(struct calib_tokens *t)
     memset(t, 0, sizeof(*t));
 }
 
+/* The token that ends an assistant turn in `format`, or -1: <|im_end|> for
+ * ChatML, <|eot_id|> for Llama 3, <｜end▁of▁sentence｜> for DeepSeek-R1
+ * (each only if the vocabulary has it); none for plain text, whose
+ * responses simply stop. */
+static int32_t end_of_turn(const struct tok *t, enum chat_format format)
+{
+    switch (format) {
+    case CHAT_FORMAT_CHATML:      return tok_token_to_id(t, "<|im_end|>");
+    case CHAT_FORMAT_LLAMA3:      return tok_token_to_id(t, "<|eot_id|>");
+    case CHAT_FORMAT_DEEPSEEK_R1: return tok_token_to_id(t, "<｜end▁of▁sentence｜>");
+    case CHAT_FORMAT_NONE:        break;
+    }
+    return -1;
+}
+
 int calib_tokenize(const struct calib_file *f, const struct tok *t, enum chat_format format,
                    const char *system, int64_t max_samples, int64_t max_tokens,
                    struct calib_tokens *out)
@@ -33,14 +48,10 @@ int calib_tokenize(const struct calib_file *f, const struct tok *t, enum chat_fo
     size_t n = f->n;
     if (max_samples > 0 && (uint64_t)max_samples < n)
         n = (size_t)max_samples;
-    struct tok_ids stop = { 0 };
-    int rc = chat_stop_ids(t, format, &stop);
-    if (rc)
-        return rc;
-    if (!(out->seqs = lm_calloc(n ? n : 1, sizeof(*out->seqs)))) {
-        tok_ids_free(&stop);
+    int32_t eot = end_of_turn(t, format);
+    int rc = 0;
+    if (!(out->seqs = lm_calloc(n ? n : 1, sizeof(*out->seqs))))
         return LM_ENOMEM;
-    }
     for (size_t i = 0; i < n && rc == 0; i++) {
         const struct calib_sample *s = &f->samples[i];
         struct tok_ids ids = { 0 };
@@ -48,8 +59,8 @@ int calib_tokenize(const struct calib_file *f, const struct tok *t, enum chat_fo
         size_t resp_from = ids.n;
         if (!rc)
             rc = tok_encode(t, s->response, strlen(s->response), true, &ids);
-        if (!rc && stop.n > 0)
-            rc = tok_ids_push(&ids, stop.data[0]);
+        if (!rc && eot >= 0)
+            rc = tok_ids_push(&ids, eot);
         if (rc) {
             tok_ids_free(&ids);
             break;
@@ -80,7 +91,6 @@ int calib_tokenize(const struct calib_file *f, const struct tok *t, enum chat_fo
         out->n_tokens += (int64_t)ids.n;
         out->n_response_tokens += (int64_t)ids.n - (int64_t)resp_from;
     }
-    tok_ids_free(&stop);
     if (rc)
         calib_tokens_deinit(out);
     return rc;
@@ -353,11 +363,22 @@ int calib_sensitivity_compute(struct model *base, struct model *const *models, i
     const struct model_info *info = model_get_info(models[0]);
     int n_layer = (int)info->n_layer;
     int64_t n_vocab = info->n_vocab;
+    bool align = n_models > 1;
     for (int i = 0; i < n_models; i++)
         if (model_get_info(models[i])->n_layer != n_layer ||
             model_get_info(models[i])->n_vocab != n_vocab)
-            return lm_err(LM_EFORMAT, "calibration: the models differ in layers or vocabulary");
-    bool align = n_models > 1;
+            return lm_err(LM_EFORMAT,
+                          "calibration: model %d has %lld layers and %lld vocabulary rows, model 1 "
+                          "%d and %lld",
+                          i + 1, (long long)model_get_info(models[i])->n_layer,
+                          (long long)model_get_info(models[i])->n_vocab, n_layer, (long long)n_vocab);
+    /* The alignment compares logits row for row: the base must share the
+     * vocabulary (a recipe may pad or truncate embeddings; logits cannot). */
+    if (align && model_get_info(base)->n_vocab != n_vocab)
+        return lm_err(LM_EFORMAT,
+                      "calibration: sens with several models compares the base's logits with the "
+                      "models', but the base has %lld vocabulary rows and the models %lld",
+                      (long long)model_get_info(base)->n_vocab, (long long)n_vocab);
     int n_part = align ? n_models + 1 : 0;  /* participants: base, then the models */
     int64_t max_len = 0;
     for (size_t i = 0; i < t->n; i++)
@@ -372,7 +393,7 @@ int calib_sensitivity_compute(struct model *base, struct model *const *models, i
         !(out->alignment = lm_calloc((size_t)n_models, sizeof(double))) ||
         !(out->loss = lm_calloc((size_t)n_models, sizeof(double))) ||
         !(sink = lm_malloc(sizeof(*sink))) ||
-        !(logits = lm_malloc_array((size_t)max_len * (size_t)n_vocab, sizeof(float))) ||
+        (align && !(logits = lm_malloc_array((size_t)max_len * (size_t)n_vocab, sizeof(float)))) ||
         (align && !(resp = lm_malloc_array((size_t)n_part * (size_t)max_len * (size_t)n_vocab,
                                            sizeof(float))))) {
         rc = LM_ENOMEM;

@@ -50,7 +50,8 @@ typedef bool (*calib_progress_fn)(double frac, const char *what, void *ud);
 #define CALIB_DEFAULT_MAX_TOKENS 1024
 
 /* The calibration samples as token ids: prompt in the chat format, then the
- * response and the format's end-of-turn token. The loss covers positions
+ * response and the format's end-of-turn token (<|im_end|>, <|eot_id|> or
+ * <｜end▁of▁sentence｜>; none for plain text). The loss covers positions
  * [resp_from, len). */
 struct calib_seq {
     int32_t *ids;

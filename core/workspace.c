@@ -50,10 +50,24 @@ struct workspace {
     void **merged;                  /* output-dtype bytes per tensor, or NULL */
     void **spare;                   /* buffers of invalidated merges, reused by the next */
     /* Calibration results (aim, sens), each with the key of the settings
-     * that produced it; NULL key = not computed. */
+     * that produced it; NULL = not computed. The results are published
+     * whole through atomic pointers, because the workbench's UI thread
+     * reads them (the sens factors) while its worker may recalibrate;
+     * results replaced are kept until ws_free, so a reader never sees freed
+     * memory. */
     char *act_key, *sens_key;
-    struct calib_activations act;
-    struct calib_sensitivity sens;
+    _Atomic(struct calib_activations *) act;
+    _Atomic(struct calib_sensitivity *) sens;
+    struct calib_activations **old_act;
+    struct calib_sensitivity **old_sens;
+    size_t n_old_act, n_old_sens;
+    /* The token counts of the last tokenized calibration data (for cost
+     * estimates without tokenizing again), with its settings key. */
+    struct calib_summary {
+        size_t samples, truncated;
+        int64_t tokens, response_tokens, longest;
+    } calib_summary;
+    char *summary_key;
     struct ws_calib_cost calib_cost;
     bool have_calib_cost;
 };
@@ -436,8 +450,23 @@ void ws_free(struct workspace *ws)
     recipe_free(ws->recipe);
     free(ws->act_key);
     free(ws->sens_key);
-    calib_activations_deinit(&ws->act);
-    calib_sensitivity_deinit(&ws->sens);
+    free(ws->summary_key);
+    struct calib_activations *a = atomic_load(&ws->act);
+    struct calib_sensitivity *sn = atomic_load(&ws->sens);
+    calib_activations_deinit(a);
+    free(a);
+    calib_sensitivity_deinit(sn);
+    free(sn);
+    for (size_t k = 0; k < ws->n_old_act; k++) {
+        calib_activations_deinit(ws->old_act[k]);
+        free(ws->old_act[k]);
+    }
+    for (size_t k = 0; k < ws->n_old_sens; k++) {
+        calib_sensitivity_deinit(ws->old_sens[k]);
+        free(ws->old_sens[k]);
+    }
+    free(ws->old_act);
+    free(ws->old_sens);
     free(ws);
 }
 
@@ -493,12 +522,19 @@ int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed)
     const char *old_dtype = old->output.dtype ? old->output.dtype : "";
     const char *new_dtype = copy->output.dtype ? copy->output.dtype : "";
     bool dtype_changed = strcmp(old_dtype, new_dtype) != 0;
+    /* New calibration settings make every tensor of a calibration-based
+     * method differ (ws_calibrate measures again when next asked). */
+    const struct recipe_calibration *oc = &ws->recipe->calibration, *nc = &copy->calibration;
+    bool calib_changed = plan.method->needs &&
+        (!oc->file != !nc->file || (oc->file && strcmp(oc->file, nc->file) != 0) ||
+         oc->samples != nc->samples || oc->max_tokens != nc->max_tokens ||
+         !oc->chat != !nc->chat || (oc->chat && strcmp(oc->chat, nc->chat) != 0));
     for (size_t i = 0; i < ws->n_tensors; i++) {
         const struct ws_tensor *t = &ws->tensors[i];
         struct merge_tensor_params a, b;
         merge_plan_resolve(&ws->plan, t->name, &t->info, &a);
         merge_plan_resolve(&plan, t->name, &t->info, &b);
-        bool differs = plan.method != ws->plan.method || memcmp(&a, &b, sizeof(a)) != 0;
+        bool differs = plan.method != ws->plan.method || memcmp(&a, &b, sizeof(a)) != 0 || calib_changed;
         if (differs || dtype_changed) {
             /* Keep the buffer for the re-merge: fresh pages cost more than
              * the merge itself on large tensors. */
@@ -631,20 +667,27 @@ static double matmul_weights(const struct workspace *ws, bool with_head)
     return n;
 }
 
-static void calib_estimate(const struct workspace *ws, const struct calib_tokens *tk,
+static struct calib_summary summarise(const struct calib_tokens *tk)
+{
+    struct calib_summary sm = { .samples = tk->n, .truncated = tk->n_truncated,
+                                .tokens = tk->n_tokens, .response_tokens = tk->n_response_tokens };
+    for (size_t i = 0; i < tk->n; i++)
+        sm.longest = LM_MAX(sm.longest, tk->seqs[i].len);
+    return sm;
+}
+
+static void calib_estimate(const struct workspace *ws, const struct calib_summary *tk,
                            struct ws_calib_cost *out)
 {
     unsigned needs = ws->plan.method->needs;
     int n_models = ws->n_sources - 1;
     memset(out, 0, sizeof(*out));
     out->needed = needs != 0;
-    out->samples = tk->n;
-    out->tokens = tk->n_tokens;
-    out->response_tokens = tk->n_response_tokens;
-    out->truncated = tk->n_truncated;
-    out->longest = 0;
-    for (size_t i = 0; i < tk->n; i++)
-        out->longest = LM_MAX(out->longest, tk->seqs[i].len);
+    out->samples = tk->samples;
+    out->tokens = tk->tokens;
+    out->response_tokens = tk->response_tokens;
+    out->truncated = tk->truncated;
+    out->longest = tk->longest;
     out->forward_passes = 0;
     out->backward_passes = 0;
     if (needs & MERGE_NEEDS_ACTIVATIONS)
@@ -655,8 +698,8 @@ static void calib_estimate(const struct workspace *ws, const struct calib_tokens
             out->forward_passes++;
     }
     /* aim's pass skips lm_head; sens's passes need the logits. */
-    double fwd = 2.0 * matmul_weights(ws, false) * (double)tk->n_tokens;
-    double fwd_head = 2.0 * matmul_weights(ws, true) * (double)tk->n_tokens;
+    double fwd = 2.0 * matmul_weights(ws, false) * (double)tk->tokens;
+    double fwd_head = 2.0 * matmul_weights(ws, true) * (double)tk->tokens;
     out->flops = 0;
     if (needs & MERGE_NEEDS_ACTIVATIONS)
         out->flops += fwd;
@@ -676,7 +719,9 @@ static void calib_estimate(const struct workspace *ws, const struct calib_tokens
          * pass's residual stream per layer and one layer's recomputed
          * activations; the embedding gradient and one reused gradient
          * buffer (backward.h). */
-        double logits = L * vocab * 4.0 * (n_models > 1 ? (double)n_models + 2.0 : 1.0);
+        /* One model: the backward pass's logits chunk (64 MB at most). */
+        double logits = n_models > 1 ? L * vocab * 4.0 * ((double)n_models + 2.0)
+                                     : LM_MIN(L * vocab * 4.0, 64e6);
         double saved = L * layers * dim * 4.0 + L * (8.0 * dim + 3.0 * ff + 64.0 * heads) * 4.0;
         double embed = 0, largest = 0;
         for (size_t i = 0; i < ws->n_tensors; i++) {
@@ -700,28 +745,42 @@ static bool calib_held(const struct workspace *ws, const char *key)
            (!(needs & MERGE_NEEDS_SENSITIVITY) || (ws->sens_key && strcmp(ws->sens_key, key) == 0));
 }
 
+/* Remembers the token counts of `in` for later estimates. */
+static void keep_summary(struct workspace *ws, const struct calib_input *in)
+{
+    char *k = lm_strdup(in->key);
+    if (!k)
+        return;
+    free(ws->summary_key);
+    ws->summary_key = k;
+    ws->calib_summary = summarise(&in->tokens);
+}
+
 int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out)
 {
     memset(out, 0, sizeof(*out));
     if (!ws->plan.method->needs)
         return 0;
-    /* Held already (a sweep asks before every setting): answer from the
-     * last run without reading and tokenizing the file again. */
+    /* The same settings as last time (a sweep asks before every setting):
+     * estimate from the token counts kept then, without reading and
+     * tokenizing the file again. */
     char *key;
     int rc = calib_key(ws, &key);
     if (rc)
         return rc;
     bool held = calib_held(ws, key);
+    bool counted = ws->summary_key && strcmp(ws->summary_key, key) == 0;
     free(key);
-    if (held && ws->have_calib_cost) {
-        *out = ws->calib_cost;
-        out->needed = out->cached = true;
+    if (counted) {
+        calib_estimate(ws, &ws->calib_summary, out);
+        out->cached = held;
         return 0;
     }
     struct calib_input in;
     rc = calib_input_load(ws, &in);
     if (!rc) {
-        calib_estimate(ws, &in.tokens, out);
+        keep_summary(ws, &in);
+        calib_estimate(ws, &ws->calib_summary, out);
         out->cached = calib_held(ws, in.key);
     }
     calib_input_deinit(&in);
@@ -750,25 +809,45 @@ static struct model *open_model(struct workspace *ws, int s, int64_t n_ctx, stru
     return m;
 }
 
-/* The key of a result in the on-disk cache: the calibration file's
- * content and settings, the tokenizer, and each model the pass reads,
- * identified by its directory and every weight file's size and
- * modification time. */
-static char *disk_key(const struct workspace *ws, const struct calib_file *file, bool with_base,
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* The key of a result in the on-disk cache: a hash of the token sequences
+ * the pass runs (which covers the calibration file, the sample and token
+ * limits, the tokenizer, the chat format and its system prompt), and each
+ * model the pass reads, identified by its config.json's content and its
+ * weight files' paths, sizes and modification times. */
+static char *disk_key(const struct workspace *ws, const struct calib_tokens *tk, bool with_base,
                       bool with_models)
 {
     struct lm_strbuf b = { 0 };
     char buf[PATH_MAX];
-    const char *tok = ws_tokenizer_dir(ws);
-    const struct recipe_calibration *c = &ws->recipe->calibration;
-    lm_strbuf_printf(&b,
-                     "mergescope-calibration v%d\ncalibration %016llx samples %lld max_tokens %lld chat %s\n"
-                     "tokenizer %s\n",
-                     CALIB_VERSION, (unsigned long long)file->content_hash, (long long)c->samples,
-                     (long long)c->max_tokens, c->chat ? c->chat : "auto", realpath(tok, buf) ? buf : tok);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < tk->n; i++) {
+        const struct calib_seq *q = &tk->seqs[i];
+        h = fnv1a(h, &q->len, sizeof(q->len));
+        h = fnv1a(h, &q->resp_from, sizeof(q->resp_from));
+        h = fnv1a(h, q->ids, (size_t)q->len * sizeof(int32_t));
+    }
+    lm_strbuf_printf(&b, "mergescope-calibration v%d\ntokens %zu %016llx\n", CALIB_VERSION, tk->n,
+                     (unsigned long long)h);
     for (int s = with_base ? 0 : 1; s < (with_models ? ws->n_sources : 1); s++) {
         const struct ws_model *m = &ws->sources[s];
-        lm_strbuf_printf(&b, "model %s\n", realpath(m->dir, buf) ? buf : m->dir);
+        char *cfg_path = lm_path_join(m->dir, "config.json");
+        size_t len = 0;
+        char *cfg = cfg_path && lm_is_file(cfg_path) ? lm_read_file(cfg_path, (size_t)1 << 24, &len) : NULL;
+        lm_clear_error();
+        lm_strbuf_printf(&b, "model %s config %016llx\n", realpath(m->dir, buf) ? buf : m->dir,
+                         cfg ? (unsigned long long)fnv1a(0xcbf29ce484222325ull, cfg, len) : 0ull);
+        free(cfg);
+        free(cfg_path);
         for (size_t f = 0; f < st_set_n_files(m->weights); f++) {
             const char *path = st_set_file_path(m->weights, f);
             struct stat st;
@@ -804,6 +883,45 @@ static void invalidate_all(struct workspace *ws)
         atomic_store(&ws->stats_done[i], false);
 }
 
+/* Forgets the held activations or sensitivities: the pointer is cleared
+ * (the data kept until ws_free, for readers on other threads) and every
+ * merge and statistic made from them is dropped. */
+static int drop_activations(struct workspace *ws)
+{
+    struct calib_activations *old = atomic_exchange(&ws->act, NULL);
+    free(ws->act_key);
+    ws->act_key = NULL;
+    invalidate_all(ws);
+    if (!old)
+        return 0;
+    struct calib_activations **list = lm_realloc_array(ws->old_act, ws->n_old_act + 1, sizeof(*list));
+    if (!list) {
+        atomic_store(&ws->act, old); /* keep it reachable for ws_free; it is unused */
+        return LM_ENOMEM;
+    }
+    ws->old_act = list;
+    ws->old_act[ws->n_old_act++] = old;
+    return 0;
+}
+
+static int drop_sensitivity(struct workspace *ws)
+{
+    struct calib_sensitivity *old = atomic_exchange(&ws->sens, NULL);
+    free(ws->sens_key);
+    ws->sens_key = NULL;
+    invalidate_all(ws);
+    if (!old)
+        return 0;
+    struct calib_sensitivity **list = lm_realloc_array(ws->old_sens, ws->n_old_sens + 1, sizeof(*list));
+    if (!list) {
+        atomic_store(&ws->sens, old);
+        return LM_ENOMEM;
+    }
+    ws->old_sens = list;
+    ws->old_sens[ws->n_old_sens++] = old;
+    return 0;
+}
+
 int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
 {
     unsigned needs = ws->plan.method->needs;
@@ -827,8 +945,9 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
         calib_input_deinit(&in);
         return rc;
     }
+    keep_summary(ws, &in);
     struct ws_calib_cost cost;
-    calib_estimate(ws, &in.tokens, &cost);
+    calib_estimate(ws, &ws->calib_summary, &cost);
     double t0 = now_seconds();
     int n_models = ws->n_sources - 1;
     double act_work = need_act ? 1.0 : 0.0;
@@ -838,63 +957,74 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
     struct model *models[WS_MAX_SOURCES] = { 0 };
     int64_t n_ctx = LM_MAX(cost.longest, 1);
 
-    if (need_act) {
-        calib_activations_deinit(&ws->act);
-        free(ws->act_key);
-        ws->act_key = NULL;
+    if (need_act && !(rc = drop_activations(ws))) {
         cp.span = act_work / (act_work + sens_work);
-        char *dk = disk_key(ws, &in.file, true, false);
+        struct calib_activations *a = lm_calloc(1, sizeof(*a));
+        char *dk = disk_key(ws, &in.tokens, true, false);
         void *blob = NULL;
         size_t blen = 0;
-        if (dk && disk_cache_get("aim", dk, &blob, &blen) == 0 &&
-            calib_activations_unpack(blob, blen, &ws->act) == 0) {
+        if (!a) {
+            rc = LM_ENOMEM;
+        } else if (dk && disk_cache_get("aim", dk, &blob, &blen) == 0 &&
+                   calib_activations_unpack(blob, blen, a) == 0) {
             cost.from_cache = true;
         } else {
             lm_clear_error();
             if (!(models[0] = open_model(ws, 0, n_ctx, &dirs[0])))
                 rc = LM_EFORMAT;
             if (!rc)
-                rc = calib_activations_compute(models[0], &in.tokens, calib_report, &cp, &ws->act);
+                rc = calib_activations_compute(models[0], &in.tokens, calib_report, &cp, a);
             free(blob);
             blob = NULL;
-            if (!rc && dk && calib_activations_pack(&ws->act, &blob, &blen) == 0)
+            if (!rc && dk && calib_activations_pack(a, &blob, &blen) == 0)
                 cost.cache_written |= disk_cache_put("aim", dk, blob, blen, NULL) == 0;
         }
         free(blob);
         free(dk);
         if (!rc && !(ws->act_key = lm_strdup(in.key)))
             rc = LM_ENOMEM;
+        if (rc) {
+            free(a);
+        } else {
+            atomic_store_explicit(&ws->act, a, memory_order_release);
+        }
         cp.from += cp.span;
     }
-    if (!rc && need_sens) {
-        calib_sensitivity_deinit(&ws->sens);
-        free(ws->sens_key);
-        ws->sens_key = NULL;
+    if (!rc && need_sens && !(rc = drop_sensitivity(ws))) {
         cp.span = sens_work / (act_work + sens_work);
-        char *dk = disk_key(ws, &in.file, n_models > 1, true);
+        struct calib_sensitivity *sn = lm_calloc(1, sizeof(*sn));
+        char *dk = disk_key(ws, &in.tokens, n_models > 1, true);
         void *blob = NULL;
         size_t blen = 0;
-        if (dk && disk_cache_get("sens", dk, &blob, &blen) == 0 &&
-            calib_sensitivity_unpack(blob, blen, &ws->sens) == 0 && ws->sens.n_models == n_models) {
+        if (!sn) {
+            rc = LM_ENOMEM;
+        } else if (dk && disk_cache_get("sens", dk, &blob, &blen) == 0 &&
+                   calib_sensitivity_unpack(blob, blen, sn) == 0 && sn->n_models == n_models) {
             cost.from_cache = true;
         } else {
             lm_clear_error();
-            calib_sensitivity_deinit(&ws->sens);
+            calib_sensitivity_deinit(sn);
             for (int s = n_models > 1 ? 0 : 1; s < ws->n_sources && !rc; s++)
                 if (!models[s] && !(models[s] = open_model(ws, s, n_ctx, &dirs[s])))
                     rc = LM_EFORMAT;
             if (!rc)
                 rc = calib_sensitivity_compute(models[0], models + 1, n_models, &in.tokens,
-                                               calib_report, &cp, &ws->sens);
+                                               calib_report, &cp, sn);
             free(blob);
             blob = NULL;
-            if (!rc && dk && calib_sensitivity_pack(&ws->sens, &blob, &blen) == 0)
+            if (!rc && dk && calib_sensitivity_pack(sn, &blob, &blen) == 0)
                 cost.cache_written |= disk_cache_put("sens", dk, blob, blen, NULL) == 0;
         }
         free(blob);
         free(dk);
         if (!rc && !(ws->sens_key = lm_strdup(in.key)))
             rc = LM_ENOMEM;
+        if (rc) {
+            calib_sensitivity_deinit(sn);
+            free(sn);
+        } else {
+            atomic_store_explicit(&ws->sens, sn, memory_order_release);
+        }
     }
     for (int s = 0; s < WS_MAX_SOURCES; s++) {
         model_free(models[s]);
@@ -903,7 +1033,6 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
     calib_input_deinit(&in);
     if (rc)
         return lm_err_context(rc, "calibration");
-    invalidate_all(ws);
     cost.seconds = now_seconds() - t0;
     ws->calib_cost = cost;
     ws->have_calib_cost = true;
@@ -912,12 +1041,12 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
 
 const struct calib_activations *ws_calib_activations(const struct workspace *ws)
 {
-    return ws->act_key ? &ws->act : NULL;
+    return atomic_load_explicit(&ws->act, memory_order_acquire);
 }
 
 const struct calib_sensitivity *ws_calib_sensitivity(const struct workspace *ws)
 {
-    return ws->sens_key ? &ws->sens : NULL;
+    return atomic_load_explicit(&ws->sens, memory_order_acquire);
 }
 
 const struct ws_calib_cost *ws_calib_last(const struct workspace *ws)
@@ -977,8 +1106,9 @@ int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratc
     struct merge_context ctx = { 0 };
     double scale[MERGE_MAX_MODELS];
     unsigned needs = ws->plan.method->needs;
-    if (((needs & MERGE_NEEDS_ACTIVATIONS) && !ws->act_key) ||
-        ((needs & MERGE_NEEDS_SENSITIVITY) && !ws->sens_key))
+    const struct calib_activations *act = ws_calib_activations(ws);
+    const struct calib_sensitivity *sens = ws_calib_sensitivity(ws);
+    if (((needs & MERGE_NEEDS_ACTIVATIONS) && !act) || ((needs & MERGE_NEEDS_SENSITIVITY) && !sens))
         return lm_err(LM_EINVAL, "tensor '%s': method '%s' needs calibration, which has not run",
                       t->name, ws->plan.method->name);
     struct merge_tensor_job job = {
@@ -989,10 +1119,10 @@ int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratc
         .ctx = needs ? &ctx : NULL,
     };
     if (needs & MERGE_NEEDS_ACTIVATIONS)
-        ctx.channel_importance = calib_activations_for(&ws->act, t->name, &t->info, job.cols,
+        ctx.channel_importance = calib_activations_for(act, t->name, &t->info, job.cols,
                                                        (enum calib_norm)p.importance);
     if (needs & MERGE_NEEDS_SENSITIVITY) {
-        calib_sens_scale(&ws->sens, t->info.layer, p.alpha, p.temperature, scale);
+        calib_sens_scale(sens, t->info.layer, p.alpha, p.temperature, scale);
         ctx.model_scale = scale;
     }
     rc = ws->plan.method->merge_tensor(&job);

@@ -122,9 +122,9 @@ struct ws_calib_cost {
 
 /* Loads and tokenizes the recipe's calibration file and estimates the
  * cost for the current method without running anything. out->needed is
- * false for methods that need no calibration. When the results are held
- * already, out->cached is set and the other figures are those of the last
- * run (nothing is read). Errors: a method that needs
+ * false for methods that need no calibration; out->cached says the results
+ * are held already. The file is read only when its settings changed since
+ * the last call (token counts are kept). Errors: a method that needs
  * calibration with no "calibration" section in the recipe, an unreadable or
  * malformed file (naming file and line), a tokenizer that cannot load. */
 int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out);

@@ -45,7 +45,13 @@ int jsonl_parse(const char *path, const char *text, size_t len, const char *what
             rc = lm_err(LM_EFORMAT, "%s:%zu: malformed JSON near column %zu", path, line_no, col);
             break;
         }
-        if (!cJSON_IsObject(root))
+        size_t used = end && end >= line ? (size_t)(end - line) : ll;
+        while (used < ll && isspace((unsigned char)line[used]))
+            used++;
+        if (used < ll)
+            rc = lm_err(LM_EFORMAT, "%s:%zu: unexpected text after the JSON value, at column %zu "
+                        "(one object per line)", path, line_no, used + 1);
+        else if (!cJSON_IsObject(root))
             rc = lm_err(LM_EFORMAT, "%s:%zu: expected a JSON object %s", path, line_no, shape);
         else
             rc = fn(ud, path, line_no, root);

@@ -61,6 +61,8 @@ static void test_file(void)
         { "{\"prompt\": \"\", \"response\": \"x\"}\n", "bad.jsonl:1: \"prompt\" is empty" },
         { "{\"prompt\": \"a\", \"response\": \"x\"}\n{\"prompt\": \"a\",\n", "bad.jsonl:2: malformed JSON" },
         { "[1, 2]\n", "bad.jsonl:1: expected a JSON object {\"prompt\": ..., \"response\": ...}" },
+        { "{\"prompt\": \"a\", \"response\": \"b\"} {\"prompt\": \"c\", \"response\": \"d\"}\n",
+          "bad.jsonl:1: unexpected text after the JSON value, at column 34" },
         { "\n\n", "no calibration samples" },
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -110,6 +112,18 @@ static void test_tokenize(void)
     TEST_COND("response tokens counted", rc == 0 && tk.n_response_tokens ==
               (tk.seqs[0].len - tk.seqs[0].resp_from) + (tk.seqs[1].len - tk.seqs[1].resp_from));
     int64_t full = rc == 0 ? tk.seqs[1].len : 0;
+    calib_tokens_deinit(&tk);
+
+    rc = calib_tokenize(&f, t, CHAT_FORMAT_NONE, NULL, 1, 0, &tk);
+    struct tok_ids plain = { 0 };
+    tok_encode(t, "hi", 2, false, &plain);
+    int32_t bos = tok_bos_id(t);
+    size_t off = bos >= 0 ? 1 : 0;
+    tok_encode(t, "ok!", 3, true, &plain);
+    TEST_COND("plain format: the prompt text, then the response, and no end-of-turn token",
+              rc == 0 && tk.n == 1 && tk.seqs[0].len == (int64_t)(plain.n + off) &&
+              memcmp(tk.seqs[0].ids + off, plain.data, plain.n * sizeof(int32_t)) == 0);
+    tok_ids_free(&plain);
     calib_tokens_deinit(&tk);
 
     rc = calib_tokenize(&f, t, CHAT_FORMAT_CHATML, "S", 0, full - 3, &tk);

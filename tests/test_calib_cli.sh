@@ -75,6 +75,25 @@ cp "$demo/calib.jsonl" "$tmp/copy.jsonl"
 sed "s#$demo/calib.jsonl#$tmp/copy.jsonl#" "$tmp/sens.json" >"$tmp/sens-copy.json"
 check "the same calibration data under another name reads the cached results" run 0 "$ms" calibrate "$tmp/sens-copy.json"
 check "... (says so)" err_has "calibration results read from the cache"
+cp -r "$demo/quick" "$tmp/quick2"
+sed "s#\"$demo/quick\"#\"$tmp/quick2\"#" "$tmp/aim.json" >"$tmp/aim-q2.json"
+check "a copied base model: calibration computed once" run 0 "$ms" calibrate "$tmp/aim-q2.json"
+check "... and read back the second time" bash -c '"$1" calibrate "$2" 2>&1 >/dev/null | grep -q "read from the cache"' _ "$ms" "$tmp/aim-q2.json"
+sed -i 's/"rms_norm_eps": [0-9.e-]*/"rms_norm_eps": 0.5/' "$tmp/quick2/config.json"
+check "a changed config.json is measured again, not read from the cache" \
+    bash -c '"$1" calibrate "$2" 2>&1 >/dev/null | grep -q "calibration took"' _ "$ms" "$tmp/aim-q2.json"
+
+cat >"$tmp/two.json" <<JSON
+{ "format": "mergescope-recipe/1", "base": "$demo/quick",
+  "models": [ { "name": "long", "path": "$demo/long" }, { "name": "long \\"again\\"", "path": "$demo/long" } ],
+  "method": "sens", "params": { "lambda": 0.5 },
+  "calibration": { "file": "$demo/calib.jsonl", "samples": 4 } }
+JSON
+check "sens with two models: one line per model with loss and alignment" run 0 "$ms" calibrate "$tmp/two.json"
+check "... (table)" out_match '^model long  *response loss [0-9.]*  alignment [0-9.]*$'
+check "... and valid JSON whatever the model names" \
+    bash -c '"$1" calibrate "$2" --format json 2>/dev/null | python3 -c "import json,sys; d=json.load(sys.stdin); assert len(d[\"alignment\"])==2, d"' _ "$ms" "$tmp/two.json"
+
 check "MERGESCOPE_CACHE_DIR=off stores nothing" \
     bash -c 'MERGESCOPE_CACHE_DIR=off "$1" calibrate "$2" >/dev/null 2>&1 && [ ! -e "$3" ]' _ "$ms" "$tmp/aim.json" "$tmp/nocache-dir-unused"
 
