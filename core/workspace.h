@@ -134,9 +134,10 @@ int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out);
  * are two models or more, for sens), unless results for the same
  * calibration settings are held already; recomputed results drop every
  * cached merge and statistic. Results are also kept in the on-disk cache
- * (disk_cache.h), keyed by the calibration file's content and settings
- * and the identity of every model read (directory, weight files' sizes and
- * modification times), and read back from it when present. Merging,
+ * (disk_cache.h), keyed by the token sequences run (calibration file,
+ * limits, tokenizer, chat template) and the identity of every model read
+ * (config.json, weight files' sizes and modification times), and read back
+ * from it when present. Merging,
  * statistics and writing call it themselves; call it first to see its
  * progress separately. 0 at once for
  * methods that need nothing. */
