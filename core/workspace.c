@@ -28,6 +28,16 @@
 
 enum vocab_policy { VOCAB_ERROR, VOCAB_TRUNCATE, VOCAB_PAD };
 
+/* The tokenized calibration data of the recipe and the key that names the
+ * settings that produced it. */
+struct calib_input {
+    struct calib_file file;
+    struct calib_tokens tokens;
+    char *key;
+};
+
+static void calib_input_deinit(struct calib_input *in);
+
 struct workspace {
     struct recipe *recipe;
     struct merge_plan plan;
@@ -58,16 +68,13 @@ struct workspace {
     char *act_key, *sens_key;
     _Atomic(struct calib_activations *) act;
     _Atomic(struct calib_sensitivity *) sens;
-    struct calib_activations **old_act;
-    struct calib_sensitivity **old_sens;
-    size_t n_old_act, n_old_sens;
-    /* The token counts of the last tokenized calibration data (for cost
-     * estimates without tokenizing again), with its settings key. */
-    struct calib_summary {
-        size_t samples, truncated;
-        int64_t tokens, response_tokens, longest;
-    } calib_summary;
-    char *summary_key;
+    void **retired;                 /* replaced results, freed by ws_free */
+    bool *retired_sens;             /* which of them are sensitivities */
+    size_t n_retired;
+    /* The last calibration data read and tokenized, kept so that a cost
+     * estimate followed by the passes (or a sweep asking before every
+     * setting) reads and tokenizes the file once. */
+    struct calib_input calib_in;
     struct ws_calib_cost calib_cost;
     bool have_calib_cost;
 };
@@ -450,23 +457,22 @@ void ws_free(struct workspace *ws)
     recipe_free(ws->recipe);
     free(ws->act_key);
     free(ws->sens_key);
-    free(ws->summary_key);
+    calib_input_deinit(&ws->calib_in);
     struct calib_activations *a = atomic_load(&ws->act);
     struct calib_sensitivity *sn = atomic_load(&ws->sens);
     calib_activations_deinit(a);
     free(a);
     calib_sensitivity_deinit(sn);
     free(sn);
-    for (size_t k = 0; k < ws->n_old_act; k++) {
-        calib_activations_deinit(ws->old_act[k]);
-        free(ws->old_act[k]);
+    for (size_t k = 0; k < ws->n_retired; k++) {
+        if (ws->retired_sens[k])
+            calib_sensitivity_deinit(ws->retired[k]);
+        else
+            calib_activations_deinit(ws->retired[k]);
+        free(ws->retired[k]);
     }
-    for (size_t k = 0; k < ws->n_old_sens; k++) {
-        calib_sensitivity_deinit(ws->old_sens[k]);
-        free(ws->old_sens[k]);
-    }
-    free(ws->old_act);
-    free(ws->old_sens);
+    free(ws->retired);
+    free(ws->retired_sens);
     free(ws);
 }
 
@@ -564,14 +570,6 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* The tokenized calibration data of the recipe and the key that names the
- * settings that produced it. */
-struct calib_input {
-    struct calib_file file;
-    struct calib_tokens tokens;
-    char *key;
-};
-
 static void calib_input_deinit(struct calib_input *in)
 {
     calib_file_deinit(&in->file);
@@ -667,27 +665,19 @@ static double matmul_weights(const struct workspace *ws, bool with_head)
     return n;
 }
 
-static struct calib_summary summarise(const struct calib_tokens *tk)
-{
-    struct calib_summary sm = { .samples = tk->n, .truncated = tk->n_truncated,
-                                .tokens = tk->n_tokens, .response_tokens = tk->n_response_tokens };
-    for (size_t i = 0; i < tk->n; i++)
-        sm.longest = LM_MAX(sm.longest, tk->seqs[i].len);
-    return sm;
-}
-
-static void calib_estimate(const struct workspace *ws, const struct calib_summary *tk,
+static void calib_estimate(const struct workspace *ws, const struct calib_tokens *tk,
                            struct ws_calib_cost *out)
 {
     unsigned needs = ws->plan.method->needs;
     int n_models = ws->n_sources - 1;
     memset(out, 0, sizeof(*out));
     out->needed = needs != 0;
-    out->samples = tk->samples;
-    out->tokens = tk->tokens;
-    out->response_tokens = tk->response_tokens;
-    out->truncated = tk->truncated;
-    out->longest = tk->longest;
+    out->samples = tk->n;
+    out->tokens = tk->n_tokens;
+    out->response_tokens = tk->n_response_tokens;
+    out->truncated = tk->n_truncated;
+    for (size_t i = 0; i < tk->n; i++)
+        out->longest = LM_MAX(out->longest, tk->seqs[i].len);
     out->forward_passes = 0;
     out->backward_passes = 0;
     if (needs & MERGE_NEEDS_ACTIVATIONS)
@@ -698,8 +688,8 @@ static void calib_estimate(const struct workspace *ws, const struct calib_summar
             out->forward_passes++;
     }
     /* aim's pass skips lm_head; sens's passes need the logits. */
-    double fwd = 2.0 * matmul_weights(ws, false) * (double)tk->tokens;
-    double fwd_head = 2.0 * matmul_weights(ws, true) * (double)tk->tokens;
+    double fwd = 2.0 * matmul_weights(ws, false) * (double)tk->n_tokens;
+    double fwd_head = 2.0 * matmul_weights(ws, true) * (double)tk->n_tokens;
     out->flops = 0;
     if (needs & MERGE_NEEDS_ACTIVATIONS)
         out->flops += fwd;
@@ -745,15 +735,25 @@ static bool calib_held(const struct workspace *ws, const char *key)
            (!(needs & MERGE_NEEDS_SENSITIVITY) || (ws->sens_key && strcmp(ws->sens_key, key) == 0));
 }
 
-/* Remembers the token counts of `in` for later estimates. */
-static void keep_summary(struct workspace *ws, const struct calib_input *in)
+/* The recipe's calibration data, tokenized: the copy held when its
+ * settings key is unchanged, else read and tokenized again. */
+static int calib_input_get(struct workspace *ws, const struct calib_input **out)
 {
-    char *k = lm_strdup(in->key);
-    if (!k)
-        return;
-    free(ws->summary_key);
-    ws->summary_key = k;
-    ws->calib_summary = summarise(&in->tokens);
+    char *key;
+    int rc = calib_key(ws, &key);
+    if (rc)
+        return rc;
+    bool same = ws->calib_in.key && strcmp(ws->calib_in.key, key) == 0;
+    free(key);
+    if (!same) {
+        calib_input_deinit(&ws->calib_in);
+        if ((rc = calib_input_load(ws, &ws->calib_in)) != 0) {
+            calib_input_deinit(&ws->calib_in);
+            return rc;
+        }
+    }
+    *out = &ws->calib_in;
+    return 0;
 }
 
 int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out)
@@ -761,30 +761,13 @@ int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out)
     memset(out, 0, sizeof(*out));
     if (!ws->plan.method->needs)
         return 0;
-    /* The same settings as last time (a sweep asks before every setting):
-     * estimate from the token counts kept then, without reading and
-     * tokenizing the file again. */
-    char *key;
-    int rc = calib_key(ws, &key);
+    const struct calib_input *in;
+    int rc = calib_input_get(ws, &in);
     if (rc)
         return rc;
-    bool held = calib_held(ws, key);
-    bool counted = ws->summary_key && strcmp(ws->summary_key, key) == 0;
-    free(key);
-    if (counted) {
-        calib_estimate(ws, &ws->calib_summary, out);
-        out->cached = held;
-        return 0;
-    }
-    struct calib_input in;
-    rc = calib_input_load(ws, &in);
-    if (!rc) {
-        keep_summary(ws, &in);
-        calib_estimate(ws, &ws->calib_summary, out);
-        out->cached = calib_held(ws, in.key);
-    }
-    calib_input_deinit(&in);
-    return rc;
+    calib_estimate(ws, &in->tokens, out);
+    out->cached = calib_held(ws, in->key);
+    return 0;
 }
 
 /* Opens source s as a runnable model on the workspace's pool. NULL with an
@@ -883,43 +866,42 @@ static void invalidate_all(struct workspace *ws)
         atomic_store(&ws->stats_done[i], false);
 }
 
-/* Forgets the held activations or sensitivities: the pointer is cleared
- * (the data kept until ws_free, for readers on other threads) and every
- * merge and statistic made from them is dropped. */
-static int drop_activations(struct workspace *ws)
+/* Keeps a replaced result until ws_free: a reader on another thread may
+ * still hold it. */
+static int retire(struct workspace *ws, void *p, bool is_sens)
 {
-    struct calib_activations *old = atomic_exchange(&ws->act, NULL);
-    free(ws->act_key);
-    ws->act_key = NULL;
-    invalidate_all(ws);
-    if (!old)
+    if (!p)
         return 0;
-    struct calib_activations **list = lm_realloc_array(ws->old_act, ws->n_old_act + 1, sizeof(*list));
-    if (!list) {
-        atomic_store(&ws->act, old); /* keep it reachable for ws_free; it is unused */
+    void **list = lm_realloc_array(ws->retired, ws->n_retired + 1, sizeof(*list));
+    if (list)
+        ws->retired = list;
+    bool *kinds = list ? lm_realloc_array(ws->retired_sens, ws->n_retired + 1, sizeof(*kinds)) : NULL;
+    if (!kinds)
         return LM_ENOMEM;
-    }
-    ws->old_act = list;
-    ws->old_act[ws->n_old_act++] = old;
+    ws->retired_sens = kinds;
+    ws->retired[ws->n_retired] = p;
+    ws->retired_sens[ws->n_retired++] = is_sens;
     return 0;
 }
 
-static int drop_sensitivity(struct workspace *ws)
+/* Forgets the held activations or sensitivities: the pointer is cleared
+ * (the data kept until ws_free) and every merge and statistic made from
+ * them is dropped. */
+static int drop_calibration(struct workspace *ws, bool sens)
 {
-    struct calib_sensitivity *old = atomic_exchange(&ws->sens, NULL);
-    free(ws->sens_key);
-    ws->sens_key = NULL;
+    void *old = sens ? (void *)atomic_exchange(&ws->sens, NULL) : (void *)atomic_exchange(&ws->act, NULL);
+    char **key = sens ? &ws->sens_key : &ws->act_key;
+    free(*key);
+    *key = NULL;
     invalidate_all(ws);
-    if (!old)
-        return 0;
-    struct calib_sensitivity **list = lm_realloc_array(ws->old_sens, ws->n_old_sens + 1, sizeof(*list));
-    if (!list) {
-        atomic_store(&ws->sens, old);
-        return LM_ENOMEM;
+    int rc = retire(ws, old, sens);
+    if (rc) { /* keep it reachable for ws_free; ws_calibrate fails before any merge */
+        if (sens)
+            atomic_store(&ws->sens, old);
+        else
+            atomic_store(&ws->act, old);
     }
-    ws->old_sens = list;
-    ws->old_sens[ws->n_old_sens++] = old;
-    return 0;
+    return rc;
 }
 
 int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
@@ -939,15 +921,11 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
     bool need_sens = (needs & MERGE_NEEDS_SENSITIVITY) && !(ws->sens_key && strcmp(ws->sens_key, key) == 0);
     free(key);
 
-    struct calib_input in;
-    rc = calib_input_load(ws, &in);
-    if (rc) {
-        calib_input_deinit(&in);
+    const struct calib_input *in;
+    if ((rc = calib_input_get(ws, &in)) != 0)
         return rc;
-    }
-    keep_summary(ws, &in);
     struct ws_calib_cost cost;
-    calib_estimate(ws, &ws->calib_summary, &cost);
+    calib_estimate(ws, &in->tokens, &cost);
     double t0 = now_seconds();
     int n_models = ws->n_sources - 1;
     double act_work = need_act ? 1.0 : 0.0;
@@ -957,10 +935,10 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
     struct model *models[WS_MAX_SOURCES] = { 0 };
     int64_t n_ctx = LM_MAX(cost.longest, 1);
 
-    if (need_act && !(rc = drop_activations(ws))) {
+    if (need_act && !(rc = drop_calibration(ws, false))) {
         cp.span = act_work / (act_work + sens_work);
         struct calib_activations *a = lm_calloc(1, sizeof(*a));
-        char *dk = disk_key(ws, &in.tokens, true, false);
+        char *dk = disk_key(ws, &in->tokens, true, false);
         void *blob = NULL;
         size_t blen = 0;
         if (!a) {
@@ -973,7 +951,7 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
             if (!(models[0] = open_model(ws, 0, n_ctx, &dirs[0])))
                 rc = LM_EFORMAT;
             if (!rc)
-                rc = calib_activations_compute(models[0], &in.tokens, calib_report, &cp, a);
+                rc = calib_activations_compute(models[0], &in->tokens, calib_report, &cp, a);
             free(blob);
             blob = NULL;
             if (!rc && dk && calib_activations_pack(a, &blob, &blen) == 0)
@@ -981,7 +959,7 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
         }
         free(blob);
         free(dk);
-        if (!rc && !(ws->act_key = lm_strdup(in.key)))
+        if (!rc && !(ws->act_key = lm_strdup(in->key)))
             rc = LM_ENOMEM;
         if (rc) {
             free(a);
@@ -990,10 +968,10 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
         }
         cp.from += cp.span;
     }
-    if (!rc && need_sens && !(rc = drop_sensitivity(ws))) {
+    if (!rc && need_sens && !(rc = drop_calibration(ws, true))) {
         cp.span = sens_work / (act_work + sens_work);
         struct calib_sensitivity *sn = lm_calloc(1, sizeof(*sn));
-        char *dk = disk_key(ws, &in.tokens, n_models > 1, true);
+        char *dk = disk_key(ws, &in->tokens, n_models > 1, true);
         void *blob = NULL;
         size_t blen = 0;
         if (!sn) {
@@ -1008,7 +986,7 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
                 if (!models[s] && !(models[s] = open_model(ws, s, n_ctx, &dirs[s])))
                     rc = LM_EFORMAT;
             if (!rc)
-                rc = calib_sensitivity_compute(models[0], models + 1, n_models, &in.tokens,
+                rc = calib_sensitivity_compute(models[0], models + 1, n_models, &in->tokens,
                                                calib_report, &cp, sn);
             free(blob);
             blob = NULL;
@@ -1017,7 +995,7 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
         }
         free(blob);
         free(dk);
-        if (!rc && !(ws->sens_key = lm_strdup(in.key)))
+        if (!rc && !(ws->sens_key = lm_strdup(in->key)))
             rc = LM_ENOMEM;
         if (rc) {
             calib_sensitivity_deinit(sn);
@@ -1030,7 +1008,6 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
         model_free(models[s]);
         model_dir_close(dirs[s]);
     }
-    calib_input_deinit(&in);
     if (rc)
         return lm_err_context(rc, "calibration");
     cost.seconds = now_seconds() - t0;
