@@ -17,6 +17,7 @@
 #include "convert.h"
 #include "disk_cache.h"
 #include "fsutil.h"
+#include "hash.h"
 #include "lm_error.h"
 #include "merge_plan.h"
 #include "pool.h"
@@ -792,16 +793,6 @@ static struct model *open_model(struct workspace *ws, int s, int64_t n_ctx, stru
     return m;
 }
 
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 /* The key of a result in the on-disk cache: a hash of the token sequences
  * the pass runs (which covers the calibration file, the sample and token
  * limits, the tokenizer, the chat format and its system prompt), and each
@@ -812,12 +803,12 @@ static char *disk_key(const struct workspace *ws, const struct calib_tokens *tk,
 {
     struct lm_strbuf b = { 0 };
     char buf[PATH_MAX];
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = LM_FNV1A_OFFSET;
     for (size_t i = 0; i < tk->n; i++) {
         const struct calib_seq *q = &tk->seqs[i];
-        h = fnv1a(h, &q->len, sizeof(q->len));
-        h = fnv1a(h, &q->resp_from, sizeof(q->resp_from));
-        h = fnv1a(h, q->ids, (size_t)q->len * sizeof(int32_t));
+        h = lm_fnv1a(h, &q->len, sizeof(q->len));
+        h = lm_fnv1a(h, &q->resp_from, sizeof(q->resp_from));
+        h = lm_fnv1a(h, q->ids, (size_t)q->len * sizeof(int32_t));
     }
     lm_strbuf_printf(&b, "mergescope-calibration v%d\ntokens %zu %016llx\n", CALIB_VERSION, tk->n,
                      (unsigned long long)h);
@@ -828,7 +819,7 @@ static char *disk_key(const struct workspace *ws, const struct calib_tokens *tk,
         char *cfg = cfg_path && lm_is_file(cfg_path) ? lm_read_file(cfg_path, (size_t)1 << 24, &len) : NULL;
         lm_clear_error();
         lm_strbuf_printf(&b, "model %s config %016llx\n", realpath(m->dir, buf) ? buf : m->dir,
-                         cfg ? (unsigned long long)fnv1a(0xcbf29ce484222325ull, cfg, len) : 0ull);
+                         cfg ? (unsigned long long)lm_fnv1a(LM_FNV1A_OFFSET, cfg, len) : 0ull);
         free(cfg);
         free(cfg_path);
         for (size_t f = 0; f < st_set_n_files(m->weights); f++) {

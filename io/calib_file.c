@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "fsutil.h"
+#include "hash.h"
 #include "jsonl.h"
 #include "lm_error.h"
 
@@ -54,16 +55,6 @@ static int calib_line(void *ud, const char *path, size_t line_no, const cJSON *o
     return 0;
 }
 
-static uint64_t fnv1a(const unsigned char *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 int calib_file_load(const char *path, struct calib_file *out)
 {
     memset(out, 0, sizeof(*out));
@@ -73,7 +64,7 @@ int calib_file_load(const char *path, struct calib_file *out)
     char *text = lm_read_file(path, (size_t)1 << 30, &len);
     int rc = text ? 0 : LM_EIO;
     if (text) {
-        out->content_hash = fnv1a((const unsigned char *)text, len);
+        out->content_hash = lm_fnv1a(LM_FNV1A_OFFSET, text, len);
         rc = jsonl_parse(path, text, len, "calibration samples", "{\"prompt\": ..., \"response\": ...}",
                          calib_line, out, NULL);
         free(text);

@@ -6,20 +6,11 @@
 #include <string.h>
 
 #include "fsutil.h"
+#include "hash.h"
 #include "lm_error.h"
 
 #define MAGIC "MSCACHE1"
 
-static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-#define FNV_OFFSET 0xcbf29ce484222325ull
 
 char *disk_cache_dir(void)
 {
@@ -43,7 +34,7 @@ char *disk_cache_path(const char *kind, const char *key)
     if (!dir)
         return NULL;
     char *p = lm_asprintf("%s/%s-%016llx.bin", dir, kind,
-                          (unsigned long long)fnv1a(key, strlen(key), FNV_OFFSET));
+                          (unsigned long long)lm_fnv1a(LM_FNV1A_OFFSET, key, strlen(key)));
     free(dir);
     return p;
 }
@@ -84,7 +75,7 @@ int disk_cache_get(const char *kind, const char *key, void **data, size_t *len)
         memcmp(b + 16, key, klen) == 0) {
         uint64_t plen = get_u64(b + 16 + klen);
         size_t head = 16 + klen + 8;
-        if (plen == n - head - 8 && get_u64(b + n - 8) == fnv1a(b, n - 8, FNV_OFFSET)) {
+        if (plen == n - head - 8 && get_u64(b + n - 8) == lm_fnv1a(LM_FNV1A_OFFSET, b, n - 8)) {
             void *p = malloc(plen ? plen : 1);
             if (p) {
                 memcpy(p, b + head, plen);
@@ -122,7 +113,7 @@ int disk_cache_put(const char *kind, const char *key, const void *data, size_t l
     put_u64(b + 16 + klen, len);
     if (len)
         memcpy(b + 16 + klen + 8, data, len);
-    put_u64(b + total - 8, fnv1a(b, total - 8, FNV_OFFSET));
+    put_u64(b + total - 8, lm_fnv1a(LM_FNV1A_OFFSET, b, total - 8));
     rc = lm_write_file_atomic(path, b, total);
     free(b);
     if (rc == 0 && path_out)
