@@ -1,8 +1,8 @@
 /* `mergescope eval` and `mergescope sweep`: the paper's measurements
  * (accuracy, mean response length in tokens, share of reflective responses)
  * of one model, or of every combination of recipe settings. */
-#ifndef LM_APP_CMD_EVAL_H
-#define LM_APP_CMD_EVAL_H
+#ifndef MS_APP_CMD_EVAL_H
+#define MS_APP_CMD_EVAL_H
 
 /* argv[0] is the command name. Return the process exit code: 0 ok,
  * 1 runtime failure or interrupted (the results so far are printed),

@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "lm_error.h"
+#include "units.h"
 #include "workspace.h"
 
 static const char merge_usage[] =
@@ -62,7 +63,7 @@ int cmd_merge(int argc, char **argv)
                 return cli_usage_error("merge", "--dtype must be bf16, f16 or f32");
             break;
         case 's':
-            if (st_parse_size(optarg, &wp.shard_size) != 0 || wp.shard_size == 0)
+            if (lm_parse_size(optarg, &wp.shard_size) != 0 || wp.shard_size == 0)
                 return cli_usage_error("merge", "--shard-size: '%s' is not a size like 5GB", optarg);
             break;
         case 't': {

@@ -1,6 +1,6 @@
 /* `mergescope tokenize`: token ids of a text as a JSON array. */
-#ifndef LM_APP_CMD_TOKENIZE_H
-#define LM_APP_CMD_TOKENIZE_H
+#ifndef MS_APP_CMD_TOKENIZE_H
+#define MS_APP_CMD_TOKENIZE_H
 
 /* argv[0] is "tokenize". Returns the process exit code: 0 ok, 1 runtime
  * failure (unreadable input), 2 usage, 3 bad tokenizer file. */

@@ -1,7 +1,7 @@
 /* Benchmark files: JSONL of {"question": ..., "answer": ...}, as `eval`
  * and `sweep` read them. */
-#ifndef LM_IO_BENCH_H
-#define LM_IO_BENCH_H
+#ifndef MS_IO_BENCH_H
+#define MS_IO_BENCH_H
 
 #include <stddef.h>
 

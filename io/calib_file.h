@@ -1,8 +1,8 @@
 /* Calibration files: JSONL of {"prompt": ..., "response": ...}, the data the
  * activation-based merge methods (aim, sens) run through the models. The
  * loss of the sensitivity pass is taken on the response tokens. */
-#ifndef LM_IO_CALIB_FILE_H
-#define LM_IO_CALIB_FILE_H
+#ifndef MS_IO_CALIB_FILE_H
+#define MS_IO_CALIB_FILE_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -8,8 +8,8 @@
  *
  * Where: $MERGESCOPE_CACHE_DIR, else $XDG_CACHE_HOME/mergescope, else
  * $HOME/.cache/mergescope. MERGESCOPE_CACHE_DIR=off turns the cache off. */
-#ifndef LM_IO_DISK_CACHE_H
-#define LM_IO_DISK_CACHE_H
+#ifndef MS_IO_DISK_CACHE_H
+#define MS_IO_DISK_CACHE_H
 
 #include <stdbool.h>
 #include <stddef.h>

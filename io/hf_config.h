@@ -6,8 +6,8 @@
  * 10000, rms_norm_eps 1e-6, head_dim = hidden_size / num_attention_heads,
  * num_key_value_heads = num_attention_heads). `rope_theta` is read from the
  * top level or from `rope_parameters` (newer transformers). */
-#ifndef LM_IO_HF_CONFIG_H
-#define LM_IO_HF_CONFIG_H
+#ifndef MS_IO_HF_CONFIG_H
+#define MS_IO_HF_CONFIG_H
 
 #include <stdbool.h>
 #include <stddef.h>

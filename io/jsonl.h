@@ -1,7 +1,7 @@
 /* JSONL files: one JSON object per line, blank lines skipped. The shared
  * reader behind benchmark and calibration files. */
-#ifndef LM_IO_JSONL_H
-#define LM_IO_JSONL_H
+#ifndef MS_IO_JSONL_H
+#define MS_IO_JSONL_H
 
 #include <stddef.h>
 

@@ -40,6 +40,7 @@
 #include "dtype.h"
 #include "lm_error.h"
 #include "strbuf.h"
+#include "units.h"
 #include "utf8.h"
 
 /* Layer filters are listed one per layer: an override needing more than
@@ -914,7 +915,7 @@ char *recipe_to_mergekit_yaml(const struct recipe *r, char **warnings)
     }
     if (r->output.shard_size) {
         uint64_t bytes = 0;
-        if (recipe_parse_size(r->output.shard_size, &bytes) == 0)
+        if (lm_parse_size(r->output.shard_size, &bytes) == 0)
             lm_strbuf_printf(&out, "# Shard size %llu bytes: pass --out-shard-size %llu to mergekit-yaml.\n",
                       (unsigned long long)bytes, (unsigned long long)bytes);
     }

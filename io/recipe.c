@@ -27,6 +27,7 @@
 #include "fsutil.h"
 #include "lm_error.h"
 #include "strbuf.h"
+#include "units.h"
 
 #define RECIPE_MAX_BYTES (16u << 20)
 #define RECIPE_PATH_MAX 256 /* key paths in messages are cut beyond this */
@@ -66,59 +67,6 @@ void recipe_format_number(double v, char *buf, size_t size)
     for (char *p = buf; *p; p++)
         if (*p == ',')
             *p = '.';
-}
-
-int recipe_parse_size(const char *text, uint64_t *bytes)
-{
-    static const struct { const char *unit; double mult; } units[] = {
-        { "",    1.0 },    { "b",   1.0 },
-        { "k",   1e3 },    { "kb",  1e3 },    { "kib", 1024.0 },
-        { "m",   1e6 },    { "mb",  1e6 },    { "mib", 1048576.0 },
-        { "g",   1e9 },    { "gb",  1e9 },    { "gib", 1073741824.0 },
-        { "t",   1e12 },   { "tb",  1e12 },   { "tib", 1099511627776.0 },
-    };
-    if (!text || !bytes)
-        return LM_EINVAL;
-    const char *p = text;
-    double v = 0;
-    int digits = 0;
-    while (*p >= '0' && *p <= '9' && digits < 20) {
-        v = v * 10 + (*p++ - '0');
-        digits++;
-    }
-    if (digits == 0 || (*p >= '0' && *p <= '9'))
-        return LM_EINVAL;
-    if (*p == '.') {
-        p++;
-        double scale = 0.1;
-        int frac = 0;
-        while (*p >= '0' && *p <= '9' && frac < 20) {
-            v += (*p++ - '0') * scale;
-            scale /= 10;
-            frac++;
-        }
-        if (frac == 0 || (*p >= '0' && *p <= '9'))
-            return LM_EINVAL;
-    }
-    if (*p == ' ')
-        p++;
-    char unit[4] = "";
-    for (size_t i = 0; p[i]; i++) {
-        if (i + 1 >= sizeof(unit))
-            return LM_EINVAL;
-        unit[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (char)(p[i] - 'A' + 'a') : p[i];
-        unit[i + 1] = '\0';
-    }
-    for (size_t i = 0; i < LM_ARRAY_SIZE(units); i++) {
-        if (strcmp(unit, units[i].unit) != 0)
-            continue;
-        double total = floor(v * units[i].mult);
-        if (!(total >= 1.0) || total >= 9.2e18)
-            return LM_EINVAL;
-        *bytes = (uint64_t)total;
-        return 0;
-    }
-    return LM_EINVAL;
 }
 
 /* ===== Life cycle ===== */
@@ -1174,8 +1122,8 @@ static int parse_output(const struct parse_ctx *c, const cJSON *j)
         }
         if ((rc = get_string(c, "output.shard_size", v, true, &out->shard_size)) != 0)
             return rc;
-        if (recipe_parse_size(out->shard_size, &bytes) != 0)
-            return perr(c, "output.shard_size", "bad size \"%s\" (expected e.g. \"5GB\", \"500MB\" or bytes)",
+        if (lm_parse_size(out->shard_size, &bytes) != 0 || bytes == 0)
+            return perr(c, "output.shard_size", "bad size \"%s\" (expected e.g. \"5GB\", \"1.5GiB\" or bytes)",
                         out->shard_size);
     }
     return 0;

@@ -35,8 +35,8 @@
  *
  * Paths are kept as written; recipe_resolve_path() makes them relative to the
  * recipe file's directory. */
-#ifndef LM_IO_RECIPE_H
-#define LM_IO_RECIPE_H
+#ifndef MS_IO_RECIPE_H
+#define MS_IO_RECIPE_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -165,13 +165,6 @@ bool recipe_equal(const struct recipe *a, const struct recipe *b);
  * (finite), with '.' as the decimal point whatever the locale: 0.1 -> "0.1",
  * 42.0 -> "42", 1e-9 -> "1e-09". `size` >= 32 always suffices. */
 void recipe_format_number(double v, char *buf, size_t size);
-
-/* Parses a size as output.shard_size and --shard-size take it: a positive
- * number (fraction allowed) with an optional unit, case-insensitive: none or
- * B = bytes, K/KB, M/MB, G/GB, T/TB = powers of 1000, KiB, MiB, GiB, TiB =
- * powers of 1024 ("5GB", "500MB", "1.5GiB", "4000000000"). 0 or LM_EINVAL
- * (no message: callers name the key). */
-int recipe_parse_size(const char *text, uint64_t *bytes);
 
 /* mergekit YAML with the same meaning, where mergekit can express it.
  * `*warnings` receives a heap string with one line per part mergekit cannot

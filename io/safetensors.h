@@ -15,8 +15,8 @@
  * the data region, overlapping tensors or holes (the tensors must tile the
  * data region exactly), duplicate names, metadata values that are not
  * strings. Every message names the file, the tensor and the numbers. */
-#ifndef LM_IO_SAFETENSORS_H
-#define LM_IO_SAFETENSORS_H
+#ifndef MS_IO_SAFETENSORS_H
+#define MS_IO_SAFETENSORS_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -117,9 +117,5 @@ int st_writer_write(struct st_writer *w, const void *data, size_t nbytes);
 int st_writer_commit(struct st_writer *w);
 /* Removes temporaries; accepts NULL. */
 void st_writer_abort(struct st_writer *w);
-
-/* Parses a size such as "5GB", "500MB", "2GiB", "1000000" (bytes); decimal
- * units are powers of 1000, binary ones of 1024. -1 on error. */
-int st_parse_size(const char *text, uint64_t *out);
 
 #endif

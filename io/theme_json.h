@@ -16,8 +16,8 @@
  * "bg8" name what an 8-colour terminal uses instead (else the TUI picks the
  * nearest). Attributes: "bold", "dim", "reverse", "underline", "standout",
  * "italic". Every key is optional except "roles"; unknown keys are errors. */
-#ifndef LM_IO_THEME_JSON_H
-#define LM_IO_THEME_JSON_H
+#ifndef MS_IO_THEME_JSON_H
+#define MS_IO_THEME_JSON_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -32,8 +32,8 @@
  * Limitation: U+0000 cannot be part of a string: vocab and merges reject
  * it, cJSON ends the other strings there (byte-level vocabularies never
  * hold it: byte 0 is 'Ā'). */
-#ifndef LM_IO_TOKENIZER_JSON_H
-#define LM_IO_TOKENIZER_JSON_H
+#ifndef MS_IO_TOKENIZER_JSON_H
+#define MS_IO_TOKENIZER_JSON_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,6 +1,6 @@
 /* A test runner the size of a header: each check prints one line saying what
  * it checked and whether it passed; test_report() prints the tally and gives
- * the exit status for main(). */
+ * the exit status for main(), failing when no check ran. */
 #ifndef MS_TESTS_TEST_H
 #define MS_TESTS_TEST_H
 
@@ -28,9 +28,14 @@ static int test_count_failed;
     if (!test_ok_) printf("      got %.9g, expected %.9g (tol %g)\n", test_a_, test_b_, (double)(tol)); \
 } while (0)
 
+/* A program that ran no check has proved nothing: that is a failure too. */
 static inline int test_report(void)
 {
     printf("%d passed, %d failed\n", test_count_run - test_count_failed, test_count_failed);
+    if (test_count_run == 0) {
+        printf("no check ran: FAILED\n");
+        return 1;
+    }
     return test_count_failed ? 1 : 0;
 }
 

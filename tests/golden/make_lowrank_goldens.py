@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/golden/lowrank/goldens.txt: numpy references for svd.c and
-for the lore and twin merge methods (merge_lowrank.c), which
-tests/test_lowrank.c reads.
+for the lore and twin merge methods (lowrank.c), which
+tests/test_merge_lowrank.c reads.
 
 Run once by a developer with numpy (Debian's python3-numpy is enough); CI
 never runs it. The output is deterministic for a given numpy.
@@ -18,7 +18,7 @@ Cases:
                          values) and the LoRE objective after each round
   twin_*                 inputs, parameters and the merged `out`
 
-The references implement the algorithms of merge_lowrank.c's top comment in
+The references implement the algorithms of lowrank.c's top comment in
 float64 directly from the float32 inputs, with the wrapped method
 task_arithmetic: out = b + lambda * sum_i w_i (x_i - b) [/ sum_i w_i when
 normalize]. Each case checks that no threshold or energy cut sits close to

@@ -1,0 +1,33 @@
+/* Small file-system helpers shared by io/: whole-file reads, atomic writes
+ * (temporary name in the same directory, fsync, rename), path joins. */
+#ifndef MS_COMMON_FSUTIL_H
+#define MS_COMMON_FSUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Reads a whole file into a NUL-terminated heap buffer; *len gets its size.
+ * NULL with an error naming the file. Files over `max_bytes` are refused. */
+char *lm_read_file(const char *path, size_t max_bytes, size_t *len);
+
+/* Writes `len` bytes to `path` through a temporary name in the same
+ * directory and rename(2); on failure the old file is untouched. */
+int lm_write_file_atomic(const char *path, const void *data, size_t len);
+
+/* Copies a file (tmp + rename). */
+int lm_copy_file(const char *src, const char *dst);
+
+/* dir + "/" + name, caller frees. */
+char *lm_path_join(const char *dir, const char *name);
+
+/* True when `path` exists and is a regular file / a directory. */
+bool lm_is_file(const char *path);
+bool lm_is_dir(const char *path);
+
+/* Creates `path` as a directory if it does not exist (parents too). */
+int lm_mkdir_p(const char *path);
+
+/* The directory part of `path` ("." when none). Caller frees. */
+char *lm_path_dirname(const char *path);
+
+#endif

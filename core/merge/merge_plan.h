@@ -1,0 +1,42 @@
+/* A recipe checked against the method registry, and the parameters it gives
+ * each tensor.
+ *
+ * Resolution order for one tensor (later wins): merge_tensor_params_default,
+ * the method's defaults, the recipe's global "params", each model's own
+ * parameters, then every override whose layers and modules match, in order.
+ * A list value is a gradient: with t = layer / (n_layers - 1) it is
+ * interpolated linearly between its evenly spaced points (numpy.interp, as
+ * mergekit does); tensors outside the layer stack take an end of the list
+ * as in mergekit: embeddings the first value, the final norm and lm_head
+ * the last. */
+#ifndef MS_CORE_MERGE_MERGE_PLAN_H
+#define MS_CORE_MERGE_MERGE_PLAN_H
+
+#include "merge_method.h"
+#include "recipe.h"
+#include "tensor_name.h"
+
+struct merge_plan {
+    const struct recipe *recipe;       /* borrowed */
+    const struct merge_method *method;
+    int n_models;
+    int n_layers;                      /* set by the caller once models are open */
+};
+
+/* Checks method name, model count, every parameter name, kind and range,
+ * with errors naming the key path ("overrides[1].params.density: 1.5 is
+ * outside [0, 1]"). 0 or LM_EFORMAT. */
+int merge_plan_init(struct merge_plan *plan, const struct recipe *r);
+
+/* The parameters for one tensor. */
+void merge_plan_resolve(const struct merge_plan *plan, const char *name,
+                        const struct tn_info *info, struct merge_tensor_params *out);
+
+/* Whether override `o` applies to this tensor. */
+bool merge_plan_override_matches(const struct recipe_override *o, const char *name,
+                                 const struct tn_info *info);
+
+/* numpy.interp of evenly spaced points at t in [0, 1]. */
+double merge_plan_interp(const double *v, size_t n, double t);
+
+#endif

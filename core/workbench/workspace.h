@@ -1,0 +1,251 @@
+/* The workspace: what the CLI and the TUI drive. It opens a recipe's base
+ * and models once (memory-mapped), lines up their tensors, and then on
+ * demand computes task-vector statistics, merges single tensors or layers in
+ * memory, or streams the whole merged model to disk.
+ *
+ * Tensor line-up rules (DESIGN.md section 4):
+ * - every model must have every tensor of the base with the same shape, and
+ *   no extra ones; only F32/F16/BF16 tensors can be merged;
+ * - a model whose config ties embeddings and has no lm_head.weight uses its
+ *   embed_tokens as lm_head; when the models disagree about tying, lm_head is
+ *   materialised for all of them and the output is untied;
+ * - embedding and lm_head rows may differ between models only when the
+ *   recipe's output.vocab says "truncate" (to the smallest) or "pad" (to the
+ *   largest; missing rows of a model are the base's rows, missing base rows
+ *   are zero); otherwise it is an error naming the models and sizes.
+ *
+ * Everything a merge produces is a pure function of the recipe and the
+ * input bytes: the thread count changes the speed, never the bits. */
+#ifndef MS_CORE_WORKBENCH_WORKSPACE_H
+#define MS_CORE_WORKBENCH_WORKSPACE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "hf_config.h"
+#include "merge_method.h"
+#include "recipe.h"
+#include "safetensors.h"
+#include "stats.h"
+#include "tensor_name.h"
+
+/* Long work reports progress in [0, 1] with a short label; returning false
+ * cancels it (the call then fails with LM_ECANCELED). NULL = no reports. */
+typedef bool (*lm_progress_fn)(double frac, const char *what, void *ud);
+
+#define WS_MAX_SOURCES (1 + MERGE_MAX_MODELS)
+
+struct ws_model {
+    char *name;               /* "base" or the recipe's model name */
+    char *dir;                /* resolved directory */
+    struct hf_config config;  /* zeroed when the directory has no config.json */
+    bool has_config;
+    struct st_set *weights;
+};
+
+struct ws_tensor {
+    char *name;
+    struct tn_info info;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];   /* output shape */
+    uint64_t n_elements;
+    enum lm_dtype base_dtype;
+    /* [0] = base, [1 + i] = model i: the tensor read (embed_tokens for a
+     * tied lm_head) and the number of rows it has (vocab tensors only may
+     * differ from shape[0]). */
+    const struct st_tensor *src[WS_MAX_SOURCES];
+    int64_t src_rows[WS_MAX_SOURCES];
+};
+
+struct ws_params {
+    int n_threads;   /* <= 0: one per CPU */
+};
+struct ws_params ws_default_params(void);
+
+struct workspace;
+
+/* Opens everything the recipe names (it is copied). NULL with an error
+ * naming the model, file or tensor. */
+struct workspace *ws_open(const struct recipe *r, struct ws_params params);
+void ws_free(struct workspace *ws);
+
+const struct recipe *ws_recipe(const struct workspace *ws);
+const struct merge_method *ws_method(const struct workspace *ws);
+int ws_n_models(const struct workspace *ws);                /* not counting the base */
+/* i = -1 is the base, 0..n-1 the models. */
+const struct ws_model *ws_model(const struct workspace *ws, int i);
+size_t ws_n_tensors(const struct workspace *ws);            /* output tensors, in output order */
+const struct ws_tensor *ws_tensor(const struct workspace *ws, size_t i);
+/* The directory of output.tokenizer_from (whose tokenizer files the merged
+ * model uses). */
+const char *ws_tokenizer_dir(const struct workspace *ws);
+/* Index of a tensor by name, or -1. */
+long ws_find_tensor(const struct workspace *ws, const char *name);
+int ws_n_layers(const struct workspace *ws);
+bool ws_output_tied(const struct workspace *ws);            /* output has no lm_head tensor */
+int64_t ws_output_vocab(const struct workspace *ws);        /* embedding rows written */
+/* Human-readable notes found while opening (config differences, tying
+ * decisions), one per line; "" when none. */
+const char *ws_notes(const struct workspace *ws);
+
+/* The parameters tensor i is merged with. */
+void ws_tensor_params(const struct workspace *ws, size_t i, struct merge_tensor_params *out);
+
+/* Replaces the recipe (same base and models, by name and path; method,
+ * params and overrides may change). Tensors whose resolved parameters
+ * changed lose their cached merge and statistics; `changed`, if non-NULL,
+ * receives ws_n_tensors() flags. 0 or an error (the old recipe stays). */
+int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed);
+
+/* ===== Calibration (aim, sens) ===== */
+
+/* What calibration involves: known before it runs (ws_calib_plan) and
+ * measured after (ws_calibrate fills the seconds). */
+struct ws_calib_cost {
+    bool needed;              /* the method needs calibration */
+    bool cached;              /* results for these settings are held: nothing to run */
+    size_t samples;
+    int64_t tokens;           /* prompt + response tokens over the samples */
+    int64_t response_tokens;
+    size_t truncated;         /* samples cut to max_tokens */
+    int64_t longest;          /* tokens of the longest sample */
+    int forward_passes;       /* model passes per sample: base forward (aim; sens with 2+ models) */
+    int backward_passes;      /* forward + backward per sample (sens: one per model) */
+    double flops;             /* estimate: 2 x weights x tokens per forward, 3x that for backward */
+    uint64_t memory_bytes;    /* estimate of the extra memory: logits, saved activations, gradients */
+    double seconds;           /* measured, after ws_calibrate */
+    bool from_cache;          /* after ws_calibrate: results read from the on-disk cache */
+    bool cache_written;       /* after ws_calibrate: results stored in it */
+};
+
+/* Loads and tokenizes the recipe's calibration file and estimates the
+ * cost for the current method without running anything. out->needed is
+ * false for methods that need no calibration; out->cached says the results
+ * are held already. The file is read only when its settings changed since
+ * the last call (token counts are kept). Errors: a method that needs
+ * calibration with no "calibration" section in the recipe, an unreadable or
+ * malformed file (naming file and line), a tokenizer that cannot load. */
+int ws_calib_plan(struct workspace *ws, struct ws_calib_cost *out);
+
+/* Runs the calibration passes the method needs (activations of the base
+ * for aim; sensitivities of each model, and the base's logits when there
+ * are two models or more, for sens), unless results for the same
+ * calibration settings are held already; recomputed results drop every
+ * cached merge and statistic. Results are also kept in the on-disk cache
+ * (disk_cache.h), keyed by the token sequences run (calibration file,
+ * limits, tokenizer, chat template) and the identity of every model read
+ * (config.json, weight files' sizes and modification times), and read back
+ * from it when present. Merging,
+ * statistics and writing call it themselves; call it first to see its
+ * progress separately. 0 at once for
+ * methods that need nothing. */
+int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud);
+
+/* The results held, or NULL when not computed (see calib.h). */
+struct calib_activations;
+struct calib_sensitivity;
+const struct calib_activations *ws_calib_activations(const struct workspace *ws);
+const struct calib_sensitivity *ws_calib_sensitivity(const struct workspace *ws);
+
+/* The cost of the last ws_calibrate that ran passes (seconds measured), or
+ * NULL when none has. */
+const struct ws_calib_cost *ws_calib_last(const struct workspace *ws);
+
+/* ===== Statistics ===== */
+
+/* Computes statistics for every tensor that has none yet (all threads). */
+int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud);
+/* Statistics of tensor i, or NULL when not computed yet. Safe to call
+ * while ws_stats_compute runs on another thread (a tensor's statistics are
+ * published whole). */
+const struct stats_raw *ws_tensor_stats(const struct workspace *ws, size_t i);
+
+enum ws_stats_by {
+    WS_STATS_BY_TENSOR,  /* one row per tensor */
+    WS_STATS_BY_LAYER,   /* one row per layer, plus one per non-layer tensor group */
+    WS_STATS_BY_MODULE,  /* one row per (layer, module group) */
+};
+
+struct ws_stats_row {
+    char label[160];      /* tensor name, "layer 3", "layer 3 mlp", "embed", ... */
+    int layer;            /* -1 for rows outside the layer stack */
+    enum tn_group group;  /* TN_GROUP_COUNT for whole-layer rows */
+    struct stats_raw raw;
+};
+
+/* Aggregates computed statistics; caller frees *rows. Tensors without
+ * statistics are skipped. */
+int ws_stats_rows(const struct workspace *ws, enum ws_stats_by by,
+                  struct ws_stats_row **rows, size_t *n_rows);
+
+/* Histogram of log10 |d_i| for tensor i, per model, over at most
+ * `max_samples` evenly strided entries, with the bin of the TIES trim
+ * threshold the current density gives (computed on the same sample). */
+#define WS_HIST_MAX_BINS 128
+struct ws_histogram {
+    int n_models;
+    int n_bins;
+    double lo, hi;                                   /* log10 range of the bins */
+    double counts[MERGE_MAX_MODELS][WS_HIST_MAX_BINS];
+    int threshold_bin[MERGE_MAX_MODELS];             /* -1: no trim */
+    uint64_t n_sampled;
+};
+int ws_delta_histogram(const struct workspace *ws, size_t i, int n_bins, uint64_t max_samples,
+                       struct ws_histogram *out);
+
+/* ===== Merging ===== */
+
+/* Buffers one thread reuses across tensors: float32 copies of the inputs,
+ * and the method's own scratch. Zero-initialise; ws_scratch_deinit frees. */
+struct ws_scratch {
+    struct merge_scratch inputs;
+    struct merge_scratch method;
+};
+void ws_scratch_deinit(struct ws_scratch *s);
+
+/* Merges tensor i into `out` (n_elements float32). Single-threaded; safe to
+ * call from several threads at once with different scratch. */
+int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratch *scratch);
+
+/* The dtype tensor i is written in (and cached in): `override` when >= 0,
+ * else output.dtype, else the base tensor's dtype. */
+enum lm_dtype ws_output_dtype(const struct workspace *ws, size_t i, int override);
+
+/* Merges every tensor of `layer` (-1: the tensors outside the layer stack)
+ * into the in-memory cache, in parallel; tensors already cached are kept.
+ * The cache holds each tensor rounded to its output dtype, i.e. exactly the
+ * bytes `ws_write` would store, so that a preview runs the model the user
+ * would save. */
+int ws_merge_layer(struct workspace *ws, int layer, lm_progress_fn progress, void *ud);
+/* Merges every tensor not yet cached (all threads). */
+int ws_merge_all(struct workspace *ws, lm_progress_fn progress, void *ud);
+/* The cached merged tensor i (ws_output_dtype(ws, i, -1) elements), or NULL. */
+const void *ws_merged(const struct workspace *ws, size_t i);
+/* Drops every cached merge. */
+void ws_drop_merged(struct workspace *ws);
+
+/* The config.json of output.config_from with tie_word_embeddings and
+ * vocab_size made true to the merged tensors, for running the merged model
+ * in memory. `out` is deinitialised with hf_config_deinit. */
+int ws_output_config(const struct workspace *ws, struct hf_config *out);
+
+struct ws_write_params {
+    int out_dtype;          /* an enum lm_dtype, or -1: output.dtype, else each base tensor's dtype */
+    uint64_t shard_size;    /* 0: output.shard_size, else 5 GB */
+};
+struct ws_write_params ws_default_write_params(void);
+
+/* Writes the merged model as an HF directory: weights (sharded when larger
+ * than the shard size), config.json from output.config_from with
+ * tie_word_embeddings, torch_dtype and vocab_size made true, the tokenizer
+ * files of output.tokenizer_from, generation_config.json, the recipe
+ * (mergescope-recipe.json, model paths made absolute) and a README.md model
+ * card. Everything is written into a staging directory beside `out_dir`
+ * and moved into place only when complete, so a failure or cancellation
+ * leaves an existing `out_dir` untouched. */
+int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params params,
+             lm_progress_fn progress, void *ud);
+
+#endif
