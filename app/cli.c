@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "lm_error.h"
 
 static volatile sig_atomic_t interrupted;
@@ -72,10 +73,9 @@ bool cli_progress(double frac, const char *what, void *ud)
         return false;
     if (!isatty(STDERR_FILENO))
         return true;
-    static struct timespec last;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double dt = (double)(now.tv_sec - last.tv_sec) + (double)(now.tv_nsec - last.tv_nsec) * 1e-9;
+    static double last;
+    double now = lm_now_seconds();
+    double dt = now - last;
     if (frac < 1.0 && dt < 0.1 && bar_drawn)
         return true;
     last = now;

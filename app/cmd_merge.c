@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "lm_error.h"
 #include "units.h"
 #include "workspace.h"
@@ -31,13 +32,6 @@ static const char merge_usage[] =
     "  --shard-size SIZE      largest shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
     "  --threads N            worker threads (default: one per CPU)\n"
     "  -h, --help             this help\n";
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 int cmd_merge(int argc, char **argv)
 {
@@ -86,7 +80,7 @@ int cmd_merge(int argc, char **argv)
     if (!r)
         return CLI_EXIT_BAD_INPUT;
     cli_install_interrupt();
-    double t0 = now_seconds();
+    double t0 = lm_now_seconds();
     struct workspace *ws = ws_open(r, params);
     recipe_free(r);
     if (!ws)
@@ -104,7 +98,7 @@ int cmd_merge(int argc, char **argv)
     for (size_t i = 0; i < ws_n_tensors(ws); i++)
         elements += ws_tensor(ws, i)->n_elements;
     fprintf(stderr, "mergescope: merged %zu tensors (%.3g M parameters) with %s into %s in %.2f s\n",
-            ws_n_tensors(ws), (double)elements / 1e6, ws_method(ws)->name, out, now_seconds() - t0);
+            ws_n_tensors(ws), (double)elements / 1e6, ws_method(ws)->name, out, lm_now_seconds() - t0);
     ws_free(ws);
     return CLI_EXIT_OK;
 }

@@ -9,17 +9,11 @@
 #include "chat.h"
 #include "generate.h"
 #include "job.h"
+#include "clock.h"
 #include "lm_error.h"
 #include "merged_source.h"
 #include "model.h"
 #include "tokenizer.h"
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 void preview_init(struct preview *p, struct workspace *ws, int n_threads)
 {
@@ -116,7 +110,7 @@ static bool on_event(const struct gen_event *ev, void *ud)
         job_progress(r->job, ev->n_total ? (double)ev->n_done / (double)ev->n_total : 1.0, "prompt");
         return !job_should_stop(r->job);
     }
-    double t = now_seconds();
+    double t = lm_now_seconds();
     pthread_mutex_lock(&p->lock);
     struct preview_pane *pn = &p->panes[r->pane];
     if (ev->len)
@@ -147,7 +141,7 @@ static int run_pane(struct preview *p, struct job *j, int i, struct model *m, co
     gp.max_new_tokens = p->max_new_tokens;
     gp.stop_ids = stops->data;
     gp.n_stop_ids = stops->n;
-    struct pane_run r = { p, j, i, now_seconds() };
+    struct pane_run r = { p, j, i, lm_now_seconds() };
     pthread_mutex_lock(&p->lock);
     p->panes[i].started = true;
     pthread_mutex_unlock(&p->lock);

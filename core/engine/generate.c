@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "lm_error.h"
 
 const char *gen_stop_name(enum gen_stop s)
@@ -28,13 +29,6 @@ struct gen_params gen_default_params(void)
     p.n_stop_ids = 0;
     p.skip_special = true;
     return p;
-}
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static bool is_stop(const struct gen_params *p, int32_t id)
@@ -69,7 +63,7 @@ int gen_run(struct model *m, const struct tok *t, const int32_t *prompt, size_t 
 
     /* Prefill, one batch at a time so that a long prompt can be stopped. */
     model_reset(m);
-    double t0 = now_seconds();
+    double t0 = lm_now_seconds();
     for (size_t done = 0; done < n_prompt;) {
         size_t nb = LM_MIN((size_t)info->n_batch, n_prompt - done);
         bool last = done + nb == n_prompt;
@@ -79,19 +73,19 @@ int gen_run(struct model *m, const struct tok *t, const int32_t *prompt, size_t 
         done += nb;
         struct gen_event ev = { GEN_EVENT_PREFILL, (int64_t)done, (int64_t)n_prompt, -1, 0, "", 0 };
         if (cb && !cb(&ev, ud)) {
-            res->prefill_seconds = now_seconds() - t0;
+            res->prefill_seconds = lm_now_seconds() - t0;
             rc = lm_err(LM_ECANCELED, "generation cancelled during the prompt");
             goto done;
         }
     }
-    res->prefill_seconds = now_seconds() - t0;
+    res->prefill_seconds = lm_now_seconds() - t0;
 
     struct sampler_rng rng;
     sampler_rng_seed(&rng, p->seed);
     for (;;) {
-        double ts = now_seconds();
+        double ts = lm_now_seconds();
         int32_t id = sampler_sample(smp, logits, &rng);
-        res->sample_seconds += now_seconds() - ts;
+        res->sample_seconds += lm_now_seconds() - ts;
         res->n_generated++;
         if (is_stop(p, id)) {
             res->stop = GEN_STOP_EOS;
@@ -118,10 +112,10 @@ int gen_run(struct model *m, const struct tok *t, const int32_t *prompt, size_t 
             res->stop = GEN_STOP_CONTEXT;
             break;
         }
-        double td = now_seconds();
+        double td = lm_now_seconds();
         if ((rc = model_forward(m, &id, 1, logits, MODEL_LOGITS_LAST)) < 0)
             goto done;
-        res->decode_seconds += now_seconds() - td;
+        res->decode_seconds += lm_now_seconds() - td;
         res->n_decoded++;
     }
     if (stream) {

@@ -18,6 +18,7 @@
 #include "disk_cache.h"
 #include "fsutil.h"
 #include "hash.h"
+#include "clock.h"
 #include "lm_error.h"
 #include "merge_plan.h"
 #include "pool.h"
@@ -565,13 +566,6 @@ int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed)
 
 /* ===== Calibration ===== */
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void calib_input_deinit(struct calib_input *in)
 {
     calib_file_deinit(&in->file);
@@ -918,7 +912,7 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
         return rc;
     struct ws_calib_cost cost;
     calib_estimate(ws, &in->tokens, &cost);
-    double t0 = now_seconds();
+    double t0 = lm_now_seconds();
     int n_models = ws->n_sources - 1;
     double act_work = need_act ? 1.0 : 0.0;
     double sens_work = need_sens ? 3.0 * n_models + (n_models > 1 ? 1.0 : 0.0) : 0.0;
@@ -1002,7 +996,7 @@ int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
     }
     if (rc)
         return lm_err_context(rc, "calibration");
-    cost.seconds = now_seconds() - t0;
+    cost.seconds = lm_now_seconds() - t0;
     ws->calib_cost = cost;
     ws->have_calib_cost = true;
     return 0;
