@@ -1,19 +1,50 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "clock.h"
+#include "fsutil.h"
 #include "lm_error.h"
 
 static volatile sig_atomic_t interrupted;
 static int bar_drawn;
+
+int cli_exit_status(int lm_code)
+{
+    switch (lm_code) {
+    case LM_OK:
+        return CLI_EXIT_OK;
+    case LM_EFORMAT:
+    case LM_EMISMATCH:
+    case LM_EUNSUPPORTED:
+    case LM_EREFUSED:
+        return CLI_EXIT_BAD_INPUT;
+    case LM_EINVAL:
+        return CLI_EXIT_USAGE;
+    case LM_EIO:
+    case LM_ENOMEM:
+    case LM_ECANCELED:
+    case LM_ECHANGED:
+    default:
+        return CLI_EXIT_FAILURE;
+    }
+}
+
+int cli_fail(int lm_code)
+{
+    cli_progress_done();
+    const char *msg = lm_last_error();
+    fprintf(stderr, "mergescope: error: %s\n", msg[0] ? msg : lm_status_name(lm_code));
+    return cli_exit_status(lm_code);
+}
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
@@ -22,26 +53,166 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry 'mergescope %s --help'.\n", cmd ? cmd : "");
+    if (cmd)
+        fprintf(stderr, "\nTry 'mergescope %s --help'.\n", cmd);
+    else
+        fputs("\nTry 'mergescope --help'.\n", stderr);
     return CLI_EXIT_USAGE;
 }
 
-int cli_fail(int code)
+int cli_check_input(const char *path)
 {
-    cli_progress_done();
-    const char *msg = lm_last_error();
-    fprintf(stderr, "mergescope: error: %s\n", msg[0] ? msg : lm_status_name(code));
-    switch (code) {
-    case LM_EFORMAT:
-    case LM_EMISMATCH:
-    case LM_EUNSUPPORTED:
-        return CLI_EXIT_BAD_INPUT;
-    case LM_EINVAL:
-        return CLI_EXIT_USAGE;
-    default:
-        return CLI_EXIT_FAILURE;
-    }
+    struct stat st;
+    if (stat(path, &st) == 0)
+        return 0;
+    fprintf(stderr, "mergescope: error: %s: %s\n", path,
+            errno == ENOENT || errno == ENOTDIR ? "no such file or directory" : strerror(errno));
+    return CLI_EXIT_BAD_INPUT;
 }
+
+/* 0 when source `name` of `r` at `path` is a directory; else prints what
+ * ws_open() would say and returns CLI_EXIT_BAD_INPUT. */
+static int check_recipe_model(const struct recipe *r, const char *name, const char *path)
+{
+    char *dir = recipe_resolve_path(r, path);
+    if (!dir)
+        return cli_fail(LM_ENOMEM);
+    int rc = 0;
+    if (!lm_is_dir(dir)) {
+        fprintf(stderr, "mergescope: error: model '%s': %s is not a directory\n", name, dir);
+        rc = CLI_EXIT_BAD_INPUT;
+    }
+    free(dir);
+    return rc;
+}
+
+int cli_check_recipe_models(const struct recipe *r)
+{
+    int rc = r->base ? check_recipe_model(r, "base", r->base) : 0;
+    for (size_t i = 0; i < r->n_models && !rc; i++)
+        rc = check_recipe_model(r, r->models[i].name, r->models[i].path);
+    return rc;
+}
+
+/* ===== Options ===== */
+
+bool cli_help_asked(int argc, char **argv, const char *shortopts, const struct option *longopts,
+                    const char *usage)
+{
+    int saved_opterr = opterr;
+    bool help = false;
+    int c;
+    opterr = 0; /* the command's own pass reports bad options */
+    optind = 0; /* 0, not 1: makes glibc forget the previous scan's state */
+    while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1)
+        help |= c == 'h';
+    opterr = saved_opterr;
+    optind = 0;
+    if (help)
+        fputs(usage, stdout);
+    return help;
+}
+
+/* strtol over the whole of `text`; false when it is not a number in range. */
+static bool parse_long(const char *text, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+int cli_parse_long_option(const char *cmd, const char *opt, const char *arg, long min, long max, long *out)
+{
+    if (parse_long(arg, min, max, out))
+        return 0;
+    /* Limits far beyond any real use are not worth a user's attention. */
+    if (max >= 100000000L && min == 1)
+        return cli_usage_error(cmd, "%s must be a positive number", opt);
+    if (max >= 100000000L && min == 0)
+        return cli_usage_error(cmd, "%s must be a number >= 0", opt);
+    return cli_usage_error(cmd, "%s must be a number from %ld to %ld", opt, min, max);
+}
+
+int cli_parse_threads(const char *cmd, const char *arg, int *out)
+{
+    long n;
+    int rc = cli_parse_long_option(cmd, "--threads", arg, 1, 1024, &n);
+    if (!rc)
+        *out = (int)n;
+    return rc;
+}
+
+int cli_parse_max_new(const char *cmd, const char *arg, int64_t *out)
+{
+    long n;
+    int rc = cli_parse_long_option(cmd, "--max-new", arg, 1, 100000000L, &n);
+    if (!rc)
+        *out = n;
+    return rc;
+}
+
+int cli_parse_chat(const char *cmd, const char *arg, enum chat_format *fmt, bool *is_auto)
+{
+    if (chat_format_parse(arg, fmt, is_auto) < 0)
+        return cli_usage_error(cmd, "%s", lm_last_error());
+    return 0;
+}
+
+int cli_parse_choice(const char *cmd, const char *opt, const char *arg, const char *const *names, int *out)
+{
+    size_t n = 0;
+    for (; names[n]; n++)
+        if (strcmp(arg, names[n]) == 0) {
+            *out = (int)n;
+            return 0;
+        }
+    /* "--by must be tensor, layer or module, not 'x'" */
+    char list[256] = "";
+    for (size_t i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                 i == 0 ? "" : i + 1 == n ? " or " : ", ", names[i]);
+    return cli_usage_error(cmd, "%s must be %s, not '%s'", opt, list, arg);
+}
+
+int cli_parse_format(const char *cmd, const char *arg, bool csv_ok, enum cli_format *out)
+{
+    static const char *const with_csv[] = { "table", "csv", "json", NULL };
+    static const char *const without_csv[] = { "table", "json", NULL };
+    static const enum cli_format without_csv_format[] = { CLI_FORMAT_TABLE, CLI_FORMAT_JSON };
+    int i;
+    int rc = cli_parse_choice(cmd, "--format", arg, csv_ok ? with_csv : without_csv, &i);
+    if (!rc)
+        *out = csv_ok ? (enum cli_format)i : without_csv_format[i];
+    return rc;
+}
+
+/* Stores `arg` unless it is empty or looks like an option; `what` is
+ * "path" or "name". */
+static int value_option(const char *cmd, const char *opt, const char *arg, const char *what, const char **out)
+{
+    if (arg[0] == '\0')
+        return cli_usage_error(cmd, "%s needs a %s", opt, what);
+    if (arg[0] == '-')
+        return cli_usage_error(cmd, "%s needs a %s, not the option '%s'", opt, what, arg);
+    *out = arg;
+    return 0;
+}
+
+int cli_path_option(const char *cmd, const char *opt, const char *arg, const char **out)
+{
+    return value_option(cmd, opt, arg, "path", out);
+}
+
+int cli_name_option(const char *cmd, const char *opt, const char *arg, const char **out)
+{
+    return value_option(cmd, opt, arg, "name", out);
+}
+
+/* ===== Progress and interruption ===== */
 
 static void on_interrupt(int sig)
 {
@@ -122,7 +293,8 @@ static const char *base_name(const char *path)
     return p;
 }
 
-struct recipe *cli_recipe_from_dirs(const char *base, char **models, int n_models, const char *method)
+struct recipe *cli_recipe_from_dirs(const char *base, const char *const *models, int n_models,
+                                    const char *method)
 {
     struct recipe *r = recipe_new();
     if (!r)
@@ -161,16 +333,6 @@ oom:
     recipe_free(r);
     cli_fail(LM_ENOMEM);
     return NULL;
-}
-
-long cli_parse_long(const char *text, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < min || v > max)
-        return -1;
-    return v;
 }
 
 void cli_print_notes(const char *notes)

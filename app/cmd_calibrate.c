@@ -179,30 +179,27 @@ int cmd_calibrate(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    bool dry = false, json = false;
+    bool dry = false;
+    enum cli_format format = CLI_FORMAT_TABLE;
     struct ws_params params = ws_default_params();
-    int c;
-    optind = 1;
+    int c, rc;
+    if (cli_help_asked(argc, argv, "h", options, calibrate_usage))
+        return CLI_EXIT_OK;
     while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (c) {
         case 'n': dry = true; break;
         case 'f':
-            if (strcmp(optarg, "json") == 0)
-                json = true;
-            else if (strcmp(optarg, "table") != 0)
-                return cli_usage_error("calibrate", "--format must be table or json");
+            if ((rc = cli_parse_format("calibrate", optarg, false, &format)))
+                return rc;
             break;
-        case 't': {
-            long n = cli_parse_long(optarg, 1, 1024);
-            if (n < 0)
-                return cli_usage_error("calibrate", "--threads must be a number from 1 to 1024");
-            params.n_threads = (int)n;
+        case 't':
+            if ((rc = cli_parse_threads("calibrate", optarg, &params.n_threads)))
+                return rc;
             break;
-        }
-        case 'h': fputs(calibrate_usage, stdout); return CLI_EXIT_OK;
         default: return cli_usage_error("calibrate", "bad option");
         }
     }
+    bool json = format == CLI_FORMAT_JSON;
     if (optind + 1 != argc)
         return cli_usage_error("calibrate", "expected exactly one RECIPE");
     struct recipe *r = cli_load_recipe(argv[optind]);
@@ -221,8 +218,7 @@ int cmd_calibrate(int argc, char **argv)
         return cli_fail(LM_EINVAL);
     }
     struct ws_calib_cost plan;
-    int rc = ws_calib_plan(ws, &plan);
-    if (rc) {
+    if ((rc = ws_calib_plan(ws, &plan))) {
         ws_free(ws);
         return cli_fail(rc);
     }

@@ -31,8 +31,9 @@ struct engine {
 
 /* Opens `arg`, loads the model with `params` and, when need_tokenizer, the
  * tokenizer. Returns 0, or an exit status (enum cli_exit) after printing
- * the error: 1 when the path cannot be read, 3 for a bad or unsupported
- * model, config, weights or tokenizer. */
+ * the error: 3 for a missing path or a bad or unsupported model, recipe,
+ * config, weights or tokenizer; 1 when reading failed, memory ran out or
+ * merging a recipe was interrupted. On failure there is nothing to close. */
 int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer);
 void engine_close(struct engine *e);
 

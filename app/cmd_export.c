@@ -28,12 +28,15 @@ int cmd_export(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     const char *to = NULL;
-    int c;
-    optind = 1;
+    int c, rc;
+    if (cli_help_asked(argc, argv, "h", options, export_usage))
+        return CLI_EXIT_OK;
     while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (c) {
-        case 'T': to = optarg; break;
-        case 'h': fputs(export_usage, stdout); return CLI_EXIT_OK;
+        case 'T':
+            if ((rc = cli_name_option("export", "--to", optarg, &to)))
+                return rc;
+            break;
         default: return cli_usage_error("export", "bad option");
         }
     }

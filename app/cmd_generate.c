@@ -75,7 +75,7 @@ static int open_model_source(struct engine *e, const char *arg)
     if (lm_is_file(arg))
         return open_recipe_source(e, arg);
     if (!(e->dir = model_dir_open(arg)))
-        return lm_is_dir(arg) || lm_is_file(arg) ? LM_EFORMAT : LM_EIO;
+        return LM_EFORMAT; /* the path exists (cli_check_input): it is no model */
     e->config = model_dir_config(e->dir);
     e->source = model_dir_source(e->dir);
     e->tokenizer_dir = model_dir_path(e->dir);
@@ -85,10 +85,12 @@ static int open_model_source(struct engine *e, const char *arg)
 int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer)
 {
     memset(e, 0, sizeof(*e));
-    int rc = open_model_source(e, arg);
-    if (rc < 0) {
+    int rc = cli_check_input(arg);
+    if (rc)
+        return rc;
+    if ((rc = open_model_source(e, arg)) < 0) {
         engine_close(e);
-        return cli_fail(rc == LM_EIO || rc == LM_ECANCELED || rc == LM_ENOMEM ? rc : LM_EFORMAT);
+        return cli_fail(rc);
     }
     if (need_tokenizer) {
         char *path = lm_path_join(e->tokenizer_dir, "tokenizer.json");
@@ -176,6 +178,7 @@ static bool on_event(const struct gen_event *ev, void *ud)
     return !cli_interrupted() && !st->failed;
 }
 
+/* A number in [lo, hi]: 0, or CLI_EXIT_USAGE after printing the error. */
 static int parse_float(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out)
 {
     char *end;
@@ -201,38 +204,41 @@ int cmd_generate(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char *prompt = NULL, *system = NULL, *chat_name = "auto";
+    const char *prompt = NULL, *system = NULL;
+    enum chat_format fmt = CHAT_FORMAT_NONE;
+    bool chat_auto = true;
     struct gen_params gp = gen_default_params();
     struct model_params mp = model_default_params();
     double v = 0.0;
-    int c;
-    optind = 1;
+    int c, rc;
+    if (cli_help_asked(argc, argv, "p:n:h", options, generate_usage))
+        return CLI_EXIT_OK;
     while ((c = getopt_long(argc, argv, "p:n:h", options, NULL)) != -1) {
         switch (c) {
         case 'p': prompt = optarg; break;
         case 's': system = optarg; break;
-        case 'c': chat_name = optarg; break;
-        case 'n': {
-            long n = cli_parse_long(optarg, 1, 100000000);
-            if (n < 0)
-                return cli_usage_error("generate", "--max-new must be a positive number");
-            gp.max_new_tokens = n;
+        case 'c':
+            if ((rc = cli_parse_chat("generate", optarg, &fmt, &chat_auto)))
+                return rc;
             break;
-        }
+        case 'n':
+            if ((rc = cli_parse_max_new("generate", optarg, &gp.max_new_tokens)))
+                return rc;
+            break;
         case 'T':
-            if (parse_float("generate", "--temp", optarg, 0.0, 100.0, &v))
-                return CLI_EXIT_USAGE;
+            if ((rc = parse_float("generate", "--temp", optarg, 0.0, 100.0, &v)))
+                return rc;
             gp.sampling.temperature = (float)v;
             break;
         case 'P':
-            if (parse_float("generate", "--top-p", optarg, 1e-6, 1.0, &v))
-                return CLI_EXIT_USAGE;
+            if ((rc = parse_float("generate", "--top-p", optarg, 1e-6, 1.0, &v)))
+                return rc;
             gp.sampling.top_p = (float)v;
             break;
         case 'K': {
-            long k = cli_parse_long(optarg, 0, 100000000);
-            if (k < 0)
-                return cli_usage_error("generate", "--top-k must be a number >= 0");
+            long k;
+            if ((rc = cli_parse_long_option("generate", "--top-k", optarg, 0, 100000000, &k)))
+                return rc;
             gp.sampling.top_k = (int)k;
             break;
         }
@@ -244,14 +250,10 @@ int cmd_generate(int argc, char **argv)
             gp.seed = (uint64_t)s;
             break;
         }
-        case 't': {
-            long n = cli_parse_long(optarg, 1, 1024);
-            if (n < 0)
-                return cli_usage_error("generate", "--threads must be a number from 1 to 1024");
-            mp.n_threads = (int)n;
+        case 't':
+            if ((rc = cli_parse_threads("generate", optarg, &mp.n_threads)))
+                return rc;
             break;
-        }
-        case 'h': fputs(generate_usage, stdout); return CLI_EXIT_OK;
         default: return cli_usage_error("generate", "bad option");
         }
     }
@@ -261,15 +263,10 @@ int cmd_generate(int argc, char **argv)
         return cli_usage_error("generate", "unexpected argument '%s'", argv[optind + 1]);
     if (!prompt)
         return cli_usage_error("generate", "generate needs a prompt (-p TEXT)");
-    enum chat_format fmt;
-    bool chat_auto;
-    if (chat_format_parse(chat_name, &fmt, &chat_auto) < 0)
-        return cli_usage_error("generate", "%s", lm_last_error());
 
     cli_install_interrupt();
     struct engine e;
-    int rc = engine_open(&e, argv[optind], mp, true);
-    if (rc)
+    if ((rc = engine_open(&e, argv[optind], mp, true)))
         return rc;
 
     /* The chat format and the prompt ids. */

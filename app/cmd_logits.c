@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
+#include "fsutil.h"
 #include "lm_error.h"
 
 static const char logits_usage[] =
@@ -26,7 +26,8 @@ static const char logits_usage[] =
     "                    special-token text is recognised and the tokenizer's BOS,\n"
     "                    if its post-processor adds one, comes first\n"
     "  -o, --output FILE where to write the logits (written to a temporary name,\n"
-    "                    then renamed)\n"
+    "                    then renamed; all of them are held in memory first:\n"
+    "                    n_tokens x vocab_size x 4 bytes)\n"
     "  --threads N       worker threads (default: one per CPU)\n"
     "  -h, --help        this help\n";
 
@@ -54,20 +55,19 @@ static int parse_ids(const char *text, struct tok_ids *ids)
     }
 }
 
-/* Writes n floats little-endian. */
-static int write_f32(FILE *f, const float *x, size_t n)
+/* Stores n floats little-endian in place (a no-op on little-endian hosts). */
+static void to_little_endian(float *x, size_t n)
 {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     for (size_t i = 0; i < n; i++) {
         unsigned char b[4];
         memcpy(b, &x[i], 4);
         unsigned char s[4] = { b[3], b[2], b[1], b[0] };
-        if (fwrite(s, 1, 4, f) != 4)
-            return -1;
+        memcpy(&x[i], s, 4);
     }
-    return 0;
 #else
-    return fwrite(x, sizeof(float), n, f) == n ? 0 : -1;
+    (void)x;
+    (void)n;
 #endif
 }
 
@@ -83,21 +83,21 @@ int cmd_logits(int argc, char **argv)
     };
     const char *ids_text = NULL, *text = NULL, *out_path = NULL;
     struct model_params mp = model_default_params();
-    int c;
-    optind = 1;
+    int c, rc;
+    if (cli_help_asked(argc, argv, "o:h", options, logits_usage))
+        return CLI_EXIT_OK;
     while ((c = getopt_long(argc, argv, "o:h", options, NULL)) != -1) {
         switch (c) {
         case 'i': ids_text = optarg; break;
         case 'x': text = optarg; break;
-        case 'o': out_path = optarg; break;
-        case 't': {
-            long n = cli_parse_long(optarg, 1, 1024);
-            if (n < 0)
-                return cli_usage_error("logits", "--threads must be a number from 1 to 1024");
-            mp.n_threads = (int)n;
+        case 'o':
+            if ((rc = cli_path_option("logits", "-o", optarg, &out_path)))
+                return rc;
             break;
-        }
-        case 'h': fputs(logits_usage, stdout); return CLI_EXIT_OK;
+        case 't':
+            if ((rc = cli_parse_threads("logits", optarg, &mp.n_threads)))
+                return rc;
+            break;
         default: return cli_usage_error("logits", "bad option");
         }
     }
@@ -111,24 +111,18 @@ int cmd_logits(int argc, char **argv)
         return cli_usage_error("logits", "logits needs an output file (-o FILE.f32)");
 
     struct tok_ids ids = { 0 };
-    if (ids_text) {
-        int rc = parse_ids(ids_text, &ids);
-        if (rc) {
-            tok_ids_free(&ids);
-            return rc;
-        }
+    if (ids_text && (rc = parse_ids(ids_text, &ids))) {
+        tok_ids_free(&ids);
+        return rc;
     }
     cli_install_interrupt();
     struct engine e;
-    int rc = engine_open(&e, argv[optind], mp, text != NULL);
-    if (rc) {
+    if ((rc = engine_open(&e, argv[optind], mp, text != NULL))) {
         tok_ids_free(&ids);
         return rc;
     }
     const struct model_info *info = model_get_info(e.model);
     float *logits = NULL;
-    char *tmp = NULL;
-    FILE *f = NULL;
     if (text) {
         if ((tok_bos_id(e.tok) >= 0 && tok_ids_push(&ids, tok_bos_id(e.tok)) < 0) ||
             tok_encode(e.tok, text, strlen(text), true, &ids) < 0) {
@@ -153,28 +147,19 @@ int cmd_logits(int argc, char **argv)
         goto out;
     }
 
-    /* One batch at a time into a temporary file, renamed at the end. */
+    /* Every row in memory, one batch at a time, then the file at once with
+     * the library's atomic writer (temporary name, fsync, rename): an
+     * interrupted or failed run leaves no file and an old one untouched. */
     size_t nb = (size_t)info->n_batch, nv = (size_t)info->n_vocab;
-    if (!(logits = lm_malloc_array(nb * nv, sizeof(float))) ||
-        !(tmp = lm_asprintf("%s.tmp.%ld", out_path, (long)getpid()))) {
+    if (!(logits = lm_malloc_array(ids.n, nv * sizeof(float)))) {
         rc = cli_fail(LM_ENOMEM);
-        goto out;
-    }
-    if (!(f = fopen(tmp, "wb"))) {
-        lm_err(LM_EIO, "%s: %s", tmp, strerror(errno));
-        rc = cli_fail(LM_EIO);
         goto out;
     }
     for (size_t done = 0; done < ids.n;) {
         size_t n = LM_MIN(nb, ids.n - done);
-        int frc = model_forward(e.model, ids.data + done, (int64_t)n, logits, MODEL_LOGITS_ALL);
+        int frc = model_forward(e.model, ids.data + done, (int64_t)n, logits + done * nv, MODEL_LOGITS_ALL);
         if (frc < 0) {
             rc = cli_fail(frc);
-            goto out;
-        }
-        if (write_f32(f, logits, n * nv) < 0) {
-            lm_err(LM_EIO, "%s: write failed: %s", tmp, strerror(errno));
-            rc = cli_fail(LM_EIO);
             goto out;
         }
         done += n;
@@ -185,24 +170,15 @@ int cmd_logits(int argc, char **argv)
         }
     }
     cli_progress_done();
-    int close_rc = fclose(f);
-    f = NULL;
-    if (close_rc != 0 || rename(tmp, out_path) != 0) {
-        lm_err(LM_EIO, "%s: %s", out_path, strerror(errno));
-        rc = cli_fail(LM_EIO);
+    to_little_endian(logits, ids.n * nv);
+    int wrc = lm_write_file_atomic(out_path, logits, ids.n * nv * sizeof(float));
+    if (wrc < 0) {
+        rc = cli_fail(wrc);
         goto out;
     }
-    free(tmp);
-    tmp = NULL;
     fprintf(stderr, "mergescope: logits [%zu x %lld] float32 written to %s\n", ids.n,
             (long long)info->n_vocab, out_path);
 out:
-    if (f)
-        fclose(f);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
-    }
     free(logits);
     tok_ids_free(&ids);
     engine_close(&e);

@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 #include "clock.h"
@@ -31,6 +30,7 @@ static const char merge_usage[] =
     "  --dtype bf16|f16|f32   output dtype (default: output.dtype, else the base's)\n"
     "  --shard-size SIZE      largest shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
     "  --threads N            worker threads (default: one per CPU)\n"
+    "  -v, --verbose          print the peak memory at the end\n"
     "  -h, --help             this help\n";
 
 int cmd_merge(int argc, char **argv)
@@ -40,17 +40,24 @@ int cmd_merge(int argc, char **argv)
         { "dtype", required_argument, NULL, 'd' },
         { "shard-size", required_argument, NULL, 's' },
         { "threads", required_argument, NULL, 't' },
+        { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *out = NULL;
     struct ws_params params = ws_default_params();
     struct ws_write_params wp = ws_default_write_params();
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", options, NULL)) != -1) {
+    int c, rc;
+    bool verbose = false;
+    if (cli_help_asked(argc, argv, "o:hv", options, merge_usage))
+        return CLI_EXIT_OK;
+    while ((c = getopt_long(argc, argv, "o:hv", options, NULL)) != -1) {
         switch (c) {
-        case 'o': out = optarg; break;
+        case 'v': verbose = true; break;
+        case 'o':
+            if ((rc = cli_path_option("merge", "-o", optarg, &out)))
+                return rc;
+            break;
         case 'd':
             wp.out_dtype = lm_dtype_from_user_name(optarg);
             if (wp.out_dtype < 0)
@@ -60,14 +67,10 @@ int cmd_merge(int argc, char **argv)
             if (lm_parse_size(optarg, &wp.shard_size) != 0 || wp.shard_size == 0)
                 return cli_usage_error("merge", "--shard-size: '%s' is not a size like 5GB", optarg);
             break;
-        case 't': {
-            long n = cli_parse_long(optarg, 1, 1024);
-            if (n < 0)
-                return cli_usage_error("merge", "--threads must be a number from 1 to 1024");
-            params.n_threads = (int)n;
+        case 't':
+            if ((rc = cli_parse_threads("merge", optarg, &params.n_threads)))
+                return rc;
             break;
-        }
-        case 'h': fputs(merge_usage, stdout); return CLI_EXIT_OK;
         default: return cli_usage_error("merge", "bad option");
         }
     }
@@ -99,6 +102,13 @@ int cmd_merge(int argc, char **argv)
         elements += ws_tensor(ws, i)->n_elements;
     fprintf(stderr, "mergescope: merged %zu tensors (%.3g M parameters) with %s into %s in %.2f s\n",
             ws_n_tensors(ws), (double)elements / 1e6, ws_method(ws)->name, out, lm_now_seconds() - t0);
+    if (verbose) {
+        struct ws_memory mem;
+        ws_memory_peak(ws, &mem);
+        fprintf(stderr, "mergescope: peak memory %.2f GB anonymous (RssAnon, sampled), "
+                "%.2f GB resident with the mapped models (VmHWM)\n",
+                (double)mem.peak_rss_anon / 1e9, (double)mem.hwm / 1e9);
+    }
     ws_free(ws);
     return CLI_EXIT_OK;
 }

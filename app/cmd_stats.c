@@ -33,9 +33,8 @@ static const char stats_usage[] =
     "  --method NAME             merge method for --base/--model (default ties)\n"
     "  --density D               density for --base/--model (default 0.2)\n"
     "  --threads N               worker threads (default: one per CPU)\n"
+    "  -v, --verbose             print the peak memory at the end\n"
     "  -h, --help                this help\n";
-
-enum stats_format { FORMAT_TABLE, FORMAT_CSV, FORMAT_JSON };
 
 struct column {
     char title[96];
@@ -181,11 +180,11 @@ static void print_csv_field(const char *s)
 }
 
 static void print_rows(const struct workspace *ws, const struct ws_stats_row *rows, size_t n_rows,
-                       enum stats_format format)
+                       enum cli_format format)
 {
     struct column cols[256];
     size_t n_cols = build_columns(ws, cols, 256);
-    if (format == FORMAT_CSV) {
+    if (format == CLI_FORMAT_CSV) {
         printf("name,layer,n_elements");
         for (size_t c = 0; c < n_cols; c++) {
             putchar(',');
@@ -239,53 +238,48 @@ int cmd_stats(int argc, char **argv)
         { "method", required_argument, NULL, 'M' },
         { "density", required_argument, NULL, 'd' },
         { "threads", required_argument, NULL, 't' },
+        { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    static const char *const by_names[] = { "tensor", "layer", "module", NULL };
+    static const enum ws_stats_by by_values[] = { WS_STATS_BY_TENSOR, WS_STATS_BY_LAYER, WS_STATS_BY_MODULE };
     const char *base = NULL, *method = "ties";
-    char **models = calloc((size_t)argc + 1, sizeof(char *));
+    const char **models = calloc((size_t)argc + 1, sizeof(*models));
     int n_models = 0;
-    enum stats_format format = FORMAT_TABLE;
+    enum cli_format format = CLI_FORMAT_TABLE;
     enum ws_stats_by by = WS_STATS_BY_LAYER;
     double density = 0.2;
     struct ws_params params = ws_default_params();
-    int rc = CLI_EXIT_OK, c;
-    optind = 1;
+    int rc = CLI_EXIT_OK, c, i;
+    bool verbose = false;
+    if (!models)
+        return cli_fail(LM_ENOMEM);
+    if (cli_help_asked(argc, argv, "h", options, stats_usage))
+        goto out;
     while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (c) {
-        case 'b': base = optarg; break;
-        case 'm': models[n_models++] = optarg; break;
-        case 'M': method = optarg; break;
-        case 'f':
-            if (strcmp(optarg, "table") == 0) format = FORMAT_TABLE;
-            else if (strcmp(optarg, "csv") == 0) format = FORMAT_CSV;
-            else if (strcmp(optarg, "json") == 0) format = FORMAT_JSON;
-            else { rc = cli_usage_error("stats", "--format must be table, csv or json"); goto out; }
-            break;
+        case 'b': rc = cli_path_option("stats", "--base", optarg, &base); break;
+        case 'm': rc = cli_path_option("stats", "--model", optarg, &models[n_models++]); break;
+        case 'M': rc = cli_name_option("stats", "--method", optarg, &method); break;
+        case 'f': rc = cli_parse_format("stats", optarg, true, &format); break;
         case 'y':
-            if (strcmp(optarg, "tensor") == 0) by = WS_STATS_BY_TENSOR;
-            else if (strcmp(optarg, "layer") == 0) by = WS_STATS_BY_LAYER;
-            else if (strcmp(optarg, "module") == 0) by = WS_STATS_BY_MODULE;
-            else { rc = cli_usage_error("stats", "--by must be tensor, layer or module"); goto out; }
+            if (!(rc = cli_parse_choice("stats", "--by", optarg, by_names, &i)))
+                by = by_values[i];
             break;
         case 'd': {
             char *end;
             density = strtod(optarg, &end);
-            if (*end || end == optarg || !(density >= 0 && density <= 1)) {
+            if (*end || end == optarg || !(density >= 0 && density <= 1))
                 rc = cli_usage_error("stats", "--density must be a number in [0, 1]");
-                goto out;
-            }
             break;
         }
-        case 't': {
-            long n = cli_parse_long(optarg, 1, 1024);
-            if (n < 0) { rc = cli_usage_error("stats", "--threads must be a number from 1 to 1024"); goto out; }
-            params.n_threads = (int)n;
-            break;
+        case 't': rc = cli_parse_threads("stats", optarg, &params.n_threads); break;
+        case 'v': verbose = true; break;
+        default: rc = cli_usage_error("stats", "bad option"); break;
         }
-        case 'h': fputs(stats_usage, stdout); goto out;
-        default: rc = cli_usage_error("stats", "bad option"); goto out;
-        }
+        if (rc)
+            goto out;
     }
     struct recipe *r = NULL;
     if (optind < argc) {
@@ -299,12 +293,16 @@ int cmd_stats(int argc, char **argv)
             rc = cli_usage_error("stats", "give a RECIPE, or --base DIR and at least one --model DIR");
             goto out;
         }
-        r = cli_recipe_from_dirs(base, models, n_models, method);
-        if (r && merge_param_find("density") && strcmp(method, "ties") == 0 &&
-            recipe_set_number(&r->params, &r->n_params, "density", density)) {
+        if (!(r = cli_recipe_from_dirs(base, models, n_models, method))) {
+            rc = CLI_EXIT_FAILURE;
+            goto out;
+        }
+        int err = 0;
+        if (merge_param_find("density") && strcmp(method, "ties") == 0 &&
+            (err = recipe_set_number(&r->params, &r->n_params, "density", density))) {
             recipe_free(r);
-            r = NULL;
-            cli_fail(LM_ENOMEM);
+            rc = cli_fail(err);
+            goto out;
         }
     }
     if (!r) {
@@ -332,12 +330,19 @@ int cmd_stats(int argc, char **argv)
     size_t n_rows = 0;
     if ((err = ws_stats_rows(ws, by, &rows, &n_rows))) {
         rc = cli_fail(err);
-    } else if (format == FORMAT_JSON) {
+    } else if (format == CLI_FORMAT_JSON) {
         print_json(ws, rows, n_rows);
     } else {
         print_rows(ws, rows, n_rows, format);
     }
     free(rows);
+    if (verbose) {
+        struct ws_memory mem;
+        ws_memory_peak(ws, &mem);
+        fprintf(stderr, "mergescope: peak memory %.2f GB anonymous (RssAnon, sampled), "
+                "%.2f GB resident with the mapped models (VmHWM)\n",
+                (double)mem.peak_rss_anon / 1e9, (double)mem.hwm / 1e9);
+    }
     ws_free(ws);
 out:
     free(models);

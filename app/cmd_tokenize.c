@@ -1,11 +1,13 @@
+/* mergescope tokenize: the token ids of a text. */
 #include "cmd_tokenize.h"
 
+#include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "fsutil.h"
+#include "cli.h"
 #include "lm_error.h"
 #include "tokenizer.h"
 
@@ -54,81 +56,64 @@ static char *read_all(FILE *f, size_t *len)
 
 int cmd_tokenize(int argc, char **argv)
 {
-    const char *path = NULL, *text = NULL;
+    static const struct option options[] = {
+        { "text", required_argument, NULL, 'x' },
+        { "special", no_argument, NULL, 's' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *text = NULL;
     bool special = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            fputs(tokenize_usage, stdout);
-            return 0;
-        } else if (strcmp(a, "--special") == 0) {
-            special = true;
-        } else if (strcmp(a, "--text") == 0) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "mergescope: error: --text needs a value\n%s", tokenize_usage);
-                return 2;
-            }
-            text = argv[++i];
-        } else if (strncmp(a, "--text=", 7) == 0) {
-            text = a + 7;
-        } else if (a[0] == '-' && a[1] != '\0') {
-            fprintf(stderr, "mergescope: error: unknown option '%s'\n%s", a, tokenize_usage);
-            return 2;
-        } else if (!path) {
-            path = a;
-        } else {
-            fprintf(stderr, "mergescope: error: unexpected argument '%s'\n%s", a, tokenize_usage);
-            return 2;
+    int c;
+    if (cli_help_asked(argc, argv, "h", options, tokenize_usage))
+        return CLI_EXIT_OK;
+    while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        switch (c) {
+        case 'x': text = optarg; break;
+        case 's': special = true; break;
+        default: return cli_usage_error("tokenize", "bad option");
         }
     }
-    if (!path) {
-        fprintf(stderr, "mergescope: error: tokenize needs a model directory or tokenizer.json\n%s",
-                tokenize_usage);
-        return 2;
-    }
+    if (optind >= argc)
+        return cli_usage_error("tokenize", "tokenize needs a model directory or tokenizer.json");
+    if (optind + 1 < argc)
+        return cli_usage_error("tokenize", "unexpected argument '%s'", argv[optind + 1]);
+    const char *path = argv[optind];
 
-    /* A path that is not there is a runtime failure (1); a file or model
-     * directory that cannot be used as a tokenizer is bad input (3). */
-    if (!lm_is_file(path) && !lm_is_dir(path)) {
-        fprintf(stderr, "mergescope: error: %s: no such file or directory\n", path);
-        return 1;
-    }
+    int rc = cli_check_input(path);
+    if (rc)
+        return rc;
     struct tok *t = tok_load(path);
-    if (!t) {
-        fprintf(stderr, "mergescope: error: %s\n", lm_last_error());
-        return 3;
-    }
+    if (!t)
+        return cli_fail(LM_EFORMAT);
 
     char *input = NULL;
     size_t len;
     if (text) {
         len = strlen(text);
+    } else if (!(input = read_all(stdin, &len))) {
+        tok_free(t);
+        return cli_fail(LM_EIO);
     } else {
-        input = read_all(stdin, &len);
-        if (!input) {
-            fprintf(stderr, "mergescope: error: %s\n", lm_last_error());
-            tok_free(t);
-            return 1;
-        }
         text = input;
     }
 
     struct tok_ids ids = { 0 };
-    int rc = tok_encode(t, text, len, special, &ids);
-    if (rc) {
-        fprintf(stderr, "mergescope: error: %s\n", lm_last_error());
+    int err = tok_encode(t, text, len, special, &ids);
+    if (err) {
+        rc = cli_fail(err);
     } else {
         putchar('[');
         for (size_t i = 0; i < ids.n; i++)
             printf(i ? ",%d" : "%d", (int)ids.data[i]);
         fputs("]\n", stdout);
         if (fflush(stdout) != 0) {
-            fprintf(stderr, "mergescope: error: writing the ids failed\n");
-            rc = -1;
+            lm_err(LM_EIO, "writing the ids failed");
+            rc = cli_fail(LM_EIO);
         }
     }
     tok_ids_free(&ids);
     free(input);
     tok_free(t);
-    return rc ? 1 : 0;
+    return rc;
 }

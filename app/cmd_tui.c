@@ -50,37 +50,27 @@ int cmd_tui(int argc, char **argv)
     };
     struct tui_options opt = { 0 };
     const char *base = NULL;
-    char *models[MERGE_MAX_MODELS];
+    const char *models[MERGE_MAX_MODELS];
     int n_models = 0;
-    int c;
-    optind = 1;
+    int c, rc = 0;
+    if (cli_help_asked(argc, argv, "h", options, tui_usage))
+        return CLI_EXIT_OK;
     while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (c) {
-        case 'b': base = optarg; break;
+        case 'b': rc = cli_path_option(NULL, "--base", optarg, &base); break;
         case 'm':
             if (n_models == MERGE_MAX_MODELS)
-                return cli_usage_error("tui", "at most %d models", MERGE_MAX_MODELS);
-            models[n_models++] = optarg;
+                return cli_usage_error(NULL, "at most %d models", MERGE_MAX_MODELS);
+            rc = cli_path_option(NULL, "--model", optarg, &models[n_models++]);
             break;
-        case 'T': opt.theme = optarg; break;
-        case 't': {
-            long n = cli_parse_long(optarg, 1, 1024);
-            if (n < 0)
-                return cli_usage_error("tui", "--threads must be a number from 1 to 1024");
-            opt.n_threads = (int)n;
-            break;
-        }
-        case 'F': {
-            long n = cli_parse_long(optarg, 1, 1000000000L);
-            if (n < 0)
-                return cli_usage_error("tui", "--max-frames must be a positive number");
-            opt.max_frames = n;
-            break;
-        }
+        case 'T': rc = cli_name_option(NULL, "--theme", optarg, &opt.theme); break;
+        case 't': rc = cli_parse_threads(NULL, optarg, &opt.n_threads); break;
+        case 'F': rc = cli_parse_long_option(NULL, "--max-frames", optarg, 1, 1000000000L, &opt.max_frames); break;
         case 'a': opt.ascii = true; break;
-        case 'h': fputs(tui_usage, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("tui", "bad option (see mergescope --help)");
+        default: return cli_usage_error(NULL, "bad option");
         }
+        if (rc)
+            return rc;
     }
     struct recipe *r = NULL;
     if (optind == argc && !base && n_models == 0) {
@@ -93,7 +83,8 @@ int cmd_tui(int argc, char **argv)
             if (!r)
                 return CLI_EXIT_BAD_INPUT;
             opt.recipe_path = NULL;
-            int rc = tui_run(r, &opt);
+            if (!(rc = cli_check_recipe_models(r)))
+                rc = tui_run(r, &opt);
             recipe_free(r);
             return rc;
         }
@@ -105,21 +96,24 @@ int cmd_tui(int argc, char **argv)
     }
     if (optind < argc) {
         if (base || n_models)
-            return cli_usage_error("tui", "give a RECIPE or --base/--model, not both");
+            return cli_usage_error(NULL, "give a RECIPE or --base/--model, not both");
         if (optind + 1 != argc)
-            return cli_usage_error("tui", "expected one RECIPE, got %d arguments", argc - optind);
+            return cli_usage_error(NULL, "expected one RECIPE, got %d arguments", argc - optind);
         r = cli_load_recipe(argv[optind]);
         if (!r)
             return CLI_EXIT_BAD_INPUT;
         opt.recipe_path = argv[optind];
     } else {
         if (!base || n_models == 0)
-            return cli_usage_error("tui", "expected a RECIPE, or --base DIR and at least one --model DIR");
+            return cli_usage_error(NULL, "expected a RECIPE, or --base DIR and at least one --model DIR");
         r = cli_recipe_from_dirs(base, models, n_models, "task_arithmetic");
         if (!r)
-            return CLI_EXIT_BAD_INPUT;
+            return CLI_EXIT_FAILURE;
     }
-    int rc = tui_run(r, &opt);
+    /* A missing model is reported here, before the workbench takes the
+     * terminal (and without one, as scripts run it). */
+    if (!(rc = cli_check_recipe_models(r)))
+        rc = tui_run(r, &opt);
     recipe_free(r);
     return rc;
 }

@@ -1,13 +1,15 @@
 /* mergescope: a workbench for merging LLM checkpoints.
  *
  * git-style dispatch: `mergescope CMD ARGS...` runs the command's function
- * and returns its exit status (enum cli_exit). */
+ * and returns its exit status (enum cli_exit; the convention is in cli.h
+ * and, for users, in print_help()). */
 #include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
 #include "cmd_engine.h"
 #include "cmd_eval.h"
+#include "cmd_sweep.h"
 #include "cmd_tokenize.h"
 #include "cmd_tui.h"
 #include "merge_method.h"
@@ -52,8 +54,18 @@ static void print_help(FILE *out)
     for (const struct merge_method *const *m = merge_methods; *m; m++)
         fprintf(out, "  %-16s %s\n", (*m)->name, (*m)->summary);
     fprintf(out,
-            "\n'mergescope COMMAND --help' describes a command's options.\n"
-            "Exit status: 0 ok, 1 runtime failure, 2 usage error, 3 bad model, recipe or file.\n");
+            "\n'mergescope COMMAND --help' describes a command's options; --help (or -h)\n"
+            "anywhere among them shows the help and runs nothing.\n"
+            "\n"
+            "Exit status, the same for every command:\n"
+            "  0  success\n"
+            "  1  runtime failure: a file that cannot be read or written, out of memory,\n"
+            "     interrupted (Ctrl-C), an input that changed while in use\n"
+            "  2  usage error: an unknown option, a bad value, a missing argument, or an\n"
+            "     option given where a path belongs (-o --help)\n"
+            "  3  bad input: a model directory, recipe or tokenizer that is missing,\n"
+            "     malformed or unsupported, models that cannot be merged together, or an\n"
+            "     output that would destroy an input\n");
 }
 
 int main(int argc, char **argv)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -169,4 +170,22 @@ int lm_mkdir_p(const char *path)
         rc = lm_err(LM_EIO, "%s: cannot create directory: %s", copy, strerror(errno));
     free(copy);
     return rc;
+}
+
+void lm_remove_dir_flat(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char *p = lm_path_join(dir, e->d_name);
+        if (p)
+            unlink(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(dir);
 }

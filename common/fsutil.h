@@ -27,6 +27,10 @@ bool lm_is_dir(const char *path);
 /* Creates `path` as a directory if it does not exist (parents too). */
 int lm_mkdir_p(const char *path);
 
+/* Removes the files directly inside `dir`, then `dir` itself (a staging
+ * directory: it holds no subdirectories). Missing is not an error. */
+void lm_remove_dir_flat(const char *dir);
+
 /* The directory part of `path` ("." when none). Caller frees. */
 char *lm_path_dirname(const char *path);
 

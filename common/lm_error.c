@@ -59,6 +59,8 @@ const char *lm_status_name(int code)
     case LM_ECANCELED:    return "cancelled";
     case LM_EUNSUPPORTED: return "unsupported";
     case LM_EMISMATCH:    return "mismatch";
+    case LM_EREFUSED:     return "refused";
+    case LM_ECHANGED:     return "changed";
     default:              return "unknown";
     }
 }

@@ -1,10 +1,14 @@
-/* Errors and checked allocation shared by io/ and core/.
+/* Errors and checked allocation: the one error convention of the library
+ * (common/, io/, core/).
  *
  * Fallible functions return 0 on success or a negative LM_E* code (or NULL),
  * after leaving a message in a thread-local buffer: `return lm_err(LM_EFORMAT,
  * "%s: header too large", path);`. The caller that decides how to show errors
  * (the CLI prints it, the TUI puts it in the status line) reads it back with
- * lm_last_error(). Library code never prints and never exits. */
+ * lm_last_error(). Library code never prints and never exits, and never
+ * returns a bare -1 or an exit status for an error: only app/ turns an LM_E*
+ * code into a process exit status (0 ok, 1 runtime, 2 usage, 3 bad input).
+ * Functions whose -1 means "none" (a lookup that found nothing) say so. */
 #ifndef MS_COMMON_LM_ERROR_H
 #define MS_COMMON_LM_ERROR_H
 
@@ -19,6 +23,8 @@ enum lm_status {
     LM_ECANCELED    = -5, /* a progress callback asked to stop */
     LM_EUNSUPPORTED = -6, /* valid input this version cannot handle (dtype, architecture) */
     LM_EMISMATCH    = -7, /* models that cannot be combined: shapes, vocab sizes, missing tensors */
+    LM_EREFUSED     = -8, /* a write that would destroy an input or files mergescope did not make */
+    LM_ECHANGED     = -9, /* an input file changed on disk while it was open (size, mtime, or SIGBUS) */
 };
 
 #if defined(__GNUC__)

@@ -29,6 +29,7 @@
  * (DARE/DELLA rescaling, the output dtype) are warned about. Gradients mean
  * the same in both: t = layer / (n_layers - 1), embeddings at t = 0, the
  * final norm and lm_head at t = 1. */
+#include "mergekit_export.h"
 #include "recipe.h"
 
 #include <stdarg.h>
@@ -66,6 +67,8 @@ struct mk_method {
     unsigned    flags;
 };
 
+/* The one table of mergekit method names (mergekit_method_name() in
+ * mergekit_export.h); methods not listed have no mergekit equivalent. */
 static const struct mk_method mk_methods[] = {
     { "linear",          "linear",          MK_WEIGHT },
     { "average",         "linear",          MK_AVERAGE },
@@ -786,10 +789,16 @@ static void comment_lines(struct lm_strbuf *y, const char *prefix, const char *t
 
 static const struct mk_method *mk_method_find(const char *name)
 {
-    for (size_t i = 0; i < LM_ARRAY_SIZE(mk_methods); i++)
+    for (size_t i = 0; name && i < LM_ARRAY_SIZE(mk_methods); i++)
         if (strcmp(name, mk_methods[i].name) == 0)
             return &mk_methods[i];
     return NULL;
+}
+
+const char *mergekit_method_name(const char *method)
+{
+    const struct mk_method *m = mk_method_find(method);
+    return m ? m->mergekit : NULL;
 }
 
 static int export_all(struct mk_ctx *x, struct lm_strbuf *y)

@@ -26,6 +26,7 @@
 #include "dtype.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "output_policy.h"
 #include "strbuf.h"
 #include "units.h"
 
@@ -447,6 +448,93 @@ char *recipe_resolve_path(const struct recipe *r, const char *path)
         return NULL;
     }
     return lm_path_join(r && r->dir ? r->dir : ".", path);
+}
+
+/* ===== Saving elsewhere ===== */
+
+/* `to` relative to the directory `from` (both canonical and absolute):
+ * "../x/y", "." for the same place, or `to` itself when they share only the
+ * root. Caller frees. */
+static char *relative_to(const char *from, const char *to)
+{
+    size_t common = 0, i = 0;
+    for (;; i++) {
+        char a = from[i], b = to[i];
+        bool end_a = a == '\0' || a == '/', end_b = b == '\0' || b == '/';
+        if (end_a && end_b)
+            common = i;
+        if (a != b || a == '\0')
+            break;
+    }
+    if (common == 0)
+        return lm_strdup(to);
+    size_t ups = 0;
+    for (const char *p = from + common; *p; p++)
+        ups += *p == '/' && p[1] != '\0';
+    const char *rest = to[common] == '/' ? to + common + 1 : to + common;
+    struct lm_strbuf b = { 0 };
+    for (size_t k = 0; k < ups; k++)
+        lm_strbuf_puts(&b, k ? "/.." : "..");
+    if (*rest)
+        lm_strbuf_printf(&b, "%s%s", ups ? "/" : "", rest);
+    if (b.len == 0)
+        lm_strbuf_puts(&b, ".");
+    return lm_strbuf_finish(&b);
+}
+
+/* Rewrites *slot (a path of `r`) for a recipe in the canonical `dir`. */
+static int rebase_path(const struct recipe *r, const char *dir, char **slot)
+{
+    if (!*slot)
+        return 0;
+    char *resolved = recipe_resolve_path(r, *slot);
+    char *canon = resolved ? out_canonical_path(resolved) : NULL;
+    free(resolved);
+    char *rel = canon ? relative_to(dir, canon) : NULL;
+    free(canon);
+    if (!rel)
+        return lm_err_context(LM_ENOMEM, "%s", *slot);
+    free(*slot);
+    *slot = rel;
+    return 0;
+}
+
+struct recipe *recipe_rebased(const struct recipe *r, const char *dir)
+{
+    char *canon_dir = out_canonical_path(dir);
+    struct recipe *c = canon_dir ? recipe_clone(r) : NULL;
+    int rc = c ? 0 : LM_ENOMEM;
+    if (!rc)
+        rc = rebase_path(r, canon_dir, &c->base);
+    for (size_t i = 0; !rc && i < c->n_models; i++)
+        rc = rebase_path(r, canon_dir, &c->models[i].path);
+    if (!rc)
+        rc = rebase_path(r, canon_dir, &c->calibration.file);
+    if (!rc) {
+        free(c->dir);
+        if (!(c->dir = lm_strdup(canon_dir)))
+            rc = LM_ENOMEM;
+    }
+    free(canon_dir);
+    if (rc) {
+        recipe_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int recipe_save_as(const struct recipe *r, const char *path)
+{
+    if (!path)
+        return lm_err(LM_EINVAL, "recipe_save_as: no path");
+    char *dir = lm_path_dirname(path);
+    struct recipe *c = dir ? recipe_rebased(r, dir) : NULL;
+    free(dir);
+    if (!c)
+        return lm_err_context(LM_EIO, "%s", path);
+    int rc = recipe_save(c, path);
+    recipe_free(c);
+    return rc;
 }
 
 /* ===== Parsing ===== */

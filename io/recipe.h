@@ -144,6 +144,16 @@ char *recipe_to_json(const struct recipe *r);
 /* Writes recipe_to_json() to `path` through a temporary name and rename. */
 int recipe_save(const struct recipe *r, const char *path);
 
+/* Writes `r` to `path` as recipe_save does, with every path it names (base,
+ * models, calibration file) rewritten to be relative to the folder of
+ * `path` when the two share more than the root, absolute otherwise; so a
+ * saved recipe reruns from where it was saved, wherever it came from. */
+int recipe_save_as(const struct recipe *r, const char *path);
+
+/* A copy of `r` whose paths are rewritten for a recipe file in `dir`, as
+ * recipe_save_as does (dir set to `dir`). NULL with an error. */
+struct recipe *recipe_rebased(const struct recipe *r, const char *dir);
+
 /* `path` resolved against r->dir (absolute paths unchanged). Caller frees. */
 char *recipe_resolve_path(const struct recipe *r, const char *path);
 

@@ -31,6 +31,7 @@
 #include <cjson/cJSON.h>
 
 #include "lm_error.h"
+#include "mapguard.h"
 #include "strbuf.h"
 #include "utf8.h"
 
@@ -198,6 +199,7 @@ struct st_file {
     char             *label;
     void             *map;       /* owned mapping (st_file_open), else NULL */
     size_t            map_len;
+    struct stat       opened;    /* the file as it was when mapped (size, mtime, inode) */
     uint64_t          size;      /* 8 + N + data size */
     struct st_tensor *tensors;   /* sorted by name */
     size_t            n_tensors;
@@ -219,8 +221,10 @@ void st_file_close(struct st_file *f)
     }
     free(f->meta_keys);
     free(f->meta_values);
-    if (f->map)
+    if (f->map) {
+        lm_mapguard_remove(f->map);
         munmap(f->map, f->map_len);
+    }
     free(f->label);
     free(f);
 }
@@ -558,7 +562,9 @@ static int file_open(const char *path, struct st_file **out)
     }
     f->map = map;
     f->map_len = (size_t)size;
+    f->opened = sb;
     f->label = lm_strdup(path);
+    lm_mapguard_add(map, (size_t)size, path);
     /* The data region is whatever follows the header; parse_header checks
      * the length itself and rejects it when it does not fit. */
     uint64_t n = read_le64(map);
@@ -938,6 +944,35 @@ static int set_open_all(struct st_set *s, const char *dir)
     return rc;
 }
 
+int st_file_check_unchanged(const struct st_file *f)
+{
+    if (!f->map)
+        return 0;
+    struct stat now;
+    if (stat(f->label, &now) != 0)
+        return lm_err(LM_ECHANGED, "%s: removed since it was opened (%s); reopen the model",
+                      f->label, strerror(errno));
+    if (now.st_dev != f->opened.st_dev || now.st_ino != f->opened.st_ino)
+        return lm_err(LM_ECHANGED, "%s: replaced by another file since it was opened; reopen the model",
+                      f->label);
+    if (now.st_size != f->opened.st_size)
+        return lm_err(LM_ECHANGED, "%s: changed size since it was opened (%lld -> %lld bytes); "
+                      "reopen the model", f->label, (long long)f->opened.st_size, (long long)now.st_size);
+    if (now.st_mtim.tv_sec != f->opened.st_mtim.tv_sec || now.st_mtim.tv_nsec != f->opened.st_mtim.tv_nsec)
+        return lm_err(LM_ECHANGED, "%s: modified since it was opened; reopen the model", f->label);
+    return 0;
+}
+
+int st_set_check_unchanged(const struct st_set *s)
+{
+    for (size_t i = 0; i < s->n_files; i++) {
+        int rc = st_file_check_unchanged(s->files[i]);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 struct st_set *st_set_open_dir(const char *dir)
 {
     struct stat sb;
@@ -1041,6 +1076,8 @@ struct st_writer_shard {
     size_t   first, end; /* tensors [first, end) */
     uint64_t data_size;
     bool     created;   /* tmp_path exists on disk */
+    int      fd;        /* positional writing: the open temporary, else -1 */
+    uint64_t data_start; /* positional writing: 8 + header length */
 };
 
 enum st_writer_state { ST_W_DECLARE, ST_W_DATA, ST_W_FAILED };
@@ -1065,6 +1102,8 @@ struct st_writer {
     size_t                   buf_len;
     char                    *index_tmp;  /* NULL unless created */
     char                    *index_path;
+    bool                     positional; /* st_writer_begin_positional */
+    atomic_uint_fast64_t     pwritten;   /* positional: bytes written */
 };
 
 struct st_writer_params st_writer_default_params(void)
@@ -1114,6 +1153,12 @@ static int writer_fail(struct st_writer *w, int code)
     if (w->fd >= 0) {
         close(w->fd);
         w->fd = -1;
+    }
+    for (size_t i = 0; w->positional && i < w->n_shards; i++) {
+        if (w->shards[i].fd >= 0) {
+            close(w->shards[i].fd);
+            w->shards[i].fd = -1;
+        }
     }
     for (size_t i = 0; i < w->n_shards; i++) {
         if (w->shards[i].created) {
@@ -1487,6 +1532,8 @@ int st_writer_write(struct st_writer *w, const void *data, size_t nbytes)
         return w->error;
     if (w->state != ST_W_DATA)
         return lm_err(LM_EINVAL, "%s: st_writer_write before st_writer_begin", w->dir);
+    if (w->positional)
+        return lm_err(LM_EINVAL, "%s: st_writer_write on a positional writer", w->dir);
     const unsigned char *p = data;
     while (nbytes > 0) {
         if (w->cur >= w->n_tensors) {
@@ -1519,6 +1566,98 @@ int st_writer_write(struct st_writer *w, const void *data, size_t nbytes)
             return writer_fail(w, rc);
     }
     return 0;
+}
+
+int st_writer_begin_positional(struct st_writer *w)
+{
+    if (w->state == ST_W_FAILED)
+        return w->error;
+    if (w->state != ST_W_DECLARE)
+        return lm_err(LM_EINVAL, "%s: st_writer_begin called twice", w->dir);
+    int rc = writer_layout(w);
+    if (rc < 0)
+        return writer_fail(w, rc);
+    w->positional = true;
+    atomic_init(&w->pwritten, 0);
+    for (size_t k = 0; k < w->n_shards; k++)
+        w->shards[k].fd = -1;
+    w->state = ST_W_DATA;
+    for (size_t k = 0; k < w->n_shards && rc == 0; k++) {
+        struct st_writer_shard *sh = &w->shards[k];
+        rc = writer_open_shard(w, k);
+        sh->fd = w->fd;
+        w->fd = -1;
+        if (rc == 0) {
+            off_t pos = lseek(sh->fd, 0, SEEK_CUR);
+            if (pos < 0)
+                rc = lm_err(LM_EIO, "%s: cannot tell the header's end: %s", sh->path, strerror(errno));
+            sh->data_start = (uint64_t)pos;
+        }
+    }
+    if (rc < 0)
+        return writer_fail(w, rc);
+    return 0;
+}
+
+int st_writer_pwrite(struct st_writer *w, size_t index, uint64_t offset, const void *data,
+                     size_t nbytes)
+{
+    if (w->state == ST_W_FAILED)
+        return w->error;
+    if (w->state != ST_W_DATA || !w->positional)
+        return lm_err(LM_EINVAL, "%s: st_writer_pwrite before st_writer_begin_positional", w->dir);
+    if (index >= w->n_tensors)
+        return lm_err(LM_EINVAL, "%s: no tensor %zu (%zu declared)", w->dir, index, w->n_tensors);
+    const struct st_writer_tensor *t = &w->tensors[index];
+    if (offset > t->nbytes || nbytes > t->nbytes - offset)
+        return lm_err(LM_EINVAL, "%s: tensor '%s': bytes [%" PRIu64 ", %" PRIu64 ") outside its %"
+                      PRIu64, w->dir, t->name, offset, offset + nbytes, t->nbytes);
+    const struct st_writer_shard *sh = &w->shards[t->shard];
+    const unsigned char *p = data;
+    uint64_t pos = sh->data_start + t->offset + offset;
+    size_t left = nbytes;
+    while (left > 0) {
+        size_t chunk = left > (1u << 30) ? (1u << 30) : left;
+        ssize_t k = pwrite(sh->fd, p, chunk, (off_t)pos);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return lm_err(LM_EIO, "%s: write failed: %s", sh->path, strerror(errno));
+        }
+        if (k == 0)
+            return lm_err(LM_EIO, "%s: write made no progress", sh->path);
+        p += k;
+        pos += (uint64_t)k;
+        left -= (size_t)k;
+    }
+    atomic_fetch_add(&w->pwritten, (uint_fast64_t)nbytes);
+    return 0;
+}
+
+/* Positional writing done: every byte written (as counted), then fsync and
+ * close every shard. */
+static int writer_finish_positional(struct st_writer *w)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < w->n_tensors; i++)
+        total += w->tensors[i].nbytes;
+    uint64_t got = (uint64_t)atomic_load(&w->pwritten);
+    int rc = 0;
+    if (got != total)
+        rc = lm_err(LM_EINVAL, "%s: %" PRIu64 " of %" PRIu64 " data bytes written", w->dir, got, total);
+    for (size_t k = 0; k < w->n_shards; k++) {
+        struct st_writer_shard *sh = &w->shards[k];
+        if (sh->fd < 0)
+            continue;
+        if (rc == 0)
+            rc = fsync_fd(sh->fd, sh->path);
+        if (close(sh->fd) != 0 && rc == 0)
+            rc = lm_err(LM_EIO, "%s: close failed: %s", sh->path, strerror(errno));
+        sh->fd = -1;
+    }
+    if (rc == 0)
+        w->cur = w->n_tensors;
+    return rc;
 }
 
 /* model.safetensors.index.json as transformers writes it: total_size is the
@@ -1606,6 +1745,8 @@ int st_writer_commit(struct st_writer *w)
         rc = w->error;
     } else if (w->state != ST_W_DATA) {
         rc = lm_err(LM_EINVAL, "%s: st_writer_commit before st_writer_begin", w->dir);
+    } else if (w->positional) {
+        rc = writer_finish_positional(w);
     } else if (w->cur < w->n_tensors) {
         const struct st_writer_tensor *t = &w->tensors[w->cur];
         rc = lm_err(LM_EINVAL, "%s: tensor '%s' received %" PRIu64 " of its %" PRIu64 " bytes "

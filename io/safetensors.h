@@ -113,9 +113,26 @@ int st_writer_begin(struct st_writer *w);
 /* Appends bytes of the current tensor (declaration order); a tensor may be
  * written in several calls and must receive exactly its nbytes. */
 int st_writer_write(struct st_writer *w, const void *data, size_t nbytes);
+/* Positional writing, instead of st_writer_begin and st_writer_write:
+ * lays out the shards and creates every one with its header, after which
+ * tensors' bytes may be written in any order and from several threads at
+ * once: st_writer_pwrite stores bytes [offset, offset + nbytes) of tensor
+ * `index` (declaration order). Every byte must be written exactly once
+ * before st_writer_commit (which checks the count). */
+int st_writer_begin_positional(struct st_writer *w);
+int st_writer_pwrite(struct st_writer *w, size_t index, uint64_t offset, const void *data,
+                     size_t nbytes);
 /* fsyncs and renames into place. The writer is freed whatever the result. */
 int st_writer_commit(struct st_writer *w);
 /* Removes temporaries; accepts NULL. */
 void st_writer_abort(struct st_writer *w);
+
+/* Whether the file (every file of the set) is still the one that was
+ * mapped: same inode, size and modification time. A mapped file that
+ * changed must not be read: a shrunk one raises SIGBUS, a rewritten one
+ * gives other bytes than were checked. 0 or LM_ECHANGED naming the file and
+ * what changed. */
+int st_file_check_unchanged(const struct st_file *f);
+int st_set_check_unchanged(const struct st_set *s);
 
 #endif

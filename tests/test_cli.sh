@@ -58,6 +58,12 @@ check "logits of a recipe merged in memory equal those of the model merge wrote"
     bash -c "run 0 '$ms' logits '$tmp/m/ties.json' --ids 1,5,7,30 -o '$tmp/a.f32' && run 0 '$ms' logits '$tmp/merged' --ids 1,5,7,30 -o '$tmp/b.f32' && [ \$(stat -c %s '$tmp/a.f32') -eq \$((4 * 32 * 4)) ] && cmp '$tmp/a.f32' '$tmp/b.f32'"
 check "logits differ from the unmerged base's" \
     bash -c "run 0 '$ms' logits '$tmp/m/quick' --ids 1,5,7,30 -o '$tmp/c.f32' && ! cmp -s '$tmp/a.f32' '$tmp/c.f32'"
+check "logits leave no temporary file beside the output" bash -c "! ls -A '$tmp' | grep -q tmp"
+check "logits into a missing directory exit 1 naming the file" \
+    bash -c "run 1 '$ms' logits '$tmp/m/quick' --ids 1,5 -o '$tmp/nodir/d.f32' && err_has 'nodir/' && [ ! -e '$tmp/nodir' ]"
+cp "$tmp/c.f32" "$tmp/c-before.f32"
+check "a failed logits run leaves the existing output as it was" \
+    bash -c "run 2 '$ms' logits '$tmp/m/quick' --ids 1,500 -o '$tmp/c.f32' && cmp '$tmp/c.f32' '$tmp/c-before.f32'"
 
 printf '{"format": "mergescope-recipe/1", "base": "quick", "models": [{"name": "long", "path": "long"}], "method": "ties", "bogus": 1}' >"$tmp/m/bad.json"
 check "unknown recipe key exits 3 naming the key" bash -c "run 3 '$ms' merge '$tmp/m/bad.json' -o '$tmp/o' && err_has 'bogus'"

@@ -717,12 +717,75 @@ static void test_mergekit(void)
     recipe_free(r);
 }
 
+/* recipe_save_as: a recipe read from one folder and saved to another names
+ * the same models and calibration file from there, relative when the two
+ * folders share more than the root, absolute otherwise. */
+static void test_save_as(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    char root[4096], real_root[4096];
+    snprintf(root, sizeof(root), "%s/mergescope-saveas-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+    if (!mkdtemp(root) || !realpath(root, real_root)) {
+        TEST_COND("mkdtemp", false);
+        return;
+    }
+    char a[4200], b[4200], b2[4200], models[4200], m1[4200], m2[4200], calib[4200], out[4300];
+    snprintf(a, sizeof(a), "%s/a", real_root);
+    snprintf(b, sizeof(b), "%s/b", real_root);
+    snprintf(b2, sizeof(b2), "%s/b/deeper", real_root);
+    snprintf(models, sizeof(models), "%s/models", real_root);
+    snprintf(m1, sizeof(m1), "%s/models/quick", real_root);
+    snprintf(m2, sizeof(m2), "%s/models/long", real_root);
+    snprintf(calib, sizeof(calib), "%s/a/calib.jsonl", real_root);
+    mkdir(a, 0755); mkdir(b, 0755); mkdir(b2, 0755); mkdir(models, 0755); mkdir(m1, 0755); mkdir(m2, 0755);
+    FILE *f = fopen(calib, "w");
+    if (f)
+        fclose(f);
+    const char *json = "{\"format\": \"mergescope-recipe/1\", \"base\": \"../models/quick\", "
+                       "\"models\": [{\"name\": \"long\", \"path\": \"../models/long\"}], "
+                       "\"method\": \"ties\", \"calibration\": {\"file\": \"calib.jsonl\"}}";
+    struct recipe *r = recipe_parse(json, strlen(json), "a/r.json", a);
+    snprintf(out, sizeof(out), "%s/r.json", b2);
+    int rc = r ? recipe_save_as(r, out) : -100;
+    struct recipe *back = rc == 0 ? recipe_load(out) : NULL;
+    TEST_COND("saved into another folder, the paths are rewritten relative to it",
+              back && strcmp(back->base, "../../models/quick") == 0 &&
+              strcmp(back->models[0].path, "../../models/long") == 0 &&
+              strcmp(back->calibration.file, "../../a/calib.jsonl") == 0);
+    if (back && (strcmp(back->base, "../../models/quick") != 0 || strcmp(back->calibration.file, "../../a/calib.jsonl") != 0))
+        printf("      base %s, model %s, calibration %s\n", back->base, back->models[0].path, back->calibration.file);
+    char *res = back ? recipe_resolve_path(back, back->calibration.file) : NULL;
+    char real_res[4096];
+    TEST_COND("and resolve from there to the same files",
+              res && realpath(res, real_res) && strcmp(real_res, calib) == 0);
+    free(res);
+    recipe_free(back);
+
+    snprintf(out, sizeof(out), "%s/r.json", a);
+    rc = r ? recipe_save_as(r, out) : -100;
+    back = rc == 0 ? recipe_load(out) : NULL;
+    TEST_COND("saved back into its own folder, the paths read as written",
+              back && strcmp(back->base, "../models/quick") == 0 && strcmp(back->calibration.file, "calib.jsonl") == 0);
+    recipe_free(back);
+
+    struct recipe *far = r ? recipe_rebased(r, "/") : NULL;
+    TEST_COND("rebased onto the root (nothing shared but the root), the paths are absolute",
+              far && strcmp(far->base, m1) == 0 && strcmp(far->models[0].path, m2) == 0);
+    recipe_free(far);
+    recipe_free(r);
+    char cmd[4300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", real_root);
+    if (system(cmd) != 0)
+        printf("      could not remove %s\n", real_root);
+}
+
 int main(void)
 {
     test_example();
     test_round_trip();
     test_numbers();
     test_files();
+    test_save_as();
     test_rejections();
     test_mergekit();
     return test_report();

@@ -14,6 +14,7 @@
 #include "lm_error.h"
 #include "lowrank.h"
 #include "merge_method.h"
+#include "mergekit_export.h"
 #include "svd.h"
 #include "test.h"
 
@@ -820,7 +821,8 @@ static void test_nan_and_errors(void)
               merge_method_find("lore") == &merge_method_lore &&
               merge_method_find("twin") == &merge_method_twin &&
               merge_method_lore.wraps && merge_method_twin.wraps &&
-              !merge_method_lore.mergekit_name && !merge_method_twin.mergekit_name &&
+              !mergekit_method_name(merge_method_lore.name) &&
+              !mergekit_method_name(merge_method_twin.name) &&
               merge_method_lore.needs == 0 && merge_method_twin.needs == 0);
     TEST_COND("lore takes on, mu, iterations (and density through ties); twin takes rank, energy",
               merge_method_takes(&merge_method_lore, MERGE_PARAM_MU) &&

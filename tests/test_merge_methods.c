@@ -9,6 +9,7 @@
 
 #include "lm_error.h"
 #include "merge_method.h"
+#include "mergekit_export.h"
 #include "select.h"
 #include "test.h"
 
@@ -88,7 +89,7 @@ static void test_registry(void)
             names_ok = 0;
         if (!m->summary || !m->summary[0] || !m->merge_tensor || !m->params ||
             m->min_models < 1 || m->max_models < m->min_models ||
-            m->max_models > MERGE_MAX_MODELS || (!m->mergekit_name) != m->wraps)
+            m->max_models > MERGE_MAX_MODELS || (!mergekit_method_name(m->name)) != m->wraps)
             fields_ok = 0;
         /* params: valid ids, no duplicates, terminated */
         int seen[MERGE_PARAM_COUNT] = { 0 };

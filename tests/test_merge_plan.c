@@ -143,6 +143,85 @@ int main(void)
         recipe_free(rs);
     }
     INVALID("average takes no weights", "\"method\": \"average\", \"params\": {\"weight\": 1}}", "does not take 'weight'");
+    /* The recipe against the model it is applied to: a 6-layer model with
+     * every projection, norms, embeddings and lm_head. */
+    {
+        static const char *const projs[] = { "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
+            "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight",
+            "post_attention_layernorm.weight" };
+        static char name_buf[64][64];
+        const char *names[64];
+        struct tn_info infos[64];
+        size_t nt = 0;
+        snprintf(name_buf[nt], 64, "model.embed_tokens.weight"); nt++;
+        for (int l = 0; l < 6; l++)
+            for (size_t k = 0; k < LM_ARRAY_SIZE(projs); k++, nt++)
+                snprintf(name_buf[nt], 64, "model.layers.%d.%s", l, projs[k]);
+        snprintf(name_buf[nt], 64, "model.norm.weight"); nt++;
+        snprintf(name_buf[nt], 64, "lm_head.weight"); nt++;
+        for (size_t t = 0; t < nt; t++) {
+            names[t] = name_buf[t];
+            tn_classify(names[t], &infos[t]);
+        }
+        static const struct { const char *descr, *tail, *needle; } cases[] = {
+            { "layers 0-99 on a 6-layer model name the override and its range",
+              "\"overrides\": [{\"layers\": \"0-99\", \"params\": {\"weight\": 0.5}}]}",
+              "overrides[0].layers: 0-99 reaches beyond the model's 6 layers (0-5)" },
+            { "a single layer past the end",
+              "\"overrides\": [{\"layers\": \"1\", \"params\": {\"weight\": 1}}, "
+              "{\"layers\": [6], \"params\": {\"weight\": 0.5}}]}",
+              "overrides[1].layers: 6 reaches beyond" },
+            { "a misspelt module matches nothing",
+              "\"overrides\": [{\"modules\": \"self_atn\", \"params\": {\"weight\": 0.5}}]}",
+              "overrides[0].modules: \"self_atn\" matches no tensor" },
+            { "one bad module among good ones is named",
+              "\"overrides\": [{\"layers\": \"0-2\", \"modules\": [\"mlp\", \"q_prj\"], \"params\": {\"weight\": 0.5}}]}",
+              "overrides[0].modules: \"q_prj\" matches no tensor in its layers" },
+            { "embed within layers selects nothing",
+              "\"overrides\": [{\"layers\": \"2-3\", \"modules\": \"embed\", \"params\": {\"weight\": 0.5}}]}",
+              "overrides[0].modules: \"embed\" matches no tensor in its layers" },
+            { "a global gradient longer than the layer count",
+              "\"params\": {\"density\": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}}",
+              "params.density: a gradient of 7 points is longer than the model's 6 layers" },
+            { "a per-model gradient in an override longer than the layer count",
+              "\"overrides\": [{\"params\": {\"weight\": {\"a\": [1, 1, 1, 1, 1, 1, 1, 1]}}}]}",
+              "overrides[0].params.weight: a gradient of 8 points" },
+        };
+        for (size_t c = 0; c < LM_ARRAY_SIZE(cases); c++) {
+            snprintf(buf, sizeof(buf), "%s\"method\": \"ties\", %s", head, cases[c].tail);
+            struct recipe *rc_r = parse(buf);
+            struct merge_plan pc;
+            int rc = rc_r ? merge_plan_init(&pc, rc_r) : -100;
+            if (rc == 0) {
+                pc.n_layers = 6;
+                rc = merge_plan_check_selection(&pc, names, infos, nt);
+            }
+            bool ok = rc == LM_EFORMAT && strstr(lm_last_error(), cases[c].needle);
+            TEST_COND(cases[c].descr, ok);
+            if (!ok)
+                printf("      rc %d, message: %s\n", rc, lm_last_error());
+            recipe_free(rc_r);
+        }
+        static const char *const good[] = {
+            "\"overrides\": [{\"layers\": \"0-5\", \"modules\": [\"mlp\", \"q_proj\"], \"params\": {\"weight\": 0.5}}, "
+            "{\"modules\": \"embed\", \"params\": {\"weight\": 0.5}}, {\"modules\": \"layers.3.mlp\", \"params\": {\"weight\": 0.5}}], "
+            "\"params\": {\"density\": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}}",
+        };
+        snprintf(buf, sizeof(buf), "%s\"method\": \"ties\", %s", head, good[0]);
+        struct recipe *rg = parse(buf);
+        struct merge_plan pg;
+        int rc = rg ? merge_plan_init(&pg, rg) : -100;
+        if (rc == 0) {
+            pg.n_layers = 6;
+            rc = merge_plan_check_selection(&pg, names, infos, nt);
+        }
+        TEST_COND("ranges within the model, modules that match, a 6-point gradient and a name "
+                  "substring are accepted", rc == 0);
+        if (rc)
+            printf("      %s\n", lm_last_error());
+        recipe_free(rg);
+    }
 #undef INVALID
     return test_report();
 }

@@ -68,7 +68,27 @@ T send-keys -t tui -l "ab ab"
 T send-keys -t tui Enter
 check "a preview streams tokens with a count and speed" wait_for "tok/s" 30
 check "the preview reaches its end" wait_for "tokens" 30
-T send-keys -t tui Escape F5
+T send-keys -t tui Escape c
+check "c turns on compare mode" wait_for "compare mode on"
+check "compare mode shows the merge, the base and each model side by side" \
+    bash -c "$(declare -f T); sock=$sock; for i in \$(seq 1 200); do T capture-pane -p -t tui | grep -qE 'merged \(task_arithmetic\) +base +quick +long' && exit 0; sleep 0.1; done; exit 1"
+# Every pane runs to the end: the fixture models never sample a stop id
+# for this prompt, so each stops at the preview's 128 new tokens.
+compare_done() {
+    local i=0 screen
+    while [ "$i" -lt 300 ]; do
+        screen=$(T capture-pane -p -t tui)
+        [ "$(grep -o '128 tokens' <<<"$screen" | wc -l)" -eq 4 ] && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "      compare panes did not all finish:"; sed 's/^/      | /' <<<"$screen"
+    return 1
+}
+check "each compare pane streams to the end" compare_done
+check "the source models answer differently from the merge" \
+    bash -c "$(declare -f T); sock=$sock; T capture-pane -p -t tui | grep -qE '^ y+ +(ab)+ +(ab)+ +y+\$' || { T capture-pane -p -t tui | sed 's/^/      | /'; exit 1; }"
+T send-keys -t tui F5
 check "back on the Layers screen" wait_for "F5Detail"
 T send-keys -t tui s C-u
 T send-keys -t tui -l "$tmp/saved.json"

@@ -172,41 +172,12 @@ static int parse_number(const char *s, double *v)
 
 /* ===== Saving ===== */
 
-/* Paths in the saved recipe stay as they are when it goes next to the
- * recipe it came from; elsewhere they become absolute, so that it opens
- * from wherever it is saved. */
+/* The recipe's paths are rewritten relative to the folder it is saved in
+ * (absolute where nothing but the root is shared), so that it opens and
+ * merges from wherever it is saved. */
 static int save_recipe(struct ui_app *a, const char *path)
 {
-    struct recipe *c = recipe_clone(ws_recipe(a->ws));
-    if (!c)
-        return LM_ENOMEM;
-    char *dir = lm_path_dirname(path);
-    char rd[PATH_MAX], od[PATH_MAX];
-    bool same = dir && c->dir && realpath(dir, rd) && realpath(c->dir, od) && strcmp(rd, od) == 0;
-    free(dir);
-    int rc = 0;
-    if (!same) {
-        char **paths[1 + MERGE_MAX_MODELS];
-        size_t n = 0;
-        if (c->base)
-            paths[n++] = &c->base;
-        for (size_t i = 0; i < c->n_models && n < LM_ARRAY_SIZE(paths); i++)
-            paths[n++] = &c->models[i].path;
-        for (size_t i = 0; i < n && !rc; i++) {
-            char *res = recipe_resolve_path(c, *paths[i]);
-            char abs[PATH_MAX];
-            if (res && realpath(res, abs)) {
-                char *d = lm_strdup(abs);
-                if (d) {
-                    free(*paths[i]);
-                    *paths[i] = d;
-                }
-            }
-            free(res);
-        }
-    }
-    rc = recipe_save(c, path);
-    recipe_free(c);
+    int rc = recipe_save_as(ws_recipe(a->ws), path);
     if (rc)
         return rc;
     recipe_free(a->saved);
@@ -303,7 +274,13 @@ static int finish_input(struct ui_app *a, enum ui_input kind, const char *text)
             ui_status(a, true, "no directory given");
             return UI_REACT_REDRAW;
         }
-        ui_start_write(a, text);
+        ui_start_write(a, text, false);
+        return UI_REACT_REDRAW;
+    case UI_INPUT_WRITE_FORCE:
+        if (text[0] == 'y' || text[0] == 'Y')
+            ui_start_write(a, a->pending_write, true);
+        else
+            ui_status(a, false, "nothing written; %s is unchanged", a->pending_write);
         return UI_REACT_REDRAW;
     case UI_INPUT_QUIT:
         return text[0] == 'y' || text[0] == 'Y' ? UI_REACT_QUIT : UI_REACT_REDRAW;
@@ -319,11 +296,11 @@ int ui_input_key(struct ui_app *a, int key)
         a->input_kind = UI_INPUT_NONE;
         return UI_REACT_REDRAW;
     }
-    if (kind == UI_INPUT_QUIT) {
+    if (kind == UI_INPUT_QUIT || kind == UI_INPUT_WRITE_FORCE) {
         a->input_kind = UI_INPUT_NONE;
         char t[2] = { (char)key, 0 };
-        if (key == 3)
-            t[0] = 'y';
+        if (key == 3)   /* Ctrl-C: quit means yes, a forced write means no */
+            t[0] = kind == UI_INPUT_QUIT ? 'y' : 'n';
         return finish_input(a, kind, t);
     }
     if (key == '\n' || key == '\r' || key == KEY_ENTER) {

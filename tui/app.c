@@ -14,6 +14,7 @@
 
 #include "draw.h"
 #include "lm_error.h"
+#include "output_policy.h"
 #include "prompt.h"
 #include "term.h"
 #include "theme.h"
@@ -103,6 +104,39 @@ static bool all_stats_done(const struct ui_app *a)
     return true;
 }
 
+/* Keeps the SIGBUS handler's copy of the recipe current: the recipe as
+ * JSON, its paths rebased for the recovery file's folder. */
+static void update_recovery(struct ui_app *a)
+{
+    char *dir = lm_path_dirname(a->recovery_path);
+    struct recipe *r = dir ? recipe_rebased(ws_recipe(a->ws), dir) : NULL;
+    char *json = r ? recipe_to_json(r) : NULL;
+    if (json)
+        term_set_recovery(a->recovery_path, json);
+    free(json);
+    recipe_free(r);
+    free(dir);
+}
+
+/* Where a crash saves the recipe: beside the recipe file it came from
+ * (NAME.recovered.json), else in the current directory. */
+static void set_recovery_path(struct ui_app *a)
+{
+    char want[1100];
+    if (a->save_path) {
+        snprintf(want, sizeof(want), "%s", a->save_path);
+        char *dot = strrchr(want, '.');
+        if (dot && !strchr(dot, '/'))
+            *dot = '\0';
+        strncat(want, ".recovered.json", sizeof(want) - strlen(want) - 1);
+    } else {
+        snprintf(want, sizeof(want), "mergescope-recovered.json");
+    }
+    char *canon = out_canonical_path(want);
+    snprintf(a->recovery_path, sizeof(a->recovery_path), "%s", canon ? canon : want);
+    free(canon);
+}
+
 int ui_apply_recipe(struct ui_app *a, const struct recipe *r, bool record)
 {
     bool was_previewing = job_busy(&a->job) && a->job.kind == UI_JOB_PREVIEW;
@@ -121,6 +155,7 @@ int ui_apply_recipe(struct ui_app *a, const struct recipe *r, bool record)
         free(changed);
         return rc;
     }
+    update_recovery(a);
     size_t n_changed = 0;
     for (size_t i = 0; i < n; i++)
         n_changed += changed[i];
@@ -160,13 +195,16 @@ static int stats_job(struct job *j, void *ud)
 struct write_job {
     struct workspace *ws;
     char dir[1024];
+    bool force;
 };
 static struct write_job write_args;
 
 static int write_job_fn(struct job *j, void *ud)
 {
     struct write_job *w = ud;
-    return ws_write(w->ws, w->dir, ws_default_write_params(), job_progress_cb, j);
+    struct ws_write_params wp = ws_default_write_params();
+    wp.force = w->force;
+    return ws_write(w->ws, w->dir, wp, job_progress_cb, j);
 }
 
 static void finish_job(struct ui_app *a)
@@ -217,10 +255,24 @@ static void schedule(struct ui_app *a)
     }
 }
 
-void ui_start_write(struct ui_app *a, const char *dir)
+void ui_start_write(struct ui_app *a, const char *dir, bool force)
 {
+    /* The output policy first, as a question where `force` would do. */
+    bool forceable = false;
+    if (ws_check_output(a->ws, dir, false, force, &forceable) != 0) {
+        if (forceable) {
+            snprintf(a->pending_write, sizeof(a->pending_write), "%s", dir);
+            ui_status(a, true, "%s", lm_last_error());
+            a->input_kind = UI_INPUT_WRITE_FORCE;
+            lineedit_set(&a->input, "");
+        } else {
+            ui_status(a, true, "%s", lm_last_error());
+        }
+        return;
+    }
     job_stop(&a->job);
     write_args.ws = a->ws;
+    write_args.force = force;
     snprintf(write_args.dir, sizeof(write_args.dir), "%s", dir);
     if (job_start(&a->job, UI_JOB_WRITE, write_job_fn, &write_args))
         ui_status(a, true, "%s", lm_last_error());
@@ -266,6 +318,7 @@ static void draw_bottom(struct ui_app *a, int h, int w)
             "", "search: ", "value: ", "gradient from,to: ", "save recipe to: ",
             "save mergekit YAML to: ", "write merged model to: ",
             "unsaved changes: quit anyway? (y/n) ",
+            "it holds files mergescope did not write: write into it anyway? (y/n) ",
         };
         int lw = draw_text(a->win, y, 0, w, UI_ROLE_PROMPT, labels[a->input_kind]);
         int used = draw_text(a->win, y, lw, w - lw - 1, UI_ROLE_NORMAL, a->input.text);
@@ -468,8 +521,9 @@ int tui_run(const struct recipe *r, const struct tui_options *opt)
     read_config(a, &cfg);
     if (a->opt.n_threads <= 0 && cfg.threads > 0)
         a->opt.n_threads = cfg.threads;
-    if (term_start() != 0)
-        return 1;
+    int trc = term_start();
+    if (trc != 0)
+        return trc == TERM_EUSAGE ? 2 : 1;
     a->win = stdscr;
     const char *theme = opt->theme ? opt->theme : cfg.theme[0] ? cfg.theme : NULL;
     bool color_ok = !(getenv("NO_COLOR") && *getenv("NO_COLOR"));
@@ -496,6 +550,8 @@ int tui_run(const struct recipe *r, const struct tui_options *opt)
     }
     a->saved = recipe_clone(ws_recipe(a->ws));
     a->save_path = opt->recipe_path ? lm_strdup(opt->recipe_path) : NULL;
+    set_recovery_path(a);
+    update_recovery(a);
     if (*ws_notes(a->ws))
         msglog_add(&a->log, MSGLOG_WARN, ws_notes(a->ws));
     job_init(&a->job);
@@ -511,6 +567,7 @@ int tui_run(const struct recipe *r, const struct tui_options *opt)
     int rc = run_loop(a);
     /* Give the terminal back first: a job cancelled mid-tensor may take a
      * moment to notice. */
+    term_set_recovery(NULL, NULL);
     term_stop();
     job_deinit(&a->job);
     prompt_deinit();

@@ -31,6 +31,7 @@ enum ui_input {
     UI_INPUT_SAVE_YAML,  /* mergekit YAML path */
     UI_INPUT_WRITE,      /* output directory */
     UI_INPUT_QUIT,       /* y/n: quit with unsaved changes */
+    UI_INPUT_WRITE_FORCE,/* y/n: write into a directory mergescope did not make */
 };
 
 #define UI_MIN_WIDTH 60
@@ -52,6 +53,8 @@ struct ui_app {
     struct workspace *ws;
     struct recipe *saved;        /* as last saved or opened */
     char *save_path;             /* default for `s` */
+    char pending_write[1024];    /* the directory UI_INPUT_WRITE_FORCE asks about */
+    char recovery_path[1100];    /* where a SIGBUS saves the recipe */
     struct undo_stack undo;
     struct job job;
     struct preview preview;
@@ -120,7 +123,9 @@ int ui_input_key(struct ui_app *a, int key);
 int ui_mouse(struct ui_app *a);
 
 /* Starts writing the merged model into `dir` (app.c). */
-void ui_start_write(struct ui_app *a, const char *dir);
+/* Writes the merged model to `dir` in the background once the output policy
+ * allows it; where only `force` would, asks first (UI_INPUT_WRITE_FORCE). */
+void ui_start_write(struct ui_app *a, const char *dir, bool force);
 /* The histogram job (screen_detail.c): ud = struct ui_app. */
 int ui_hist_job(struct job *j, void *ud);
 

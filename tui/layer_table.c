@@ -7,12 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "calib.h"
 #include "lm_error.h"
-#include "merge_plan.h"
-#include "stats.h"
 #include "tune.h"
 #include "workspace.h"
+#include "ws_explain.h"
 
 static void add_col(struct layer_table *t, enum lt_metric m, enum tn_group g, const char *title)
 {
@@ -181,14 +179,12 @@ int lt_fill(struct layer_table *t, const struct workspace *ws, int a, int b,
     }
     for (size_t k = 0; k < t->n_rows; k++)
         sens[k] = NAN;
-    const struct calib_sensitivity *cs_data =
-        (ws_method(ws)->needs & MERGE_NEEDS_SENSITIVITY) ? ws_calib_sensitivity(ws) : NULL;
     for (size_t k = 0; k < t->n_rows * 3; k++)
         stats_raw_init(&acc[k], n_models);
     for (size_t k = 0; k < t->n_rows * 2; k++)
         coef[k] = NAN;
     const struct merge_param_spec *spec = coef_param ? merge_param_find(coef_param) : NULL;
-    const struct recipe *r = ws_recipe(ws);
+    size_t n_overrides = ws_recipe(ws)->n_overrides;
     t->n_tensors_total = ws_n_tensors(ws);
     t->n_tensors_done = 0;
     for (size_t r2 = 0; r2 < t->n_rows; r2++) {
@@ -202,8 +198,8 @@ int lt_fill(struct layer_table *t, const struct workspace *ws, int a, int b,
             continue;
         struct lt_row *rw = &t->rows[row];
         rw->n_tensors++;
-        for (size_t o = 0; o < r->n_overrides && !rw->has_override; o++)
-            rw->has_override = merge_plan_override_matches(&r->overrides[o], wt->name, &wt->info);
+        for (size_t o = 0; o < n_overrides && !rw->has_override; o++)
+            rw->has_override = ws_override_matches_tensor(ws, o, i);
         int slot = wt->info.group == TN_GROUP_ATTN ? 0 : wt->info.group == TN_GROUP_MLP ? 1 : -1;
         if (spec) {
             int cs = slot < 0 ? 0 : slot;
@@ -213,14 +209,14 @@ int lt_fill(struct layer_table *t, const struct workspace *ws, int a, int b,
                 coef[row * 2 + cs] = tune_param_value(&p, spec->id, coef_model);
             }
         }
-        if (cs_data && rw->layer >= 0 && isnan(sens[row])) {
+        if (rw->layer >= 0 && isnan(sens[row])) {
             /* What Sens-Merging multiplies this layer's task vector by,
-             * with the layer's own alpha and temperature. */
-            struct merge_tensor_params p;
+             * with the layer's own alpha and temperature (nothing when the
+             * method takes no sensitivities or calibration has not run). */
             double scale[MERGE_MAX_MODELS];
-            ws_tensor_params(ws, i, &p);
-            calib_sens_scale(cs_data, rw->layer, p.alpha, p.temperature, scale);
-            sens[row] = scale[coef_model >= 0 && coef_model < cs_data->n_models ? coef_model : 0];
+            int n_scaled = ws_tensor_sens_scale(ws, i, scale);
+            if (n_scaled > 0)
+                sens[row] = scale[coef_model >= 0 && coef_model < n_scaled ? coef_model : 0];
         }
         const struct stats_raw *s = ws_tensor_stats(ws, i);
         if (!s)

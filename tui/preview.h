@@ -1,7 +1,7 @@
 /* Previews: one prompt run through the merged model (from the workspace's
  * in-memory merge) and, in compare mode, through the base and each source
- * model, streaming into one pane each. The generation runs as a job on the
- * worker thread; the UI reads the panes under the lock. */
+ * model, streaming into one pane each. The generation (ws_generate.h) runs
+ * as a job on the worker thread; the UI reads the panes under the lock. */
 #ifndef MS_TUI_PREVIEW_H
 #define MS_TUI_PREVIEW_H
 
@@ -13,6 +13,7 @@
 #include "workspace.h"
 
 struct job;
+struct ws_gen;
 
 #define PREVIEW_MAX_PANES WS_MAX_SOURCES
 
@@ -37,8 +38,7 @@ struct preview {
     int64_t max_new_tokens;
     int n_threads;
     struct workspace *ws;
-    struct tok *tok;             /* loaded on first use, kept */
-    char tok_dir[1024];
+    struct ws_gen *gen;          /* made on first use, kept (it keeps the tokenizer) */
     int generation;              /* bumped on each start */
 };
 

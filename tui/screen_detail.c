@@ -13,7 +13,6 @@
 #include "draw.h"
 #include "lm_error.h"
 #include "screen_layers.h"
-#include "stats.h"
 #include "workspace.h"
 
 #define HIST_SAMPLE (1u << 22)

@@ -2,19 +2,112 @@
 #include "term.h"
 
 #include <curses.h>
+#include <fcntl.h>
 #include <langinfo.h>
+#include <limits.h>
+#include <stdatomic.h>
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <unistd.h>
+
+#include "mapguard.h"
 
 static volatile sig_atomic_t active;
 static volatile sig_atomic_t got_signal;
 static int saved_stderr = -1;
 static FILE *captured;
 static bool handlers_installed;
+static struct termios saved_tty;
+static bool have_saved_tty;
+
+/* The recovery file: the handler reads the current text; the one it
+ * replaced is freed only at the next update, never under a reader. */
+static _Atomic(char *) recovery_text;
+static char *recovery_retired;
+static char recovery_path[PATH_MAX];
+
+void term_set_recovery(const char *path, const char *text)
+{
+    char *copy = text ? strdup(text) : NULL;
+    free(recovery_retired);
+    if (path)
+        snprintf(recovery_path, sizeof(recovery_path), "%s", path);
+    recovery_retired = atomic_exchange(&recovery_text, copy);
+}
+
+static void say(int fd, const char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w <= 0)
+            return;
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Writes the recovery text; true when it is on disk. Signal-safe. */
+static bool save_recovery(void)
+{
+    const char *text = atomic_load(&recovery_text);
+    if (!text || !recovery_path[0])
+        return false;
+    char tmp[PATH_MAX + 8];
+    size_t n = strlen(recovery_path);
+    if (n + 5 >= sizeof(tmp))
+        return false;
+    memcpy(tmp, recovery_path, n);
+    memcpy(tmp + n, ".tmp", 5);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return false;
+    say(fd, text);
+    bool ok = fsync(fd) == 0;
+    close(fd);
+    return ok && rename(tmp, recovery_path) == 0;
+}
+
+/* A model file shrank under its mapping: leave cleanly, naming it. */
+static void on_bus(int sig, siginfo_t *si, void *ctx)
+{
+    (void)ctx;
+    const char *file = lm_mapguard_find(si->si_addr);
+    if (active) {
+        /* Mouse reporting off, the normal screen back, cursor shown,
+         * attributes reset: with writes, since curses is not signal-safe. */
+        say(STDOUT_FILENO, "\033[?1000l\033[?1002l\033[?1003l\033[?1005l\033[?1006l"
+                           "\033[0m\033[?25h\033[?1049l\r\n");
+        if (have_saved_tty)
+            tcsetattr(STDIN_FILENO, TCSANOW, &saved_tty);
+        active = 0;
+    }
+    if (saved_stderr >= 0)
+        dup2(saved_stderr, STDERR_FILENO);
+    if (!file) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    say(STDERR_FILENO, "mergescope: error: ");
+    say(STDERR_FILENO, file);
+    say(STDERR_FILENO, " changed on disk while it was being read (it is shorter than when it was "
+                       "opened)\n");
+    if (save_recovery()) {
+        say(STDERR_FILENO, "mergescope: the recipe as it was is saved in ");
+        say(STDERR_FILENO, recovery_path);
+        say(STDERR_FILENO, "\n");
+    } else if (atomic_load(&recovery_text)) {
+        say(STDERR_FILENO, "mergescope: the recipe could not be saved to ");
+        say(STDERR_FILENO, recovery_path);
+        say(STDERR_FILENO, "\n");
+    }
+    _exit(1);
+}
 
 static void on_term_signal(int sig)
 {
@@ -48,10 +141,15 @@ static void install_handlers(void)
     sa.sa_handler = on_crash;
     sa.sa_flags = (int)SA_RESETHAND;
     sigaction(SIGSEGV, &sa, NULL);
-    sigaction(SIGBUS, &sa, NULL);
     sigaction(SIGFPE, &sa, NULL);
     sigaction(SIGABRT, &sa, NULL);
     sigaction(SIGQUIT, &sa, NULL);
+    struct sigaction sb;
+    memset(&sb, 0, sizeof(sb));
+    sigemptyset(&sb.sa_mask);
+    sb.sa_sigaction = on_bus;
+    sb.sa_flags = SA_SIGINFO | (int)SA_RESETHAND;
+    sigaction(SIGBUS, &sb, NULL);
     atexit(term_stop);
 }
 
@@ -66,8 +164,9 @@ int term_start(void)
     if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
         fprintf(stderr, "mergescope: error: the workbench needs a terminal (use 'mergescope stats' "
                         "or 'mergescope merge' in scripts)\n");
-        return -1;
+        return TERM_EFAIL;
     }
+    have_saved_tty = tcgetattr(STDIN_FILENO, &saved_tty) == 0;
     setlocale(LC_ALL, "");
     if (!getenv("ESCDELAY"))
         set_escdelay(25);
@@ -82,9 +181,20 @@ int term_start(void)
         term_stop();
         fprintf(stderr, "mergescope: error: cannot initialise the terminal (TERM=%s)\n",
                 getenv("TERM") ? getenv("TERM") : "");
-        return -1;
+        return TERM_EFAIL;
     }
     active = 1;
+    /* A terminal that cannot move the cursor (TERM=dumb) would draw every
+     * frame as a scroll of garbage. */
+    const char *cup = tigetstr("cup");
+    if (!cup || cup == (char *)-1 || !*cup) {
+        term_stop();
+        fprintf(stderr, "mergescope: error: the terminal (TERM=%s) cannot move the cursor; the "
+                        "workbench needs one that can, e.g. TERM=xterm-256color (use "
+                        "'mergescope stats' or 'mergescope merge' in scripts)\n",
+                getenv("TERM") ? getenv("TERM") : "");
+        return TERM_EUSAGE;
+    }
     raw();
     noecho();
     nonl();

@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "lm_error.h"
-#include "merge_method.h"
 
 /* ===== Parameter lists ===== */
 

@@ -18,8 +18,8 @@
 
 #include <stdbool.h>
 
-#include "merge_method.h"
 #include "recipe.h"
+#include "workspace.h"   /* the merge parameter types (merge_method.h) */
 
 struct tune_target {
     const char *param;   /* a merge_param_specs name: "weight", "density", "lambda", ... */

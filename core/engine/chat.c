@@ -1,10 +1,5 @@
-/* Chat formats and their detection (see chat.h).
- *
- * tokenizer_config.json is not parsed as a whole: the one string needed is
- * found by its key and decoded here (JSON string escapes, \uXXXX with
- * surrogate pairs). Limitation: a "chat_template" key nested inside another
- * object before the top-level one would be taken instead; real files have
- * none. */
+/* Chat formats and their detection (see chat.h). tokenizer_config.json is
+ * read by io/tokenizer_config.h; this file only looks at the template text. */
 #include "chat.h"
 
 #include <stdint.h>
@@ -15,8 +10,9 @@
 #include "fsutil.h"
 #include "lm_error.h"
 #include "strbuf.h"
+#include "tokenizer_config.h"
 
-#define CHAT_CONFIG_MAX_BYTES (64u << 20)
+#define CHAT_JINJA_MAX_BYTES (64u << 20)
 #define CHAT_R1_BOS "<｜begin▁of▁sentence｜>"
 #define CHAT_LLAMA3_BOS "<|begin_of_text|>"
 
@@ -49,151 +45,7 @@ int chat_format_parse(const char *name, enum chat_format *out, bool *is_auto)
     return lm_err(LM_EINVAL, "unknown chat format '%s' (auto, none, chatml, deepseek-r1, llama3)", name);
 }
 
-/* ===== A growable string ===== */
-
-static void sb_add_utf8(struct lm_strbuf *b, uint32_t cp)
-{
-    char u[4];
-    size_t n;
-    if (cp < 0x80) {
-        u[0] = (char)cp;
-        n = 1;
-    } else if (cp < 0x800) {
-        u[0] = (char)(0xc0 | (cp >> 6));
-        u[1] = (char)(0x80 | (cp & 0x3f));
-        n = 2;
-    } else if (cp < 0x10000) {
-        u[0] = (char)(0xe0 | (cp >> 12));
-        u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        u[2] = (char)(0x80 | (cp & 0x3f));
-        n = 3;
-    } else {
-        u[0] = (char)(0xf0 | (cp >> 18));
-        u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-        u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        u[3] = (char)(0x80 | (cp & 0x3f));
-        n = 4;
-    }
-    lm_strbuf_putn(b, u, n);
-}
-
 /* ===== Reading the template ===== */
-
-static int hex4(const char *p, const char *end, uint32_t *out)
-{
-    uint32_t v = 0;
-    if (end - p < 4)
-        return -1;
-    for (int i = 0; i < 4; i++) {
-        char c = p[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (uint32_t)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (uint32_t)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (uint32_t)(c - 'A' + 10);
-        else
-            return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* Decodes the JSON string starting at the opening quote *p. NULL with an
- * error naming `label` when it is malformed. */
-static char *json_string(const char *p, const char *end, const char *label)
-{
-    struct lm_strbuf b = { 0 };
-    if (p >= end || *p != '"')
-        goto bad;
-    for (p++; p < end && *p != '"'; p++) {
-        if (*p != '\\') {
-            lm_strbuf_putn(&b, p, 1);
-            continue;
-        }
-        if (++p >= end)
-            goto bad;
-        switch (*p) {
-        case '"': lm_strbuf_puts(&b, "\""); break;
-        case '\\': lm_strbuf_puts(&b, "\\"); break;
-        case '/': lm_strbuf_puts(&b, "/"); break;
-        case 'b': lm_strbuf_puts(&b, "\b"); break;
-        case 'f': lm_strbuf_puts(&b, "\f"); break;
-        case 'n': lm_strbuf_puts(&b, "\n"); break;
-        case 'r': lm_strbuf_puts(&b, "\r"); break;
-        case 't': lm_strbuf_puts(&b, "\t"); break;
-        case 'u': {
-            uint32_t cp, lo;
-            if (hex4(p + 1, end, &cp) < 0)
-                goto bad;
-            p += 4;
-            if (cp >= 0xd800 && cp < 0xdc00) {
-                if (end - p < 7 || p[1] != '\\' || p[2] != 'u' || hex4(p + 3, end, &lo) < 0 ||
-                    lo < 0xdc00 || lo >= 0xe000)
-                    goto bad;
-                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                p += 6;
-            } else if (cp >= 0xdc00 && cp < 0xe000) {
-                goto bad;
-            }
-            sb_add_utf8(&b, cp);
-            break;
-        }
-        default:
-            goto bad;
-        }
-    }
-    if (p >= end)
-        goto bad;
-    return lm_strbuf_finish(&b);
-bad:
-    free(b.p);
-    lm_err(LM_EFORMAT, "%s: malformed JSON string in \"chat_template\"", label);
-    return NULL;
-}
-
-/* The value of "key" after `from`: a pointer to its first non-space
- * character, or NULL. */
-static const char *find_key(const char *from, const char *end, const char *key)
-{
-    size_t kl = strlen(key);
-    for (const char *p = from; p && p + kl + 2 <= end; p++) {
-        p = memchr(p, '"', (size_t)(end - p));
-        if (!p || p + kl + 2 > end)
-            return NULL;
-        if (memcmp(p + 1, key, kl) != 0 || p[kl + 1] != '"' || (p > from && p[-1] == '\\'))
-            continue;
-        const char *q = p + kl + 2;
-        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
-            q++;
-        if (q >= end || *q != ':')
-            continue;
-        for (q++; q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'); q++)
-            ;
-        return q < end ? q : NULL;
-    }
-    return NULL;
-}
-
-/* *out = the template text or NULL when the file has none. */
-static int template_from_config(const char *path, char **out)
-{
-    size_t len;
-    *out = NULL;
-    char *text = lm_read_file(path, CHAT_CONFIG_MAX_BYTES, &len);
-    if (!text)
-        return LM_EIO;
-    const char *end = text + len;
-    const char *v = find_key(text, end, "chat_template");
-    int rc = 0;
-    if (v && *v == '[') /* [{"name": ..., "template": ...}, ...]: the first one */
-        v = find_key(v, end, "template");
-    if (v && *v == '"' && !(*out = json_string(v, end, path)))
-        rc = LM_EFORMAT;
-    free(text);
-    return rc;
-}
 
 /* Jinja string-literal escapes: \\ \n \t \' \" (others kept as written). */
 static char *jinja_unescape(const char *s, size_t n)
@@ -277,19 +129,23 @@ int chat_detect_dir(const char *dir, struct chat_detected *out)
     char *jinja = lm_path_join(dir, "chat_template.jinja");
     char *tmpl = NULL;
     const char *source = NULL;
+    struct tokenizer_config tc;
     int rc = 0;
     if (!cfg || !jinja) {
         rc = LM_ENOMEM;
         goto done;
     }
-    if (lm_is_file(cfg)) {
-        if ((rc = template_from_config(cfg, &tmpl)) < 0)
-            goto done;
+    if ((rc = tokenizer_config_load(cfg, &tc)) < 0)
+        goto done;
+    if (tc.chat_template) {
+        tmpl = tc.chat_template; /* taken over */
+        tc.chat_template = NULL;
         source = cfg;
     }
+    tokenizer_config_deinit(&tc);
     if (!tmpl && lm_is_file(jinja)) {
         size_t len;
-        if (!(tmpl = lm_read_file(jinja, CHAT_CONFIG_MAX_BYTES, &len))) {
+        if (!(tmpl = lm_read_file(jinja, CHAT_JINJA_MAX_BYTES, &len))) {
             rc = LM_EIO;
             goto done;
         }

@@ -75,10 +75,12 @@ struct chat_detected {
 int chat_detect_template(const char *template_text, const char *source, struct chat_detected *out);
 
 /* Reads `model_dir`/tokenizer_config.json's "chat_template" (a string, or
- * the first "template" of a list of named templates), else
- * `model_dir`/chat_template.jinja, and detects the format. A directory with
- * neither gives CHAT_FORMAT_NONE and says so in the reason. Errors only for
- * files that exist but cannot be read or hold malformed JSON strings. */
+ * the first "template" of a list of named templates; see
+ * io/tokenizer_config.h), else `model_dir`/chat_template.jinja, and detects
+ * the format. A directory with neither gives CHAT_FORMAT_NONE and says so in
+ * the reason. Errors only for files that exist but cannot be read
+ * (LM_EIO), or a tokenizer_config.json that is not a JSON object or holds a
+ * key of the wrong type or invalid UTF-8 (LM_EFORMAT, naming file and key). */
 int chat_detect_dir(const char *model_dir, struct chat_detected *out);
 void chat_detected_deinit(struct chat_detected *d);
 

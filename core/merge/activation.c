@@ -69,7 +69,6 @@ static int aim_merge(const struct merge_tensor_job *job)
 const struct merge_method merge_method_aim = {
     .name = "aim",
     .summary = "AIM: another method's delta shrunk on the base's most active input channels (calibration)",
-    .mergekit_name = NULL,
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = aim_params,
@@ -110,7 +109,6 @@ static int sens_merge(const struct merge_tensor_job *job)
 const struct merge_method merge_method_sens = {
     .name = "sens",
     .summary = "Sens-Merging: task vectors scaled per layer by loss sensitivity and model alignment (calibration)",
-    .mergekit_name = NULL,
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = sens_params,

@@ -11,6 +11,7 @@
  * `indices[n_bot:-n_top]` keeps nothing when int(gamma n) == 0, this keeps
  * the top int(density n), which is what the method means. */
 #include "merge_method.h"
+#include "merge_stream.h"
 
 static const enum merge_param_id breadcrumbs_params[] = {
     MERGE_PARAM_WEIGHT, MERGE_PARAM_DENSITY, MERGE_PARAM_GAMMA, MERGE_PARAM_LAMBDA,
@@ -25,14 +26,19 @@ static int breadcrumbs_merge(const struct merge_tensor_job *job)
     return merge_gta_tensor(job, MERGE_SPARSIFY_OUTLIERS, false);
 }
 
+static int breadcrumbs_stream(const struct merge_stream_job *job, struct merge_stream **out)
+{
+    return merge_gta_stream_begin(&merge_method_breadcrumbs, job, MERGE_SPARSIFY_OUTLIERS, false, out);
+}
+
 const struct merge_method merge_method_breadcrumbs = {
     .name = "breadcrumbs",
     .summary = "drop each task vector's largest gamma and its smallest entries (keep density), "
                "then task arithmetic",
-    .mergekit_name = "breadcrumbs",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = breadcrumbs_params,
     .set_defaults = NULL,
     .merge_tensor = breadcrumbs_merge,
+    .stream_begin = breadcrumbs_stream,
 };

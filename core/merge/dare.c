@@ -14,6 +14,7 @@
  *
  * Defaults follow mergekit: normalize off for both. */
 #include "merge_method.h"
+#include "merge_stream.h"
 
 static const enum merge_param_id dare_params[] = {
     MERGE_PARAM_WEIGHT, MERGE_PARAM_DENSITY, MERGE_PARAM_LAMBDA, MERGE_PARAM_NORMALIZE,
@@ -36,25 +37,35 @@ static int dare_ties_merge(const struct merge_tensor_job *job)
     return merge_gta_tensor(job, MERGE_SPARSIFY_RANDOM, true);
 }
 
+static int dare_linear_stream(const struct merge_stream_job *job, struct merge_stream **out)
+{
+    return merge_gta_stream_begin(&merge_method_dare_linear, job, MERGE_SPARSIFY_RANDOM, false, out);
+}
+
+static int dare_ties_stream(const struct merge_stream_job *job, struct merge_stream **out)
+{
+    return merge_gta_stream_begin(&merge_method_dare_ties, job, MERGE_SPARSIFY_RANDOM, true, out);
+}
+
 const struct merge_method merge_method_dare_linear = {
     .name = "dare_linear",
     .summary = "DARE: keep task-vector entries at random with probability density, rescale, "
                "then task arithmetic",
-    .mergekit_name = "dare_linear",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = dare_params,
     .set_defaults = NULL,
     .merge_tensor = dare_linear_merge,
+    .stream_begin = dare_linear_stream,
 };
 
 const struct merge_method merge_method_dare_ties = {
     .name = "dare_ties",
     .summary = "DARE random drop and rescale, then TIES sign election",
-    .mergekit_name = "dare_ties",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = dare_params,
     .set_defaults = NULL,
     .merge_tensor = dare_ties_merge,
+    .stream_begin = dare_ties_stream,
 };

@@ -93,7 +93,6 @@ const struct merge_method merge_method_della = {
     .name = "della",
     .summary = "DELLA: keep entries at random with probability ranked by magnitude "
                "(density -/+ epsilon), rescale, TIES sign election",
-    .mergekit_name = "della",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = della_params,

@@ -16,9 +16,12 @@
  * operations in the same order, so the same bits) taken when the CPU has
  * AVX2; task_arithmetic runs through ties.c's kernels. */
 #include "merge_method.h"
+#include "merge_stream.h"
 
 #include <math.h>
 #include <string.h>
+
+#include "lm_error.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #include <immintrin.h>
@@ -150,15 +153,74 @@ static int linear_merge(const struct merge_tensor_job *job)
     return 0;
 }
 
+/* linear and average merge entry by entry: a block is a tensor of its
+ * own. */
+struct linear_stream {
+    struct merge_stream pub;
+    int n_models;
+    double w[MERGE_MAX_MODELS];
+    bool normalize;
+};
+
+static int linear_stream_block(struct merge_stream *ps, uint64_t e0, size_t len, const float *base,
+                               const float *const *models, float *out)
+{
+    struct linear_stream *st = (struct linear_stream *)(void *)ps;
+    (void)e0;
+    (void)base;
+    struct merge_tensor_job job = {
+        .n = len, .models = models, .n_models = st->n_models, .out = out,
+    };
+    linear_combine(&job, st->w, st->normalize);
+    return 0;
+}
+
+static int linear_stream_begin(const struct merge_method *m, const struct merge_stream_job *job,
+                               const double *w, bool normalize, struct merge_stream **out)
+{
+    *out = NULL;
+    int rc = merge_stream_check(m, job);
+    if (rc)
+        return rc;
+    struct linear_stream *st = lm_calloc(1, sizeof(*st));
+    if (!st)
+        return LM_ENOMEM;
+    st->n_models = job->n_models;
+    memcpy(st->w, w, sizeof st->w);
+    st->normalize = normalize;
+    st->pub.block = linear_stream_block;
+    *out = &st->pub;
+    return 0;
+}
+
+static int linear_stream(const struct merge_stream_job *job, struct merge_stream **out)
+{
+    return linear_stream_begin(&merge_method_linear, job, job->params->weight,
+                               job->params->normalize, out);
+}
+
+static int average_stream(const struct merge_stream_job *job, struct merge_stream **out)
+{
+    double ones[MERGE_MAX_MODELS];
+    for (int i = 0; i < MERGE_MAX_MODELS; i++)
+        ones[i] = 1.0;
+    return linear_stream_begin(&merge_method_average, job, ones, true, out);
+}
+
+static int task_arithmetic_stream(const struct merge_stream_job *job, struct merge_stream **out)
+{
+    return merge_gta_stream_begin(&merge_method_task_arithmetic, job, MERGE_SPARSIFY_NONE, false, out);
+}
+
 const struct merge_method merge_method_linear = {
     .name = "linear",
     .summary = "weighted average of the models: sum w_i x_i / sum w_i (base not used)",
-    .mergekit_name = "linear",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = linear_params,
     .set_defaults = linear_defaults,
     .merge_tensor = linear_merge,
+    .stream_begin = linear_stream,
 };
 
 /* ===== average ===== */
@@ -190,12 +252,12 @@ static int average_merge(const struct merge_tensor_job *job)
 const struct merge_method merge_method_average = {
     .name = "average",
     .summary = "plain mean of the models (linear with equal weights; base not used)",
-    .mergekit_name = "linear",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = average_params,
     .set_defaults = average_defaults,
     .merge_tensor = average_merge,
+    .stream_begin = average_stream,
 };
 
 /* ===== task_arithmetic ===== */
@@ -215,10 +277,10 @@ static int task_arithmetic_merge(const struct merge_tensor_job *job)
 const struct merge_method merge_method_task_arithmetic = {
     .name = "task_arithmetic",
     .summary = "base + lambda * sum w_i (x_i - base)",
-    .mergekit_name = "task_arithmetic",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = task_arithmetic_params,
     .set_defaults = NULL,
     .merge_tensor = task_arithmetic_merge,
+    .stream_begin = task_arithmetic_stream,
 };

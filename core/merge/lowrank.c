@@ -296,7 +296,6 @@ const struct merge_method merge_method_lore = {
     .name = "lore",
     .summary = "LoRE: base and models = shared part + low-rank deltas (SVD, threshold mu); "
                "merges the denoised tensors with `on`",
-    .mergekit_name = NULL,
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = lore_params,
@@ -368,7 +367,6 @@ const struct merge_method merge_method_twin = {
     .name = "twin",
     .summary = "Twin: merges with `on`, then adds back each model's difference from it, "
                "truncated to low rank (SVD: rank, or energy)",
-    .mergekit_name = NULL,
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = twin_params,

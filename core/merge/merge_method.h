@@ -1,6 +1,7 @@
 /* Merge methods: a registry of const vtables. The CLI, the TUI, the recipe
- * validator and the mergekit exporter enumerate merge_methods[]; nobody
- * switches on method names.
+ * validator enumerate merge_methods[]; nobody switches on method names.
+ * mergekit's names for them are a format fact kept in one table in io/
+ * (mergekit_method_name in mergekit_export.h).
  *
  * A method merges one tensor at a time from float32 copies of the base and
  * the models, with parameters already resolved for that tensor (per-layer
@@ -127,10 +128,12 @@ struct merge_tensor_job {
     struct merge_scratch *scratch;
 };
 
+struct merge_stream_job;
+struct merge_stream;
+
 struct merge_method {
     const char *name;            /* "ties" */
     const char *summary;         /* one line for --help and the TUI */
-    const char *mergekit_name;   /* method name in mergekit YAML, NULL if none */
     int         min_models, max_models;
     /* Parameters this method accepts, terminated by MERGE_PARAM_COUNT, and
      * their defaults (params not listed keep merge_tensor_params_default()). */
@@ -144,6 +147,9 @@ struct merge_method {
     /* The method builds on another one, chosen by MERGE_PARAM_ON: that
      * method's defaults apply too, and its parameters are accepted. */
     bool wraps;
+    /* Starts a block by block merge (merge_stream.h); NULL: whole tensors
+     * only. */
+    int (*stream_begin)(const struct merge_stream_job *job, struct merge_stream **out);
 };
 
 #define MERGE_NEEDS_ACTIVATIONS 1u  /* ctx->channel_importance (aim) */

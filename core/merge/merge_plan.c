@@ -199,6 +199,95 @@ bool merge_plan_override_matches(const struct recipe_override *o, const char *na
     return false;
 }
 
+/* A gradient of more points than layers, in the value at `path`. */
+static int check_gradient(const struct merge_plan *plan, const char *path, const struct recipe_value *v)
+{
+    size_t worst = v->kind == RECIPE_VALUE_LIST ? v->n_numbers : 0;
+    for (size_t i = 0; v->kind == RECIPE_VALUE_PER_MODEL && i < v->n_per_model; i++)
+        if (v->per_model[i].n_numbers > worst)
+            worst = v->per_model[i].n_numbers;
+    if (worst >= 2 && plan->n_layers > 0 && worst > (size_t)plan->n_layers)
+        return lm_err(LM_EFORMAT, "%s: a gradient of %zu points is longer than the model's %d layers",
+                      path, worst, plan->n_layers);
+    return 0;
+}
+
+static int check_gradients(const struct merge_plan *plan, const char *label, const char *prefix,
+                           const struct recipe_param *params, size_t n)
+{
+    char path[512];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s: %s%s", label, prefix, params[i].name);
+        int rc = check_gradient(plan, path, &params[i].value);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static bool in_layers(const struct recipe_override *o, int layer)
+{
+    if (o->all_layers)
+        return true;
+    for (size_t i = 0; i < o->n_layers; i++)
+        if (layer >= o->layers[i].first && layer <= o->layers[i].last)
+            return true;
+    return false;
+}
+
+int merge_plan_check_selection(const struct merge_plan *plan, const char *const *names,
+                               const struct tn_info *infos, size_t n)
+{
+    const struct recipe *r = plan->recipe;
+    const char *label = r->source_path ? r->source_path : "recipe";
+    const int nl = plan->n_layers;
+    char prefix[64];
+    int rc = check_gradients(plan, label, "params.", r->params, r->n_params);
+    for (size_t mi = 0; !rc && mi < r->n_models; mi++) {
+        snprintf(prefix, sizeof(prefix), "models[%zu].", mi);
+        rc = check_gradients(plan, label, prefix, r->models[mi].params, r->models[mi].n_params);
+    }
+    for (size_t oi = 0; !rc && oi < r->n_overrides; oi++) {
+        const struct recipe_override *o = &r->overrides[oi];
+        snprintf(prefix, sizeof(prefix), "overrides[%zu].params.", oi);
+        if ((rc = check_gradients(plan, label, prefix, o->params, o->n_params)))
+            break;
+        for (size_t li = 0; !o->all_layers && li < o->n_layers; li++) {
+            const struct recipe_layer_range *lr = &o->layers[li];
+            if (lr->first < 0 || lr->last >= nl) {
+                char range[48];
+                if (lr->first == lr->last)
+                    snprintf(range, sizeof(range), "%d", lr->first);
+                else
+                    snprintf(range, sizeof(range), "%d-%d", lr->first, lr->last);
+                if (nl > 0)
+                    return lm_err(LM_EFORMAT, "%s: overrides[%zu].layers: %s reaches beyond the model's "
+                                  "%d layers (0-%d)", label, oi, range, nl, nl - 1);
+                return lm_err(LM_EFORMAT, "%s: overrides[%zu].layers: %s, but the model has no "
+                              "numbered layers", label, oi, range);
+            }
+        }
+        size_t selected = 0;
+        for (size_t t = 0; t < n; t++)
+            selected += in_layers(o, infos[t].layer) &&
+                        merge_plan_override_matches(o, names[t], &infos[t]);
+        for (size_t mi = 0; mi < o->n_modules; mi++) {
+            bool any = false;
+            for (size_t t = 0; t < n && !any; t++)
+                any = in_layers(o, infos[t].layer) && tn_match_module(names[t], &infos[t], o->modules[mi]);
+            if (!any)
+                return lm_err(LM_EFORMAT, "%s: overrides[%zu].modules: \"%s\" matches no tensor%s "
+                              "(modules are self_attn, mlp, a projection such as q_proj or down_proj, "
+                              "norm, embed, lm_head, or part of a tensor name)",
+                              label, oi, o->modules[mi], o->all_layers ? "" : " in its layers");
+        }
+        if (selected == 0)
+            return lm_err(LM_EFORMAT, "%s: overrides[%zu] selects no tensor: its layers and modules "
+                          "have nothing in common", label, oi);
+    }
+    return rc;
+}
+
 static double value_number(const double *v, size_t n, double t)
 {
     return merge_plan_interp(v, n, t);

@@ -28,6 +28,16 @@ struct merge_plan {
  * outside [0, 1]"). 0 or LM_EFORMAT. */
 int merge_plan_init(struct merge_plan *plan, const struct recipe *r);
 
+/* Checks the recipe against the model it is applied to (plan->n_layers set,
+ * `names`/`infos` the n tensors): every override's layer ranges lie within
+ * the model's layers, each of its module filters matches a tensor in those
+ * layers, and it selects at least one tensor; no gradient has more points
+ * than the model has layers. A recipe written for another model fails here
+ * instead of merging as if the override were not there. 0 or LM_EFORMAT
+ * naming the override by index and its key. */
+int merge_plan_check_selection(const struct merge_plan *plan, const char *const *names,
+                               const struct tn_info *infos, size_t n);
+
 /* The parameters for one tensor. */
 void merge_plan_resolve(const struct merge_plan *plan, const char *name,
                         const struct tn_info *info, struct merge_tensor_params *out);

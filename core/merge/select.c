@@ -30,6 +30,7 @@
 #include "select.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lm_error.h"
@@ -924,6 +925,148 @@ struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint6
     if (find_bracketed(x, b, n, k, work, work_len, &cut))
         return cut;
     return find_exact_diff(x, b, n, k);
+}
+
+/* ===== Selection on a difference read in blocks (topk_find_diff_read) =====
+ * The same cut as topk_find_diff, for inputs that are not float32 arrays
+ * in memory (bf16 weights in a mapped file): the sample reads its entries
+ * one by one, the gathering pass and the exact passes read GATHER_CHUNK
+ * entries at a time into two small buffers. The cut is a function of the
+ * keys alone, so every way to it gives the same one. */
+
+struct read_src {
+    topk_read_fn read;
+    void        *ud;
+    float       *x, *b;   /* GATHER_CHUNK entries each */
+};
+
+static void read_keys_count(const struct read_src *r, uint64_t n, uint64_t *nans, uint64_t *zeros)
+{
+    uint64_t cn = 0, cz = 0;
+    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
+        const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
+        r->read(r->ud, e0, len, r->x, r->b);
+        for (size_t j = 0; j < len; j++) {
+            const uint32_t a = diff_key(r->x, r->b, j);
+            cn += a > KEY_INF;
+            cz += a == 0;
+        }
+    }
+    *nans = cn;
+    *zeros = cz;
+}
+
+/* The exact cut by three histogram passes (find_wide's digits), read in
+ * chunks. 0 < k < n. */
+static struct topk_cut find_exact_read(const struct read_src *r, uint64_t n, uint64_t k)
+{
+    uint64_t hist[2049];
+    static const unsigned shift[3] = { 21, 10, 0 };
+    static const uint32_t mask[3] = { 0x3ffu, 0x7ffu, 0x3ffu };
+    uint32_t prefix = 0;
+    uint64_t greater = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        memset(hist, 0, sizeof hist);
+        const unsigned sh = shift[pass], psh = pass == 0 ? 32 : shift[pass - 1];
+        for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
+            const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
+            r->read(r->ud, e0, len, r->x, r->b);
+            for (size_t j = 0; j < len; j++) {
+                const uint32_t a = diff_key(r->x, r->b, j);
+                if (pass == 0)
+                    hist[a > KEY_INF ? 1024u : a >> 21]++;
+                else if (a <= KEY_INF && (a >> psh) == prefix)
+                    hist[(a >> sh) & mask[pass]]++;
+            }
+        }
+        if (pass == 0) {
+            const uint64_t non_nan = n - hist[1024];
+            if (k >= non_nan) {
+                if (non_nan == 0)
+                    return cut_make(0, KEY_INF, 0);
+                k = non_nan;
+            }
+        }
+        uint32_t d = pass == 0 ? KEY_INF >> 21 : mask[pass];
+        while (greater + hist[d] < k)
+            greater += hist[d--];
+        prefix = pass == 0 ? d : (prefix << (pass == 1 ? 11 : 10)) | d;
+        if (pass == 0 && d == KEY_INF >> 21)
+            return cut_make(k, KEY_INF, greater);
+    }
+    return cut_make(k, prefix, greater);
+}
+
+static bool find_bracketed_read(const struct read_src *r, uint64_t n, uint64_t k, uint32_t *work,
+                                size_t work_len, struct topk_cut *cut)
+{
+    const size_t need = topk_work_len(n);
+    struct gather g;
+    memset(&g, 0, sizeof g);
+    if (select_bracket_off || need == 0 || !work || work_len < need)
+        return false;
+    /* the sample, as bracket_from_sample takes it */
+    const size_t s = sample_size(n);
+    const uint64_t stride = n / s;
+    for (size_t j = 0; j < s; j++) {
+        r->read(r->ud, (uint64_t)j * stride + stride / 2, 1, r->x, r->b);
+        const uint32_t key = diff_key(r->x, r->b, 0);
+        if (key > KEY_INF)
+            return false;
+        work[j] = key;
+    }
+    const uint32_t *sorted = sort_keys(work, work + s, s);
+    const double p = (double)k / (double)n;
+    const double rr = p * (double)s - 1.0;
+    const double spread = 6.0 * sqrt((double)s * p * (1.0 - p)) + 8.0;
+    const double top = rr - spread, bottom = rr + spread;
+    g.hi = top < 0.0 ? KEY_INF : sorted[s - 1 - (size_t)top];
+    g.lo = bottom >= (double)(s - 1) ? 0u : sorted[s - 1 - (size_t)ceil(bottom)];
+    g.work = work;
+    g.cap = list_cap(n);
+    g.bucket_n = work + g.cap + GATHER_SLACK;
+    g.bucket_key = g.bucket_n + BUCKETS;
+    if (g.hi - g.lo < BUCKETS)
+        buckets_start(&g);
+    const bool avx2 = merge_simd_avx2();
+    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
+        const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
+        r->read(r->ud, e0, len, r->x, r->b);
+        gather_chunk(r->x, r->b, 0, len, avx2, &g);
+    }
+    return bracket_end(&g, n, k, cut);
+}
+
+int topk_find_diff_read(topk_read_fn read, void *ud, uint64_t n, uint64_t k, uint32_t *work,
+                        size_t work_len, struct topk_cut *cut)
+{
+    if (k > n)
+        k = n;
+    if (k == 0) {
+        struct topk_cut none = { .k = 0, .threshold = key_to_float(KEY_INF),
+                                 .keep_at_threshold = 0, .keep_all = false };
+        *cut = none;
+        return 0;
+    }
+    float *buf = malloc(2 * (size_t)GATHER_CHUNK * sizeof(float));
+    if (!buf)
+        return lm_err(LM_ENOMEM, "top-k selection: %zu bytes of buffers",
+                      2 * (size_t)GATHER_CHUNK * sizeof(float));
+    struct read_src r = { .read = read, .ud = ud, .x = buf, .b = buf + GATHER_CHUNK };
+    if (k == n) {
+        uint64_t nans, zeros;
+        read_keys_count(&r, n, &nans, &zeros);
+        if (nans == 0)
+            *cut = cut_all_non_nan(n, zeros, true);
+        else if (nans == n)
+            *cut = cut_make(0, KEY_INF, 0);
+        else
+            *cut = cut_all_non_nan(n - nans, zeros, false);
+    } else if (!find_bracketed_read(&r, n, k, work, work_len, cut)) {
+        *cut = find_exact_read(&r, n, k);
+    }
+    free(buf);
+    return 0;
 }
 
 /* ===== Walking a cut a block at a time ===== */

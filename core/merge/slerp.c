@@ -177,7 +177,6 @@ static int slerp_merge(const struct merge_tensor_job *job)
 const struct merge_method merge_method_slerp = {
     .name = "slerp",
     .summary = "spherical interpolation from the base (t = 0) to one model (t = 1)",
-    .mergekit_name = "slerp",
     .min_models = 1,
     .max_models = 1,
     .params = slerp_params,

@@ -30,6 +30,7 @@
 #include "stats.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lm_error.h"
@@ -659,6 +660,15 @@ STATS_AVX2 static STATS_INLINE void stats_avx2_run(const int m, struct stats_acc
 {
     struct vacc a;
     memset(&a, 0, sizeof a);
+    /* go on from the sums so far (a tensor given block by block) */
+    a.base_sq = _mm256_loadu_pd(acc->base_sq.l);
+    a.merged_sq = _mm256_loadu_pd(acc->merged_sq.l);
+    for (int i = 0; i < m; i++) {
+        a.delta_sq[i] = _mm256_loadu_pd(acc->delta_sq[i].l);
+        a.topk_sq[i] = _mm256_loadu_pd(acc->topk_sq[i].l);
+        for (int j = 0; j < i; j++)
+            a.dot[j][i] = _mm256_loadu_pd(acc->dot[j][i].l);
+    }
     struct vtrim tr[MERGE_MAX_MODELS];
     const float *xs[MERGE_MAX_MODELS];
     const __m256i lane_pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -850,6 +860,150 @@ int stats_accumulate(struct stats_raw *s, const float *base, const float *const 
         s->has_merged = 0;
     }
     return 0;
+}
+
+/* ===== One tensor, block by block (stats_stream_*) ===== */
+
+struct stats_stream {
+    int m;
+    uint64_t n, seen;
+    bool merged_all;
+    struct trim_state trim[MERGE_MAX_MODELS];
+    struct stats_acc acc;
+    double weight[MERGE_MAX_MODELS];
+    struct merge_scratch *scratch;
+};
+
+struct stats_reader {
+    merge_read_fn read;
+    void *ud;
+    int model;
+};
+
+static void stats_read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
+{
+    const struct stats_reader *r = ud;
+    r->read(r->ud, 1 + r->model, e0, len, x);
+    r->read(r->ud, 0, e0, len, b);
+}
+
+int stats_stream_begin(struct stats_stream **out, int n_models, uint64_t n, const double *density,
+                       const double *weight, const bool *has_cut, const struct topk_cut *cuts,
+                       merge_read_fn read, void *ud, struct merge_scratch *scratch)
+{
+    *out = NULL;
+    if (n_models < 0 || n_models > MERGE_MAX_MODELS)
+        return lm_err(LM_EINVAL, "stats: %d models (at most %d)", n_models, MERGE_MAX_MODELS);
+    struct stats_stream *st = lm_calloc(1, sizeof(*st));
+    if (!st)
+        return LM_ENOMEM;
+    st->m = n_models;
+    st->n = n;
+    st->merged_all = true;
+    st->scratch = scratch;
+    const size_t wlen = topk_work_len(n);
+    uint32_t *work = NULL;
+    for (int i = 0; i < n_models; i++) {
+        struct trim_state *t = &st->trim[i];
+        st->weight[i] = weight[i];
+        const uint64_t k = topk_count(density[i], n);
+        if (k >= n) {
+            t->mode = TRIM_ALL;
+            continue;
+        }
+        if (k == 0) {
+            t->mode = TRIM_NONE;
+            continue;
+        }
+        struct topk_cut cut;
+        if (has_cut && has_cut[i]) {
+            cut = cuts[i];
+        } else {
+            if (wlen > 0 && !work) {
+                float *w = merge_scratch_get(scratch, 0, wlen);
+                if (!w) {
+                    free(st);
+                    return lm_err_context(LM_ENOMEM, "stats: selection work space for %llu entries",
+                                          (unsigned long long)n);
+                }
+                work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
+            }
+            struct stats_reader r = { .read = read, .ud = ud, .model = i };
+            int rc = topk_find_diff_read(stats_read_diff, &r, n, k, work, work ? wlen : 0, &cut);
+            if (rc) {
+                free(st);
+                return rc;
+            }
+        }
+        t->mode = TRIM_CUT;
+        topk_walk_init(&t->walk, &cut);
+        t->thr = abs_key(cut.threshold);
+        t->left = cut.keep_at_threshold;
+    }
+    *out = st;
+    return 0;
+}
+
+int stats_stream_block(struct stats_stream *st, const float *base, const float *const *models,
+                       const float *merged, size_t len)
+{
+    LM_ASSERT(st->seen + len <= st->n && (len % 8 == 0 || st->seen + len == st->n));
+    if (!merged)
+        st->merged_all = false;
+    st->seen += len;
+    if (len == 0)
+        return 0;
+#if STATS_X86
+    if (merge_simd_avx2()) {
+        if (st->m == 1)
+            stats_avx2_1(&st->acc, st->trim, base, models, st->m, merged, len, st->weight);
+        else if (st->m == 2)
+            stats_avx2_2(&st->acc, st->trim, base, models, st->m, merged, len, st->weight);
+        else
+            stats_avx2_any(&st->acc, st->trim, base, models, st->m, merged, len, st->weight);
+        return 0;
+    }
+#endif
+    return stats_portable(&st->acc, st->trim, base, models, st->m, merged, len, st->weight,
+                          st->scratch);
+}
+
+int stats_stream_end(struct stats_stream *st, struct stats_raw *s)
+{
+    if (!st)
+        return 0;
+    int rc = 0;
+    if (s->n_models != st->m)
+        rc = lm_err(LM_EINVAL, "stats: %d models given to an accumulator prepared for %d",
+                    st->m, s->n_models);
+    else if (st->seen != st->n)
+        rc = lm_err(LM_EINVAL, "stats: %llu of %llu entries given", (unsigned long long)st->seen,
+                    (unsigned long long)st->n);
+    if (!rc) {
+        const struct stats_acc *acc = &st->acc;
+        const int m = st->m;
+        s->n_elements += st->n;
+        s->base_sq += lanes_total(&acc->base_sq);
+        for (int i = 0; i < m; i++) {
+            s->delta_sq[i] += lanes_total(&acc->delta_sq[i]);
+            s->topk_sq[i] += lanes_total(&acc->topk_sq[i]);
+            for (int j = i + 1; j < m; j++) {
+                s->dot[i][j] += lanes_total(&acc->dot[i][j]);
+                s->both_nonzero[i][j] += acc->both[i][j];
+                s->opposite[i][j] += acc->opp[i][j];
+            }
+        }
+        s->ties_kept += acc->ties_kept;
+        s->ties_disagree += acc->ties_disagree;
+        if (st->merged_all && st->n > 0) {
+            s->sign_flips += acc->sign_flips;
+            s->merged_delta_sq += lanes_total(&acc->merged_sq);
+        } else if (!st->merged_all) {
+            s->has_merged = 0;
+        }
+    }
+    free(st);
+    return rc;
 }
 
 /* ===== Derived figures ===== */

@@ -19,9 +19,11 @@
 #ifndef MS_CORE_MERGE_STATS_H
 #define MS_CORE_MERGE_STATS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "merge_method.h"
+#include "merge_stream.h"
 
 struct stats_raw {
     int      n_models;
@@ -51,6 +53,25 @@ int stats_accumulate(struct stats_raw *s, const float *base, const float *const 
                      int n_models, const float *merged, uint64_t n,
                      const double *density, const double *weight,
                      struct merge_scratch *scratch);
+
+/* The same accumulation for a tensor given block by block (float32 blocks
+ * of a tensor read from bf16 files, say): stats_stream_begin prepares the
+ * trims, taking model i's top-k cut from cuts[i] where has_cut[i] (a
+ * merge's cut at the same density: merge_stream.h), else finding it by
+ * reading the inputs through `read`; stats_stream_block takes consecutive
+ * blocks from entry 0, every one but the last a multiple of 8 entries
+ * long; stats_stream_end adds the tensor to `s` (which stats_raw_init
+ * prepared) and frees the stream. The sums are those stats_accumulate
+ * gives on the whole tensor, bit for bit. `merged` may be NULL for every
+ * block (sign flips and merged_rel stay unknown). */
+struct stats_stream;
+int stats_stream_begin(struct stats_stream **out, int n_models, uint64_t n, const double *density,
+                       const double *weight, const bool *has_cut, const struct topk_cut *cuts,
+                       merge_read_fn read, void *ud, struct merge_scratch *scratch);
+int stats_stream_block(struct stats_stream *st, const float *base, const float *const *models,
+                       const float *merged, size_t len);
+/* 0 or an error (entries missing); frees the stream (NULL accepted). */
+int stats_stream_end(struct stats_stream *st, struct stats_raw *s);
 
 double stats_norm(const struct stats_raw *s, int i);
 double stats_rel(const struct stats_raw *s, int i);

@@ -38,9 +38,11 @@
 #include "merge_method.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lm_error.h"
+#include "merge_stream.h"
 #include "select.h"
 
 #define KEY_INF 0x7f800000u
@@ -96,8 +98,8 @@ static inline uint32_t abs_key(float v)
 /* v[j] = w * ((x - b) * scale) for the kept entries among e0 .. e0 + len,
  * 0 for the dropped ones, advancing `m`'s walk. `b` points at entry e0 of
  * the base; `u` is work space for len doubles. */
-static void gta_fill(struct gta_model *m, const float *b, uint64_t e0, size_t len, double w,
-                     double *v, double *u)
+static void gta_fill(struct gta_model *m, const float *b, uint64_t e0, uint64_t idx, size_t len,
+                     double w, double *v, double *u)
 {
     const float *x = m->x + e0;
     const double scale = m->scale;
@@ -135,14 +137,14 @@ static void gta_fill(struct gta_model *m, const float *b, uint64_t e0, size_t le
     }
     case KEEP_RANDOM: {
         const double density = m->density;
-        merge_mask_fill(u, m->key, e0, len);
+        merge_mask_fill(u, m->key, idx, len);
         for (size_t j = 0; j < len; j++)
             v[j] = u[j] < density ? w * (((double)x[j] - (double)b[j]) * scale) : 0.0;
         break;
     }
     case KEEP_DELLA: {
         const float *prob = m->prob + e0;
-        merge_mask_fill(u, m->key, e0, len);
+        merge_mask_fill(u, m->key, idx, len);
         for (size_t j = 0; j < len; j++) {
             double pe = (double)prob[j];
             double s = m->inv_prob ? 1.0 / pe : scale;
@@ -165,7 +167,7 @@ static double gta_l1_scale(const struct gta_model *m0, const float *b, uint64_t 
     double before = 0.0, after = 0.0;
     for (uint64_t e0 = 0; e0 < n; e0 += GTA_BLOCK) {
         size_t len = (size_t)LM_MIN((uint64_t)GTA_BLOCK, n - e0);
-        gta_fill(&m, b + e0, e0, len, 1.0, v, u);
+        gta_fill(&m, b + e0, e0, e0, len, 1.0, v, u);
         for (size_t j = 0; j < len; j++) {
             before += fabs((double)m.x[e0 + j] - (double)b[e0 + j]);
             after += fabs(v[j]);
@@ -317,13 +319,13 @@ struct gta_combine {
 /* The portable combine: a block of entries at a time, each model's
  * weighted kept deltas first (gta_fill), then the sums across models. */
 static void gta_portable(struct gta_model *m, int nm, const float *b, uint64_t n, float *out,
-                         const struct gta_combine *c)
+                         const struct gta_combine *c, uint64_t idx0)
 {
     double v[MERGE_MAX_MODELS][GTA_BLOCK], u[GTA_BLOCK];
     for (uint64_t e0 = 0; e0 < n; e0 += GTA_BLOCK) {
         const size_t len = (size_t)LM_MIN((uint64_t)GTA_BLOCK, n - e0);
         for (int i = 0; i < nm; i++)
-            gta_fill(&m[i], b + e0, e0, len, m[i].weight, v[i], u);
+            gta_fill(&m[i], b + e0, e0, idx0 + e0, len, m[i].weight, v[i], u);
         for (size_t j = 0; j < len; j++) {
             double sum = 0.0;
             for (int i = 0; i < nm; i++)
@@ -614,7 +616,7 @@ GTA_AVX2 static GTA_INLINE void gta_group(const enum gta_kind kind, const int nm
 /* The kernel over a whole tensor for models m[0 .. nm) (none KEEP_NONE). */
 GTA_AVX2 static GTA_INLINE void gta_avx2_run(const enum gta_kind kind, const int nm,
                                              struct gta_model *m, const float *b, uint64_t n,
-                                             float *out, const struct gta_combine *c)
+                                             float *out, const struct gta_combine *c, uint64_t idx0)
 {
     struct vmodel vm[MERGE_MAX_MODELS];
     for (int i = 0; i < nm; i++) {
@@ -655,7 +657,7 @@ GTA_AVX2 static GTA_INLINE void gta_avx2_run(const enum gta_kind kind, const int
                 if (kind == GTA_KIND_ANY && m[i].mode == KEEP_DELLA)
                     ps[i] = m[i].prob + e0 + j;
             }
-            gta_group(kind, nm, vm, lo, hi, xs, ps, b + e0 + j, out + e0 + j, e0 + j, pos, c);
+            gta_group(kind, nm, vm, lo, hi, xs, ps, b + e0 + j, out + e0 + j, idx0 + e0 + j, pos, c);
             pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));
         }
         if (j < len) {
@@ -674,7 +676,7 @@ GTA_AVX2 static GTA_INLINE void gta_avx2_run(const enum gta_kind kind, const int
                     ps[i] = pp[i];
                 }
             }
-            gta_group(kind, nm, vm, lo, hi, xs, ps, pb, po, e0 + j, pos, c);
+            gta_group(kind, nm, vm, lo, hi, xs, ps, pb, po, idx0 + e0 + j, pos, c);
             memcpy(out + e0 + j, po, r * sizeof(float));
         }
     }
@@ -682,10 +684,10 @@ GTA_AVX2 static GTA_INLINE void gta_avx2_run(const enum gta_kind kind, const int
 
 #define GTA_AVX2_VARIANT(name, kind, nm_expr)                                                  \
     GTA_AVX2 static void name(int nm, struct gta_model *m, const float *b, uint64_t n,       \
-                              float *out, const struct gta_combine *c)                      \
+                              float *out, const struct gta_combine *c, uint64_t idx0)       \
     {                                                                                       \
         (void)nm;                                                                           \
-        gta_avx2_run(kind, nm_expr, m, b, n, out, c);                                       \
+        gta_avx2_run(kind, nm_expr, m, b, n, out, c, idx0);                                 \
     }
 
 GTA_AVX2_VARIANT(gta_avx2_all_1, GTA_KIND_ALL, 1)
@@ -703,14 +705,15 @@ GTA_AVX2_VARIANT(gta_avx2_band_n, GTA_KIND_BAND, nm)
 GTA_AVX2_VARIANT(gta_avx2_any_n, GTA_KIND_ANY, nm)
 
 typedef void (*gta_avx2_fn)(int nm, struct gta_model *m, const float *b, uint64_t n, float *out,
-                            const struct gta_combine *c);
+                            const struct gta_combine *c, uint64_t idx0);
 
 /* Runs the AVX2 kernel: drops the models that keep nothing, picks the
  * variant for the models' modes and count. */
 static void gta_avx2(struct gta_model *m, int nm, const float *b, uint64_t n, float *out,
-                     const struct gta_combine *c)
+                     const struct gta_combine *c, uint64_t idx0)
 {
     struct gta_model live[MERGE_MAX_MODELS];
+    int from[MERGE_MAX_MODELS];
     int nl = 0;
     bool any_topk = false, any_band = false, any_random = false, any_other = false;
     for (int i = 0; i < nm; i++) {
@@ -722,6 +725,7 @@ static void gta_avx2(struct gta_model *m, int nm, const float *b, uint64_t n, fl
         case KEEP_RANDOM: any_random = true; break;
         case KEEP_DELLA:  any_other = true; break;
         }
+        from[nl] = i;
         live[nl++] = m[i];
     }
     static const gta_avx2_fn table[4][3] = {
@@ -741,7 +745,12 @@ static void gta_avx2(struct gta_model *m, int nm, const float *b, uint64_t n, fl
         fn = table[2][col];
     else if (kinds == 1 && any_band)
         fn = table[3][col];
-    fn(nl, live, b, n, out, c);
+    fn(nl, live, b, n, out, c, idx0);
+    /* the walks go on where this run left them (block by block merges) */
+    for (int k = 0; k < nl; k++) {
+        m[from[k]].walk_lo = live[k].walk_lo;
+        m[from[k]].walk_hi = live[k].walk_hi;
+    }
 }
 #endif
 
@@ -778,11 +787,11 @@ int merge_gta_tensor(const struct merge_tensor_job *job, enum merge_sparsify spa
     };
 #if GTA_X86
     if (merge_simd_avx2()) {
-        gta_avx2(m, nm, b, n, job->out, &c);
+        gta_avx2(m, nm, b, n, job->out, &c, 0);
         return 0;
     }
 #endif
-    gta_portable(m, nm, b, n, job->out, &c);
+    gta_portable(m, nm, b, n, job->out, &c, 0);
     return 0;
 }
 
@@ -798,6 +807,8 @@ static void ties_defaults(struct merge_tensor_params *p)
     p->normalize = true; /* mergekit: ties normalizes by default */
 }
 
+static int ties_stream(const struct merge_stream_job *job, struct merge_stream **out);
+
 static int ties_merge(const struct merge_tensor_job *job)
 {
     int rc = merge_job_check(&merge_method_ties, job);
@@ -810,10 +821,143 @@ const struct merge_method merge_method_ties = {
     .name = "ties",
     .summary = "TIES: trim each task vector to its top density by magnitude, elect signs, "
                "average the agreeing entries",
-    .mergekit_name = "ties",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = ties_params,
     .set_defaults = ties_defaults,
     .merge_tensor = ties_merge,
+    .stream_begin = ties_stream,
 };
+
+/* ===== Block by block (merge_stream.h) ===== */
+
+struct gta_stream {
+    struct merge_stream pub;  /* first: the stream handed out */
+    struct gta_model m[MERGE_MAX_MODELS];
+    int nm;
+    struct gta_combine c;
+};
+
+static int gta_stream_block(struct merge_stream *ps, uint64_t e0, size_t len, const float *base,
+                            const float *const *models, float *out)
+{
+    struct gta_stream *st = (struct gta_stream *)(void *)ps;
+    for (int i = 0; i < st->nm; i++)
+        st->m[i].x = models[i];
+#if GTA_X86
+    if (merge_simd_avx2()) {
+        gta_avx2(st->m, st->nm, base, (uint64_t)len, out, &st->c, e0);
+        return 0;
+    }
+#endif
+    gta_portable(st->m, st->nm, base, (uint64_t)len, out, &st->c, e0);
+    return 0;
+}
+
+/* Model `model`'s task vector for topk_find_diff_read. */
+struct gta_reader {
+    const struct merge_stream_job *job;
+    int model;
+};
+
+static void gta_read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
+{
+    const struct gta_reader *r = ud;
+    r->job->read(r->job->ud, 1 + r->model, e0, len, x);
+    r->job->read(r->job->ud, 0, e0, len, b);
+}
+
+/* The cut of model i's top `k` entries by |x_i - b|. */
+static int gta_stream_cut(const struct merge_stream_job *job, int i, uint64_t k, uint32_t **work,
+                          size_t wlen, struct topk_cut *cut)
+{
+    if (wlen > 0 && !*work) {
+        float *w = merge_scratch_get(job->scratch, 0, wlen);
+        if (!w)
+            return lm_err_context(LM_ENOMEM, "tensor '%s'", job->name ? job->name : "?");
+        *work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
+    }
+    struct gta_reader r = { .job = job, .model = i };
+    return topk_find_diff_read(gta_read_diff, &r, job->n, k, *work, *work ? wlen : 0, cut);
+}
+
+int merge_gta_stream_begin(const struct merge_method *mm, const struct merge_stream_job *sj,
+                           enum merge_sparsify sparsify, bool sign_consensus,
+                           struct merge_stream **out)
+{
+    *out = NULL;
+    const struct merge_tensor_params *p = sj->params;
+    const int nm = sj->n_models;
+    if (sparsify == MERGE_SPARSIFY_DELLA)
+        return 0; /* ranks over the whole tensor */
+    if (sparsify == MERGE_SPARSIFY_RANDOM && p && p->rescale == MERGE_RESCALE_L1)
+        return 0; /* L1 norms of the whole tensor before the first entry */
+    int rc = merge_stream_check(mm, sj);
+    if (rc)
+        return rc;
+    LM_ASSERT(nm >= 0 && nm <= MERGE_MAX_MODELS);
+    struct gta_stream *st = lm_calloc(1, sizeof(*st));
+    if (!st)
+        return LM_ENOMEM;
+    const uint64_t n = sj->n;
+    struct topk_cut cuts[2 * MERGE_MAX_MODELS];
+    memset(cuts, 0, sizeof cuts);
+    if (sparsify == MERGE_SPARSIFY_MAGNITUDE || sparsify == MERGE_SPARSIFY_OUTLIERS) {
+        /* gta_find_cuts, reading the inputs a chunk at a time */
+        const size_t wlen = topk_work_len(n);
+        uint32_t *work = NULL;
+        for (int i = 0; i < nm && !rc; i++) {
+            const double density = p->density[i];
+            const uint64_t keep = topk_count(density, n);
+            if (!(density > 0.0) || density >= 1.0 || keep == 0)
+                continue;
+            if (sparsify == MERGE_SPARSIFY_MAGNITUDE) {
+                rc = gta_stream_cut(sj, i, keep, &work, wlen, &cuts[2 * i]);
+                if (!rc && keep < n) {
+                    st->pub.has_cut[i] = true;
+                    st->pub.cut[i] = cuts[2 * i];
+                }
+                continue;
+            }
+            uint64_t top = topk_count(p->gamma, n);
+            if (top > n - keep)
+                top = n - keep;
+            rc = gta_stream_cut(sj, i, keep + top, &work, wlen, &cuts[2 * i]);
+            if (!rc)
+                rc = gta_stream_cut(sj, i, top, &work, wlen, &cuts[2 * i + 1]);
+        }
+    }
+    /* gta_prepare wants a job; its pointers are replaced block by block */
+    static const float dummy[1];
+    const float *models[MERGE_MAX_MODELS];
+    for (int i = 0; i < MERGE_MAX_MODELS; i++)
+        models[i] = dummy;
+    struct merge_tensor_job job = {
+        .name = sj->name, .n = n, .rows = sj->rows, .cols = sj->cols, .base = dummy,
+        .models = models, .n_models = nm, .params = p, .scratch = sj->scratch,
+    };
+    double wsum = 0.0;
+    for (int i = 0; i < nm && !rc; i++) {
+        rc = gta_prepare(&job, sparsify, i, cuts + 2 * i, &st->m[i]);
+        wsum += st->m[i].weight;
+    }
+    if (rc) {
+        free(st);
+        return rc;
+    }
+    st->nm = nm;
+    st->c = (struct gta_combine){
+        .consensus = sign_consensus,
+        .normalize = p->normalize,
+        .lambda = p->lambda,
+        .div_all = fabs(wsum) < 1e-8 ? 1.0 : wsum,
+    };
+    st->pub.block = gta_stream_block;
+    *out = &st->pub;
+    return 0;
+}
+
+static int ties_stream(const struct merge_stream_job *job, struct merge_stream **out)
+{
+    return merge_gta_stream_begin(&merge_method_ties, job, MERGE_SPARSIFY_MAGNITUDE, true, out);
+}

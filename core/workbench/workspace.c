@@ -21,6 +21,8 @@
 #include "clock.h"
 #include "lm_error.h"
 #include "merge_plan.h"
+#include "merge_stream.h"
+#include "output_policy.h"
 #include "pool.h"
 #include "select.h"
 #include "strbuf.h"
@@ -80,6 +82,8 @@ struct workspace {
     struct calib_input calib_in;
     struct ws_calib_cost calib_cost;
     bool have_calib_cost;
+    /* The largest RssAnon seen by the passes' samples (bytes). */
+    atomic_uint_fast64_t peak_anon;
 };
 
 struct ws_params ws_default_params(void)
@@ -375,6 +379,33 @@ static int compare_configs(struct workspace *ws)
     return 0;
 }
 
+int ws_check_inputs(const struct workspace *ws)
+{
+    for (int i = 0; i < ws->n_sources; i++) {
+        int rc = st_set_check_unchanged(ws->sources[i].weights);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* merge_plan_check_selection over the workspace's tensors. */
+static int check_selection(const struct workspace *ws, const struct merge_plan *plan)
+{
+    const char **names = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(char *));
+    struct tn_info *infos = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(*infos));
+    int rc = (!names || !infos) ? LM_ENOMEM : 0;
+    for (size_t i = 0; !rc && i < ws->n_tensors; i++) {
+        names[i] = ws->tensors[i].name;
+        infos[i] = ws->tensors[i].info;
+    }
+    if (!rc)
+        rc = merge_plan_check_selection(plan, names, infos, ws->n_tensors);
+    free(names);
+    free(infos);
+    return rc;
+}
+
 struct workspace *ws_open(const struct recipe *r, struct ws_params params)
 {
     struct workspace *ws = lm_calloc(1, sizeof(*ws));
@@ -410,6 +441,8 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
     if (line_up(ws) || compare_configs(ws))
         goto fail;
     ws->plan.n_layers = ws->n_layers;
+    if (check_selection(ws, &ws->plan))
+        goto fail;
     if (!ws->notes && !(ws->notes = lm_strdup("")))
         goto fail;
 
@@ -528,6 +561,10 @@ int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed)
         return rc;
     }
     plan.n_layers = ws->n_layers;
+    if ((rc = check_selection(ws, &plan))) {
+        recipe_free(copy);
+        return rc;
+    }
     const char *old_dtype = old->output.dtype ? old->output.dtype : "";
     const char *new_dtype = copy->output.dtype ? copy->output.dtype : "";
     bool dtype_changed = strcmp(old_dtype, new_dtype) != 0;
@@ -892,6 +929,9 @@ static int drop_calibration(struct workspace *ws, bool sens)
 
 int ws_calibrate(struct workspace *ws, lm_progress_fn progress, void *ud)
 {
+    int irc = ws_check_inputs(ws);
+    if (irc)
+        return irc;
     unsigned needs = ws->plan.method->needs;
     if (!needs)
         return 0;
@@ -1113,6 +1153,8 @@ struct pass {
     enum lm_dtype out_dtype;
     bool keep_merged;        /* merge-layer pass: cache float results */
     bool stats;              /* stats pass */
+    struct st_writer *writer; /* write pass: tensor i is the writer's tensor i */
+    bool fixed_dtype;        /* write pass: out_dtype for every tensor, else the base's */
 };
 
 static void pass_fail(struct pass *p, int rc)
@@ -1135,6 +1177,174 @@ static void pass_report(struct pass *p, int worker, uint64_t n)
     }
 }
 
+/* ===== Memory ===== */
+
+/* A field of /proc/self/status in bytes ("VmHWM", "RssAnon"), 0 when
+ * unknown. */
+static uint64_t proc_status_bytes(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    size_t len = strlen(field);
+    uint64_t v = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, field, len) == 0 && line[len] == ':') {
+            v = (uint64_t)strtoull(line + len + 1, NULL, 10) * 1024u;
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+static void sample_memory(struct workspace *ws)
+{
+    uint64_t anon = proc_status_bytes("RssAnon");
+    uint_fast64_t old = atomic_load(&ws->peak_anon);
+    while (anon > old && !atomic_compare_exchange_weak(&ws->peak_anon, &old, anon))
+        ;
+}
+
+void ws_memory_peak(struct workspace *ws, struct ws_memory *out)
+{
+    sample_memory(ws);
+    out->peak_rss_anon = atomic_load(&ws->peak_anon);
+    out->hwm = proc_status_bytes("VmHWM");
+}
+
+/* ===== Block by block ===== */
+
+/* Entries [e0, e0 + len) of source s of tensor t as float32: rows the
+ * source lacks are the base's (zero past the base's own rows), as
+ * load_source fills them. */
+static void read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst)
+{
+    const struct st_tensor *src = t->src[s];
+    uint64_t rows = t->ndim > 0 ? (uint64_t)t->shape[0] : 1;
+    uint64_t row_len = rows ? t->n_elements / rows : 0;
+    uint64_t have = LM_MIN((uint64_t)t->src_rows[s], rows) * row_len;
+    size_t n1 = e0 >= have ? 0 : (size_t)LM_MIN((uint64_t)len, have - e0);
+    if (n1)
+        lm_convert_to_f32(dst, (const char *)src->data + e0 * lm_dtype_size(src->dtype), src->dtype, n1);
+    if (n1 < len) {
+        if (s == 0)
+            memset(dst + n1, 0, (len - n1) * sizeof(float));
+        else
+            read_source(t, 0, e0 + n1, len - n1, dst + n1);
+    }
+}
+
+static void stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst)
+{
+    read_source(ud, source, e0, len, dst);
+}
+
+/* Where the merged blocks of one tensor go. */
+struct sink {
+    enum lm_dtype dtype;
+    struct st_writer *writer;  /* pwrite as tensor `index` */
+    size_t index;
+    void *bytes;               /* or convert into this whole-tensor buffer */
+    void *conv;                /* MERGE_STREAM_BLOCK elements of dtype (writer) */
+};
+
+static int sink_put(struct sink *k, uint64_t e0, size_t len, const float *out)
+{
+    size_t es = lm_dtype_size(k->dtype);
+    if (k->bytes) {
+        lm_convert_from_f32((char *)k->bytes + e0 * es, k->dtype, out, len);
+        return 0;
+    }
+    if (!k->writer)
+        return 0;
+    lm_convert_from_f32(k->conv, k->dtype, out, len);
+    return st_writer_pwrite(k->writer, k->index, e0 * es, k->conv, len * es);
+}
+
+/* Merges tensor i block by block into `sink` (NULL: nowhere), with its
+ * statistics into `raw` when non-NULL. 1 when the method cannot merge it
+ * that way (nothing done), else 0 or an error. */
+static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, struct sink *sink,
+                         struct stats_raw *raw)
+{
+    const struct ws_tensor *t = &ws->tensors[i];
+    if (ws->plan.method->needs)
+        return 1;
+    struct merge_tensor_params p;
+    merge_plan_resolve(&ws->plan, t->name, &t->info, &p);
+    const int nm = ws->n_sources - 1;
+    struct merge_stream_job sj = {
+        .name = t->name, .n = t->n_elements,
+        .rows = t->ndim == 2 ? (uint64_t)t->shape[0] : 1,
+        .cols = t->ndim == 2 ? (uint64_t)t->shape[1] : t->n_elements,
+        .n_models = nm, .params = &p, .read = stream_read, .ud = (void *)t, .scratch = &sc->method,
+    };
+    struct merge_stream *st = NULL;
+    int rc = merge_stream_begin(ws->plan.method, &sj, &st);
+    if (rc)
+        return lm_err_context(rc, "merging '%s'", t->name);
+    if (!st)
+        return 1;
+    struct stats_stream *ss = NULL;
+    if (raw)
+        rc = stats_stream_begin(&ss, nm, t->n_elements, p.density, p.weight, st->has_cut, st->cut,
+                                stream_read, (void *)t, &sc->method);
+    const size_t B = MERGE_STREAM_BLOCK;
+    float *in[WS_MAX_SOURCES];
+    for (int s = 0; s < ws->n_sources && !rc; s++)
+        if (!(in[s] = merge_scratch_get(&sc->inputs, s, B)))
+            rc = LM_ENOMEM;
+    float *out = rc ? NULL : merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, B);
+    if (!rc && !out)
+        rc = LM_ENOMEM;
+    if (!rc && sink && sink->writer && !(sink->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, B)))
+        rc = LM_ENOMEM;
+    const uint64_t n = t->n_elements;
+    for (uint64_t e0 = 0; !rc && e0 < n; e0 += B) {
+        const size_t len = (size_t)LM_MIN((uint64_t)B, n - e0);
+        for (int s = 0; s < ws->n_sources; s++)
+            read_source(t, s, e0, len, in[s]);
+        rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
+        if (!rc && ss)
+            rc = stats_stream_block(ss, in[0], (const float *const *)(in + 1), out, len);
+        if (!rc && sink)
+            rc = sink_put(sink, e0, len, out);
+    }
+    merge_stream_free(st);
+    if (ss) {
+        if (!rc) {
+            stats_raw_init(raw, nm);
+            rc = stats_stream_end(ss, raw);
+        } else {
+            struct stats_raw dummy;
+            stats_raw_init(&dummy, nm);
+            stats_stream_end(ss, &dummy);
+        }
+    }
+    if (rc)
+        return lm_err_context(rc, "merging '%s'", t->name);
+    return 0;
+}
+
+/* Writes a whole merged float32 tensor to the writer a block at a time. */
+static int write_whole(struct workspace *ws, const struct pass *p, size_t i, const float *out,
+                       struct ws_scratch *sc)
+{
+    const struct ws_tensor *t = &ws->tensors[i];
+    struct sink k = { .dtype = p->fixed_dtype ? p->out_dtype : t->base_dtype, .writer = p->writer,
+                      .index = i };
+    if (!(k.conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, MERGE_STREAM_BLOCK)))
+        return LM_ENOMEM;
+    int rc = 0;
+    for (uint64_t e0 = 0; !rc && e0 < t->n_elements; e0 += MERGE_STREAM_BLOCK) {
+        size_t len = (size_t)LM_MIN((uint64_t)MERGE_STREAM_BLOCK, t->n_elements - e0);
+        rc = sink_put(&k, e0, len, out + e0);
+    }
+    return rc;
+}
+
 static void pass_tensor(void *ud, int64_t k, int worker)
 {
     struct pass *p = ud;
@@ -1145,6 +1355,44 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     const struct ws_tensor *t = &ws->tensors[i];
     struct ws_scratch *sc = &ws->scratch[worker];
     size_t n = (size_t)t->n_elements;
+    {
+        /* Block by block where the method can: no whole-tensor copies. */
+        struct sink sk = { .dtype = p->fixed_dtype ? p->out_dtype : t->base_dtype,
+                           .writer = p->writer, .index = i };
+        struct stats_raw raw;
+        void *cache = NULL;
+        if (p->keep_merged) {
+            sk.dtype = ws_output_dtype(ws, i, -1);
+            cache = ws->spare[i] ? ws->spare[i] : lm_malloc_array(n ? n : 1, lm_dtype_size(sk.dtype));
+            if (!cache) {
+                pass_fail(p, LM_ENOMEM);
+                return;
+            }
+            ws->spare[i] = NULL;
+            sk.bytes = cache;
+        }
+        int src = stream_tensor(ws, i, sc, &sk, p->stats ? &raw : NULL);
+        if (src == 0 && p->stats) {
+            ws->stats[i] = raw;
+            atomic_store_explicit(&ws->stats_done[i], true, memory_order_release);
+        }
+        if (cache) {
+            if (src == 0)
+                ws->merged[i] = cache;
+            else
+                ws->spare[i] = cache;
+        }
+        if (src < 0) {
+            pass_fail(p, src);
+            return;
+        }
+        if (src == 0) {
+            if (worker == 0 || t->n_elements >= ((uint64_t)1 << 24))
+                sample_memory(ws);
+            pass_report(p, worker, t->n_elements);
+            return;
+        }
+    }
     float *out = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, n);
     if (!out) {
         pass_fail(p, LM_ENOMEM);
@@ -1170,6 +1418,10 @@ static void pass_tensor(void *ud, int64_t k, int worker)
             atomic_store_explicit(&ws->stats_done[i], true, memory_order_release);
         }
     }
+    if (!rc && p->writer)
+        rc = write_whole(ws, p, i, out, sc);
+    if (!rc)
+        sample_memory(ws);
     if (!rc && (p->out_bytes || p->keep_merged)) {
         enum lm_dtype dt = p->keep_merged ? ws_output_dtype(ws, i, -1) : p->out_dtype;
         void *buf = NULL;
@@ -1241,6 +1493,9 @@ static void release_scratch(struct workspace *ws)
 
 int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
 {
+    int irc = ws_check_inputs(ws);
+    if (irc)
+        return irc;
     int rc = ws_calibrate(ws, progress, ud);
     if (rc)
         return rc;
@@ -1273,6 +1528,9 @@ const struct stats_raw *ws_tensor_stats(const struct workspace *ws, size_t i)
 static int merge_into_cache(struct workspace *ws, bool (*want)(const struct ws_tensor *, int), int arg,
                             lm_progress_fn progress, void *ud)
 {
+    int irc = ws_check_inputs(ws);
+    if (irc)
+        return irc;
     int rc = ws_calibrate(ws, progress, ud);
     if (rc)
         return rc;
@@ -1600,38 +1858,12 @@ static int copy_if_exists(const char *src_dir, const char *dst_dir, const char *
     return rc;
 }
 
-/* The recipe as written next to the merged model: model paths absolute so
- * that it can be rerun from anywhere. */
-static struct recipe *recipe_for_output(const struct workspace *ws)
+/* The recipe as written next to the merged model in `target`: its paths
+ * relative to `target` where they can be, so that it reruns from there and
+ * does not publish the user's directory layout. */
+static struct recipe *recipe_for_output(const struct workspace *ws, const char *target)
 {
-    struct recipe *r = recipe_clone(ws->recipe);
-    if (!r)
-        return NULL;
-    char buf[PATH_MAX];
-    for (int s = 0; s < ws->n_sources; s++) {
-        char **slot = s == 0 ? &r->base : &r->models[s - 1].path;
-        const char *abs = realpath(ws->sources[s].dir, buf) ? buf : ws->sources[s].dir;
-        char *copy = lm_strdup(abs);
-        if (!copy) {
-            recipe_free(r);
-            return NULL;
-        }
-        free(*slot);
-        *slot = copy;
-    }
-    if (r->calibration.file) {
-        char *resolved = recipe_resolve_path(ws->recipe, ws->recipe->calibration.file);
-        const char *abs = resolved && realpath(resolved, buf) ? buf : resolved;
-        char *copy = abs ? lm_strdup(abs) : NULL;
-        free(resolved);
-        if (!copy) {
-            recipe_free(r);
-            return NULL;
-        }
-        free(r->calibration.file);
-        r->calibration.file = copy;
-    }
-    return r;
+    return recipe_rebased(ws->recipe, target);
 }
 
 static char *model_card(const struct workspace *ws, const char *recipe_json, const char *dtype_name)
@@ -1639,7 +1871,8 @@ static char *model_card(const struct workspace *ws, const char *recipe_json, con
     const struct recipe *r = ws->recipe;
     char *sources = lm_strdup("");
     for (int s = 0; sources && s < ws->n_sources; s++) {
-        char *line = lm_asprintf("%s- `%s`: %s\n", sources, ws->sources[s].name, ws->sources[s].dir);
+        char *line = lm_asprintf("%s- `%s`%s\n", sources, ws->sources[s].name,
+                                 s == 0 ? " (the base: task vectors are taken against it)" : "");
         free(sources);
         sources = line;
     }
@@ -1665,7 +1898,8 @@ static char *model_card(const struct workspace *ws, const char *recipe_json, con
     return card;
 }
 
-static int write_extras(struct workspace *ws, const char *staging, const char *torch_dtype)
+static int write_extras(struct workspace *ws, const char *staging, const char *target,
+                        const char *torch_dtype)
 {
     const struct ws_model *cfg = &ws->sources[ws->config_from];
     int rc = 0;
@@ -1691,7 +1925,7 @@ static int write_extras(struct workspace *ws, const char *staging, const char *t
         if ((rc = copy_if_exists(ws->sources[ws->tokenizer_from].dir, staging, tokenizer_files[i])))
             return rc;
 
-    struct recipe *out = recipe_for_output(ws);
+    struct recipe *out = recipe_for_output(ws, target);
     if (!out)
         return LM_ENOMEM;
     char *json = recipe_to_json(out);
@@ -1729,51 +1963,31 @@ static int write_weights(struct workspace *ws, const char *staging, enum lm_dtyp
         rc = st_writer_add(w, t->name, fixed_dtype ? dtype_all : t->base_dtype, t->ndim, t->shape);
     }
     if (!rc)
-        rc = st_writer_begin(w);
+        rc = st_writer_begin_positional(w);
 
-    /* Tensors are merged in parallel batches and written in order. */
-    size_t batch = (size_t)pool_n_workers(ws->pool) * 2;
-    size_t *todo = lm_malloc_array(batch, sizeof(size_t));
-    void **bytes = lm_calloc(batch, sizeof(void *));
-    if (!rc && (!todo || !bytes))
+    /* Every tensor goes to its place in its shard as it is merged, block by
+     * block where the method allows: nothing holds the merged model, and
+     * the workers take tensors largest first. */
+    size_t *todo = rc ? NULL : lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
+    if (!rc && !todo)
         rc = LM_ENOMEM;
-    uint64_t total = 0, done = 0;
-    for (size_t i = 0; i < ws->n_tensors; i++)
-        total += ws->tensors[i].n_elements;
-    for (size_t start = 0; !rc && start < ws->n_tensors;) {
-        size_t n = LM_MIN(batch, ws->n_tensors - start);
-        for (size_t k = 0; k < n; k++)
-            todo[k] = start + k;
-        /* All tensors of one batch share a dtype unless it follows the base. */
+    if (!rc) {
+        for (size_t i = 0; i < ws->n_tensors; i++)
+            todo[i] = i;
+        sort_ws = ws;
+        qsort(todo, ws->n_tensors, sizeof(*todo), by_size_desc);
         struct pass p;
-        pass_init(&p, ws, todo, n, NULL, NULL, "merging");
-        p.out_bytes = bytes;
-        size_t k_end = n;
-        if (!fixed_dtype) {
-            enum lm_dtype d0 = ws->tensors[start].base_dtype;
-            for (k_end = 1; k_end < n && ws->tensors[start + k_end].base_dtype == d0; k_end++)
-                ;
-            p.n_todo = k_end;
-            p.out_dtype = d0;
-        } else {
-            p.out_dtype = dtype_all;
-        }
-        pool_for(ws->pool, (int64_t)k_end, pass_tensor, &p);
+        pass_init(&p, ws, todo, ws->n_tensors, progress, ud, "writing");
+        p.writer = w;
+        p.out_dtype = dtype_all;
+        p.fixed_dtype = fixed_dtype;
+        pool_for(ws->pool, (int64_t)ws->n_tensors, pass_tensor, &p);
         rc = pass_finish(&p);
-        for (size_t k = 0; k < k_end; k++) {
-            const struct ws_tensor *t = &ws->tensors[start + k];
-            if (!rc)
-                rc = st_writer_write(w, bytes[k], (size_t)t->n_elements * lm_dtype_size(p.out_dtype));
-            free(bytes[k]);
-            bytes[k] = NULL;
-            done += t->n_elements;
-        }
-        if (!rc && progress && !progress(total ? (double)done / (double)total : 1.0, "writing", ud))
+        /* the last word before the files go into place: may still cancel */
+        if (!rc && progress && !progress(1.0, "writing", ud))
             rc = lm_err(LM_ECANCELED, "cancelled");
-        start += k_end; /* a dtype change ends a batch early */
     }
     free(todo);
-    free(bytes);
     release_scratch(ws);
     if (rc) {
         st_writer_abort(w);
@@ -1782,9 +1996,32 @@ static int write_weights(struct workspace *ws, const char *staging, enum lm_dtyp
     return st_writer_commit(w);
 }
 
+int ws_check_output(const struct workspace *ws, const char *out, bool is_file, bool force,
+                    bool *forceable)
+{
+    const char *inputs[WS_MAX_SOURCES + 1];
+    size_t n = 0;
+    for (int s = 0; s < ws->n_sources; s++)
+        inputs[n++] = ws->sources[s].dir;
+    char *calib = ws->recipe->calibration.file
+                  ? recipe_resolve_path(ws->recipe, ws->recipe->calibration.file) : NULL;
+    if (calib && lm_is_file(calib))
+        inputs[n++] = calib;
+    struct out_check res;
+    int rc = out_check(out, is_file ? OUT_FILE : OUT_DIR, inputs, n, force, &res);
+    if (forceable)
+        *forceable = rc == LM_EREFUSED && res.forceable;
+    free(calib);
+    return rc;
+}
+
 int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params params,
              lm_progress_fn progress, void *ud)
 {
+    int prc = ws_check_output(ws, out_dir, false, params.force, NULL);
+    if (prc)
+        return prc;
+    out_remove_stale_staging(out_dir);
     int crc = ws_calibrate(ws, progress, ud);
     if (crc)
         return crc;
@@ -1832,7 +2069,7 @@ int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params p
         rc = write_weights(ws, staging, dtype >= 0 ? (enum lm_dtype)dtype : LM_DTYPE_F32, dtype >= 0,
                            shard, progress, ud);
     if (!rc)
-        rc = write_extras(ws, staging, torch_dtype);
+        rc = write_extras(ws, staging, target, torch_dtype);
 
     char **names = NULL;
     size_t n_names = 0;

@@ -195,6 +195,19 @@ struct ws_histogram {
 int ws_delta_histogram(const struct workspace *ws, size_t i, int n_bins, uint64_t max_samples,
                        struct ws_histogram *out);
 
+/* ===== Memory ===== */
+
+/* Peak memory of this process: the largest RssAnon (anonymous memory: heap,
+ * scratch; not the mapped model files) sampled during the workspace's
+ * passes (after every large tensor and every tensor of the first worker),
+ * and VmHWM (peak resident memory, mapped files included), in bytes; 0
+ * where the system does not say. */
+struct ws_memory {
+    uint64_t peak_rss_anon;
+    uint64_t hwm;
+};
+void ws_memory_peak(struct workspace *ws, struct ws_memory *out);
+
 /* ===== Merging ===== */
 
 /* Buffers one thread reuses across tensors: float32 copies of the inputs,
@@ -234,6 +247,7 @@ int ws_output_config(const struct workspace *ws, struct hf_config *out);
 struct ws_write_params {
     int out_dtype;          /* an enum lm_dtype, or -1: output.dtype, else each base tensor's dtype */
     uint64_t shard_size;    /* 0: output.shard_size, else 5 GB */
+    bool force;             /* write into a non-empty directory that is not a mergescope output */
 };
 struct ws_write_params ws_default_write_params(void);
 
@@ -241,11 +255,28 @@ struct ws_write_params ws_default_write_params(void);
  * than the shard size), config.json from output.config_from with
  * tie_word_embeddings, torch_dtype and vocab_size made true, the tokenizer
  * files of output.tokenizer_from, generation_config.json, the recipe
- * (mergescope-recipe.json, model paths made absolute) and a README.md model
- * card. Everything is written into a staging directory beside `out_dir`
- * and moved into place only when complete, so a failure or cancellation
- * leaves an existing `out_dir` untouched. */
+ * (mergescope-recipe.json, its paths relative to `out_dir` where they can
+ * be) and a README.md model card naming the models as the recipe does.
+ * Everything is written into a staging directory beside `out_dir` and
+ * moved into place only when complete, so a failure or cancellation leaves
+ * no partial model. Before anything is written, `out_dir` must pass the
+ * output policy (io/output_policy.h) against the recipe's models and
+ * calibration file: LM_EREFUSED otherwise (ws_check_output says why
+ * beforehand). Staging directories of killed writers are removed. */
 int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params params,
              lm_progress_fn progress, void *ud);
+
+/* Whether every model file is still the one opened (same inode, size and
+ * mtime): 0 or LM_ECHANGED naming the file. Every pass (statistics, merge,
+ * calibration, writing) checks this first, so a model replaced or truncated
+ * on disk is reported as such instead of read. */
+int ws_check_inputs(const struct workspace *ws);
+
+/* The output policy's verdict on `out_dir` (OUT_DIR) or an output file
+ * (OUT_FILE) for this workspace's inputs, without writing: 0, or
+ * LM_EREFUSED with a message and *forceable telling whether `force` would
+ * allow it (the workbench asks before it writes). */
+int ws_check_output(const struct workspace *ws, const char *out, bool is_file, bool force,
+                    bool *forceable);
 
 #endif

@@ -1,0 +1,15 @@
+/* mergekit's names for mergescope's merge methods: the one table of them,
+ * kept in io/ because which merge_method a mergekit YAML file names is a
+ * fact of that format (the YAML export itself is recipe_to_mergekit_yaml()
+ * in recipe.h). The method registry (core/merge/merge_method.h) does not
+ * repeat these names; its tests check that every method that does not wrap
+ * another has one here and the wrapping ones none. */
+#ifndef MS_IO_MERGEKIT_EXPORT_H
+#define MS_IO_MERGEKIT_EXPORT_H
+
+/* The merge_method mergekit uses for mergescope's method `method` ("ties"
+ * -> "ties", "average" -> "linear"), or NULL when mergekit has no
+ * equivalent (lore, twin, aim, sens) or `method` is unknown or NULL. */
+const char *mergekit_method_name(const char *method);
+
+#endif
