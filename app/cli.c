@@ -1,3 +1,4 @@
+/* What every subcommand shares: see cli.h. */
 #include "cli.h"
 
 #include <errno.h>
@@ -181,12 +182,13 @@ int cli_parse_choice(const char *cmd, const char *opt, const char *arg, const ch
 int cli_parse_format(const char *cmd, const char *arg, bool csv_ok, enum cli_format *out)
 {
     static const char *const with_csv[] = { "table", "csv", "json", NULL };
+    static const enum cli_format with_csv_format[] = { CLI_FORMAT_TABLE, CLI_FORMAT_CSV, CLI_FORMAT_JSON };
     static const char *const without_csv[] = { "table", "json", NULL };
     static const enum cli_format without_csv_format[] = { CLI_FORMAT_TABLE, CLI_FORMAT_JSON };
     int i;
     int rc = cli_parse_choice(cmd, "--format", arg, csv_ok ? with_csv : without_csv, &i);
     if (!rc)
-        *out = csv_ok ? (enum cli_format)i : without_csv_format[i];
+        *out = csv_ok ? with_csv_format[i] : without_csv_format[i];
     return rc;
 }
 

@@ -30,11 +30,16 @@ struct engine {
 };
 
 /* Opens `arg`, loads the model with `params` and, when need_tokenizer, the
- * tokenizer. Returns 0, or an exit status (enum cli_exit) after printing
- * the error: 3 for a missing path or a bad or unsupported model, recipe,
- * config, weights or tokenizer; 1 when reading failed, memory ran out or
- * merging a recipe was interrupted. On failure there is nothing to close. */
-int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer);
+ * tokenizer. `out_file`, when not NULL, is a file the command will write:
+ * it is refused, before any work, when it is or lies inside an input (the
+ * model directory; a recipe file, its models and calibration file). Returns
+ * 0, or an exit status (enum cli_exit) after printing the error: 3 for a
+ * missing path, a bad or unsupported model, recipe, config, weights or
+ * tokenizer, or a refused out_file; 1 when reading failed, memory ran out
+ * or merging a recipe was interrupted. On failure there is nothing to
+ * close. */
+int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer,
+                const char *out_file);
 void engine_close(struct engine *e);
 
 #endif

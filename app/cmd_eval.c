@@ -16,6 +16,7 @@
 #include "fsutil.h"
 #include "generate.h"
 #include "lm_error.h"
+#include "output_policy.h"
 #include "strbuf.h"
 
 static void print_summary_json(FILE *f, const struct eval_summary *s)
@@ -98,6 +99,7 @@ static const char eval_usage[] =
     EVAL_OPTIONS_HELP
     "  --details FILE.jsonl   also write one line per problem: question, answer,\n"
     "                         response, extracted, correct, tokens, reflective\n"
+    "                         (never over the benchmark, the model or the recipe)\n"
     "\n"
     "Ctrl-C stops the run and prints the numbers for the problems done so far.\n";
 
@@ -132,6 +134,12 @@ int cmd_eval(int argc, char **argv)
     if ((rc = cli_check_input(model_arg)))
         return rc;
 
+    /* --details must not overwrite the benchmark (nor, see engine_open,
+     * the model or recipe). */
+    int err;
+    if (details && (err = out_check(details, OUT_FILE, &o.bench_path, 1, false, NULL)))
+        return cli_fail(err);
+
     struct eval_bench bench;
     if ((rc = eval_bench_load(o.bench_path, &bench)) < 0)
         return cli_fail(rc);
@@ -143,7 +151,7 @@ int cmd_eval(int argc, char **argv)
     struct engine e;
     struct model_params mp = model_default_params();
     mp.n_threads = tpj;
-    if ((rc = engine_open(&e, model_arg, mp, true))) {
+    if ((rc = engine_open(&e, model_arg, mp, true, details))) {
         eval_bench_deinit(&bench);
         return rc;
     }

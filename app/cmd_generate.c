@@ -13,6 +13,7 @@
 #include "generate.h"
 #include "lm_error.h"
 #include "merged_source.h"
+#include "output_policy.h"
 #include "workspace.h"
 
 /* ===== Opening a model argument ===== */
@@ -34,8 +35,10 @@ static void recipe_source_free(void *state)
     free(rs);
 }
 
-/* Merges the recipe at `path` in memory (nothing is written to disk). */
-static int open_recipe_source(struct engine *e, const char *path)
+/* Merges the recipe at `path` in memory (nothing is written to disk);
+ * first, an `out_file` the command will write is checked against the
+ * recipe and its inputs. */
+static int open_recipe_source(struct engine *e, const char *path, const char *out_file)
 {
     struct recipe *r = recipe_load(path);
     if (!r)
@@ -52,8 +55,12 @@ static int open_recipe_source(struct engine *e, const char *path)
     if (!rs->ws)
         return LM_EFORMAT;
     cli_print_notes(ws_notes(rs->ws));
-    int rc = cli_calibrate(rs->ws, false);
-    if (!rc)
+    const char *recipe_file[] = { path };
+    int rc = 0;
+    if (out_file && ((rc = ws_check_output(rs->ws, out_file, true, false, NULL)) ||
+                     (rc = out_check(out_file, OUT_FILE, recipe_file, 1, false, NULL))))
+        return rc;
+    if (!(rc = cli_calibrate(rs->ws, false)))
         rc = ws_merge_all(rs->ws, cli_progress, NULL);
     cli_progress_done();
     if (!rc)
@@ -68,12 +75,16 @@ static int open_recipe_source(struct engine *e, const char *path)
 
 /* Fills e->config, e->source and e->tokenizer_dir from `arg`. The one place
  * that knows what a MODEL argument can be: a Hugging Face model directory,
- * or a recipe file, merged in memory first. Returns 0 or an LM_E* code
- * after lm_err(). */
-static int open_model_source(struct engine *e, const char *arg)
+ * or a recipe file, merged in memory first. `out_file` (or NULL) must not
+ * be, or lie inside, any of them (io/output_policy.h). Returns 0 or an
+ * LM_E* code after lm_err(). */
+static int open_model_source(struct engine *e, const char *arg, const char *out_file)
 {
     if (lm_is_file(arg))
-        return open_recipe_source(e, arg);
+        return open_recipe_source(e, arg, out_file);
+    int rc;
+    if (out_file && (rc = out_check(out_file, OUT_FILE, &arg, 1, false, NULL)))
+        return rc;
     if (!(e->dir = model_dir_open(arg)))
         return LM_EFORMAT; /* the path exists (cli_check_input): it is no model */
     e->config = model_dir_config(e->dir);
@@ -82,13 +93,14 @@ static int open_model_source(struct engine *e, const char *arg)
     return 0;
 }
 
-int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer)
+int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer,
+                const char *out_file)
 {
     memset(e, 0, sizeof(*e));
     int rc = cli_check_input(arg);
     if (rc)
         return rc;
-    if ((rc = open_model_source(e, arg)) < 0) {
+    if ((rc = open_model_source(e, arg, out_file)) < 0) {
         engine_close(e);
         return cli_fail(rc);
     }
@@ -266,7 +278,7 @@ int cmd_generate(int argc, char **argv)
 
     cli_install_interrupt();
     struct engine e;
-    if ((rc = engine_open(&e, argv[optind], mp, true)))
+    if ((rc = engine_open(&e, argv[optind], mp, true, NULL)))
         return rc;
 
     /* The chat format and the prompt ids. */

@@ -30,6 +30,8 @@ static const char merge_usage[] =
     "  --dtype bf16|f16|f32   output dtype (default: output.dtype, else the base's)\n"
     "  --shard-size SIZE      largest shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
     "  --threads N            worker threads (default: one per CPU)\n"
+    "  --force                write into a non-empty directory that is not a previous\n"
+    "                         mergescope output (never into or around an input)\n"
     "  -v, --verbose          print the peak memory at the end\n"
     "  -h, --help             this help\n";
 
@@ -41,6 +43,7 @@ int cmd_merge(int argc, char **argv)
         { "shard-size", required_argument, NULL, 's' },
         { "threads", required_argument, NULL, 't' },
         { "verbose", no_argument, NULL, 'v' },
+        { "force", no_argument, NULL, 'F' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -54,6 +57,7 @@ int cmd_merge(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "o:hv", options, NULL)) != -1) {
         switch (c) {
         case 'v': verbose = true; break;
+        case 'F': wp.force = true; break;
         case 'o':
             if ((rc = cli_path_option("merge", "-o", optarg, &out)))
                 return rc;

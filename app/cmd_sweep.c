@@ -537,7 +537,7 @@ static int sweep_eval_reference(struct sweep *s, const struct sweep_args *a)
     struct engine e;
     struct model_params mp = model_default_params();
     mp.n_threads = s->threads_per_job;
-    int rc = engine_open(&e, s->ref_dir, mp, own_tok);
+    int rc = engine_open(&e, s->ref_dir, mp, own_tok, NULL);
     if (rc)
         return rc;
     const char *ref_tok_dir = own_tok ? e.tokenizer_dir : ws_tokenizer_dir(s->ws);

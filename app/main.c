@@ -12,6 +12,7 @@
 #include "cmd_sweep.h"
 #include "cmd_tokenize.h"
 #include "cmd_tui.h"
+#include "fault.h"
 #include "merge_method.h"
 
 #define MS_VERSION "0.1.0"
@@ -70,6 +71,7 @@ static void print_help(FILE *out)
 
 int main(int argc, char **argv)
 {
+    fault_install();
     if (argc < 2)
         return cmd_tui(argc, argv);
     const char *cmd = argv[1];
