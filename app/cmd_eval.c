@@ -23,7 +23,8 @@ static void print_summary_json(FILE *f, const struct eval_summary *s)
 {
     char a[40], b[40], c[40];
     fprintf(f, "{\"n\": %zu, \"accuracy\": %s, \"mean_tokens\": %s, \"reflective\": %s}", s->n,
-            eval_json_number(s->accuracy, a), eval_json_number(s->mean_tokens, b), eval_json_number(s->reflective, c));
+            eval_json_number(s->accuracy, a), eval_json_number(s->mean_tokens, b),
+            eval_json_number(s->reflective, c));
 }
 
 static void print_speed(const struct eval_result *results, size_t n_items, double seconds, int n_jobs,

@@ -503,8 +503,9 @@ static int sweep_check_combos(struct sweep *s, const struct eval_opts *o)
         !(s->results = lm_calloc(s->n_items, sizeof(*s->results))))
         return cli_fail(LM_ENOMEM);
     for (size_t i = 0; i < s->n_combos; i++) {
+        const size_t *combo = sweep_combo(s, i);
         struct recipe *r;
-        if ((rc = apply_combo(s->recipe, s->vs, s->n_vs, sweep_combo(s, i), &r)))
+        if ((rc = apply_combo(s->recipe, s->vs, s->n_vs, combo, &r)))
             return cli_fail(rc);
         rc = ws_set_recipe(s->ws, r, NULL);
         recipe_free(r);
@@ -512,7 +513,7 @@ static int sweep_check_combos(struct sweep *s, const struct eval_opts *o)
             char setting[512] = "";
             for (size_t k = 0; k < s->n_vs; k++)
                 snprintf(setting + strlen(setting), sizeof(setting) - strlen(setting), "%s%.*s=%s",
-                         k ? ", " : "", key_len(&s->vs[k]), s->vs[k].key, s->vs[k].values[sweep_combo(s, i)[k]]);
+                         k ? ", " : "", key_len(&s->vs[k]), s->vs[k].key, s->vs[k].values[combo[k]]);
             lm_err_context(rc, "sweep setting %s", setting);
             return cli_fail(rc);
         }
@@ -526,7 +527,10 @@ static int sweep_check_combos(struct sweep *s, const struct eval_opts *o)
  * into s->ref_summary. 0, or an exit status after printing the error. */
 static int sweep_eval_reference(struct sweep *s, const struct sweep_args *a)
 {
-    s->ref_dir = a->reference ? lm_strdup(a->reference) : recipe_resolve_path(s->recipe, s->recipe->models[0].path);
+    if (a->reference)
+        s->ref_dir = lm_strdup(a->reference);
+    else
+        s->ref_dir = recipe_resolve_path(s->recipe, s->recipe->models[0].path);
     if (!s->ref_dir)
         return cli_fail(LM_ENOMEM);
     fprintf(stderr, "mergescope: reference %s\n", s->ref_dir);

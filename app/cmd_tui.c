@@ -65,7 +65,9 @@ int cmd_tui(int argc, char **argv)
             break;
         case 'T': rc = cli_name_option(NULL, "--theme", optarg, &opt.theme); break;
         case 't': rc = cli_parse_threads(NULL, optarg, &opt.n_threads); break;
-        case 'F': rc = cli_parse_long_option(NULL, "--max-frames", optarg, 1, 1000000000L, &opt.max_frames); break;
+        case 'F':
+            rc = cli_parse_long_option(NULL, "--max-frames", optarg, 1, 1000000000L, &opt.max_frames);
+            break;
         case 'a': opt.ascii = true; break;
         default: return cli_usage_error(NULL, "bad option");
         }

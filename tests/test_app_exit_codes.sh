@@ -68,7 +68,8 @@ check "eval: a missing model directory, even with a missing benchmark" \
 check "eval: a recipe naming a missing model" missing "$gone" eval "$tmp/gone.json" --bench "$bench"
 check "sweep: a recipe naming a missing model" \
     missing "$gone" sweep "$tmp/gone.json" --vary params.density=0.1,0.2 --bench "$bench"
-check "sweep: a missing recipe" missing "$tmp/none.json" sweep "$tmp/none.json" --vary params.density=0.1 --bench "$bench"
+check "sweep: a missing recipe" \
+    missing "$tmp/none.json" sweep "$tmp/none.json" --vary params.density=0.1 --bench "$bench"
 check "sweep: a missing reference model" \
     missing "$gone" sweep "$tmp/ties.json" --vary params.density=0.1 --bench "$bench" --reference "$gone"
 check "calibrate: a recipe naming a missing model" missing "$gone" calibrate "$tmp/gone.json"
@@ -93,15 +94,20 @@ check "stats: --help after other options, a bad one included" \
 check "merge: --help after -o OUTDIR and a bad --dtype writes nothing" \
     helps "usage: mergescope merge" merge "$tmp/ties.json" -o out --dtype f8 --help
 check "merge: --help before the rest" helps "usage: mergescope merge" merge --help "$tmp/ties.json" -o out
-check "export: --help with a recipe" helps "usage: mergescope export" export "$tmp/ties.json" --to mergekit --help
-check "generate: --help with a model and a prompt" helps "usage: mergescope generate" generate "$tmp/m/long" -p hi -h
+check "export: --help with a recipe" \
+    helps "usage: mergescope export" export "$tmp/ties.json" --to mergekit --help
+check "generate: --help with a model and a prompt" \
+    helps "usage: mergescope generate" generate "$tmp/m/long" -p hi -h
 check "logits: --help with -o FILE writes no file" \
     helps "usage: mergescope logits" logits "$tmp/ties.json" --ids 1,2 -o out.f32 --help
-check "tokenize: --help after --text" helps "usage: mergescope tokenize" tokenize "$tmp/m/long" --text hi --help
+check "tokenize: --help after --text" \
+    helps "usage: mergescope tokenize" tokenize "$tmp/m/long" --text hi --help
 check "eval: --help with --details FILE writes no file" \
     helps "usage: mergescope eval" eval "$tmp/ties.json" --bench "$bench" --details d.jsonl --help
-check "sweep: --help with a bad --vary" helps "usage: mergescope sweep" sweep "$tmp/ties.json" --vary bogus -h
-check "calibrate: --help with a recipe" helps "usage: mergescope calibrate" calibrate "$tmp/ties.json" --help
+check "sweep: --help with a bad --vary" \
+    helps "usage: mergescope sweep" sweep "$tmp/ties.json" --vary bogus -h
+check "calibrate: --help with a recipe" \
+    helps "usage: mergescope calibrate" calibrate "$tmp/ties.json" --help
 check "workbench: --help with --base/--model" \
     helps "usage: mergescope [RECIPE.json" --base "$tmp/m/base" --model "$tmp/m/long" --help
 check "workbench: -h with a recipe" helps "usage: mergescope [RECIPE.json" "$tmp/ties.json" -h
@@ -122,16 +128,40 @@ check "logits MODEL --ids 1 -o --help" option_value -o --help logits "$tmp/ties.
 check "logits MODEL --ids 1 -o -x" option_value -o -x logits "$tmp/m/long" --ids 1 -o -x
 check "stats --base --help" option_value --base --help stats --base --help --model "$tmp/m/long"
 check "stats --model -x" option_value --model -x stats --base "$tmp/m/base" --model -x
-check "stats --method --help" option_value --method --help stats --base "$tmp/m/base" --model "$tmp/m/long" --method --help
+check "stats --method --help" \
+    option_value --method --help stats --base "$tmp/m/base" --model "$tmp/m/long" --method --help
 check "eval --bench --help" option_value --bench --help eval "$tmp/m/long" --bench --help
 check "eval --details -x" option_value --details -x eval "$tmp/m/long" --bench "$bench" --details -x
-check "sweep --reference --help" \
-    option_value --reference --help sweep "$tmp/ties.json" --vary params.density=0.1 --bench "$bench" --reference --help
+check "sweep --reference --help" option_value --reference --help \
+    sweep "$tmp/ties.json" --vary params.density=0.1 --bench "$bench" --reference --help
 check "export --to -h" option_value --to -h export "$tmp/ties.json" --to -h
 check "workbench --model --help" option_value --model --help --base "$tmp/m/base" --model --help
 check "workbench --theme -x" option_value --theme -x "$tmp/ties.json" --theme -x
 check "a prompt may start with '-': generate -p --help is a prompt, not help" \
     bash -c "cd '$cwd' && run 3 '$ms' generate '$gone' -p --help && err_has '$gone'"
+
+# --- An output that would destroy an input is 3, and nothing is written ------
+
+cp "$bench" "$tmp/bench.jsonl"
+inputs_sum() { # one checksum over every input file (a new file in a model directory counts)
+    (cd "$tmp" && find ties.json bench.jsonl m -type f | sort | xargs md5sum | md5sum)
+}
+inputs_before=$(inputs_sum)
+refused() { # refused INPUT ARGS...: exit 3 naming INPUT, every input unchanged
+    local input="$1"; shift
+    run 3 "$ms" "$@" && err_has "refusing to write" && err_has "$input" && same "$(inputs_sum)" "$inputs_before"
+}
+check "logits -o over a model's weights" \
+    refused "$tmp/m/long" logits "$tmp/m/long" --ids 1,2 -o "$tmp/m/long/model.safetensors"
+check "logits -o inside a model a recipe names" \
+    refused "$tmp/m/long" logits "$tmp/ties.json" --ids 1,2 -o "$tmp/m/long/model.safetensors"
+check "logits -o over the recipe itself" \
+    refused "$tmp/ties.json" logits "$tmp/ties.json" --ids 1,2 -o "$tmp/ties.json"
+check "eval --details over the benchmark" \
+    refused "$tmp/bench.jsonl" eval "$tmp/m/long" --bench "$tmp/bench.jsonl" --details "$tmp/bench.jsonl"
+check "eval --details inside the model directory" \
+    refused "$tmp/m/long" eval "$tmp/m/long" --bench "$bench" --details "$tmp/m/long/d.jsonl"
+check "merge -o a model the recipe names" refused "$tmp/m/long" merge "$tmp/ties.json" -o "$tmp/m/long"
 
 # --- One rule per option: the same check and message in every command -------
 

@@ -2,7 +2,7 @@
  * arbitrary bytes go to recipe_parse; an accepted recipe whose plan checks
  * out is checked against a fixed 6-layer tensor list. The promises: the
  * selection check either passes or fails with LM_EFORMAT and a message
- * naming the recipe, and once it passes every tensor resolves to
+ * naming the key (overrides[i]... or a params path), and once it passes every tensor resolves to
  * parameters without crashing, with every override that the check accepted
  * matching at least one tensor. */
 #include <stdint.h>
@@ -63,8 +63,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     plan.n_layers = N_LAYERS;
     int rc = merge_plan_check_selection(&plan, names, infos, n_names);
-    check(rc == 0 || (rc == LM_EFORMAT && strstr(lm_last_error(), "fuzz.json")),
-          "selection check failed without naming the recipe");
+    check(rc == 0 || (rc == LM_EFORMAT && (strstr(lm_last_error(), "overrides[") ||
+                                          strstr(lm_last_error(), "params."))),
+          "selection check failed without naming the key");
     if (rc == 0) {
         for (size_t o = 0; o < r->n_overrides; o++) {
             size_t hits = 0;
