@@ -634,8 +634,9 @@ static int calib_key(const struct workspace *ws, char **out)
         free(path);
         return rc;
     }
-    char buf[PATH_MAX + 256];
-    snprintf(buf, sizeof(buf), "%s|%lld|%lld.%09ld|%lld|%lld|%s", path, (long long)st.st_size,
+    char buf[PATH_MAX + 256], real[PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s|%lld|%lld.%09ld|%lld|%lld|%s", realpath(path, real) ? real : path,
+             (long long)st.st_size,
              (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec, (long long)c->samples,
              (long long)c->max_tokens, c->chat ? c->chat : "auto");
     free(path);
@@ -861,7 +862,10 @@ static char *disk_key(const struct workspace *ws, const struct calib_tokens *tk,
                 free(lm_strbuf_finish(&b));
                 return NULL;
             }
-            lm_strbuf_printf(&b, "  %s %lld %lld.%09ld\n", path, (long long)st.st_size,
+            /* The file itself, however the recipe spelt its way there. */
+            char real[PATH_MAX];
+            lm_strbuf_printf(&b, "  %s %lld %lld.%09ld\n", realpath(path, real) ? real : path,
+                             (long long)st.st_size,
                              (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
         }
     }
