@@ -11,9 +11,6 @@
 #include "cli.h"
 #include "fsutil.h"
 #include "lm_error.h"
-#include "merge_method.h"
-#include "recipe.h"
-#include "output_policy.h"
 
 static const char logits_usage[] =
     "usage: mergescope logits MODEL_DIR|RECIPE (--ids 1,2,3 | --text T) -o FILE.f32 [--threads N]\n"
@@ -76,31 +73,6 @@ static void to_little_endian(float *x, size_t n)
 #endif
 }
 
-/* The output policy for the logits file: never inside, or in place of, the
- * model directory or, for a recipe, the recipe and everything it names. */
-static int check_output(const char *out_path, const char *source)
-{
-    const char *inputs[4 + 2 * MERGE_MAX_MODELS];
-    char *owned[2 + MERGE_MAX_MODELS] = { 0 };
-    size_t n = 0, n_owned = 0;
-    inputs[n++] = source;
-    struct recipe *r = lm_is_dir(source) ? NULL : recipe_load(source);
-    if (r) {
-        if (r->base)
-            inputs[n++] = owned[n_owned++] = recipe_resolve_path(r, r->base);
-        for (size_t i = 0; i < r->n_models && i < MERGE_MAX_MODELS; i++)
-            inputs[n++] = owned[n_owned++] = recipe_resolve_path(r, r->models[i].path);
-        if (r->calibration.file)
-            inputs[n++] = owned[n_owned++] = recipe_resolve_path(r, r->calibration.file);
-        recipe_free(r);
-    }
-    lm_clear_error();
-    int prc = out_check(out_path, OUT_FILE, inputs, n, false, NULL);
-    for (size_t i = 0; i < n_owned; i++)
-        free(owned[i]);
-    return prc ? cli_fail(prc) : 0;
-}
-
 int cmd_logits(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -140,14 +112,14 @@ int cmd_logits(int argc, char **argv)
     if (!out_path)
         return cli_usage_error("logits", "logits needs an output file (-o FILE.f32)");
 
-    if ((rc = check_output(out_path, argv[optind])))
-        return rc;
     struct tok_ids ids = { 0 };
     if (ids_text && (rc = parse_ids(ids_text, &ids))) {
         tok_ids_free(&ids);
         return rc;
     }
     cli_install_interrupt();
+    /* engine_open refuses out_path, before any work, when it is or lies
+     * inside an input: the model directory, or the recipe and its inputs. */
     struct engine e;
     if ((rc = engine_open(&e, argv[optind], mp, text != NULL, out_path))) {
         tok_ids_free(&ids);
