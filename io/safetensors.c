@@ -1176,12 +1176,14 @@ static int writer_fail(struct st_writer *w, int code)
     return code;
 }
 
-static int write_all(int fd, const void *data, size_t n, const char *path)
+/* Writes n bytes at file offset `at` (pwrite), or at the file position
+ * when `at` is negative. */
+static int write_all_at(int fd, const void *data, size_t n, int64_t at, const char *path)
 {
     const unsigned char *p = data;
     while (n > 0) {
         size_t chunk = n > (1u << 30) ? (1u << 30) : n;
-        ssize_t k = write(fd, p, chunk);
+        ssize_t k = at < 0 ? write(fd, p, chunk) : pwrite(fd, p, chunk, (off_t)at);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
@@ -1191,8 +1193,15 @@ static int write_all(int fd, const void *data, size_t n, const char *path)
             return lm_err(LM_EIO, "%s: write made no progress", path);
         p += k;
         n -= (size_t)k;
+        if (at >= 0)
+            at += k;
     }
     return 0;
+}
+
+static int write_all(int fd, const void *data, size_t n, const char *path)
+{
+    return write_all_at(fd, data, n, -1, path);
 }
 
 static int fsync_fd(int fd, const char *path)
@@ -1401,6 +1410,7 @@ static int writer_open_shard(struct st_writer *w, size_t k)
         rc = write_all(w->fd, len8, 8, sh->path);
         if (rc == 0)
             rc = write_all(w->fd, b.p, b.len, sh->path);
+        sh->data_start = 8 + (uint64_t)b.len;
     }
     free(b.p);
     return rc;
@@ -1502,11 +1512,12 @@ static int writer_layout(struct st_writer *w)
         if (!sh->path)
             return LM_ENOMEM;
     }
-    w->buf = lm_malloc(ST_WRITE_BUFFER);
-    return w->buf ? 0 : LM_ENOMEM;
+    return 0;
 }
 
-int st_writer_begin(struct st_writer *w)
+/* The start both ways of writing share: the declarations checked, the
+ * shards laid out, the writer taking data. */
+static int writer_start(struct st_writer *w)
 {
     if (w->state == ST_W_FAILED)
         return w->error;
@@ -1516,9 +1527,18 @@ int st_writer_begin(struct st_writer *w)
     if (rc < 0)
         return writer_fail(w, rc);
     w->state = ST_W_DATA;
+    return 0;
+}
+
+int st_writer_begin(struct st_writer *w)
+{
+    int rc = writer_start(w);
+    if (rc < 0)
+        return rc;
     w->cur = 0;
     w->cur_written = 0;
-    rc = writer_open_shard(w, 0);
+    w->buf = lm_malloc(ST_WRITE_BUFFER); /* sequential writing only */
+    rc = w->buf ? writer_open_shard(w, 0) : LM_ENOMEM;
     if (rc == 0)
         rc = writer_advance(w);
     if (rc < 0)
@@ -1570,29 +1590,17 @@ int st_writer_write(struct st_writer *w, const void *data, size_t nbytes)
 
 int st_writer_begin_positional(struct st_writer *w)
 {
-    if (w->state == ST_W_FAILED)
-        return w->error;
-    if (w->state != ST_W_DECLARE)
-        return lm_err(LM_EINVAL, "%s: st_writer_begin called twice", w->dir);
-    int rc = writer_layout(w);
+    int rc = writer_start(w);
     if (rc < 0)
-        return writer_fail(w, rc);
+        return rc;
     w->positional = true;
     atomic_init(&w->pwritten, 0);
     for (size_t k = 0; k < w->n_shards; k++)
         w->shards[k].fd = -1;
-    w->state = ST_W_DATA;
     for (size_t k = 0; k < w->n_shards && rc == 0; k++) {
-        struct st_writer_shard *sh = &w->shards[k];
         rc = writer_open_shard(w, k);
-        sh->fd = w->fd;
+        w->shards[k].fd = w->fd;
         w->fd = -1;
-        if (rc == 0) {
-            off_t pos = lseek(sh->fd, 0, SEEK_CUR);
-            if (pos < 0)
-                rc = lm_err(LM_EIO, "%s: cannot tell the header's end: %s", sh->path, strerror(errno));
-            sh->data_start = (uint64_t)pos;
-        }
     }
     if (rc < 0)
         return writer_fail(w, rc);
@@ -1613,23 +1621,10 @@ int st_writer_pwrite(struct st_writer *w, size_t index, uint64_t offset, const v
         return lm_err(LM_EINVAL, "%s: tensor '%s': bytes [%" PRIu64 ", %" PRIu64 ") outside its %"
                       PRIu64, w->dir, t->name, offset, offset + nbytes, t->nbytes);
     const struct st_writer_shard *sh = &w->shards[t->shard];
-    const unsigned char *p = data;
-    uint64_t pos = sh->data_start + t->offset + offset;
-    size_t left = nbytes;
-    while (left > 0) {
-        size_t chunk = left > (1u << 30) ? (1u << 30) : left;
-        ssize_t k = pwrite(sh->fd, p, chunk, (off_t)pos);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            return lm_err(LM_EIO, "%s: write failed: %s", sh->path, strerror(errno));
-        }
-        if (k == 0)
-            return lm_err(LM_EIO, "%s: write made no progress", sh->path);
-        p += k;
-        pos += (uint64_t)k;
-        left -= (size_t)k;
-    }
+    int rc = write_all_at(sh->fd, data, nbytes, (int64_t)(sh->data_start + t->offset + offset),
+                          sh->path);
+    if (rc < 0)
+        return rc;
     atomic_fetch_add(&w->pwritten, (uint_fast64_t)nbytes);
     return 0;
 }

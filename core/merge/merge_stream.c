@@ -1,26 +1,53 @@
-/* Block by block merging (merge_stream.h): the generic entry points, the
- * job check, and linear's stream (linear and average are per entry). */
+/* Block by block merging (merge_stream.h): the generic entry points and
+ * the job check. The methods' streams live with the methods (linear.c,
+ * ties.c). */
 #include "merge_stream.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 #include "lm_error.h"
 
+void merge_stream_whole_job(const struct merge_stream_job *sj, const float **models,
+                            struct merge_tensor_job *job)
+{
+    static const float placeholder_in[1];
+    static float placeholder_out[1]; /* never written */
+    for (int i = 0; i < MERGE_MAX_MODELS; i++)
+        models[i] = placeholder_in;
+    *job = (struct merge_tensor_job){
+        .name = sj->name, .n = sj->n, .rows = sj->rows, .cols = sj->cols,
+        .base = placeholder_in, .models = models, .n_models = sj->n_models, .params = sj->params,
+        .out = placeholder_out, .scratch = sj->scratch,
+    };
+}
+
 int merge_stream_check(const struct merge_method *m, const struct merge_stream_job *job)
 {
-    /* merge_job_check wants arrays; any non-NULL pointers do for the check. */
-    static const float dummy_in[1];
-    float dummy_out[1];
     const float *models[MERGE_MAX_MODELS];
-    for (int i = 0; i < MERGE_MAX_MODELS; i++)
-        models[i] = dummy_in;
-    struct merge_tensor_job j = {
-        .name = job->name, .n = job->n, .rows = job->rows, .cols = job->cols,
-        .base = dummy_in, .models = models, .n_models = job->n_models, .params = job->params,
-        .out = dummy_out, .scratch = job->scratch,
-    };
+    struct merge_tensor_job j;
+    merge_stream_whole_job(job, models, &j);
     return merge_job_check(m, &j);
+}
+
+/* A model's task vector as topk_find_diff_read reads it. */
+struct diff_reader {
+    merge_read_fn read;
+    void *ud;
+    int model;
+};
+
+static void read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
+{
+    const struct diff_reader *r = ud;
+    r->read(r->ud, 1 + r->model, e0, len, x);
+    r->read(r->ud, 0, e0, len, b);
+}
+
+int merge_read_cut(merge_read_fn read, void *ud, int model, uint64_t n, uint64_t k,
+                   uint32_t *work, size_t work_len, struct topk_cut *cut)
+{
+    struct diff_reader r = { .read = read, .ud = ud, .model = model };
+    return topk_find_diff_read(read_diff, &r, n, k, work, work_len, cut);
 }
 
 int merge_stream_begin(const struct merge_method *m, const struct merge_stream_job *job,

@@ -72,5 +72,13 @@ int merge_gta_stream_begin(const struct merge_method *m, const struct merge_stre
                            struct merge_stream **out);
 /* Checks a stream job as merge_job_check checks a whole-tensor one. */
 int merge_stream_check(const struct merge_method *m, const struct merge_stream_job *job);
+/* Model `model`'s top-k cut by |x - b| (k of n entries), as
+ * topk_find_diff_read finds it, the sources read through `read`. */
+int merge_read_cut(merge_read_fn read, void *ud, int model, uint64_t n, uint64_t k,
+                   uint32_t *work, size_t work_len, struct topk_cut *cut);
+/* The whole-tensor job of sj's tensor with placeholder arrays (`models`
+ * holds MERGE_MAX_MODELS pointers), for checks and set-ups that read none. */
+void merge_stream_whole_job(const struct merge_stream_job *sj, const float **models,
+                            struct merge_tensor_job *job);
 
 #endif

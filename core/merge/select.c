@@ -175,6 +175,16 @@ static struct topk_cut cut_make(uint64_t k, uint32_t thr_key, uint64_t greater)
     return c;
 }
 
+/* The cut for k == n, from the counts of NaN and zero entries. */
+static struct topk_cut cut_keep_non_nan(uint64_t n, uint64_t nans, uint64_t zeros)
+{
+    if (nans == 0)
+        return cut_all_non_nan(n, zeros, true);
+    if (nans == n)
+        return cut_make(0, KEY_INF, 0);
+    return cut_all_non_nan(n - nans, zeros, false);
+}
+
 /* Two passes with 16-bit digits and 32-bit counters: n <= UINT32_MAX.
  * 0 < k < n. The keys are those of x - b when use_b, of x otherwise. The
  * histogram (256 KiB) lives on the stack. */
@@ -300,17 +310,10 @@ struct topk_cut topk_find(const float *x, uint64_t n, uint64_t k)
         /* Density 1 is the common default: one cheap pass decides it. */
         uint64_t nans, zeros;
         count_nan_zero(x, n, &nans, &zeros);
-        if (nans == 0)
-            return cut_all_non_nan(n, zeros, true);
-        if (nans == n)
-            return cut_make(0, KEY_INF, 0);
-        return cut_all_non_nan(n - nans, zeros, false);
+        return cut_keep_non_nan(n, nans, zeros);
     }
-    if (k == 0) {
-        struct topk_cut none = { .k = 0, .threshold = key_to_float(KEY_INF),
-                                 .keep_at_threshold = 0, .keep_all = false };
-        return none;
-    }
+    if (k == 0)
+        return cut_make(0, KEY_INF, 0); /* nothing kept */
     return n >= select_wide_from ? find_wide(x, n, k) : find_narrow(x, n, k);
 }
 
@@ -536,16 +539,60 @@ static uint32_t *sort_keys(uint32_t *s, uint32_t *tmp, size_t len)
     return s;
 }
 
+/* Where the difference x - b comes from: float32 arrays in memory (b may
+ * be NULL), or, when `read` is set, a reader (topk_find_diff_read) filling
+ * two buffers of GATHER_CHUNK entries. */
+struct diff_src {
+    const float *x, *b;
+    topk_read_fn read;
+    void        *ud;
+    float       *rx, *rb;
+};
+
+/* Points *x and *b at entries [e0, e0 + len) (len <= GATHER_CHUNK); *b is
+ * NULL when the difference is x alone. */
+static void src_chunk(const struct diff_src *s, uint64_t e0, size_t len, const float **x,
+                      const float **b)
+{
+    if (s->read) {
+        s->read(s->ud, e0, len, s->rx, s->rb);
+        *x = s->rx;
+        *b = s->rb;
+    } else {
+        *x = s->x + e0;
+        *b = s->b ? s->b + e0 : NULL;
+    }
+}
+
+/* The cut for k == n: one pass counting NaN and zero keys. */
+static struct topk_cut src_keep_non_nan(const struct diff_src *s, uint64_t n)
+{
+    uint64_t nans = 0, zeros = 0;
+    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
+        const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
+        const float *x, *b;
+        src_chunk(s, e0, len, &x, &b);
+        for (size_t j = 0; j < len; j++) {
+            const uint32_t a = diff_key(x, b, j);
+            nans += a > KEY_INF;
+            zeros += a == 0;
+        }
+    }
+    return cut_keep_non_nan(n, nans, zeros);
+}
+
 /* The bracket [*lo, *hi] for the k-th largest key, from a sample in `work`
  * (2 * sample_size(n) entries). False when the sample holds a NaN: NaN-laden
  * tensors take the exact passes. */
-static bool bracket_from_sample(const float *x, const float *b, uint64_t n, uint64_t k,
+static bool bracket_from_sample(const struct diff_src *src, uint64_t n, uint64_t k,
                                 uint32_t *work, uint32_t *lo, uint32_t *hi)
 {
     const size_t s = sample_size(n);
     const uint64_t stride = n / s;
     for (size_t j = 0; j < s; j++) {
-        uint32_t key = diff_key(x, b, (uint64_t)j * stride + stride / 2);
+        const float *x, *b;
+        src_chunk(src, (uint64_t)j * stride + stride / 2, 1, &x, &b);
+        uint32_t key = diff_key(x, b, 0);
         if (key > KEY_INF)
             return false;
         work[j] = key;
@@ -753,25 +800,24 @@ static void gather_chunk_avx2_plain(const float *x, size_t len, struct gather *g
 }
 #endif
 
-/* Entries e0 .. e0 + len of x (- b) into `g`; len <= GATHER_CHUNK. */
-static void gather_chunk(const float *x, const float *b, uint64_t e0, size_t len, bool avx2,
-                         struct gather *g)
+/* Entries x[0 .. len) (- b) into `g`; len <= GATHER_CHUNK. */
+static void gather_chunk(const float *x, const float *b, size_t len, bool avx2, struct gather *g)
 {
 #if SELECT_X86
     if (avx2) {
         if (b)
-            gather_chunk_avx2_diff(x + e0, b + e0, len, g);
+            gather_chunk_avx2_diff(x, b, len, g);
         else
-            gather_chunk_avx2_plain(x + e0, len, g);
+            gather_chunk_avx2_plain(x, len, g);
         return;
     }
 #else
     (void)avx2;
 #endif
     if (b)
-        gather_chunk_portable_impl(x + e0, b + e0, true, len, g);
+        gather_chunk_portable_impl(x, b, true, len, g);
     else
-        gather_chunk_portable_impl(x + e0, NULL, false, len, g);
+        gather_chunk_portable_impl(x, NULL, false, len, g);
 }
 
 /* The kk-th largest of the keys c[0..len) (1 <= kk <= len), all in
@@ -817,13 +863,13 @@ static void select_in_keys(uint32_t *c, size_t len, uint64_t kk, uint32_t lo, ui
 /* Sets `g` up for the sampled bracket's way to the cut (0 < k < n) with
  * `work` of work_len entries: false when it does not apply (short work
  * space, NaN in the sample). */
-static bool bracket_begin(const float *x, const float *b, uint64_t n, uint64_t k, uint32_t *work,
+static bool bracket_begin(const struct diff_src *src, uint64_t n, uint64_t k, uint32_t *work,
                           size_t work_len, struct gather *g)
 {
     const size_t need = topk_work_len(n);
     memset(g, 0, sizeof *g);
     if (select_bracket_off || need == 0 || !work || work_len < need ||
-        !bracket_from_sample(x, b, n, k, work, &g->lo, &g->hi))
+        !bracket_from_sample(src, n, k, work, &g->lo, &g->hi))
         return false;
     g->work = work;
     g->cap = list_cap(n);
@@ -868,15 +914,19 @@ static bool bracket_end(struct gather *g, uint64_t n, uint64_t k, struct topk_cu
 
 /* The sampled bracket's way to the cut for 0 < k < n: false when it does
  * not apply. */
-static bool find_bracketed(const float *x, const float *b, uint64_t n, uint64_t k, uint32_t *work,
+static bool find_bracketed(const struct diff_src *src, uint64_t n, uint64_t k, uint32_t *work,
                            size_t work_len, struct topk_cut *cut)
 {
     struct gather g;
-    if (!bracket_begin(x, b, n, k, work, work_len, &g))
+    if (!bracket_begin(src, n, k, work, work_len, &g))
         return false;
     const bool avx2 = merge_simd_avx2();
-    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK)
-        gather_chunk(x, b, e0, (size_t)(n - e0 < GATHER_CHUNK ? n - e0 : GATHER_CHUNK), avx2, &g);
+    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
+        const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
+        const float *x, *b;
+        src_chunk(src, e0, len, &x, &b);
+        gather_chunk(x, b, len, avx2, &g);
+    }
     return bracket_end(&g, n, k, cut);
 }
 
@@ -888,30 +938,20 @@ static struct topk_cut find_exact_diff(const float *x, const float *b, uint64_t 
     return n >= select_wide_from ? find_wide_diff(x, b, n, k) : find_narrow_diff(x, b, n, k);
 }
 
-/* topk_find_diff's answers for k == n and k == 0; false for other k. */
-static bool find_diff_trivial(const float *x, const float *b, uint64_t n, uint64_t k,
-                              struct topk_cut *cut)
+/* topk_find_diff's way to the cut of src's difference short of the exact
+ * passes: false when they are needed. */
+static bool find_diff_quick(const struct diff_src *src, uint64_t n, uint64_t k, uint32_t *work,
+                            size_t work_len, struct topk_cut *cut)
 {
     if (k == n) {
-        uint64_t nans = 0, zeros = 0;
-        for (uint64_t e = 0; e < n; e++) {
-            uint32_t a = diff_key(x, b, e);
-            nans += a > KEY_INF;
-            zeros += a == 0;
-        }
-        if (nans == 0)
-            *cut = cut_all_non_nan(n, zeros, true);
-        else if (nans == n)
-            *cut = cut_make(0, KEY_INF, 0);
-        else
-            *cut = cut_all_non_nan(n - nans, zeros, false);
+        *cut = src_keep_non_nan(src, n);
         return true;
     }
     if (k == 0) {
-        *cut = topk_find(x, n, 0);
+        *cut = cut_make(0, KEY_INF, 0);
         return true;
     }
-    return false;
+    return find_bracketed(src, n, k, work, work_len, cut);
 }
 
 struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint64_t k,
@@ -919,10 +959,9 @@ struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint6
 {
     if (k > n)
         k = n;
+    const struct diff_src src = { .x = x, .b = b };
     struct topk_cut cut;
-    if (find_diff_trivial(x, b, n, k, &cut))
-        return cut;
-    if (find_bracketed(x, b, n, k, work, work_len, &cut))
+    if (find_diff_quick(&src, n, k, work, work_len, &cut))
         return cut;
     return find_exact_diff(x, b, n, k);
 }
@@ -934,31 +973,9 @@ struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint6
  * entries at a time into two small buffers. The cut is a function of the
  * keys alone, so every way to it gives the same one. */
 
-struct read_src {
-    topk_read_fn read;
-    void        *ud;
-    float       *x, *b;   /* GATHER_CHUNK entries each */
-};
-
-static void read_keys_count(const struct read_src *r, uint64_t n, uint64_t *nans, uint64_t *zeros)
-{
-    uint64_t cn = 0, cz = 0;
-    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
-        const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
-        r->read(r->ud, e0, len, r->x, r->b);
-        for (size_t j = 0; j < len; j++) {
-            const uint32_t a = diff_key(r->x, r->b, j);
-            cn += a > KEY_INF;
-            cz += a == 0;
-        }
-    }
-    *nans = cn;
-    *zeros = cz;
-}
-
 /* The exact cut by three histogram passes (find_wide's digits), read in
  * chunks. 0 < k < n. */
-static struct topk_cut find_exact_read(const struct read_src *r, uint64_t n, uint64_t k)
+static struct topk_cut find_exact_read(const struct diff_src *src, uint64_t n, uint64_t k)
 {
     uint64_t hist[2049];
     static const unsigned shift[3] = { 21, 10, 0 };
@@ -970,9 +987,10 @@ static struct topk_cut find_exact_read(const struct read_src *r, uint64_t n, uin
         const unsigned sh = shift[pass], psh = pass == 0 ? 32 : shift[pass - 1];
         for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
             const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
-            r->read(r->ud, e0, len, r->x, r->b);
+            const float *x, *b;
+            src_chunk(src, e0, len, &x, &b);
             for (size_t j = 0; j < len; j++) {
-                const uint32_t a = diff_key(r->x, r->b, j);
+                const uint32_t a = diff_key(x, b, j);
                 if (pass == 0)
                     hist[a > KEY_INF ? 1024u : a >> 21]++;
                 else if (a <= KEY_INF && (a >> psh) == prefix)
@@ -997,74 +1015,22 @@ static struct topk_cut find_exact_read(const struct read_src *r, uint64_t n, uin
     return cut_make(k, prefix, greater);
 }
 
-static bool find_bracketed_read(const struct read_src *r, uint64_t n, uint64_t k, uint32_t *work,
-                                size_t work_len, struct topk_cut *cut)
-{
-    const size_t need = topk_work_len(n);
-    struct gather g;
-    memset(&g, 0, sizeof g);
-    if (select_bracket_off || need == 0 || !work || work_len < need)
-        return false;
-    /* the sample, as bracket_from_sample takes it */
-    const size_t s = sample_size(n);
-    const uint64_t stride = n / s;
-    for (size_t j = 0; j < s; j++) {
-        r->read(r->ud, (uint64_t)j * stride + stride / 2, 1, r->x, r->b);
-        const uint32_t key = diff_key(r->x, r->b, 0);
-        if (key > KEY_INF)
-            return false;
-        work[j] = key;
-    }
-    const uint32_t *sorted = sort_keys(work, work + s, s);
-    const double p = (double)k / (double)n;
-    const double rr = p * (double)s - 1.0;
-    const double spread = 6.0 * sqrt((double)s * p * (1.0 - p)) + 8.0;
-    const double top = rr - spread, bottom = rr + spread;
-    g.hi = top < 0.0 ? KEY_INF : sorted[s - 1 - (size_t)top];
-    g.lo = bottom >= (double)(s - 1) ? 0u : sorted[s - 1 - (size_t)ceil(bottom)];
-    g.work = work;
-    g.cap = list_cap(n);
-    g.bucket_n = work + g.cap + GATHER_SLACK;
-    g.bucket_key = g.bucket_n + BUCKETS;
-    if (g.hi - g.lo < BUCKETS)
-        buckets_start(&g);
-    const bool avx2 = merge_simd_avx2();
-    for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
-        const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
-        r->read(r->ud, e0, len, r->x, r->b);
-        gather_chunk(r->x, r->b, 0, len, avx2, &g);
-    }
-    return bracket_end(&g, n, k, cut);
-}
-
 int topk_find_diff_read(topk_read_fn read, void *ud, uint64_t n, uint64_t k, uint32_t *work,
                         size_t work_len, struct topk_cut *cut)
 {
     if (k > n)
         k = n;
     if (k == 0) {
-        struct topk_cut none = { .k = 0, .threshold = key_to_float(KEY_INF),
-                                 .keep_at_threshold = 0, .keep_all = false };
-        *cut = none;
+        *cut = cut_make(0, KEY_INF, 0);
         return 0;
     }
     float *buf = malloc(2 * (size_t)GATHER_CHUNK * sizeof(float));
     if (!buf)
         return lm_err(LM_ENOMEM, "top-k selection: %zu bytes of buffers",
                       2 * (size_t)GATHER_CHUNK * sizeof(float));
-    struct read_src r = { .read = read, .ud = ud, .x = buf, .b = buf + GATHER_CHUNK };
-    if (k == n) {
-        uint64_t nans, zeros;
-        read_keys_count(&r, n, &nans, &zeros);
-        if (nans == 0)
-            *cut = cut_all_non_nan(n, zeros, true);
-        else if (nans == n)
-            *cut = cut_make(0, KEY_INF, 0);
-        else
-            *cut = cut_all_non_nan(n - nans, zeros, false);
-    } else if (!find_bracketed_read(&r, n, k, work, work_len, cut)) {
-        *cut = find_exact_read(&r, n, k);
-    }
+    const struct diff_src src = { .read = read, .ud = ud, .rx = buf, .rb = buf + GATHER_CHUNK };
+    if (!find_diff_quick(&src, n, k, work, work_len, cut))
+        *cut = find_exact_read(&src, n, k);
     free(buf);
     return 0;
 }
@@ -1173,7 +1139,8 @@ int topk_test_bracket_off(int off)
 bool topk_test_bracketed(const float *x, const float *b, uint64_t n, uint64_t k, uint32_t *work,
                          size_t work_len, struct topk_cut *cut)
 {
-    return find_bracketed(x, b, n, k, work, work_len, cut);
+    const struct diff_src src = { .x = x, .b = b };
+    return find_bracketed(&src, n, k, work, work_len, cut);
 }
 
 size_t topk_test_sample_size(uint64_t n)

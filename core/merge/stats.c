@@ -107,13 +107,50 @@ void stats_raw_add(struct stats_raw *s, const struct stats_raw *t)
     s->has_merged = s->has_merged && t->has_merged;
 }
 
-/* Prepares the models' trims: the top-k cut on each float task vector
- * x_i - b for 0 < k < n, found without writing it out (select.h's
- * topk_find_diff), with work space in scratch slot 0. */
-static int trims_prepare(struct trim_state *trim, const float *base, const float *const *models,
-                         int m, uint64_t n, const double *density, struct merge_scratch *scratch)
+/* Where the trims' cuts come from: model i's cut is cuts[i] where
+ * has_cut[i] (a merge's cut, merge_stream.h), else it is found on the float
+ * task vector x_i - b without writing it out: on the arrays (select.h's
+ * topk_find_diff) or, when `read` is set, read through it a chunk at a time
+ * (topk_find_diff_read). */
+struct trim_src {
+    const float *base;
+    const float *const *models;
+    merge_read_fn read;
+    void *ud;
+    const bool *has_cut;
+    const struct topk_cut *cuts;
+};
+
+/* Model i's cut keeping its top k of n entries, from `src`; *work is the
+ * selection work space, taken from scratch slot 0 the first time. */
+static int trim_cut(const struct trim_src *src, int i, uint64_t n, uint64_t k,
+                    struct merge_scratch *scratch, uint32_t **work, struct topk_cut *cut)
 {
+    if (src->has_cut && src->has_cut[i]) {
+        *cut = src->cuts[i];
+        return 0;
+    }
     const size_t wlen = topk_work_len(n);
+    if (wlen > 0 && !*work) {
+        LM_ASSERT(scratch);
+        float *w = merge_scratch_get(scratch, 0, wlen);
+        if (!w)
+            return lm_err_context(LM_ENOMEM, "stats: selection work space for %llu entries",
+                                  (unsigned long long)n);
+        *work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
+    }
+    if (!src->read) {
+        *cut = topk_find_diff(src->models[i], src->base, n, k, *work, wlen);
+        return 0;
+    }
+    return merge_read_cut(src->read, src->ud, i, n, k, *work, wlen, cut);
+}
+
+/* Prepares the models' trims: the top-k cut on each float task vector for
+ * 0 < k < n. */
+static int trims_prepare(struct trim_state *trim, const struct trim_src *src, int m, uint64_t n,
+                         const double *density, struct merge_scratch *scratch)
+{
     uint32_t *work = NULL;
     for (int i = 0; i < m; i++) {
         struct trim_state *t = &trim[i];
@@ -128,15 +165,10 @@ static int trims_prepare(struct trim_state *trim, const float *base, const float
             t->mode = TRIM_NONE;
             continue;
         }
-        if (wlen > 0 && !work) {
-            LM_ASSERT(scratch);
-            float *w = merge_scratch_get(scratch, 0, wlen);
-            if (!w)
-                return lm_err_context(LM_ENOMEM, "stats: selection work space for %llu entries",
-                                      (unsigned long long)n);
-            work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
-        }
-        struct topk_cut cut = topk_find_diff(models[i], base, n, k, work, wlen);
+        struct topk_cut cut;
+        int rc = trim_cut(src, i, n, k, scratch, &work, &cut);
+        if (rc)
+            return rc;
         t->mode = TRIM_CUT;
         topk_walk_init(&t->walk, &cut);
         t->thr = abs_key(cut.threshold);
@@ -803,6 +835,52 @@ static int stats_portable(struct stats_acc *acc, struct trim_state *trim, const 
     return 0;
 }
 
+/* Adds entries [0, n) to the sums in `acc` (which may hold earlier blocks
+ * of the same tensor). */
+static int acc_run(struct stats_acc *acc, struct trim_state *trim, const float *base,
+                   const float *const *models, int m, const float *merged, uint64_t n,
+                   const double *weight, struct merge_scratch *scratch)
+{
+#if STATS_X86
+    if (merge_simd_avx2() && n > 0) {
+        if (m == 1)
+            stats_avx2_1(acc, trim, base, models, m, merged, n, weight);
+        else if (m == 2)
+            stats_avx2_2(acc, trim, base, models, m, merged, n, weight);
+        else
+            stats_avx2_any(acc, trim, base, models, m, merged, n, weight);
+        return 0;
+    }
+#endif
+    return stats_portable(acc, trim, base, models, m, merged, n, weight, scratch);
+}
+
+/* Adds one tensor's sums (n entries, m models) to `s`; has_merged: the
+ * merged tensor was given (else sign flips and merged_rel stay unknown). */
+static void acc_add(struct stats_raw *s, const struct stats_acc *acc, int m, uint64_t n,
+                    bool has_merged)
+{
+    s->n_elements += n;
+    s->base_sq += lanes_total(&acc->base_sq);
+    for (int i = 0; i < m; i++) {
+        s->delta_sq[i] += lanes_total(&acc->delta_sq[i]);
+        s->topk_sq[i] += lanes_total(&acc->topk_sq[i]);
+        for (int j = i + 1; j < m; j++) {
+            s->dot[i][j] += lanes_total(&acc->dot[i][j]);
+            s->both_nonzero[i][j] += acc->both[i][j];
+            s->opposite[i][j] += acc->opp[i][j];
+        }
+    }
+    s->ties_kept += acc->ties_kept;
+    s->ties_disagree += acc->ties_disagree;
+    if (has_merged) {
+        s->sign_flips += acc->sign_flips;
+        s->merged_delta_sq += lanes_total(&acc->merged_sq);
+    } else {
+        s->has_merged = 0;
+    }
+}
+
 int stats_accumulate(struct stats_raw *s, const float *base, const float *const *models,
                      int n_models, const float *merged, uint64_t n,
                      const double *density, const double *weight,
@@ -819,46 +897,16 @@ int stats_accumulate(struct stats_raw *s, const float *base, const float *const 
     struct trim_state trim[MERGE_MAX_MODELS];
     for (int i = 0; i < m; i++)
         LM_ASSERT(n == 0 || models[i]);
-    int rc = trims_prepare(trim, base, models, m, n, density, scratch);
+    const struct trim_src src = { .base = base, .models = models };
+    int rc = trims_prepare(trim, &src, m, n, density, scratch);
     if (rc)
         return rc;
     static const struct stats_acc zero_acc;
     struct stats_acc acc = zero_acc;
-#if STATS_X86
-    if (merge_simd_avx2() && n > 0) {
-        if (m == 1)
-            stats_avx2_1(&acc, trim, base, models, m, merged, n, weight);
-        else if (m == 2)
-            stats_avx2_2(&acc, trim, base, models, m, merged, n, weight);
-        else
-            stats_avx2_any(&acc, trim, base, models, m, merged, n, weight);
-    } else
-#endif
-    {
-        rc = stats_portable(&acc, trim, base, models, m, merged, n, weight, scratch);
-        if (rc)
-            return rc;
-    }
-
-    s->n_elements += n;
-    s->base_sq += lanes_total(&acc.base_sq);
-    for (int i = 0; i < m; i++) {
-        s->delta_sq[i] += lanes_total(&acc.delta_sq[i]);
-        s->topk_sq[i] += lanes_total(&acc.topk_sq[i]);
-        for (int j = i + 1; j < m; j++) {
-            s->dot[i][j] += lanes_total(&acc.dot[i][j]);
-            s->both_nonzero[i][j] += acc.both[i][j];
-            s->opposite[i][j] += acc.opp[i][j];
-        }
-    }
-    s->ties_kept += acc.ties_kept;
-    s->ties_disagree += acc.ties_disagree;
-    if (merged) {
-        s->sign_flips += acc.sign_flips;
-        s->merged_delta_sq += lanes_total(&acc.merged_sq);
-    } else {
-        s->has_merged = 0;
-    }
+    rc = acc_run(&acc, trim, base, models, m, merged, n, weight, scratch);
+    if (rc)
+        return rc;
+    acc_add(s, &acc, m, n, merged != NULL);
     return 0;
 }
 
@@ -874,19 +922,6 @@ struct stats_stream {
     struct merge_scratch *scratch;
 };
 
-struct stats_reader {
-    merge_read_fn read;
-    void *ud;
-    int model;
-};
-
-static void stats_read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
-{
-    const struct stats_reader *r = ud;
-    r->read(r->ud, 1 + r->model, e0, len, x);
-    r->read(r->ud, 0, e0, len, b);
-}
-
 int stats_stream_begin(struct stats_stream **out, int n_models, uint64_t n, const double *density,
                        const double *weight, const bool *has_cut, const struct topk_cut *cuts,
                        merge_read_fn read, void *ud, struct merge_scratch *scratch)
@@ -901,44 +936,13 @@ int stats_stream_begin(struct stats_stream **out, int n_models, uint64_t n, cons
     st->n = n;
     st->merged_all = true;
     st->scratch = scratch;
-    const size_t wlen = topk_work_len(n);
-    uint32_t *work = NULL;
-    for (int i = 0; i < n_models; i++) {
-        struct trim_state *t = &st->trim[i];
+    for (int i = 0; i < n_models; i++)
         st->weight[i] = weight[i];
-        const uint64_t k = topk_count(density[i], n);
-        if (k >= n) {
-            t->mode = TRIM_ALL;
-            continue;
-        }
-        if (k == 0) {
-            t->mode = TRIM_NONE;
-            continue;
-        }
-        struct topk_cut cut;
-        if (has_cut && has_cut[i]) {
-            cut = cuts[i];
-        } else {
-            if (wlen > 0 && !work) {
-                float *w = merge_scratch_get(scratch, 0, wlen);
-                if (!w) {
-                    free(st);
-                    return lm_err_context(LM_ENOMEM, "stats: selection work space for %llu entries",
-                                          (unsigned long long)n);
-                }
-                work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
-            }
-            struct stats_reader r = { .read = read, .ud = ud, .model = i };
-            int rc = topk_find_diff_read(stats_read_diff, &r, n, k, work, work ? wlen : 0, &cut);
-            if (rc) {
-                free(st);
-                return rc;
-            }
-        }
-        t->mode = TRIM_CUT;
-        topk_walk_init(&t->walk, &cut);
-        t->thr = abs_key(cut.threshold);
-        t->left = cut.keep_at_threshold;
+    const struct trim_src src = { .read = read, .ud = ud, .has_cut = has_cut, .cuts = cuts };
+    int rc = trims_prepare(st->trim, &src, n_models, n, density, scratch);
+    if (rc) {
+        free(st);
+        return rc;
     }
     *out = st;
     return 0;
@@ -953,19 +957,7 @@ int stats_stream_block(struct stats_stream *st, const float *base, const float *
     st->seen += len;
     if (len == 0)
         return 0;
-#if STATS_X86
-    if (merge_simd_avx2()) {
-        if (st->m == 1)
-            stats_avx2_1(&st->acc, st->trim, base, models, st->m, merged, len, st->weight);
-        else if (st->m == 2)
-            stats_avx2_2(&st->acc, st->trim, base, models, st->m, merged, len, st->weight);
-        else
-            stats_avx2_any(&st->acc, st->trim, base, models, st->m, merged, len, st->weight);
-        return 0;
-    }
-#endif
-    return stats_portable(&st->acc, st->trim, base, models, st->m, merged, len, st->weight,
-                          st->scratch);
+    return acc_run(&st->acc, st->trim, base, models, st->m, merged, len, st->weight, st->scratch);
 }
 
 int stats_stream_end(struct stats_stream *st, struct stats_raw *s)
@@ -979,29 +971,8 @@ int stats_stream_end(struct stats_stream *st, struct stats_raw *s)
     else if (st->seen != st->n)
         rc = lm_err(LM_EINVAL, "stats: %llu of %llu entries given", (unsigned long long)st->seen,
                     (unsigned long long)st->n);
-    if (!rc) {
-        const struct stats_acc *acc = &st->acc;
-        const int m = st->m;
-        s->n_elements += st->n;
-        s->base_sq += lanes_total(&acc->base_sq);
-        for (int i = 0; i < m; i++) {
-            s->delta_sq[i] += lanes_total(&acc->delta_sq[i]);
-            s->topk_sq[i] += lanes_total(&acc->topk_sq[i]);
-            for (int j = i + 1; j < m; j++) {
-                s->dot[i][j] += lanes_total(&acc->dot[i][j]);
-                s->both_nonzero[i][j] += acc->both[i][j];
-                s->opposite[i][j] += acc->opp[i][j];
-            }
-        }
-        s->ties_kept += acc->ties_kept;
-        s->ties_disagree += acc->ties_disagree;
-        if (st->merged_all && st->n > 0) {
-            s->sign_flips += acc->sign_flips;
-            s->merged_delta_sq += lanes_total(&acc->merged_sq);
-        } else if (!st->merged_all) {
-            s->has_merged = 0;
-        }
-    }
+    if (!rc)
+        acc_add(s, &st->acc, st->m, st->n, st->merged_all);
     free(st);
     return rc;
 }

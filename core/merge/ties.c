@@ -185,14 +185,27 @@ static void task_vector(float *d, const float *x, const float *b, uint64_t n)
         d[e] = x[e] - b[e];
 }
 
+/* The cut of model i's top `k` entries by |x_i - b|: on the arrays of
+ * `job`, or read through `sj` when it is given. */
+static int gta_cut(const struct merge_tensor_job *job, const struct merge_stream_job *sj, int i,
+                   uint64_t k, uint32_t *work, size_t wlen, struct topk_cut *cut)
+{
+    if (!sj) {
+        *cut = topk_find_diff(job->models[i], job->base, job->n, k, work, wlen);
+        return 0;
+    }
+    return merge_read_cut(sj->read, sj->ud, i, job->n, k, work, wlen, cut);
+}
+
 /* The top-k cuts that ties (one per model: its top int(density n)) and
  * breadcrumbs (two per model: its top int(density n) + int(gamma n) and its
  * top int(gamma n)) need, for the models with 0 < density < 1 that keep
  * something: cuts[2 i] and cuts[2 i + 1]. Found on the float task vectors
- * x_i - b without writing them out (select.h's topk_find_diff), with work
- * space in scratch slot 0. */
-static int gta_find_cuts(const struct merge_tensor_job *job, enum merge_sparsify sparsify,
-                         struct topk_cut *cuts)
+ * x_i - b without writing them out (select.h's topk_find_diff), or read a
+ * chunk at a time through `sj` when it is non-NULL (a block by block merge,
+ * whose `job` holds placeholder arrays), with work space in scratch slot 0. */
+static int gta_find_cuts(const struct merge_tensor_job *job, const struct merge_stream_job *sj,
+                         enum merge_sparsify sparsify, struct topk_cut *cuts)
 {
     const struct merge_tensor_params *p = job->params;
     const uint64_t n = job->n;
@@ -209,20 +222,21 @@ static int gta_find_cuts(const struct merge_tensor_job *job, enum merge_sparsify
                 return lm_err_context(LM_ENOMEM, "tensor '%s'", job->name ? job->name : "?");
             work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
         }
-        const float *x = job->models[i];
-        if (sparsify == MERGE_SPARSIFY_MAGNITUDE) {
-            cuts[2 * i] = topk_find_diff(x, job->base, n, keep, work, wlen);
-            continue;
-        }
         /* breadcrumbs (mergekit's magnitude_outliers): drop the top
          * int(gamma n) entries and everything below the top
          * int(density n) + int(gamma n), shrinking the top cut when the
          * two do not fit in n. */
-        uint64_t top = topk_count(p->gamma, n);
-        if (top > n - keep)
-            top = n - keep;
-        cuts[2 * i] = topk_find_diff(x, job->base, n, keep + top, work, wlen);
-        cuts[2 * i + 1] = topk_find_diff(x, job->base, n, top, work, wlen);
+        uint64_t top = 0;
+        if (sparsify == MERGE_SPARSIFY_OUTLIERS) {
+            top = topk_count(p->gamma, n);
+            if (top > n - keep)
+                top = n - keep;
+        }
+        int rc = gta_cut(job, sj, i, keep + top, work, wlen, &cuts[2 * i]);
+        if (!rc && sparsify == MERGE_SPARSIFY_OUTLIERS)
+            rc = gta_cut(job, sj, i, top, work, wlen, &cuts[2 * i + 1]);
+        if (rc)
+            return rc;
     }
     return 0;
 }
@@ -754,44 +768,64 @@ static void gta_avx2(struct gta_model *m, int nm, const float *b, uint64_t n, fl
 }
 #endif
 
-int merge_gta_tensor(const struct merge_tensor_job *job, enum merge_sparsify sparsify,
-                     bool sign_consensus)
+/* The combine over the n entries of a block that starts at entry idx0 of
+ * the tensor (0: the whole tensor). */
+static void gta_run(struct gta_model *m, int nm, const float *b, uint64_t n, float *out,
+                    const struct gta_combine *c, uint64_t idx0)
+{
+#if GTA_X86
+    if (merge_simd_avx2()) {
+        gta_avx2(m, nm, b, n, out, c, idx0);
+        return;
+    }
+#endif
+    gta_portable(m, nm, b, n, out, c, idx0);
+}
+
+/* Sets up the models and the combine for a checked job: the top-k cuts
+ * (into `cuts`, 2 * MERGE_MAX_MODELS) found as gta_find_cuts does with
+ * `sj`, then each model's sparsification. */
+static int gta_setup(const struct merge_tensor_job *job, const struct merge_stream_job *sj,
+                     enum merge_sparsify sparsify, bool sign_consensus, struct topk_cut *cuts,
+                     struct gta_model *m, struct gta_combine *c)
 {
     const struct merge_tensor_params *p = job->params;
-    const uint64_t n = job->n;
-    const float *b = job->base;
-    const int nm = job->n_models;
-    LM_ASSERT(b && nm >= 0 && nm <= MERGE_MAX_MODELS);
-    if (sparsify != MERGE_SPARSIFY_NONE && sparsify != MERGE_SPARSIFY_RANDOM)
-        LM_ASSERT(job->scratch);
-
-    struct topk_cut cuts[2 * MERGE_MAX_MODELS];
     if (sparsify == MERGE_SPARSIFY_MAGNITUDE || sparsify == MERGE_SPARSIFY_OUTLIERS) {
-        int rc = gta_find_cuts(job, sparsify, cuts);
+        int rc = gta_find_cuts(job, sj, sparsify, cuts);
         if (rc)
             return rc;
     }
-    struct gta_model m[MERGE_MAX_MODELS];
     double wsum = 0.0;
-    for (int i = 0; i < nm; i++) {
+    for (int i = 0; i < job->n_models; i++) {
         int rc = gta_prepare(job, sparsify, i, cuts + 2 * i, &m[i]);
         if (rc)
             return rc;
         wsum += m[i].weight;
     }
-    const struct gta_combine c = {
+    *c = (struct gta_combine){
         .consensus = sign_consensus,
         .normalize = p->normalize,
         .lambda = p->lambda,
         .div_all = fabs(wsum) < 1e-8 ? 1.0 : wsum,
     };
-#if GTA_X86
-    if (merge_simd_avx2()) {
-        gta_avx2(m, nm, b, n, job->out, &c, 0);
-        return 0;
-    }
-#endif
-    gta_portable(m, nm, b, n, job->out, &c, 0);
+    return 0;
+}
+
+int merge_gta_tensor(const struct merge_tensor_job *job, enum merge_sparsify sparsify,
+                     bool sign_consensus)
+{
+    const int nm = job->n_models;
+    LM_ASSERT(job->base && nm >= 0 && nm <= MERGE_MAX_MODELS);
+    if (sparsify != MERGE_SPARSIFY_NONE && sparsify != MERGE_SPARSIFY_RANDOM)
+        LM_ASSERT(job->scratch);
+
+    struct topk_cut cuts[2 * MERGE_MAX_MODELS];
+    struct gta_model m[MERGE_MAX_MODELS];
+    struct gta_combine c;
+    int rc = gta_setup(job, NULL, sparsify, sign_consensus, cuts, m, &c);
+    if (rc)
+        return rc;
+    gta_run(m, nm, job->base, job->n, job->out, &c, 0);
     return 0;
 }
 
@@ -844,41 +878,8 @@ static int gta_stream_block(struct merge_stream *ps, uint64_t e0, size_t len, co
     struct gta_stream *st = (struct gta_stream *)(void *)ps;
     for (int i = 0; i < st->nm; i++)
         st->m[i].x = models[i];
-#if GTA_X86
-    if (merge_simd_avx2()) {
-        gta_avx2(st->m, st->nm, base, (uint64_t)len, out, &st->c, e0);
-        return 0;
-    }
-#endif
-    gta_portable(st->m, st->nm, base, (uint64_t)len, out, &st->c, e0);
+    gta_run(st->m, st->nm, base, (uint64_t)len, out, &st->c, e0);
     return 0;
-}
-
-/* Model `model`'s task vector for topk_find_diff_read. */
-struct gta_reader {
-    const struct merge_stream_job *job;
-    int model;
-};
-
-static void gta_read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
-{
-    const struct gta_reader *r = ud;
-    r->job->read(r->job->ud, 1 + r->model, e0, len, x);
-    r->job->read(r->job->ud, 0, e0, len, b);
-}
-
-/* The cut of model i's top `k` entries by |x_i - b|. */
-static int gta_stream_cut(const struct merge_stream_job *job, int i, uint64_t k, uint32_t **work,
-                          size_t wlen, struct topk_cut *cut)
-{
-    if (wlen > 0 && !*work) {
-        float *w = merge_scratch_get(job->scratch, 0, wlen);
-        if (!w)
-            return lm_err_context(LM_ENOMEM, "tensor '%s'", job->name ? job->name : "?");
-        *work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
-    }
-    struct gta_reader r = { .job = job, .model = i };
-    return topk_find_diff_read(gta_read_diff, &r, job->n, k, *work, *work ? wlen : 0, cut);
 }
 
 int merge_gta_stream_begin(const struct merge_method *mm, const struct merge_stream_job *sj,
@@ -899,59 +900,24 @@ int merge_gta_stream_begin(const struct merge_method *mm, const struct merge_str
     struct gta_stream *st = lm_calloc(1, sizeof(*st));
     if (!st)
         return LM_ENOMEM;
-    const uint64_t n = sj->n;
-    struct topk_cut cuts[2 * MERGE_MAX_MODELS];
-    memset(cuts, 0, sizeof cuts);
-    if (sparsify == MERGE_SPARSIFY_MAGNITUDE || sparsify == MERGE_SPARSIFY_OUTLIERS) {
-        /* gta_find_cuts, reading the inputs a chunk at a time */
-        const size_t wlen = topk_work_len(n);
-        uint32_t *work = NULL;
-        for (int i = 0; i < nm && !rc; i++) {
-            const double density = p->density[i];
-            const uint64_t keep = topk_count(density, n);
-            if (!(density > 0.0) || density >= 1.0 || keep == 0)
-                continue;
-            if (sparsify == MERGE_SPARSIFY_MAGNITUDE) {
-                rc = gta_stream_cut(sj, i, keep, &work, wlen, &cuts[2 * i]);
-                if (!rc && keep < n) {
-                    st->pub.has_cut[i] = true;
-                    st->pub.cut[i] = cuts[2 * i];
-                }
-                continue;
-            }
-            uint64_t top = topk_count(p->gamma, n);
-            if (top > n - keep)
-                top = n - keep;
-            rc = gta_stream_cut(sj, i, keep + top, &work, wlen, &cuts[2 * i]);
-            if (!rc)
-                rc = gta_stream_cut(sj, i, top, &work, wlen, &cuts[2 * i + 1]);
-        }
-    }
-    /* gta_prepare wants a job; its pointers are replaced block by block */
-    static const float dummy[1];
+    /* the set-up reads no array of the job: the cuts come through sj, and
+     * the models' pointers are replaced block by block */
     const float *models[MERGE_MAX_MODELS];
-    for (int i = 0; i < MERGE_MAX_MODELS; i++)
-        models[i] = dummy;
-    struct merge_tensor_job job = {
-        .name = sj->name, .n = n, .rows = sj->rows, .cols = sj->cols, .base = dummy,
-        .models = models, .n_models = nm, .params = p, .scratch = sj->scratch,
-    };
-    double wsum = 0.0;
-    for (int i = 0; i < nm && !rc; i++) {
-        rc = gta_prepare(&job, sparsify, i, cuts + 2 * i, &st->m[i]);
-        wsum += st->m[i].weight;
-    }
+    struct merge_tensor_job job;
+    merge_stream_whole_job(sj, models, &job);
+    struct topk_cut cuts[2 * MERGE_MAX_MODELS];
+    rc = gta_setup(&job, sj, sparsify, sign_consensus, cuts, st->m, &st->c);
     if (rc) {
         free(st);
         return rc;
     }
+    for (int i = 0; sparsify == MERGE_SPARSIFY_MAGNITUDE && i < nm; i++) {
+        const uint64_t keep = topk_count(p->density[i], sj->n);
+        st->pub.has_cut[i] = keep > 0 && keep < sj->n;
+        if (st->pub.has_cut[i])
+            st->pub.cut[i] = cuts[2 * i];
+    }
     st->nm = nm;
-    st->c = (struct gta_combine){
-        .consensus = sign_consensus,
-        .normalize = p->normalize,
-        .lambda = p->lambda,
-        .div_all = fabs(wsum) < 1e-8 ? 1.0 : wsum,
-    };
     st->pub.block = gta_stream_block;
     *out = &st->pub;
     return 0;

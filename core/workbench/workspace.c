@@ -1063,21 +1063,22 @@ const struct ws_calib_cost *ws_calib_last(const struct workspace *ws)
 
 /* ===== Merging one tensor ===== */
 
-/* Converts source s of tensor t into dst (t->n_elements floats), filling
- * rows the source lacks from `pad` (the base's float copy) or with zeros. */
-static void load_source(const struct ws_tensor *t, int s, float *dst, const float *pad)
+/* Entries [e0, e0 + len) of source s of tensor t as float32: rows the
+ * source lacks are the base's (zero past the base's own rows). */
+static void read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst)
 {
     const struct st_tensor *src = t->src[s];
     uint64_t rows = t->ndim > 0 ? (uint64_t)t->shape[0] : 1;
     uint64_t row_len = rows ? t->n_elements / rows : 0;
-    uint64_t have = LM_MIN((uint64_t)t->src_rows[s], rows);
-    lm_convert_to_f32(dst, src->data, src->dtype, (size_t)(have * row_len));
-    if (have < rows) {
-        size_t off = (size_t)(have * row_len), rest = (size_t)((rows - have) * row_len);
-        if (pad)
-            memcpy(dst + off, pad + off, rest * sizeof(float));
+    uint64_t have = LM_MIN((uint64_t)t->src_rows[s], rows) * row_len;
+    size_t n1 = e0 >= have ? 0 : (size_t)LM_MIN((uint64_t)len, have - e0);
+    if (n1)
+        lm_convert_to_f32(dst, (const char *)src->data + e0 * lm_dtype_size(src->dtype), src->dtype, n1);
+    if (n1 < len) {
+        if (s == 0)
+            memset(dst + n1, 0, (len - n1) * sizeof(float));
         else
-            memset(dst + off, 0, rest * sizeof(float));
+            read_source(t, 0, e0 + n1, len - n1, dst + n1);
     }
 }
 
@@ -1091,7 +1092,7 @@ static int load_inputs(const struct workspace *ws, size_t i, struct ws_scratch *
         float *buf = merge_scratch_get(&sc->inputs, s, n);
         if (!buf)
             return lm_err_context(LM_ENOMEM, "tensor '%s'", t->name);
-        load_source(t, s, buf, s == 0 ? NULL : *base);
+        read_source(t, s, 0, n, buf);
         if (s == 0)
             *base = buf;
         else
@@ -1153,7 +1154,6 @@ struct pass {
     const char *what;
     char error[1024];
     /* write pass */
-    void **out_bytes;        /* per batch slot: converted output */
     enum lm_dtype out_dtype;
     bool keep_merged;        /* merge-layer pass: cache float results */
     bool stats;              /* stats pass */
@@ -1219,26 +1219,6 @@ void ws_memory_peak(struct workspace *ws, struct ws_memory *out)
 }
 
 /* ===== Block by block ===== */
-
-/* Entries [e0, e0 + len) of source s of tensor t as float32: rows the
- * source lacks are the base's (zero past the base's own rows), as
- * load_source fills them. */
-static void read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst)
-{
-    const struct st_tensor *src = t->src[s];
-    uint64_t rows = t->ndim > 0 ? (uint64_t)t->shape[0] : 1;
-    uint64_t row_len = rows ? t->n_elements / rows : 0;
-    uint64_t have = LM_MIN((uint64_t)t->src_rows[s], rows) * row_len;
-    size_t n1 = e0 >= have ? 0 : (size_t)LM_MIN((uint64_t)len, have - e0);
-    if (n1)
-        lm_convert_to_f32(dst, (const char *)src->data + e0 * lm_dtype_size(src->dtype), src->dtype, n1);
-    if (n1 < len) {
-        if (s == 0)
-            memset(dst + n1, 0, (len - n1) * sizeof(float));
-        else
-            read_source(t, 0, e0 + n1, len - n1, dst + n1);
-    }
-}
 
 static void stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst)
 {
@@ -1332,21 +1312,34 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
     return 0;
 }
 
-/* Writes a whole merged float32 tensor to the writer a block at a time. */
-static int write_whole(struct workspace *ws, const struct pass *p, size_t i, const float *out,
-                       struct ws_scratch *sc)
+/* Sends a whole merged float32 tensor (n entries) to the sink a block at
+ * a time. */
+static int sink_whole(struct sink *k, struct ws_scratch *sc, const float *out, uint64_t n)
 {
-    const struct ws_tensor *t = &ws->tensors[i];
-    struct sink k = { .dtype = p->fixed_dtype ? p->out_dtype : t->base_dtype, .writer = p->writer,
-                      .index = i };
-    if (!(k.conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, MERGE_STREAM_BLOCK)))
+    if (!k->bytes && !k->writer)
+        return 0;
+    if (k->writer && !(k->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, MERGE_STREAM_BLOCK)))
         return LM_ENOMEM;
     int rc = 0;
-    for (uint64_t e0 = 0; !rc && e0 < t->n_elements; e0 += MERGE_STREAM_BLOCK) {
-        size_t len = (size_t)LM_MIN((uint64_t)MERGE_STREAM_BLOCK, t->n_elements - e0);
-        rc = sink_put(&k, e0, len, out + e0);
-    }
+    for (uint64_t e0 = 0; !rc && e0 < n; e0 += MERGE_STREAM_BLOCK)
+        rc = sink_put(k, e0, (size_t)LM_MIN((uint64_t)MERGE_STREAM_BLOCK, n - e0), out + e0);
     return rc;
+}
+
+/* Statistics of tensor i from its whole inputs, still in the scratch slots
+ * ws_merge_tensor filled, and its merged float32 copy. */
+static int whole_stats(struct workspace *ws, size_t i, struct ws_scratch *sc, const float *out,
+                       struct stats_raw *raw)
+{
+    const struct ws_tensor *t = &ws->tensors[i];
+    const float *models[MERGE_MAX_MODELS];
+    for (int m = 0; m + 1 < ws->n_sources; m++)
+        models[m] = sc->inputs.buf[m + 1];
+    struct merge_tensor_params prm;
+    merge_plan_resolve(&ws->plan, t->name, &t->info, &prm);
+    stats_raw_init(raw, ws->n_sources - 1);
+    return stats_accumulate(raw, sc->inputs.buf[0], models, ws->n_sources - 1, out, t->n_elements,
+                            prm.density, prm.weight, &sc->method);
 }
 
 static void pass_tensor(void *ud, int64_t k, int worker)
@@ -1359,96 +1352,51 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     const struct ws_tensor *t = &ws->tensors[i];
     struct ws_scratch *sc = &ws->scratch[worker];
     size_t n = (size_t)t->n_elements;
-    {
-        /* Block by block where the method can: no whole-tensor copies. */
-        struct sink sk = { .dtype = p->fixed_dtype ? p->out_dtype : t->base_dtype,
-                           .writer = p->writer, .index = i };
-        struct stats_raw raw;
-        void *cache = NULL;
-        if (p->keep_merged) {
-            sk.dtype = ws_output_dtype(ws, i, -1);
-            cache = ws->spare[i] ? ws->spare[i] : lm_malloc_array(n ? n : 1, lm_dtype_size(sk.dtype));
-            if (!cache) {
-                pass_fail(p, LM_ENOMEM);
-                return;
-            }
-            ws->spare[i] = NULL;
-            sk.bytes = cache;
-        }
-        int src = stream_tensor(ws, i, sc, &sk, p->stats ? &raw : NULL);
-        if (src == 0 && p->stats) {
-            ws->stats[i] = raw;
-            atomic_store_explicit(&ws->stats_done[i], true, memory_order_release);
-        }
-        if (cache) {
-            if (src == 0)
-                ws->merged[i] = cache;
-            else
-                ws->spare[i] = cache;
-        }
-        if (src < 0) {
-            pass_fail(p, src);
-            return;
-        }
-        if (src == 0) {
-            if (worker == 0 || t->n_elements >= ((uint64_t)1 << 24))
-                sample_memory(ws);
-            pass_report(p, worker, t->n_elements);
+    /* Where the merged tensor goes: the writer's tensor i, the cache (in
+     * the output dtype), or nowhere (statistics). */
+    struct sink sk = { .dtype = p->fixed_dtype ? p->out_dtype : t->base_dtype,
+                       .writer = p->writer, .index = i };
+    if (p->keep_merged) {
+        sk.dtype = ws_output_dtype(ws, i, -1);
+        sk.bytes = ws->spare[i] ? ws->spare[i] : lm_malloc_array(n ? n : 1, lm_dtype_size(sk.dtype));
+        ws->spare[i] = NULL;
+        if (!sk.bytes) {
+            pass_fail(p, LM_ENOMEM);
             return;
         }
     }
-    float *out = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, n);
-    if (!out) {
-        pass_fail(p, LM_ENOMEM);
-        return;
+    struct stats_raw raw;
+    /* Block by block where the method can: no whole-tensor copies. */
+    int rc = stream_tensor(ws, i, sc, &sk, p->stats ? &raw : NULL);
+    const bool whole = rc == 1;
+    if (whole) {
+        float *out = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, n);
+        rc = out ? ws_merge_tensor(ws, i, out, sc) : LM_ENOMEM;
+        if (!rc && atomic_load(&p->cancel)) {
+            ws->spare[i] = sk.bytes;
+            return; /* someone failed or asked to stop: skip the statistics */
+        }
+        if (!rc && p->stats)
+            rc = whole_stats(ws, i, sc, out, &raw);
+        if (!rc)
+            rc = sink_whole(&sk, sc, out, t->n_elements);
     }
-    int rc = ws_merge_tensor(ws, i, out, sc);
-    if (!rc && atomic_load(&p->cancel))
-        return; /* someone failed or asked to stop: skip the statistics */
-    if (!rc && p->stats) {
-        /* The inputs are still in the scratch slots ws_merge_tensor filled. */
-        const float *base = sc->inputs.buf[0];
-        const float *models[MERGE_MAX_MODELS];
-        for (int m = 0; m + 1 < ws->n_sources; m++)
-            models[m] = sc->inputs.buf[m + 1];
-        struct merge_tensor_params prm;
-        merge_plan_resolve(&ws->plan, t->name, &t->info, &prm);
-        struct stats_raw raw;
-        stats_raw_init(&raw, ws->n_sources - 1);
-        rc = stats_accumulate(&raw, base, models, ws->n_sources - 1, out, t->n_elements,
-                              prm.density, prm.weight, &sc->method);
-        if (!rc) {
-            ws->stats[i] = raw;
-            atomic_store_explicit(&ws->stats_done[i], true, memory_order_release);
-        }
-    }
-    if (!rc && p->writer)
-        rc = write_whole(ws, p, i, out, sc);
-    if (!rc)
-        sample_memory(ws);
-    if (!rc && (p->out_bytes || p->keep_merged)) {
-        enum lm_dtype dt = p->keep_merged ? ws_output_dtype(ws, i, -1) : p->out_dtype;
-        void *buf = NULL;
-        if (p->keep_merged && ws->spare[i]) {
-            buf = ws->spare[i];
-            ws->spare[i] = NULL;
-        } else {
-            buf = lm_malloc_array(n, lm_dtype_size(dt));
-        }
-        if (!buf) {
-            rc = LM_ENOMEM;
-        } else {
-            lm_convert_from_f32(buf, dt, out, n);
-            if (p->keep_merged)
-                ws->merged[i] = buf;
-            else
-                p->out_bytes[k] = buf;
-        }
+    if (sk.bytes) {
+        if (rc)
+            ws->spare[i] = sk.bytes;
+        else
+            ws->merged[i] = sk.bytes;
     }
     if (rc) {
         pass_fail(p, rc);
         return;
     }
+    if (p->stats) {
+        ws->stats[i] = raw;
+        atomic_store_explicit(&ws->stats_done[i], true, memory_order_release);
+    }
+    if (whole || worker == 0 || t->n_elements >= ((uint64_t)1 << 24))
+        sample_memory(ws);
     pass_report(p, worker, t->n_elements);
 }
 
@@ -1460,9 +1408,24 @@ static int pass_finish(struct pass *p)
     return rc;
 }
 
-static void pass_init(struct pass *p, struct workspace *ws, const size_t *todo, size_t n_todo,
+/* Largest tensors first, so that the last ones to finish are small. */
+static const struct workspace *sort_ws;
+static int by_size_desc(const void *a, const void *b)
+{
+    uint64_t x = sort_ws->tensors[*(const size_t *)a].n_elements;
+    uint64_t y = sort_ws->tensors[*(const size_t *)b].n_elements;
+    if (x != y)
+        return x > y ? -1 : 1;
+    return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
+}
+
+/* Sets up a pass over the tensors todo[0 .. n_todo), which it sorts
+ * largest first. */
+static void pass_init(struct pass *p, struct workspace *ws, size_t *todo, size_t n_todo,
                       lm_progress_fn progress, void *ud, const char *what)
 {
+    sort_ws = ws;
+    qsort(todo, n_todo, sizeof(*todo), by_size_desc);
     memset(p, 0, sizeof(*p));
     p->ws = ws;
     p->todo = todo;
@@ -1477,17 +1440,6 @@ static void pass_init(struct pass *p, struct workspace *ws, const size_t *todo, 
     atomic_init(&p->cancel, false);
 }
 
-/* Largest tensors first, so that the last ones to finish are small. */
-static const struct workspace *sort_ws;
-static int by_size_desc(const void *a, const void *b)
-{
-    uint64_t x = sort_ws->tensors[*(const size_t *)a].n_elements;
-    uint64_t y = sort_ws->tensors[*(const size_t *)b].n_elements;
-    if (x != y)
-        return x > y ? -1 : 1;
-    return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
-}
-
 static void release_scratch(struct workspace *ws)
 {
     for (int w = 0; w < pool_n_workers(ws->pool); w++)
@@ -1497,10 +1449,7 @@ static void release_scratch(struct workspace *ws)
 
 int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
 {
-    int irc = ws_check_inputs(ws);
-    if (irc)
-        return irc;
-    int rc = ws_calibrate(ws, progress, ud);
+    int rc = ws_calibrate(ws, progress, ud); /* checks the inputs first */
     if (rc)
         return rc;
     size_t *todo = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
@@ -1510,8 +1459,6 @@ int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
     for (size_t i = 0; i < ws->n_tensors; i++)
         if (!atomic_load(&ws->stats_done[i]))
             todo[n++] = i;
-    sort_ws = ws;
-    qsort(todo, n, sizeof(*todo), by_size_desc);
     struct pass p;
     pass_init(&p, ws, todo, n, progress, ud, "statistics");
     p.stats = true;
@@ -1532,10 +1479,7 @@ const struct stats_raw *ws_tensor_stats(const struct workspace *ws, size_t i)
 static int merge_into_cache(struct workspace *ws, bool (*want)(const struct ws_tensor *, int), int arg,
                             lm_progress_fn progress, void *ud)
 {
-    int irc = ws_check_inputs(ws);
-    if (irc)
-        return irc;
-    int rc = ws_calibrate(ws, progress, ud);
+    int rc = ws_calibrate(ws, progress, ud); /* checks the inputs first */
     if (rc)
         return rc;
     size_t *todo = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
@@ -1545,8 +1489,6 @@ static int merge_into_cache(struct workspace *ws, bool (*want)(const struct ws_t
     for (size_t i = 0; i < ws->n_tensors; i++)
         if (want(&ws->tensors[i], arg) && !ws->merged[i])
             todo[n++] = i;
-    sort_ws = ws;
-    qsort(todo, n, sizeof(*todo), by_size_desc);
     struct pass p;
     pass_init(&p, ws, todo, n, progress, ud, "merging");
     p.keep_merged = true;
@@ -1768,25 +1710,6 @@ int ws_stats_rows(const struct workspace *ws, enum ws_stats_by by, struct ws_sta
 
 /* ===== Writing ===== */
 
-static int remove_tree_flat(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char *p = lm_path_join(dir, e->d_name);
-        if (p)
-            unlink(p);
-        free(p);
-    }
-    closedir(d);
-    rmdir(dir);
-    return 0;
-}
-
 static bool is_weight_file(const char *name)
 {
     size_t n = strlen(name);
@@ -1978,8 +1901,6 @@ static int write_weights(struct workspace *ws, const char *staging, enum lm_dtyp
     if (!rc) {
         for (size_t i = 0; i < ws->n_tensors; i++)
             todo[i] = i;
-        sort_ws = ws;
-        qsort(todo, ws->n_tensors, sizeof(*todo), by_size_desc);
         struct pass p;
         pass_init(&p, ws, todo, ws->n_tensors, progress, ud, "writing");
         p.writer = w;
@@ -2056,7 +1977,7 @@ int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params p
         free(target);
         return LM_ENOMEM;
     }
-    remove_tree_flat(staging);
+    lm_remove_dir_flat(staging);
     int rc = 0;
     char *parent = lm_path_dirname(target);
     if (!parent)
@@ -2107,7 +2028,7 @@ int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params p
         free(names[i]);
     free(names);
     if (rc)
-        remove_tree_flat(staging);
+        lm_remove_dir_flat(staging);
     if (!rc && progress)
         progress(1.0, "done", ud);
     free(staging);
