@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "workspace.h"
 
 static volatile sig_atomic_t interrupted;
 static int bar_drawn;
@@ -136,6 +137,17 @@ int cli_parse_long_option(const char *cmd, const char *opt, const char *arg, lon
     if (max >= 100000000L && min == 0)
         return cli_usage_error(cmd, "%s must be a number >= 0", opt);
     return cli_usage_error(cmd, "%s must be a number from %ld to %ld", opt, min, max);
+}
+
+int cli_parse_double_option(const char *cmd, const char *opt, const char *arg, double lo, double hi,
+                            double *out)
+{
+    char *end;
+    double v = strtod(arg, &end);
+    if (end == arg || *end || !(v >= lo && v <= hi))
+        return cli_usage_error(cmd, "%s must be a number in [%g, %g]", opt, lo, hi);
+    *out = v;
+    return 0;
 }
 
 int cli_parse_threads(const char *cmd, const char *arg, int *out)
@@ -346,4 +358,13 @@ void cli_print_notes(const char *notes)
         if (*notes == '\n')
             notes++;
     }
+}
+
+void cli_print_peak_memory(struct workspace *ws)
+{
+    struct ws_memory mem;
+    ws_memory_peak(ws, &mem);
+    fprintf(stderr, "mergescope: peak memory %.2f GB anonymous (RssAnon, sampled), "
+            "%.2f GB resident with the mapped models (VmHWM)\n",
+            (double)mem.peak_rss_anon / 1e9, (double)mem.hwm / 1e9);
 }

@@ -83,6 +83,10 @@ bool cli_help_asked(int argc, char **argv, const char *shortopts, const struct o
 /* An integer option in [min, max]. */
 int cli_parse_long_option(const char *cmd, const char *opt, const char *arg, long min, long max, long *out);
 
+/* A number option in [lo, hi] ("--density must be a number in [0, 1]"). */
+int cli_parse_double_option(const char *cmd, const char *opt, const char *arg, double lo, double hi,
+                            double *out);
+
 /* --threads N: 1 to 1024. */
 int cli_parse_threads(const char *cmd, const char *arg, int *out);
 
@@ -136,6 +140,10 @@ struct recipe *cli_recipe_from_dirs(const char *base, const char *const *models,
 void cli_print_notes(const char *notes);
 
 struct workspace;
+/* --verbose: prints the workspace's peak memory (ws_memory_peak) on stderr
+ * as "mergescope: peak memory ...". */
+void cli_print_peak_memory(struct workspace *ws);
+
 /* For methods that need calibration (aim, sens): prints what it will cost
  * (samples, tokens, passes, an estimate of the work and the extra memory)
  * on stderr, runs it with the progress bar, and prints the time it took.

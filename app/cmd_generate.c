@@ -190,17 +190,6 @@ static bool on_event(const struct gen_event *ev, void *ud)
     return !cli_interrupted() && !st->failed;
 }
 
-/* A number in [lo, hi]: 0, or CLI_EXIT_USAGE after printing the error. */
-static int parse_float(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out)
-{
-    char *end;
-    double v = strtod(text, &end);
-    if (end == text || *end || !(v >= lo && v <= hi))
-        return cli_usage_error(cmd, "%s must be a number in [%g, %g]", opt, lo, hi);
-    *out = v;
-    return 0;
-}
-
 int cmd_generate(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -238,12 +227,12 @@ int cmd_generate(int argc, char **argv)
                 return rc;
             break;
         case 'T':
-            if ((rc = parse_float("generate", "--temp", optarg, 0.0, 100.0, &v)))
+            if ((rc = cli_parse_double_option("generate", "--temp", optarg, 0.0, 100.0, &v)))
                 return rc;
             gp.sampling.temperature = (float)v;
             break;
         case 'P':
-            if ((rc = parse_float("generate", "--top-p", optarg, 1e-6, 1.0, &v)))
+            if ((rc = cli_parse_double_option("generate", "--top-p", optarg, 1e-6, 1.0, &v)))
                 return rc;
             gp.sampling.top_p = (float)v;
             break;
@@ -299,19 +288,10 @@ int cmd_generate(int argc, char **argv)
         system = chat_default_system(fmt, &det);
     else if (fmt == CHAT_FORMAT_NONE)
         fprintf(stderr, "mergescope: note: --system is ignored with chat format none\n");
-    if (chat_encode(e.tok, fmt, system, prompt, &ids) < 0 || chat_stop_ids(e.tok, fmt, &stops) < 0) {
+    if (chat_encode(e.tok, fmt, system, prompt, &ids) < 0 ||
+        chat_stop_ids(e.tok, fmt, e.config, &stops) < 0) {
         rc = cli_fail(LM_ENOMEM);
         goto out;
-    }
-    for (int i = 0; i < e.config->n_eos_token_ids; i++) {
-        int32_t id = (int32_t)e.config->eos_token_ids[i];
-        bool dup = false;
-        for (size_t j = 0; j < stops.n; j++)
-            dup |= stops.data[j] == id;
-        if (!dup && tok_ids_push(&stops, id) < 0) {
-            rc = cli_fail(LM_ENOMEM);
-            goto out;
-        }
     }
     const struct model_info *info = model_get_info(e.model);
     if ((int64_t)ids.n > info->n_ctx) {

@@ -106,13 +106,8 @@ int cmd_merge(int argc, char **argv)
         elements += ws_tensor(ws, i)->n_elements;
     fprintf(stderr, "mergescope: merged %zu tensors (%.3g M parameters) with %s into %s in %.2f s\n",
             ws_n_tensors(ws), (double)elements / 1e6, ws_method(ws)->name, out, lm_now_seconds() - t0);
-    if (verbose) {
-        struct ws_memory mem;
-        ws_memory_peak(ws, &mem);
-        fprintf(stderr, "mergescope: peak memory %.2f GB anonymous (RssAnon, sampled), "
-                "%.2f GB resident with the mapped models (VmHWM)\n",
-                (double)mem.peak_rss_anon / 1e9, (double)mem.hwm / 1e9);
-    }
+    if (verbose)
+        cli_print_peak_memory(ws);
     ws_free(ws);
     return CLI_EXIT_OK;
 }

@@ -267,13 +267,7 @@ int cmd_stats(int argc, char **argv)
             if (!(rc = cli_parse_choice("stats", "--by", optarg, by_names, &i)))
                 by = by_values[i];
             break;
-        case 'd': {
-            char *end;
-            density = strtod(optarg, &end);
-            if (*end || end == optarg || !(density >= 0 && density <= 1))
-                rc = cli_usage_error("stats", "--density must be a number in [0, 1]");
-            break;
-        }
+        case 'd': rc = cli_parse_double_option("stats", "--density", optarg, 0, 1, &density); break;
         case 't': rc = cli_parse_threads("stats", optarg, &params.n_threads); break;
         case 'v': verbose = true; break;
         default: rc = cli_usage_error("stats", "bad option"); break;
@@ -336,13 +330,8 @@ int cmd_stats(int argc, char **argv)
         print_rows(ws, rows, n_rows, format);
     }
     free(rows);
-    if (verbose) {
-        struct ws_memory mem;
-        ws_memory_peak(ws, &mem);
-        fprintf(stderr, "mergescope: peak memory %.2f GB anonymous (RssAnon, sampled), "
-                "%.2f GB resident with the mapped models (VmHWM)\n",
-                (double)mem.peak_rss_anon / 1e9, (double)mem.hwm / 1e9);
-    }
+    if (verbose)
+        cli_print_peak_memory(ws);
     ws_free(ws);
 out:
     free(models);

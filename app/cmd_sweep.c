@@ -35,7 +35,7 @@ enum vary_kind { VARY_METHOD, VARY_PARAM, VARY_MODEL_PARAM };
 
 /* One --vary KEY=V1,V2,... */
 struct vary {
-    const char *key;          /* as given, for messages and column titles */
+    char *key;                /* KEY, for messages and column titles */
     enum vary_kind kind;
     char *model;              /* VARY_MODEL_PARAM */
     const struct merge_param_spec *spec;   /* VARY_PARAM, VARY_MODEL_PARAM */
@@ -51,12 +51,7 @@ static void vary_deinit(struct vary *v)
     free(v->values);
     free(v->numbers);
     free(v->model);
-}
-
-/* The length of the key in "KEY=V1,V2,...". */
-static int key_len(const struct vary *v)
-{
-    return (int)(strchr(v->key, '=') - v->key);
+    free(v->key);
 }
 
 /* True when a method this sweep can use (one of --vary method's values,
@@ -75,12 +70,11 @@ static bool method_in_play(const struct recipe *r, const struct vary *vs, size_t
     return m && merge_method_accepts(m, id);
 }
 
-/* Sets v->kind, v->model and v->spec from `key` (the part before '='),
- * checked against the recipe. 0, or an exit status after printing an error
- * that names the key. */
-static int vary_parse_key(struct vary *v, const char *key, const struct recipe *r)
+/* Sets v->kind, v->model and v->spec from v->key, checked against the
+ * recipe. 0, or an exit status after printing an error that names the key. */
+static int vary_parse_key(struct vary *v, const struct recipe *r)
 {
-    const char *pname = NULL;
+    const char *key = v->key, *pname = NULL;
     if (strcmp(key, "method") == 0) {
         v->kind = VARY_METHOD;
         return 0;
@@ -118,11 +112,12 @@ static int vary_parse_key(struct vary *v, const char *key, const struct recipe *
     return 0;
 }
 
-/* Checks one value `val` of --vary `key` (kind and spec set) and stores its
- * number in *d (1 or 0 for true or false; 0 for a method). 0, or an exit
- * status after printing an error that names the key. */
-static int vary_parse_value(const struct vary *v, const char *key, const char *val, double *d)
+/* Checks one value `val` of --vary v->key (kind and spec set) and stores
+ * its number in *d (1 or 0 for true or false; 0 for a method). 0, or an
+ * exit status after printing an error that names the key. */
+static int vary_parse_value(const struct vary *v, const char *val, double *d)
 {
+    const char *key = v->key;
     *d = 0;
     if (v->kind == VARY_METHOD) {
         if (merge_method_find(val))
@@ -161,16 +156,14 @@ static int vary_parse(struct vary *v, const char *text, const struct recipe *r)
     const char *eq = strchr(text, '=');
     if (!eq || eq == text || !eq[1])
         return cli_usage_error("sweep", "--vary %s: expected KEY=V1,V2,...", text);
-    char *key = lm_strndup(text, (size_t)(eq - text));
-    if (!key)
+    if (!(v->key = lm_strndup(text, (size_t)(eq - text))))
         return cli_fail(LM_ENOMEM);
-    v->key = text; /* printed up to '=' with %.*s */
-    int rc = vary_parse_key(v, key, r);
+    int rc = vary_parse_key(v, r);
     for (const char *p = eq + 1; !rc;) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         if (len == 0) {
-            rc = cli_usage_error("sweep", "--vary %s: empty value in '%s'", key, eq + 1);
+            rc = cli_usage_error("sweep", "--vary %s: empty value in '%s'", v->key, eq + 1);
             break;
         }
         char **vals = lm_realloc_array(v->values, v->n_values + 1, sizeof(*vals));
@@ -184,11 +177,10 @@ static int vary_parse(struct vary *v, const char *text, const struct recipe *r)
             break;
         }
         const char *val = v->values[v->n_values++];
-        if ((rc = vary_parse_value(v, key, val, &v->numbers[v->n_values - 1])) || !comma)
+        if ((rc = vary_parse_value(v, val, &v->numbers[v->n_values - 1])) || !comma)
             break;
         p = comma + 1;
     }
-    free(key);
     return rc;
 }
 
@@ -241,12 +233,14 @@ static int apply_combo(const struct recipe *r, const struct vary *vs, size_t n_v
     struct recipe *c = recipe_clone(r);
     if (!c)
         return LM_ENOMEM;
+    const struct merge_method *varied = NULL; /* the method --vary method sets */
     for (size_t k = 0; k < n_vary; k++) {
         const struct vary *v = &vs[k];
         const char *val = v->values[combo[k]];
         double d = v->numbers[combo[k]];
         int rc = 0;
         if (v->kind == VARY_METHOD) {
+            varied = merge_method_find(val);
             char *m = lm_strdup(val);
             if (!m)
                 rc = LM_ENOMEM;
@@ -272,14 +266,10 @@ static int apply_combo(const struct recipe *r, const struct vary *vs, size_t n_v
             return rc;
         }
     }
-    bool method_varied = false;
-    for (size_t k = 0; k < n_vary; k++)
-        method_varied |= vs[k].kind == VARY_METHOD;
-    const struct merge_method *m = method_varied ? merge_method_find(c->method) : NULL;
-    if (m) {
-        drop_untaken(c->params, &c->n_params, m);
+    if (varied) {
+        drop_untaken(c->params, &c->n_params, varied);
         for (size_t i = 0; i < c->n_models; i++)
-            drop_untaken(c->models[i].params, &c->models[i].n_params, m);
+            drop_untaken(c->models[i].params, &c->models[i].n_params, varied);
     }
     *out = c;
     return 0;
@@ -450,9 +440,9 @@ static int sweep_expand(struct sweep *s, const struct sweep_args *a)
             return rc;
         }
         for (size_t k = 0; k < s->n_vs; k++)
-            if (key_len(&s->vs[k]) == key_len(v) && strncmp(s->vs[k].key, v->key, (size_t)key_len(v)) == 0) {
+            if (strcmp(s->vs[k].key, v->key) == 0) {
                 vary_deinit(v);
-                return cli_usage_error("sweep", "--vary %.*s is given twice", key_len(&s->vs[k]), s->vs[k].key);
+                return cli_usage_error("sweep", "--vary %s is given twice", s->vs[k].key);
             }
         if (s->n_combos > SWEEP_MAX_COMBOS / v->n_values) {
             vary_deinit(v);
@@ -462,8 +452,8 @@ static int sweep_expand(struct sweep *s, const struct sweep_args *a)
     }
     for (size_t k = 0; k < s->n_vs; k++)
         if (s->vs[k].kind != VARY_METHOD && !method_in_play(s->recipe, s->vs, s->n_vs, s->vs[k].spec->id))
-            return cli_usage_error("sweep", "--vary %.*s: no merge method in this sweep takes '%s'",
-                                   key_len(&s->vs[k]), s->vs[k].key, s->vs[k].spec->name);
+            return cli_usage_error("sweep", "--vary %s: no merge method in this sweep takes '%s'",
+                                   s->vs[k].key, s->vs[k].spec->name);
     if (s->recipe->n_models == 0) {
         lm_err(LM_EFORMAT, "%s: the recipe names no models", a->recipe_path);
         return cli_fail(LM_EFORMAT);
@@ -512,8 +502,8 @@ static int sweep_check_combos(struct sweep *s, const struct eval_opts *o)
         if (rc < 0) {
             char setting[512] = "";
             for (size_t k = 0; k < s->n_vs; k++)
-                snprintf(setting + strlen(setting), sizeof(setting) - strlen(setting), "%s%.*s=%s",
-                         k ? ", " : "", key_len(&s->vs[k]), s->vs[k].key, s->vs[k].values[combo[k]]);
+                snprintf(setting + strlen(setting), sizeof(setting) - strlen(setting), "%s%s=%s",
+                         k ? ", " : "", s->vs[k].key, s->vs[k].values[combo[k]]);
             lm_err_context(rc, "sweep setting %s", setting);
             return cli_fail(rc);
         }
@@ -647,8 +637,6 @@ static int sweep_eval_combos(struct sweep *s, const struct eval_opts *o, bool *c
             *cancelled = true;
         } else if (err < 0) {
             rc = cli_fail(err);
-            eval_results_deinit(s->results, s->n_items);
-            break;
         } else {
             struct sweep_row *row = &s->rows[s->n_rows++];
             row->combo = sweep_combo(s, i);
@@ -656,6 +644,8 @@ static int sweep_eval_combos(struct sweep *s, const struct eval_opts *o, bool *c
             row->seconds = seconds;
         }
         eval_results_deinit(s->results, s->n_items);
+        if (rc)
+            break;
     }
     cli_progress_done();
     return rc;
@@ -663,16 +653,14 @@ static int sweep_eval_combos(struct sweep *s, const struct eval_opts *o, bool *c
 
 /* ===== Printing ===== */
 
-/* Prints `len` bytes of `text` as a JSON string. */
-static void print_json_string(const char *text, size_t len)
+/* Prints `text` as a JSON string. */
+static void print_json_string(const char *text)
 {
-    char *copy = lm_strndup(text, len);
-    cJSON *s = copy ? cJSON_CreateString(copy) : NULL;
+    cJSON *s = cJSON_CreateString(text);
     char *q = s ? cJSON_PrintUnformatted(s) : NULL;
     fputs(q ? q : "null", stdout);
     free(q);
     cJSON_Delete(s);
-    free(copy);
 }
 
 /* The change in mean length of a row against the reference, as a fraction. */
@@ -687,7 +675,7 @@ static void print_sweep_json(const struct sweep *s)
     char a[40], b[40], c[40], d[40];
     const struct eval_summary *ref = &s->ref_summary;
     printf("{\n  \"reference\": {\"model\": ");
-    print_json_string(s->ref_dir, strlen(s->ref_dir));
+    print_json_string(s->ref_dir);
     printf(", \"n\": %zu, \"accuracy\": %s, \"mean_tokens\": %s, \"reflective\": %s},\n", ref->n,
            eval_json_number(ref->accuracy, a), eval_json_number(ref->mean_tokens, b),
            eval_json_number(ref->reflective, c));
@@ -698,7 +686,7 @@ static void print_sweep_json(const struct sweep *s)
         for (size_t k = 0; k < s->n_vs; k++) {
             const struct vary *v = &s->vs[k];
             fputs(k ? ", " : "", stdout);
-            print_json_string(v->key, (size_t)key_len(v));
+            print_json_string(v->key);
             fputs(": ", stdout);
             if (!combo_uses(s->recipe, s->vs, s->n_vs, r->combo, k))
                 printf("null");
@@ -724,7 +712,7 @@ static void print_sweep_table(const struct sweep *s)
     const struct eval_summary *ref = &s->ref_summary;
     int width[SWEEP_MAX_VARY];
     for (size_t k = 0; k < s->n_vs; k++) {
-        width[k] = key_len(&s->vs[k]);
+        width[k] = (int)strlen(s->vs[k].key);
         for (size_t i = 0; i < s->vs[k].n_values; i++)
             if ((int)strlen(s->vs[k].values[i]) > width[k])
                 width[k] = (int)strlen(s->vs[k].values[i]);
@@ -732,7 +720,7 @@ static void print_sweep_table(const struct sweep *s)
     printf("reference %s: n %zu, accuracy %.1f%%, mean tokens %.1f, reflective %.1f%%\n", s->ref_dir, ref->n,
            100.0 * ref->accuracy, ref->mean_tokens, 100.0 * ref->reflective);
     for (size_t k = 0; k < s->n_vs; k++)
-        printf("%-*.*s  ", width[k], key_len(&s->vs[k]), s->vs[k].key);
+        printf("%-*s  ", width[k], s->vs[k].key);
     printf("%6s %9s %12s %9s %11s\n", "N", "ACCURACY", "MEAN_TOKENS", "LENGTH", "REFLECTIVE");
     for (size_t i = 0; i < s->n_rows; i++) {
         const struct sweep_row *r = &s->rows[i];

@@ -77,24 +77,22 @@ int prompt_setup_init(struct prompt_setup *ps, const struct eval_opts *o, const 
         fprintf(stderr, "mergescope: note: --system is ignored with chat format none\n");
     ps->prompt_template = o->prompt_template ? o->prompt_template
                           : ps->chat != CHAT_FORMAT_NONE ? EVAL_DEFAULT_TEMPLATE : NULL;
-    if (chat_stop_ids(t, ps->chat, &ps->stops) < 0)
+    if (chat_stop_ids(t, ps->chat, cfg, &ps->stops) < 0)
         return cli_fail(LM_ENOMEM);
-    for (int i = 0; i < cfg->n_eos_token_ids; i++) {
-        int32_t id = (int32_t)cfg->eos_token_ids[i];
-        bool dup = false;
-        for (size_t j = 0; j < ps->stops.n; j++)
-            dup |= ps->stops.data[j] == id;
-        if (!dup && tok_ids_push(&ps->stops, id) < 0)
-            return cli_fail(LM_ENOMEM);
-    }
     return 0;
 }
 
 /* ===== Running ===== */
 
+/* --threads, or one per CPU. */
+static int total_threads(const struct eval_opts *o)
+{
+    return o->threads > 0 ? o->threads : pool_default_workers();
+}
+
 void eval_plan_jobs(const struct eval_opts *o, size_t n_items, int *n_jobs, int *threads_per_job)
 {
-    int threads = o->threads > 0 ? o->threads : pool_default_workers();
+    int threads = total_threads(o);
     int jobs = o->jobs > 0 ? o->jobs : threads;
     if ((size_t)jobs > n_items)
         jobs = (int)n_items;
@@ -117,7 +115,7 @@ int eval_with_jobs(struct model **first, const struct hf_config *cfg, const stru
 {
     if (o->jobs == 0 && *n_jobs_io > 1 && model_get_info(*first)->weight_bytes > EVAL_JOBS_MAX_WEIGHT_BYTES) {
         struct model_params all = model_default_params();
-        all.n_threads = o->threads > 0 ? o->threads : pool_default_workers();
+        all.n_threads = total_threads(o);
         struct model *m = model_load(cfg, src, all);
         if (!m)
             return LM_EFORMAT;

@@ -4,19 +4,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "mapguard.h"
-
-static void say(const char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(STDERR_FILENO, s, n);
-        if (w <= 0)
-            return;
-        s += w;
-        n -= (size_t)w;
-    }
-}
 
 static void on_bus(int sig, siginfo_t *si, void *ctx)
 {
@@ -27,10 +16,9 @@ static void on_bus(int sig, siginfo_t *si, void *ctx)
         raise(sig);
         return;
     }
-    say("\nmergescope: error: ");
-    say(file);
-    say(" changed on disk while it was being read (it is shorter than when it was opened); "
-        "nothing was written\n");
+    lm_write_str(STDERR_FILENO, "\nmergescope: error: ");
+    lm_mapguard_say_changed(STDERR_FILENO, file);
+    lm_write_str(STDERR_FILENO, "; nothing was written\n");
     _exit(1);
 }
 

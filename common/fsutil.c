@@ -12,26 +12,34 @@
 
 #include "lm_error.h"
 
+int lm_open_regular(const char *path, int *fd, uint64_t *size)
+{
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0)
+        return lm_err(LM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(*fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(*fd);
+        *fd = -1;
+        return lm_err(LM_EIO, "%s: not a regular file", path);
+    }
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
 char *lm_read_file(const char *path, size_t max_bytes, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        lm_err(LM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    uint64_t file_size;
+    if (lm_open_regular(path, &fd, &file_size) != 0)
         return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        lm_err(LM_EIO, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    if ((uint64_t)st.st_size > max_bytes) {
+    if (file_size > max_bytes) {
         lm_err(LM_EFORMAT, "%s: file is %lld bytes, more than the %zu allowed",
-               path, (long long)st.st_size, max_bytes);
+               path, (long long)file_size, max_bytes);
         close(fd);
         return NULL;
     }
-    size_t size = (size_t)st.st_size;
+    size_t size = (size_t)file_size;
     char *buf = lm_malloc(size + 1);
     if (!buf) {
         close(fd);
@@ -70,6 +78,11 @@ static int write_all(int fd, const void *data, size_t len)
         len -= (size_t)w;
     }
     return 0;
+}
+
+bool lm_write_str(int fd, const char *s)
+{
+    return write_all(fd, s, strlen(s)) == 0;
 }
 
 int lm_write_file_atomic(const char *path, const void *data, size_t len)

@@ -5,6 +5,12 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* Opens `path` read-only (close-on-exec) and checks that it is a regular
+ * file: 0 with *fd and *size set, or LM_EIO with a message naming the file
+ * ("cannot open: ...", "not a regular file"). */
+int lm_open_regular(const char *path, int *fd, uint64_t *size);
 
 /* Reads a whole file into a NUL-terminated heap buffer; *len gets its size.
  * NULL with an error naming the file. Files over `max_bytes` are refused. */
@@ -13,6 +19,11 @@ char *lm_read_file(const char *path, size_t max_bytes, size_t *len);
 /* Writes `len` bytes to `path` through a temporary name in the same
  * directory and rename(2); on failure the old file is untouched. */
 int lm_write_file_atomic(const char *path, const void *data, size_t len);
+
+/* Writes the string `s` to `fd` whole, retrying short writes and EINTR;
+ * false (errno set) when write(2) fails. Async-signal-safe, so the SIGBUS
+ * handlers (app/fault.c, tui/term.c) write their messages with it. */
+bool lm_write_str(int fd, const char *s);
 
 /* Copies a file (tmp + rename). */
 int lm_copy_file(const char *src, const char *dst);

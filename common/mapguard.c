@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fsutil.h"
+
 #define MAPGUARD_SLOTS 512
 
 /* A slot is published by storing `start` last (release) and retired by
@@ -64,4 +66,10 @@ const char *lm_mapguard_find(const void *addr)
             return slots[i].path;
     }
     return NULL;
+}
+
+void lm_mapguard_say_changed(int fd, const char *file)
+{
+    lm_write_str(fd, file);
+    lm_write_str(fd, " changed on disk while it was being read (it is shorter than when it was opened)");
 }

@@ -22,4 +22,10 @@ void lm_mapguard_remove(const void *addr);
  * call from a signal handler. */
 const char *lm_mapguard_find(const void *addr);
 
+/* Writes the one wording of that event to `fd`: "FILE changed on disk while
+ * it was being read (it is shorter than when it was opened)", with no
+ * newline; each handler (app/fault.c, tui/term.c) puts its own prefix and
+ * ending around it. Async-signal-safe. */
+void lm_mapguard_say_changed(int fd, const char *file);
+
 #endif /* MS_COMMON_MAPGUARD_H */

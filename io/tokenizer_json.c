@@ -2,15 +2,14 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "lm_error.h"
 #include "utf8.h"
 
@@ -993,24 +992,17 @@ struct tok_json *tok_json_parse(const char *buf, size_t len, const char *label)
  * page-cache pages cost less than fresh zeroed ones. */
 struct tok_json *tok_json_load(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        lm_err(LM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    uint64_t size;
+    if (lm_open_regular(path, &fd, &size) != 0)
         return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        lm_err(LM_EIO, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    if ((uint64_t)st.st_size > TOK_JSON_MAX_BYTES) {
+    if (size > TOK_JSON_MAX_BYTES) {
         lm_err(LM_EFORMAT, "%s: %lld bytes is too large for a tokenizer.json (limit %u)", path,
-               (long long)st.st_size, TOK_JSON_MAX_BYTES);
+               (long long)size, TOK_JSON_MAX_BYTES);
         close(fd);
         return NULL;
     }
-    size_t len = (size_t)st.st_size;
+    size_t len = (size_t)size;
     if (len == 0) {
         close(fd);
         return tok_json_parse("", 0, path);

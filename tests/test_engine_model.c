@@ -429,10 +429,7 @@ static void check_chat_golden(void)
               rc == 0 && ids.n == (size_t)n_want && memcmp(ids.data, want, ids.n * sizeof(int32_t)) == 0);
 
     struct tok_ids stops = { 0 };
-    chat_stop_ids(t, CHAT_FORMAT_CHATML, &stops);
-    const struct hf_config *cfg = model_dir_config(d);
-    for (int i = 0; i < cfg->n_eos_token_ids; i++)
-        tok_ids_push(&stops, (int32_t)cfg->eos_token_ids[i]);
+    chat_stop_ids(t, CHAT_FORMAT_CHATML, model_dir_config(d), &stops);
     TEST_COND("stop ids include <|im_end|> and <|endoftext|>", stops.n >= 2 &&
               (stops.data[0] == 258 || stops.data[1] == 258));
     struct gen_params gp = gen_default_params();

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "lm_error.h"
 #include "recipe.h"
 #include "test.h"
@@ -274,24 +275,6 @@ static void test_numbers(void)
 
 }
 
-/* Removes `dir` and the files in it. */
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char path[4400];
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static int count_entries(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -384,7 +367,7 @@ static void test_files(void)
 
     recipe_free(l);
     recipe_free(r);
-    remove_tree(dir);
+    lm_remove_dir_flat(dir);
     TEST_COND("temporary directory removed", access(dir, F_OK) != 0);
 }
 

@@ -2,7 +2,6 @@
  * plus the status-line inputs and the mouse. Every action returns reaction
  * flags; none draws. */
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

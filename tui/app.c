@@ -260,13 +260,11 @@ void ui_start_write(struct ui_app *a, const char *dir, bool force)
     /* The output policy first, as a question where `force` would do. */
     bool forceable = false;
     if (ws_check_output(a->ws, dir, false, force, &forceable) != 0) {
+        ui_status(a, true, "%s", lm_last_error());
         if (forceable) {
             snprintf(a->pending_write, sizeof(a->pending_write), "%s", dir);
-            ui_status(a, true, "%s", lm_last_error());
             a->input_kind = UI_INPUT_WRITE_FORCE;
             lineedit_set(&a->input, "");
-        } else {
-            ui_status(a, true, "%s", lm_last_error());
         }
         return;
     }

@@ -122,7 +122,6 @@ int ui_input_key(struct ui_app *a, int key);
 /* Mouse event (actions.c). */
 int ui_mouse(struct ui_app *a);
 
-/* Starts writing the merged model into `dir` (app.c). */
 /* Writes the merged model to `dir` in the background once the output policy
  * allows it; where only `force` would, asks first (UI_INPUT_WRITE_FORCE). */
 void ui_start_write(struct ui_app *a, const char *dir, bool force);

@@ -14,6 +14,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "mapguard.h"
 
 static volatile sig_atomic_t active;
@@ -39,18 +40,6 @@ void term_set_recovery(const char *path, const char *text)
     recovery_retired = atomic_exchange(&recovery_text, copy);
 }
 
-static void say(int fd, const char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(fd, s, n);
-        if (w <= 0)
-            return;
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
 /* Writes the recovery text; true when it is on disk. Signal-safe. */
 static bool save_recovery(void)
 {
@@ -66,7 +55,7 @@ static bool save_recovery(void)
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return false;
-    say(fd, text);
+    lm_write_str(fd, text);
     bool ok = fsync(fd) == 0;
     close(fd);
     return ok && rename(tmp, recovery_path) == 0;
@@ -80,8 +69,8 @@ static void on_bus(int sig, siginfo_t *si, void *ctx)
     if (active) {
         /* Mouse reporting off, the normal screen back, cursor shown,
          * attributes reset: with writes, since curses is not signal-safe. */
-        say(STDOUT_FILENO, "\033[?1000l\033[?1002l\033[?1003l\033[?1005l\033[?1006l"
-                           "\033[0m\033[?25h\033[?1049l\r\n");
+        lm_write_str(STDOUT_FILENO, "\033[?1000l\033[?1002l\033[?1003l\033[?1005l\033[?1006l"
+                                    "\033[0m\033[?25h\033[?1049l\r\n");
         if (have_saved_tty)
             tcsetattr(STDIN_FILENO, TCSANOW, &saved_tty);
         active = 0;
@@ -93,18 +82,17 @@ static void on_bus(int sig, siginfo_t *si, void *ctx)
         raise(sig);
         return;
     }
-    say(STDERR_FILENO, "mergescope: error: ");
-    say(STDERR_FILENO, file);
-    say(STDERR_FILENO, " changed on disk while it was being read (it is shorter than when it was "
-                       "opened)\n");
+    lm_write_str(STDERR_FILENO, "mergescope: error: ");
+    lm_mapguard_say_changed(STDERR_FILENO, file);
+    lm_write_str(STDERR_FILENO, "\n");
     if (save_recovery()) {
-        say(STDERR_FILENO, "mergescope: the recipe as it was is saved in ");
-        say(STDERR_FILENO, recovery_path);
-        say(STDERR_FILENO, "\n");
+        lm_write_str(STDERR_FILENO, "mergescope: the recipe as it was is saved in ");
+        lm_write_str(STDERR_FILENO, recovery_path);
+        lm_write_str(STDERR_FILENO, "\n");
     } else if (atomic_load(&recovery_text)) {
-        say(STDERR_FILENO, "mergescope: the recipe could not be saved to ");
-        say(STDERR_FILENO, recovery_path);
-        say(STDERR_FILENO, "\n");
+        lm_write_str(STDERR_FILENO, "mergescope: the recipe could not be saved to ");
+        lm_write_str(STDERR_FILENO, recovery_path);
+        lm_write_str(STDERR_FILENO, "\n");
     }
     _exit(1);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fsutil.h"
+#include "hf_config.h"
 #include "lm_error.h"
 #include "strbuf.h"
 #include "tokenizer_config.h"
@@ -281,7 +282,8 @@ static int push_unique(struct tok_ids *ids, int32_t id)
     return tok_ids_push(ids, id);
 }
 
-int chat_stop_ids(const struct tok *t, enum chat_format f, struct tok_ids *ids)
+int chat_stop_ids(const struct tok *t, enum chat_format f, const struct hf_config *cfg,
+                  struct tok_ids *ids)
 {
     int rc;
     if ((rc = push_unique(ids, tok_token_to_id(t, "<|im_end|>"))) < 0 ||
@@ -292,5 +294,8 @@ int chat_stop_ids(const struct tok *t, enum chat_format f, struct tok_ids *ids)
     if (f == CHAT_FORMAT_DEEPSEEK_R1 &&
         (rc = push_unique(ids, tok_token_to_id(t, "<｜end▁of▁sentence｜>"))) < 0)
         return rc;
+    for (int i = 0; cfg && i < cfg->n_eos_token_ids; i++)
+        if ((rc = push_unique(ids, (int32_t)cfg->eos_token_ids[i])) < 0)
+            return rc;
     return 0;
 }

@@ -105,10 +105,13 @@ char *chat_format_prompt(enum chat_format f, const char *system, const char *use
 int chat_encode(const struct tok *t, enum chat_format f, const char *system, const char *user,
                 struct tok_ids *out);
 
-/* Appends (without duplicates) the ids, present in `t`, of the tokens that
- * end an assistant turn: <|im_end|> always, plus the format's own
- * (<|eot_id|> for llama3, <｜end▁of▁sentence｜> for deepseek-r1) and
- * <|endoftext|>. Callers add the config's eos_token_id list too. */
-int chat_stop_ids(const struct tok *t, enum chat_format f, struct tok_ids *ids);
+struct hf_config;
+/* Appends (without duplicates) the ids that end a generation: those,
+ * present in `t`, of the tokens that end an assistant turn (<|im_end|>
+ * always, plus the format's own: <|eot_id|> for llama3,
+ * <｜end▁of▁sentence｜> for deepseek-r1; and <|endoftext|>), then the
+ * eos_token_id list of `cfg` (the model's config.json; NULL: none). */
+int chat_stop_ids(const struct tok *t, enum chat_format f, const struct hf_config *cfg,
+                  struct tok_ids *ids);
 
 #endif

@@ -96,9 +96,7 @@ int ws_gen_set_prompt(struct ws_gen *g, const char *prompt)
         return rc;
     rc = chat_encode(g->tok, det.format, chat_default_system(det.format, &det), prompt, &g->ids);
     if (!rc)
-        rc = chat_stop_ids(g->tok, det.format, &g->stops);
-    for (int k = 0; !rc && k < tm->config.n_eos_token_ids; k++)
-        rc = tok_ids_push(&g->stops, (int32_t)tm->config.eos_token_ids[k]);
+        rc = chat_stop_ids(g->tok, det.format, &tm->config, &g->stops);
     chat_detected_deinit(&det);
     if (rc)
         drop_prompt(g);

@@ -36,6 +36,10 @@ run() {
     local label=$1
     shift
     local t0 t1 peak=0 pid kb
+    # Every command starts from the same cold page cache where we may say so
+    # (root); otherwise the order of the runs decides what is cached.
+    sync
+    [ -w /proc/sys/vm/drop_caches ] && echo 3 > /proc/sys/vm/drop_caches 2> /dev/null || true
     t0=$(date +%s.%N)
     "$@" > "$data/.out-$label" 2>&1 &
     pid=$!
@@ -56,6 +60,8 @@ files() { find "$data/$1" -name '*.safetensors' | sort; }
 bytes() { cat $(files "$1") | wc -c; }
 
 echo "shape $shape, threads ${threads:-all}, $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GB RAM"
+[ -w /proc/sys/vm/drop_caches ] && echo "page cache dropped before each run" ||
+    echo "page cache NOT dropped (not root): runs see what the previous ones left"
 echo "model size: $(echo "$(bytes base) / 1000000000" | bc -l | cut -c1-5) GB each"
 
 run "read 3 (cat)" sh -c "cat $(files base | tr '\n' ' ') $(files quick | tr '\n' ' ') $(files long | tr '\n' ' ') > /dev/null"
@@ -67,13 +73,17 @@ mkdir -p "$data/copy"
 run "read 2 + write 1" sh -c "cat $(files quick | tr '\n' ' ') > /dev/null; for f in $(files long | tr '\n' ' '); do cat \$f > $data/copy/\$(basename \$f); done; sync"
 rm -rf "$data/copy" "$data/merged"
 run "TIES merge (bf16)" "$ms" merge "$recipe" -o "$data/merged" "${tflag[@]}"
-sync
+# The baseline above ends with sync; so does the merge: its written bytes
+# count only once they are on disk.
+t0=$(date +%s.%N); sync; t1=$(date +%s.%N)
+echo "$(cat "$data/.time-TIES merge (bf16)") + $t1 - $t0" | bc > "$data/.time-merge-synced"
+printf '%-28s %8.2f s   (merge + its sync)\n' "TIES merge, synced" "$(cat "$data/.time-merge-synced")"
 rm -rf "$data/merged"
 
 r3=$(cat "$data/.time-read 3 (cat)")
 st=$(cat "$data/.time-stats")
 rw=$(cat "$data/.time-read 2 + write 1")
-mg=$(cat "$data/.time-TIES merge (bf16)")
+mg=$(cat "$data/.time-merge-synced")
 printf 'stats / read 3:              %.2fx\n' "$(echo "$st / $r3" | bc -l)"
 printf 'merge / (read 2 + write 1):  %.2fx\n' "$(echo "$mg / $rw" | bc -l)"
 rm -f "$data"/.out-* "$data"/.time-*
