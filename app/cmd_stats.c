@@ -255,9 +255,9 @@ int cmd_stats(int argc, char **argv)
     bool verbose = false;
     if (!models)
         return cli_fail(LM_ENOMEM);
-    if (cli_help_asked(argc, argv, "h", options, stats_usage))
+    if (cli_help_asked(argc, argv, "hv", options, stats_usage))
         goto out;
-    while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hv", options, NULL)) != -1) {
         switch (c) {
         case 'b': rc = cli_path_option("stats", "--base", optarg, &base); break;
         case 'm': rc = cli_path_option("stats", "--model", optarg, &models[n_models++]); break;

@@ -11,6 +11,7 @@
 
 #include "fsutil.h"
 #include "lm_error.h"
+#include "mapguard.h"
 #include "utf8.h"
 
 /* Real files are around 10 MiB (Qwen: 11 MiB, 150k tokens); anything far
@@ -1013,7 +1014,9 @@ struct tok_json *tok_json_load(const char *path)
         lm_err(LM_EIO, "%s: cannot map: %s", path, strerror(errno));
         return NULL;
     }
+    lm_mapguard_add(map, len, path);   /* a SIGBUS while parsing names the file */
     struct tok_json *j = tok_json_parse(map, len, path);
+    lm_mapguard_remove(map);
     munmap(map, len);
     return j;
 }

@@ -33,6 +33,10 @@ check "bad --dtype exits 2" bash -c "run 2 '$ms' merge '$tmp/m/ties.json' -o '$t
 
 check "stats table by layer has a row per layer" \
     bash -c "run 0 '$ms' stats '$tmp/m/ties.json' && out_match '^layer 0' && out_match '^layer 2' && out_has 'rel(long)' && out_has 'sign_flip'"
+for v in -v --verbose; do
+    check "stats $v prints the peak memory" \
+        bash -c "run 0 '$ms' stats '$tmp/m/ties.json' $v && err_has 'peak memory' && err_has 'RssAnon'"
+done
 check "stats csv has a header and one row per tensor (38 + lm_head)" \
     bash -c "run 0 '$ms' stats '$tmp/m/ties.json' --format csv --by tensor && out_match '^name,layer,n_elements,norm(long)' && [ \$(wc -l <'$tmp/out') -eq 40 ]"
 check "stats json has rows with per-model numbers" \

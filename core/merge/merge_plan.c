@@ -181,16 +181,22 @@ int merge_plan_init(struct merge_plan *plan, const struct recipe *r)
     return 0;
 }
 
+/* Whether `layer` lies in one of o's layer ranges (any, for all_layers). */
+static bool in_layers(const struct recipe_override *o, int layer)
+{
+    if (o->all_layers)
+        return true;
+    for (size_t i = 0; i < o->n_layers; i++)
+        if (layer >= o->layers[i].first && layer <= o->layers[i].last)
+            return true;
+    return false;
+}
+
 bool merge_plan_override_matches(const struct recipe_override *o, const char *name,
                                  const struct tn_info *info)
 {
-    if (!o->all_layers) {
-        bool in = false;
-        for (size_t i = 0; i < o->n_layers && !in; i++)
-            in = info->layer >= o->layers[i].first && info->layer <= o->layers[i].last;
-        if (!in)
-            return false;
-    }
+    if (!in_layers(o, info->layer))
+        return false;
     if (o->n_modules == 0)
         return true;
     for (size_t i = 0; i < o->n_modules; i++)
@@ -223,16 +229,6 @@ static int check_gradients(const struct merge_plan *plan, const char *label, con
             return rc;
     }
     return 0;
-}
-
-static bool in_layers(const struct recipe_override *o, int layer)
-{
-    if (o->all_layers)
-        return true;
-    for (size_t i = 0; i < o->n_layers; i++)
-        if (layer >= o->layers[i].first && layer <= o->layers[i].last)
-            return true;
-    return false;
 }
 
 int merge_plan_check_selection(const struct merge_plan *plan, const char *const *names,
@@ -269,8 +265,7 @@ int merge_plan_check_selection(const struct merge_plan *plan, const char *const 
         }
         size_t selected = 0;
         for (size_t t = 0; t < n; t++)
-            selected += in_layers(o, infos[t].layer) &&
-                        merge_plan_override_matches(o, names[t], &infos[t]);
+            selected += merge_plan_override_matches(o, names[t], &infos[t]);
         for (size_t mi = 0; mi < o->n_modules; mi++) {
             bool any = false;
             for (size_t t = 0; t < n && !any; t++)
