@@ -360,6 +360,14 @@ void cli_print_notes(const char *notes)
     }
 }
 
+void cli_print_nonfinite(const struct workspace *ws)
+{
+    char *text = ws_nonfinite_report(ws);
+    if (text)
+        fprintf(stderr, "mergescope: warning: %s\n", text);
+    free(text);
+}
+
 void cli_print_peak_memory(struct workspace *ws)
 {
     struct ws_memory mem;

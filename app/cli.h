@@ -144,6 +144,10 @@ struct workspace;
  * as "mergescope: peak memory ...". */
 void cli_print_peak_memory(struct workspace *ws);
 
+/* After a pass: one warning on stderr naming the tensors that held NaN or
+ * Inf (ws_nonfinite_report), nothing when none did. */
+void cli_print_nonfinite(const struct workspace *ws);
+
 /* For methods that need calibration (aim, sens): prints what it will cost
  * (samples, tokens, passes, an estimate of the work and the extra memory)
  * on stderr, runs it with the progress bar, and prints the time it took.

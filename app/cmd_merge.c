@@ -97,6 +97,7 @@ int cmd_merge(int argc, char **argv)
     if (!err)
         err = ws_write(ws, out, wp, cli_progress, NULL);
     cli_progress_done();
+    cli_print_nonfinite(ws);
     if (err) {
         ws_free(ws);
         return cli_fail(err);

@@ -315,6 +315,7 @@ int cmd_stats(int argc, char **argv)
     if (!err)
         err = ws_stats_compute(ws, cli_progress, NULL);
     cli_progress_done();
+    cli_print_nonfinite(ws);
     if (err) {
         rc = cli_fail(err);
         ws_free(ws);

@@ -76,6 +76,10 @@ check "an override beyond the model's layers: exit 3 naming it" \
     bash -c "run 3 '$ms' merge '$tmp/m/bad-layers.json' -o '$tmp/o2' && err_has 'overrides[0].layers: 0-99 reaches beyond the model' && [ ! -e '$tmp/o2' ]"
 check "a module filter that matches nothing: exit 3 naming it" \
     bash -c "run 3 '$ms' merge '$tmp/m/bad-module.json' -o '$tmp/o2' && err_has 'overrides[0].modules: \"self_atn\" matches no tensor'"
+sed 's/"density": 0.4/"density": 0.4, "lambda": 1e300/' "$tmp/m/r.json" > "$tmp/overflow.json"
+sed -i "s#\"quick\"#\"$tmp/m/quick\"#; s#\"long\", \"path\": \"long\"#\"long\", \"path\": \"$tmp/m/long\"#; s#calib.jsonl#$tmp/m/calib.jsonl#" "$tmp/overflow.json"
+check "a merge that makes NaN/Inf from finite weights is refused: exit 3 naming a tensor, nothing written" \
+    bash -c "run 3 '$ms' merge '$tmp/overflow.json' -o '$tmp/o3' && err_has 'not finite' && err_has 'tensor ' && [ ! -e '$tmp/o3' ]"
 check "the same mistakes in stats: exit 3" bash -c "run 3 '$ms' stats '$tmp/m/bad-module.json'"
 check "  (checksums of every input file)" unchanged
 

@@ -220,6 +220,17 @@ static void finish_job(struct ui_app *a)
         ui_status(a, false, "write cancelled; %s is unchanged", write_args.dir);
     if (kind == UI_JOB_STATS && !rc && !a->status_error && strstr(a->status, "being computed"))
         ui_status(a, false, "statistics ready for %zu tensors (? for help)", ws_n_tensors(a->ws));
+    if ((kind == UI_JOB_STATS || kind == UI_JOB_WRITE) && !a->warned_nonfinite) {
+        /* Once per session: the log keeps the list, the status line points to it. */
+        char *nf = ws_nonfinite_report(a->ws);
+        if (nf) {
+            msglog_add(&a->log, MSGLOG_WARN, nf);
+            if (!rc)
+                ui_status(a, true, "some tensors hold NaN or Inf: L shows which");
+            a->warned_nonfinite = true;
+        }
+        free(nf);
+    }
     if (kind == UI_JOB_HIST && !rc)
         a->hist.ready = true;
     a->table_dirty = true;

@@ -55,6 +55,7 @@ struct ui_app {
     char *save_path;             /* default for `s` */
     char pending_write[1024];    /* the directory UI_INPUT_WRITE_FORCE asks about */
     char recovery_path[1100];    /* where a SIGBUS saves the recipe */
+    bool warned_nonfinite;       /* the NaN/Inf warning was logged */
     struct undo_stack undo;
     struct job job;
     struct preview preview;

@@ -62,6 +62,9 @@ struct workspace {
     char *notes;
     struct stats_raw *stats;
     atomic_bool *stats_done;
+    /* Non-finite values per tensor, as the last pass over it counted them
+     * (each tensor is written by the one worker that merges it). */
+    struct ws_nonfinite *nonfinite;
     void **merged;                  /* output-dtype bytes per tensor, or NULL */
     void **spare;                   /* buffers of invalidated merges, reused by the next */
     /* Calibration results (aim, sens), each with the key of the settings
@@ -453,8 +456,9 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
 
     ws->merged = lm_calloc(ws->n_tensors, sizeof(*ws->merged));
     ws->spare = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->spare));
+    ws->nonfinite = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->nonfinite));
     ws->pool = pool_new(params.n_threads);
-    if (!ws->stats || !ws->stats_done || !ws->merged || !ws->spare || !ws->pool)
+    if (!ws->stats || !ws->stats_done || !ws->merged || !ws->spare || !ws->nonfinite || !ws->pool)
         goto fail;
     ws->scratch = lm_calloc((size_t)pool_n_workers(ws->pool), sizeof(*ws->scratch));
     if (!ws->scratch)
@@ -478,6 +482,7 @@ void ws_free(struct workspace *ws)
     free(ws->merged);
     free(ws->spare);
     free(ws->stats);
+    free(ws->nonfinite);
     free(ws->stats_done);
     for (size_t i = 0; i < ws->n_tensors; i++)
         free(ws->tensors[i].name);
@@ -1218,6 +1223,89 @@ void ws_memory_peak(struct workspace *ws, struct ws_memory *out)
     out->hwm = proc_status_bytes("VmHWM");
 }
 
+/* ===== Non-finite values ===== */
+
+/* Entries of x[0 .. n) that are NaN or infinite (exponent bits all set). */
+static uint64_t count_nonfinite(const float *x, size_t n)
+{
+    uint64_t c = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &x[j], sizeof u);
+        c += (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return c;
+}
+
+/* Counts the non-finite entries of one block of inputs in[s] and of the
+ * merged `out` into *nf; an output entry that is not finite while every
+ * input entry at its place is finite was made by the merge itself. */
+static void tally_nonfinite(struct ws_nonfinite *nf, int n_sources, float *const *in,
+                            const float *out, uint64_t e0, size_t len)
+{
+    for (int s = 0; s < n_sources; s++)
+        nf->inputs[s] += count_nonfinite(in[s], len);
+    if (!out || count_nonfinite(out, len) == 0)
+        return;
+    for (size_t j = 0; j < len; j++) {
+        if (isfinite(out[j]))
+            continue;
+        bool inputs_finite = true;
+        for (int s = 0; s < n_sources && inputs_finite; s++)
+            inputs_finite = isfinite(in[s][j]);
+        if (inputs_finite && nf->created++ == 0)
+            nf->first_created = e0 + j;
+    }
+}
+
+/* The error for tensor i when the merge made non-finite values. */
+static int refuse_created(const struct workspace *ws, size_t i)
+{
+    const struct ws_nonfinite *nf = &ws->nonfinite[i];
+    return lm_err(LM_EFORMAT, "tensor '%s': the merge made %llu values that are not finite (NaN or "
+                  "Inf) from finite inputs, the first at entry %llu; nothing is written (look at "
+                  "this tensor's weights, lambda and normalisation in the recipe)",
+                  ws->tensors[i].name, (unsigned long long)nf->created,
+                  (unsigned long long)nf->first_created);
+}
+
+const struct ws_nonfinite *ws_tensor_nonfinite(const struct workspace *ws, size_t i)
+{
+    return &ws->nonfinite[i];
+}
+
+char *ws_nonfinite_report(const struct workspace *ws)
+{
+    struct lm_strbuf b = { 0 };
+    size_t shown = 0, tensors = 0;
+    for (size_t i = 0; i < ws->n_tensors; i++) {
+        const struct ws_nonfinite *nf = &ws->nonfinite[i];
+        bool any = nf->created > 0;
+        for (int s = 0; s < ws->n_sources; s++)
+            any = any || nf->inputs[s] > 0;
+        if (!any)
+            continue;
+        tensors++;
+        if (shown++ >= 8)
+            continue;
+        lm_strbuf_printf(&b, "%s  %s:", shown > 1 ? "\n" : "", ws->tensors[i].name);
+        for (int s = 0; s < ws->n_sources; s++)
+            if (nf->inputs[s])
+                lm_strbuf_printf(&b, " %llu in %s", (unsigned long long)nf->inputs[s], ws->sources[s].name);
+        if (nf->created)
+            lm_strbuf_printf(&b, " %llu made by the merge", (unsigned long long)nf->created);
+    }
+    if (tensors == 0)
+        return NULL;
+    if (tensors > 8)
+        lm_strbuf_printf(&b, "\n  ... and %zu more tensors", tensors - 8);
+    char *list = lm_strbuf_finish(&b);
+    char *text = list ? lm_asprintf("%zu tensor%s hold values that are not finite (NaN or Inf):\n%s",
+                                    tensors, tensors == 1 ? "" : "s", list) : NULL;
+    free(list);
+    return text;
+}
+
 /* ===== Block by block ===== */
 
 static void stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst)
@@ -1286,11 +1374,20 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
     if (!rc && sink && sink->writer && !(sink->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, B)))
         rc = LM_ENOMEM;
     const uint64_t n = t->n_elements;
+    struct ws_nonfinite *nf = &ws->nonfinite[i];
+    memset(nf, 0, sizeof(*nf));
+    bool refused = false;
     for (uint64_t e0 = 0; !rc && e0 < n; e0 += B) {
         const size_t len = (size_t)LM_MIN((uint64_t)B, n - e0);
         for (int s = 0; s < ws->n_sources; s++)
             read_source(t, s, e0, len, in[s]);
         rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
+        if (!rc)
+            tally_nonfinite(nf, ws->n_sources, in, out, e0, len);
+        if (!rc && nf->created && sink && sink->writer) {
+            rc = refuse_created(ws, i);
+            refused = true;
+        }
         if (!rc && ss)
             rc = stats_stream_block(ss, in[0], (const float *const *)(in + 1), out, len);
         if (!rc && sink)
@@ -1307,6 +1404,8 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
             stats_stream_end(ss, &dummy);
         }
     }
+    if (refused)
+        return rc;   /* refuse_created named the tensor */
     if (rc)
         return lm_err_context(rc, "merging '%s'", t->name);
     return 0;
@@ -1376,6 +1475,12 @@ static void pass_tensor(void *ud, int64_t k, int worker)
             ws->spare[i] = sk.bytes;
             return; /* someone failed or asked to stop: skip the statistics */
         }
+        if (!rc) {
+            memset(&ws->nonfinite[i], 0, sizeof(ws->nonfinite[i]));
+            tally_nonfinite(&ws->nonfinite[i], ws->n_sources, (float *const *)sc->inputs.buf, out, 0, n);
+            if (ws->nonfinite[i].created && p->writer)
+                rc = refuse_created(ws, i);
+        }
         if (!rc && p->stats)
             rc = whole_stats(ws, i, sc, out, &raw);
         if (!rc)
@@ -1409,23 +1514,38 @@ static int pass_finish(struct pass *p)
 }
 
 /* Largest tensors first, so that the last ones to finish are small. */
-static const struct workspace *sort_ws;
-static int by_size_desc(const void *a, const void *b)
+static int by_size_desc(const void *a, const void *b, void *ctx)
 {
-    uint64_t x = sort_ws->tensors[*(const size_t *)a].n_elements;
-    uint64_t y = sort_ws->tensors[*(const size_t *)b].n_elements;
+    const struct workspace *ws = ctx;
+    uint64_t x = ws->tensors[*(const size_t *)a].n_elements;
+    uint64_t y = ws->tensors[*(const size_t *)b].n_elements;
     if (x != y)
         return x > y ? -1 : 1;
     return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
 }
 
-/* Sets up a pass over the tensors todo[0 .. n_todo), which it sorts
- * largest first. */
+/* Layer by layer from the first, the tensors outside the stack (embeddings,
+ * final norm, lm_head: the largest) last: statistics rows complete in the
+ * order a person reads them, the first within seconds even at 7B, instead
+ * of after the embedding. Largest first within a layer. */
+static int by_layer_then_size(const void *a, const void *b, void *ctx)
+{
+    const struct workspace *ws = ctx;
+    int la = ws->tensors[*(const size_t *)a].info.layer;
+    int lb = ws->tensors[*(const size_t *)b].info.layer;
+    unsigned ka = la < 0 ? UINT_MAX : (unsigned)la, kb = lb < 0 ? UINT_MAX : (unsigned)lb;
+    if (ka != kb)
+        return ka < kb ? -1 : 1;
+    return by_size_desc(a, b, ctx);
+}
+
+/* Sets up a pass over the tensors todo[0 .. n_todo), which it sorts with
+ * `order`. */
 static void pass_init(struct pass *p, struct workspace *ws, size_t *todo, size_t n_todo,
+                      int (*order)(const void *, const void *, void *),
                       lm_progress_fn progress, void *ud, const char *what)
 {
-    sort_ws = ws;
-    qsort(todo, n_todo, sizeof(*todo), by_size_desc);
+    qsort_r(todo, n_todo, sizeof(*todo), order, ws);
     memset(p, 0, sizeof(*p));
     p->ws = ws;
     p->todo = todo;
@@ -1460,7 +1580,7 @@ int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
         if (!atomic_load(&ws->stats_done[i]))
             todo[n++] = i;
     struct pass p;
-    pass_init(&p, ws, todo, n, progress, ud, "statistics");
+    pass_init(&p, ws, todo, n, by_layer_then_size, progress, ud, "statistics");
     p.stats = true;
     pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
     release_scratch(ws);
@@ -1490,7 +1610,7 @@ static int merge_into_cache(struct workspace *ws, bool (*want)(const struct ws_t
         if (want(&ws->tensors[i], arg) && !ws->merged[i])
             todo[n++] = i;
     struct pass p;
-    pass_init(&p, ws, todo, n, progress, ud, "merging");
+    pass_init(&p, ws, todo, n, by_size_desc, progress, ud, "merging");
     p.keep_merged = true;
     pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
     free(todo);
@@ -1902,7 +2022,7 @@ static int write_weights(struct workspace *ws, const char *staging, enum lm_dtyp
         for (size_t i = 0; i < ws->n_tensors; i++)
             todo[i] = i;
         struct pass p;
-        pass_init(&p, ws, todo, ws->n_tensors, progress, ud, "writing");
+        pass_init(&p, ws, todo, ws->n_tensors, by_size_desc, progress, ud, "writing");
         p.writer = w;
         p.out_dtype = dtype_all;
         p.fixed_dtype = fixed_dtype;

@@ -266,6 +266,23 @@ struct ws_write_params ws_default_write_params(void);
 int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params params,
              lm_progress_fn progress, void *ud);
 
+/* Non-finite values (NaN, Inf) the last pass over a tensor saw: in each
+ * source ([0] = base, [1 + i] = model i) and made by the merge itself (an
+ * output entry not finite where every input entry is). Writing refuses a
+ * tensor with created > 0 (LM_EFORMAT naming it); statistics and the
+ * preview only count. */
+struct ws_nonfinite {
+    uint64_t inputs[WS_MAX_SOURCES];
+    uint64_t created;
+    uint64_t first_created;   /* entry index of the first, when created > 0 */
+};
+const struct ws_nonfinite *ws_tensor_nonfinite(const struct workspace *ws, size_t i);
+
+/* One warning text for every tensor whose last pass saw non-finite values
+ * (the first 8 named, with counts per model), or NULL when none did.
+ * Caller frees. */
+char *ws_nonfinite_report(const struct workspace *ws);
+
 /* Whether every model file is still the one opened (same inode, size and
  * mtime): 0 or LM_ECHANGED naming the file. Every pass (statistics, merge,
  * calibration, writing) checks this first, so a model replaced or truncated
