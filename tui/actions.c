@@ -81,6 +81,107 @@ static void begin_input(struct ui_app *a, enum ui_input kind, const char *initia
     lineedit_set(&a->input, initial);
 }
 
+/* Rows a page key moves: the window's height less 8, at least 1. */
+static long page_rows(const struct ui_app *a)
+{
+    int h = getmaxy(a->win);
+    return h > 8 ? h - 8 : 1;
+}
+
+/* ===== Screens ===== */
+
+static int switch_to(struct ui_app *a, enum ui_screen s)
+{
+    if (s == UI_SCREEN_HELP || s == UI_SCREEN_LOG) {
+        if (a->screen != UI_SCREEN_HELP && a->screen != UI_SCREEN_LOG)
+            a->back_screen = a->screen;
+        a->text_top = 0;
+    }
+    if (s == UI_SCREEN_DETAIL && a->screen != UI_SCREEN_DETAIL) {
+        a->detail_sel = 0;
+        a->detail_top = 0;
+    }
+    a->screen = s;
+    a->prompt_focus = false;
+    return UI_REACT_REDRAW;
+}
+
+/* Help and Log return to the screen they were opened from, the others to
+ * Layers. */
+static int go_back(struct ui_app *a)
+{
+    return switch_to(a, a->screen == UI_SCREEN_HELP || a->screen == UI_SCREEN_LOG ? a->back_screen
+                                                                                  : UI_SCREEN_LAYERS);
+}
+
+static int next_screen(struct ui_app *a)
+{
+    static const enum ui_screen next[UI_SCREEN_COUNT] = {
+        UI_SCREEN_DETAIL, UI_SCREEN_RECIPE, UI_SCREEN_PREVIEW, UI_SCREEN_LAYERS,
+        UI_SCREEN_LAYERS, UI_SCREEN_LAYERS,
+    };
+    return switch_to(a, next[a->screen]);
+}
+
+/* The preview is for typing: the prompt takes the keys. */
+static int focus_prompt(struct ui_app *a)
+{
+    switch_to(a, UI_SCREEN_PREVIEW);
+    a->prompt_focus = true;
+    prompt_begin(NULL);
+    return UI_REACT_REDRAW;
+}
+
+/* ===== The layer table: search, sort, marks ===== */
+
+static int begin_search(struct ui_app *a)
+{
+    if (a->screen != UI_SCREEN_LAYERS && a->screen != UI_SCREEN_DETAIL)
+        switch_to(a, UI_SCREEN_LAYERS);
+    begin_input(a, UI_INPUT_SEARCH, "");
+    return UI_REACT_REDRAW;
+}
+
+static int search_next(struct ui_app *a)
+{
+    long p = lt_search(&a->table, a->search, a->sel);
+    if (p >= 0)
+        a->sel = (size_t)p;
+    return UI_REACT_REDRAW;
+}
+
+/* Sorts by the column after the current one (descending), and after the
+ * last column goes back to layer order; the status line says which. */
+static int sort_next_column(struct ui_app *a)
+{
+    lt_sort(&a->table, a->table.sort_col + 1 >= a->table.n_cols ? -1 : a->table.sort_col + 1,
+            a->table.sort_col + 1 >= a->table.n_cols ? false : true);
+    if (a->table.sort_col >= 0)
+        ui_status(a, false, "sorted by %s %s", a->table.cols[a->table.sort_col].title,
+                  a->table.cols[a->table.sort_col].group == TN_GROUP_ATTN ? "(attention)"
+                  : a->table.cols[a->table.sort_col].group == TN_GROUP_MLP ? "(mlp)" : "");
+    else
+        ui_status(a, false, "layer order");
+    return UI_REACT_REDRAW;
+}
+
+static int invert_sort(struct ui_app *a)
+{
+    lt_sort(&a->table, a->table.sort_col, !a->table.sort_desc);
+    return UI_REACT_REDRAW;
+}
+
+/* Marks the selected layer as one end of a range, or clears the mark. */
+static int toggle_mark(struct ui_app *a)
+{
+    const struct lt_row *row = selected_row(a);
+    if (a->mark_layer >= 0 || !row || row->layer < 0)
+        a->mark_layer = -1;
+    else
+        a->mark_layer = row->layer;
+    return UI_REACT_REDRAW;
+}
+
 /* ===== Tuning ===== */
 
 static int tune_layers(struct ui_app *a, int first, int last, double v0, double v1)
@@ -159,6 +260,84 @@ static int step_value(struct ui_app *a, int dir)
     return tune_layers(a, first, last, v, v);
 }
 
+/* Opens the value input: with the field's text on the Recipe screen, else
+ * with the tuned value of the first selected layer. */
+static int edit_value(struct ui_app *a)
+{
+    char buf[LINEEDIT_MAX];
+    int first, last;
+    if (a->screen == UI_SCREEN_RECIPE) {
+        screen_recipe_value_text(a, buf, sizeof(buf));
+        begin_input(a, UI_INPUT_VALUE, buf);
+    } else if (ui_tuned_param(a) && selected_range(a, &first, &last)) {
+        snprintf(buf, sizeof(buf), "%g", current_value(a, first));
+        begin_input(a, UI_INPUT_VALUE, buf);
+    }
+    return UI_REACT_REDRAW;
+}
+
+/* Opens the FROM,TO input for the marked range, with its current ends. */
+static int edit_gradient(struct ui_app *a)
+{
+    char buf[LINEEDIT_MAX];
+    int first, last;
+    if (a->mark_layer < 0) {
+        ui_status(a, true, "mark a range first: Space on the first layer, then move to the last");
+        return UI_REACT_REDRAW;
+    }
+    if (selected_range(a, &first, &last)) {
+        snprintf(buf, sizeof(buf), "%g,%g", current_value(a, first), current_value(a, last));
+        begin_input(a, UI_INPUT_GRADIENT, buf);
+    }
+    return UI_REACT_REDRAW;
+}
+
+/* Removes the selected layers' overrides of the tuned parameter, or on the
+ * Recipe screen the selected override. */
+static int clear_overrides(struct ui_app *a)
+{
+    int first, last;
+    if (a->screen == UI_SCREEN_RECIPE)
+        return screen_recipe_clear(a) | UI_REACT_REDRAW;
+    if (ui_tuned_param(a) && selected_range(a, &first, &last)) {
+        const struct merge_param_spec *spec = ui_tuned_param(a);
+        struct tune_target t = { spec->name, ui_tuned_model(a), ui_tuned_module(a) };
+        struct recipe *r = recipe_clone(ws_recipe(a->ws));
+        if (r) {
+            tune_clear_layers(r, first, last, &t);
+            ui_apply_recipe(a, r, true);
+            recipe_free(r);
+        }
+    }
+    return UI_REACT_REDRAW | UI_REACT_RECIPE;
+}
+
+static int next_param(struct ui_app *a)
+{
+    a->param_idx++;
+    a->table_dirty = true;
+    return UI_REACT_REDRAW;
+}
+
+/* The next model, which is also the first of the pair compared. */
+static int next_model(struct ui_app *a)
+{
+    int n = ws_n_models(a->ws);
+    a->model_idx = n ? (a->model_idx + 1) % n : 0;
+    a->pair_a = a->model_idx;
+    a->pair_b = n > 1 ? (a->model_idx + 1) % n : 0;
+    a->table_dirty = true;
+    return UI_REACT_REDRAW;
+}
+
+/* All modules, attention, MLP. */
+static int next_module(struct ui_app *a)
+{
+    a->module_idx = (a->module_idx + 1) % 3;
+    a->table_dirty = true;
+    return UI_REACT_REDRAW;
+}
+
 static int parse_number(const char *s, double *v)
 {
     char *end;
@@ -214,6 +393,22 @@ static void default_path(struct ui_app *a, char *buf, size_t size, const char *e
     } else {
         snprintf(buf, size, "recipe%s", ext ? ext : ".json");
     }
+}
+
+/* Opens the path input of a save, filled with the last saved path (its
+ * extension replaced by `ext`) or recipe.json. */
+static int ask_save_path(struct ui_app *a, enum ui_input kind, const char *ext)
+{
+    char buf[LINEEDIT_MAX];
+    default_path(a, buf, sizeof(buf), ext);
+    begin_input(a, kind, buf);
+    return UI_REACT_REDRAW;
+}
+
+static int ask_write_dir(struct ui_app *a)
+{
+    begin_input(a, UI_INPUT_WRITE, "merged");
+    return UI_REACT_REDRAW;
 }
 
 /* ===== Status-line input ===== */
@@ -337,21 +532,53 @@ static int undo_step(struct ui_app *a, bool undo)
     return UI_REACT_REDRAW | UI_REACT_RECIPE;
 }
 
+/* ===== Jobs and the preview ===== */
+
+static int toggle_compare(struct ui_app *a)
+{
+    job_stop(&a->job);
+    a->preview.compare = !a->preview.compare;
+    ui_status(a, false, "compare mode %s", a->preview.compare ? "on: base and each model beside the merge"
+                                                             : "off");
+    if (a->preview.prompt && *a->preview.prompt)
+        ui_start_preview(a);
+    return UI_REACT_REDRAW;
+}
+
+/* Cancels the running job; with none, clears the mark; with no mark, goes
+ * back (from any screen but Layers). */
+static int cancel_or_back(struct ui_app *a)
+{
+    if (job_state(&a->job) == JOB_RUNNING) {
+        job_cancel(&a->job);
+        ui_status(a, false, "cancelled");
+        if (a->job.kind == UI_JOB_STATS)
+            a->stats_wanted = false;
+    } else if (a->mark_layer >= 0) {
+        a->mark_layer = -1;
+    } else if (a->screen != UI_SCREEN_LAYERS) {
+        return go_back(a);
+    }
+    return UI_REACT_REDRAW;
+}
+
 /* ===== Dispatch ===== */
 
-static int switch_to(struct ui_app *a, enum ui_screen s)
+/* Enter: the layer's tensor detail, the field's value, or the prompt. */
+static int open_selected(struct ui_app *a)
 {
-    if (s == UI_SCREEN_HELP || s == UI_SCREEN_LOG) {
-        if (a->screen != UI_SCREEN_HELP && a->screen != UI_SCREEN_LOG)
-            a->back_screen = a->screen;
-        a->text_top = 0;
-    }
-    if (s == UI_SCREEN_DETAIL && a->screen != UI_SCREEN_DETAIL) {
-        a->detail_sel = 0;
-        a->detail_top = 0;
-    }
-    a->screen = s;
-    a->prompt_focus = false;
+    if (a->screen == UI_SCREEN_LAYERS)
+        return switch_to(a, UI_SCREEN_DETAIL);
+    if (a->screen == UI_SCREEN_RECIPE)
+        return edit_value(a);
+    if (a->screen == UI_SCREEN_PREVIEW)
+        return focus_prompt(a);
+    return UI_REACT_NONE;
+}
+
+static int force_redraw(void)
+{
+    clearok(curscr, TRUE);
     return UI_REACT_REDRAW;
 }
 
@@ -365,174 +592,48 @@ static int ask_quit(struct ui_app *a)
 
 int ui_run_action(struct ui_app *a, enum ui_action action)
 {
-    int h = getmaxy(a->win);
-    long page = h > 8 ? h - 8 : 1;
-    char buf[LINEEDIT_MAX];
-    int first, last;
     switch (action) {
-    case UI_ACTION_NONE: return UI_REACT_NONE;
-    case UI_ACTION_UP: return move_sel(a, -1);
-    case UI_ACTION_DOWN: return move_sel(a, 1);
-    case UI_ACTION_PAGE_UP: return move_sel(a, -page);
-    case UI_ACTION_PAGE_DOWN: return move_sel(a, page);
-    case UI_ACTION_HOME: return move_sel(a, -1000000);
-    case UI_ACTION_END: return move_sel(a, 1000000);
-    case UI_ACTION_DEC: return step_value(a, -1);
-    case UI_ACTION_INC: return step_value(a, 1);
-    case UI_ACTION_ENTER:
-        if (a->screen == UI_SCREEN_LAYERS)
-            return switch_to(a, UI_SCREEN_DETAIL);
-        if (a->screen == UI_SCREEN_RECIPE) {
-            screen_recipe_value_text(a, buf, sizeof(buf));
-            begin_input(a, UI_INPUT_VALUE, buf);
-            return UI_REACT_REDRAW;
-        }
-        if (a->screen == UI_SCREEN_PREVIEW)
-            return ui_run_action(a, UI_ACTION_PROMPT);
-        return UI_REACT_NONE;
-    case UI_ACTION_BACK:
-        return switch_to(a, a->screen == UI_SCREEN_HELP || a->screen == UI_SCREEN_LOG ? a->back_screen
-                                                                                      : UI_SCREEN_LAYERS);
-    case UI_ACTION_NEXT_SCREEN: {
-        static const enum ui_screen next[UI_SCREEN_COUNT] = {
-            UI_SCREEN_DETAIL, UI_SCREEN_RECIPE, UI_SCREEN_PREVIEW, UI_SCREEN_LAYERS,
-            UI_SCREEN_LAYERS, UI_SCREEN_LAYERS,
-        };
-        return switch_to(a, next[a->screen]);
-    }
-    case UI_ACTION_HELP: return switch_to(a, UI_SCREEN_HELP);
-    case UI_ACTION_LAYERS: return switch_to(a, UI_SCREEN_LAYERS);
-    case UI_ACTION_DETAIL: return switch_to(a, UI_SCREEN_DETAIL);
-    case UI_ACTION_RECIPE: return switch_to(a, UI_SCREEN_RECIPE);
-    case UI_ACTION_LOG: return switch_to(a, UI_SCREEN_LOG);
-    case UI_ACTION_SEARCH:
-        if (a->screen != UI_SCREEN_LAYERS && a->screen != UI_SCREEN_DETAIL)
-            switch_to(a, UI_SCREEN_LAYERS);
-        begin_input(a, UI_INPUT_SEARCH, "");
-        return UI_REACT_REDRAW;
-    case UI_ACTION_SEARCH_NEXT: {
-        long p = lt_search(&a->table, a->search, a->sel);
-        if (p >= 0)
-            a->sel = (size_t)p;
-        return UI_REACT_REDRAW;
-    }
-    case UI_ACTION_SORT:
-        lt_sort(&a->table, a->table.sort_col + 1 >= a->table.n_cols ? -1 : a->table.sort_col + 1,
-                a->table.sort_col + 1 >= a->table.n_cols ? false : true);
-        if (a->table.sort_col >= 0)
-            ui_status(a, false, "sorted by %s %s", a->table.cols[a->table.sort_col].title,
-                      a->table.cols[a->table.sort_col].group == TN_GROUP_ATTN ? "(attention)"
-                      : a->table.cols[a->table.sort_col].group == TN_GROUP_MLP ? "(mlp)" : "");
-        else
-            ui_status(a, false, "layer order");
-        return UI_REACT_REDRAW;
-    case UI_ACTION_SORT_INVERT:
-        lt_sort(&a->table, a->table.sort_col, !a->table.sort_desc);
-        return UI_REACT_REDRAW;
-    case UI_ACTION_MARK: {
-        const struct lt_row *row = selected_row(a);
-        if (a->mark_layer >= 0 || !row || row->layer < 0)
-            a->mark_layer = -1;
-        else
-            a->mark_layer = row->layer;
-        return UI_REACT_REDRAW;
-    }
-    case UI_ACTION_SET_VALUE:
-        if (a->screen == UI_SCREEN_RECIPE) {
-            screen_recipe_value_text(a, buf, sizeof(buf));
-            begin_input(a, UI_INPUT_VALUE, buf);
-        } else if (ui_tuned_param(a) && selected_range(a, &first, &last)) {
-            snprintf(buf, sizeof(buf), "%g", current_value(a, first));
-            begin_input(a, UI_INPUT_VALUE, buf);
-        }
-        return UI_REACT_REDRAW;
-    case UI_ACTION_GRADIENT:
-        if (a->mark_layer < 0) {
-            ui_status(a, true, "mark a range first: Space on the first layer, then move to the last");
-            return UI_REACT_REDRAW;
-        }
-        if (selected_range(a, &first, &last)) {
-            snprintf(buf, sizeof(buf), "%g,%g", current_value(a, first), current_value(a, last));
-            begin_input(a, UI_INPUT_GRADIENT, buf);
-        }
-        return UI_REACT_REDRAW;
-    case UI_ACTION_PARAM:
-        a->param_idx++;
-        a->table_dirty = true;
-        return UI_REACT_REDRAW;
-    case UI_ACTION_MODEL: {
-        int n = ws_n_models(a->ws);
-        a->model_idx = n ? (a->model_idx + 1) % n : 0;
-        a->pair_a = a->model_idx;
-        a->pair_b = n > 1 ? (a->model_idx + 1) % n : 0;
-        a->table_dirty = true;
-        return UI_REACT_REDRAW;
-    }
-    case UI_ACTION_MODULE:
-        a->module_idx = (a->module_idx + 1) % 3;
-        a->table_dirty = true;
-        return UI_REACT_REDRAW;
-    case UI_ACTION_CLEAR:
-        if (a->screen == UI_SCREEN_RECIPE)
-            return screen_recipe_clear(a) | UI_REACT_REDRAW;
-        if (ui_tuned_param(a) && selected_range(a, &first, &last)) {
-            const struct merge_param_spec *spec = ui_tuned_param(a);
-            struct tune_target t = { spec->name, ui_tuned_model(a), ui_tuned_module(a) };
-            struct recipe *r = recipe_clone(ws_recipe(a->ws));
-            if (r) {
-                tune_clear_layers(r, first, last, &t);
-                ui_apply_recipe(a, r, true);
-                recipe_free(r);
-            }
-        }
-        return UI_REACT_REDRAW | UI_REACT_RECIPE;
-    case UI_ACTION_UNDO: return undo_step(a, true);
-    case UI_ACTION_REDO: return undo_step(a, false);
-    case UI_ACTION_SAVE:
-        default_path(a, buf, sizeof(buf), NULL);
-        begin_input(a, UI_INPUT_SAVE, buf);
-        return UI_REACT_REDRAW;
-    case UI_ACTION_SAVE_YAML:
-        default_path(a, buf, sizeof(buf), ".yaml");
-        begin_input(a, UI_INPUT_SAVE_YAML, buf);
-        return UI_REACT_REDRAW;
-    case UI_ACTION_WRITE:
-        begin_input(a, UI_INPUT_WRITE, "merged");
-        return UI_REACT_REDRAW;
-    case UI_ACTION_PREVIEW: /* the preview is for typing: the prompt takes the keys */
-    case UI_ACTION_PROMPT:
-        switch_to(a, UI_SCREEN_PREVIEW);
-        a->prompt_focus = true;
-        prompt_begin(NULL);
-        return UI_REACT_REDRAW;
-    case UI_ACTION_COMPARE:
-        job_stop(&a->job);
-        a->preview.compare = !a->preview.compare;
-        ui_status(a, false, "compare mode %s", a->preview.compare ? "on: base and each model beside the merge"
-                                                                 : "off");
-        if (a->preview.prompt && *a->preview.prompt)
-            ui_start_preview(a);
-        return UI_REACT_REDRAW;
-    case UI_ACTION_CANCEL:
-        if (job_state(&a->job) == JOB_RUNNING) {
-            job_cancel(&a->job);
-            ui_status(a, false, "cancelled");
-            if (a->job.kind == UI_JOB_STATS)
-                a->stats_wanted = false;
-        } else if (a->mark_layer >= 0) {
-            a->mark_layer = -1;
-        } else if (a->screen != UI_SCREEN_LAYERS) {
-            return ui_run_action(a, UI_ACTION_BACK);
-        }
-        return UI_REACT_REDRAW;
-    case UI_ACTION_REDRAW:
-        clearok(curscr, TRUE);
-        return UI_REACT_REDRAW;
-    case UI_ACTION_QUIT:
-    case UI_ACTION_INTERRUPT:
-        return ask_quit(a);
-    default:
-        return UI_REACT_NONE;
+    case UI_ACTION_NONE:        return UI_REACT_NONE;
+    case UI_ACTION_UP:          return move_sel(a, -1);
+    case UI_ACTION_DOWN:        return move_sel(a, 1);
+    case UI_ACTION_PAGE_UP:     return move_sel(a, -page_rows(a));
+    case UI_ACTION_PAGE_DOWN:   return move_sel(a, page_rows(a));
+    case UI_ACTION_HOME:        return move_sel(a, -1000000);
+    case UI_ACTION_END:         return move_sel(a, 1000000);
+    case UI_ACTION_DEC:         return step_value(a, -1);
+    case UI_ACTION_INC:         return step_value(a, 1);
+    case UI_ACTION_ENTER:       return open_selected(a);
+    case UI_ACTION_BACK:        return go_back(a);
+    case UI_ACTION_NEXT_SCREEN: return next_screen(a);
+    case UI_ACTION_HELP:        return switch_to(a, UI_SCREEN_HELP);
+    case UI_ACTION_LAYERS:      return switch_to(a, UI_SCREEN_LAYERS);
+    case UI_ACTION_DETAIL:      return switch_to(a, UI_SCREEN_DETAIL);
+    case UI_ACTION_RECIPE:      return switch_to(a, UI_SCREEN_RECIPE);
+    case UI_ACTION_PREVIEW:     return focus_prompt(a);
+    case UI_ACTION_LOG:         return switch_to(a, UI_SCREEN_LOG);
+    case UI_ACTION_SEARCH:      return begin_search(a);
+    case UI_ACTION_SEARCH_NEXT: return search_next(a);
+    case UI_ACTION_SORT:        return sort_next_column(a);
+    case UI_ACTION_SORT_INVERT: return invert_sort(a);
+    case UI_ACTION_MARK:        return toggle_mark(a);
+    case UI_ACTION_SET_VALUE:   return edit_value(a);
+    case UI_ACTION_GRADIENT:    return edit_gradient(a);
+    case UI_ACTION_PARAM:       return next_param(a);
+    case UI_ACTION_MODEL:       return next_model(a);
+    case UI_ACTION_MODULE:      return next_module(a);
+    case UI_ACTION_CLEAR:       return clear_overrides(a);
+    case UI_ACTION_UNDO:        return undo_step(a, true);
+    case UI_ACTION_REDO:        return undo_step(a, false);
+    case UI_ACTION_SAVE:        return ask_save_path(a, UI_INPUT_SAVE, NULL);
+    case UI_ACTION_SAVE_YAML:   return ask_save_path(a, UI_INPUT_SAVE_YAML, ".yaml");
+    case UI_ACTION_WRITE:       return ask_write_dir(a);
+    case UI_ACTION_PROMPT:      return focus_prompt(a);
+    case UI_ACTION_COMPARE:     return toggle_compare(a);
+    case UI_ACTION_CANCEL:      return cancel_or_back(a);
+    case UI_ACTION_REDRAW:      return force_redraw();
+    case UI_ACTION_QUIT:        return ask_quit(a);
+    case UI_ACTION_INTERRUPT:   return ask_quit(a);
+    default:                    return UI_REACT_NONE;
     }
 }
 
