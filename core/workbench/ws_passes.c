@@ -1,0 +1,700 @@
+/* The passes over tensors: merging one tensor, the parallel pass that
+ * merges tensors block by block (or whole where the method needs it) into
+ * statistics (ws_stats_compute), the merged cache (ws_merge_layer,
+ * ws_merge_all) or the safetensors writer (ws_write_weights), the memory
+ * samples taken on the way, and the count of non-finite values. */
+#include "workspace.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calib.h"
+#include "convert.h"
+#include "fsutil.h"
+#include "lm_error.h"
+#include "merge_plan.h"
+#include "merge_stream.h"
+#include "pool.h"
+#include "strbuf.h"
+#include "workspace_internal.h"
+
+/* ===== Merging one tensor ===== */
+
+/* Entries [e0, e0 + len) of source s of tensor t as float32: rows the
+ * source lacks are the base's (zero past the base's own rows). */
+static void read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst)
+{
+    const struct st_tensor *src = t->src[s];
+    uint64_t rows = t->ndim > 0 ? (uint64_t)t->shape[0] : 1;
+    uint64_t row_len = rows ? t->n_elements / rows : 0;
+    uint64_t have = LM_MIN((uint64_t)t->src_rows[s], rows) * row_len;
+    size_t n1 = e0 >= have ? 0 : (size_t)LM_MIN((uint64_t)len, have - e0);
+    if (n1)
+        lm_convert_to_f32(dst, (const char *)src->data + e0 * lm_dtype_size(src->dtype), src->dtype, n1);
+    if (n1 < len) {
+        if (s == 0)
+            memset(dst + n1, 0, (len - n1) * sizeof(float));
+        else
+            read_source(t, 0, e0 + n1, len - n1, dst + n1);
+    }
+}
+
+/* Loads base and models of tensor i as float32 into scratch slots. */
+static int load_inputs(const struct workspace *ws, size_t i, struct ws_scratch *sc,
+                       float **base, const float **models)
+{
+    const struct ws_tensor *t = &ws->tensors[i];
+    size_t n = (size_t)t->n_elements;
+    for (int s = 0; s < ws->n_sources; s++) {
+        float *buf = merge_scratch_get(&sc->inputs, s, n);
+        if (!buf)
+            return lm_err_context(LM_ENOMEM, "tensor '%s'", t->name);
+        read_source(t, s, 0, n, buf);
+        if (s == 0)
+            *base = buf;
+        else
+            models[s - 1] = buf;
+    }
+    return 0;
+}
+
+int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratch *sc)
+{
+    const struct ws_tensor *t = &ws->tensors[i];
+    float *base = NULL;
+    const float *models[MERGE_MAX_MODELS];
+    int rc = load_inputs(ws, i, sc, &base, models);
+    if (rc)
+        return rc;
+    struct merge_tensor_params p;
+    merge_plan_resolve(&ws->plan, t->name, &t->info, &p);
+    struct merge_context ctx = { 0 };
+    double scale[MERGE_MAX_MODELS];
+    unsigned needs = ws->plan.method->needs;
+    const struct calib_activations *act = ws_calib_activations(ws);
+    const struct calib_sensitivity *sens = ws_calib_sensitivity(ws);
+    if (((needs & MERGE_NEEDS_ACTIVATIONS) && !act) || ((needs & MERGE_NEEDS_SENSITIVITY) && !sens))
+        return lm_err(LM_EINVAL, "tensor '%s': method '%s' needs calibration, which has not run",
+                      t->name, ws->plan.method->name);
+    struct merge_tensor_job job = {
+        .name = t->name, .n = t->n_elements, .base = base, .models = models,
+        .n_models = ws->n_sources - 1, .params = &p, .out = out, .scratch = &sc->method,
+        .rows = t->ndim == 2 ? (uint64_t)t->shape[0] : 1,
+        .cols = t->ndim == 2 ? (uint64_t)t->shape[1] : t->n_elements,
+        .ctx = needs ? &ctx : NULL,
+    };
+    if (needs & MERGE_NEEDS_ACTIVATIONS)
+        ctx.channel_importance = calib_activations_for(act, t->name, &t->info, job.cols,
+                                                       (enum calib_norm)p.importance);
+    if (needs & MERGE_NEEDS_SENSITIVITY) {
+        calib_sens_scale(sens, t->info.layer, p.alpha, p.temperature, scale);
+        ctx.model_scale = scale;
+    }
+    rc = ws->plan.method->merge_tensor(&job);
+    if (rc)
+        return lm_err_context(rc, "merging '%s'", t->name);
+    return 0;
+}
+
+/* ===== Parallel passes ===== */
+
+struct pass {
+    struct workspace *ws;
+    const size_t *todo;      /* tensor indices */
+    size_t n_todo;
+    uint64_t total_elements;
+    atomic_uint_fast64_t done_elements;
+    atomic_int failed;       /* first error code, 0 if none */
+    atomic_bool cancel;
+    lm_progress_fn progress;
+    void *ud;
+    const char *what;
+    char error[1024];
+    /* write pass */
+    enum lm_dtype out_dtype;
+    bool keep_merged;        /* merge-layer pass: cache float results */
+    bool stats;              /* stats pass */
+    struct st_writer *writer; /* write pass: tensor i is the writer's tensor i */
+    bool fixed_dtype;        /* write pass: out_dtype for every tensor, else the base's */
+};
+
+static void pass_fail(struct pass *p, int rc)
+{
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&p->failed, &expected, rc))
+        snprintf(p->error, sizeof(p->error), "%s", lm_last_error());
+    atomic_store(&p->cancel, true);
+}
+
+static void pass_report(struct pass *p, int worker, uint64_t n)
+{
+    uint64_t done = atomic_fetch_add(&p->done_elements, n) + n;
+    if (worker != 0 || !p->progress)
+        return;
+    double frac = p->total_elements ? (double)done / (double)p->total_elements : 1.0;
+    if (!p->progress(frac, p->what, p->ud) && !atomic_load(&p->cancel)) {
+        lm_err(LM_ECANCELED, "cancelled");
+        pass_fail(p, LM_ECANCELED);
+    }
+}
+
+/* ===== Memory ===== */
+
+/* A field of /proc/self/status in bytes ("VmHWM", "RssAnon"), 0 when
+ * unknown. */
+static uint64_t proc_status_bytes(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    size_t len = strlen(field);
+    uint64_t v = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, field, len) == 0 && line[len] == ':') {
+            v = (uint64_t)strtoull(line + len + 1, NULL, 10) * 1024u;
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+static void sample_memory(struct workspace *ws)
+{
+    uint64_t anon = proc_status_bytes("RssAnon");
+    uint_fast64_t old = atomic_load(&ws->peak_anon);
+    while (anon > old && !atomic_compare_exchange_weak(&ws->peak_anon, &old, anon))
+        ;
+}
+
+void ws_memory_peak(struct workspace *ws, struct ws_memory *out)
+{
+    sample_memory(ws);
+    out->peak_rss_anon = atomic_load(&ws->peak_anon);
+    out->hwm = proc_status_bytes("VmHWM");
+}
+
+/* ===== Non-finite values ===== */
+
+/* Entries of x[0 .. n) that are NaN or infinite (exponent bits all set). */
+static uint64_t count_nonfinite(const float *x, size_t n)
+{
+    uint64_t c = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &x[j], sizeof u);
+        c += (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return c;
+}
+
+/* Counts the non-finite entries of one block of inputs in[s] and of the
+ * merged `out` into *nf; an output entry that is not finite while every
+ * input entry at its place is finite was made by the merge itself. */
+static void tally_nonfinite(struct ws_nonfinite *nf, int n_sources, float *const *in,
+                            const float *out, uint64_t e0, size_t len)
+{
+    for (int s = 0; s < n_sources; s++)
+        nf->inputs[s] += count_nonfinite(in[s], len);
+    if (!out || count_nonfinite(out, len) == 0)
+        return;
+    for (size_t j = 0; j < len; j++) {
+        if (isfinite(out[j]))
+            continue;
+        bool inputs_finite = true;
+        for (int s = 0; s < n_sources && inputs_finite; s++)
+            inputs_finite = isfinite(in[s][j]);
+        if (inputs_finite && nf->created++ == 0)
+            nf->first_created = e0 + j;
+    }
+}
+
+/* The error for tensor i when the merge made non-finite values. */
+static int refuse_created(const struct workspace *ws, size_t i)
+{
+    const struct ws_nonfinite *nf = &ws->nonfinite[i];
+    return lm_err(LM_EFORMAT, "tensor '%s': the merge made %llu values that are not finite (NaN or "
+                  "Inf) from finite inputs, the first at entry %llu; nothing is written (look at "
+                  "this tensor's weights, lambda and normalisation in the recipe)",
+                  ws->tensors[i].name, (unsigned long long)nf->created,
+                  (unsigned long long)nf->first_created);
+}
+
+const struct ws_nonfinite *ws_tensor_nonfinite(const struct workspace *ws, size_t i)
+{
+    return &ws->nonfinite[i];
+}
+
+char *ws_nonfinite_report(const struct workspace *ws)
+{
+    struct lm_strbuf b = { 0 };
+    size_t shown = 0, tensors = 0;
+    for (size_t i = 0; i < ws->n_tensors; i++) {
+        const struct ws_nonfinite *nf = &ws->nonfinite[i];
+        bool any = nf->created > 0;
+        for (int s = 0; s < ws->n_sources; s++)
+            any = any || nf->inputs[s] > 0;
+        if (!any)
+            continue;
+        tensors++;
+        if (shown++ >= 8)
+            continue;
+        lm_strbuf_printf(&b, "%s  %s:", shown > 1 ? "\n" : "", ws->tensors[i].name);
+        for (int s = 0; s < ws->n_sources; s++)
+            if (nf->inputs[s])
+                lm_strbuf_printf(&b, " %llu in %s", (unsigned long long)nf->inputs[s], ws->sources[s].name);
+        if (nf->created)
+            lm_strbuf_printf(&b, " %llu made by the merge", (unsigned long long)nf->created);
+    }
+    if (tensors == 0)
+        return NULL;
+    if (tensors > 8)
+        lm_strbuf_printf(&b, "\n  ... and %zu more tensors", tensors - 8);
+    char *list = lm_strbuf_finish(&b);
+    char *text = list ? lm_asprintf("%zu tensor%s hold values that are not finite (NaN or Inf):\n%s",
+                                    tensors, tensors == 1 ? "" : "s", list) : NULL;
+    free(list);
+    return text;
+}
+
+/* ===== Block by block ===== */
+
+static void stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst)
+{
+    read_source(ud, source, e0, len, dst);
+}
+
+/* Where the merged blocks of one tensor go. */
+struct sink {
+    enum lm_dtype dtype;
+    struct st_writer *writer;  /* pwrite as tensor `index` */
+    size_t index;
+    void *bytes;               /* or convert into this whole-tensor buffer */
+    void *conv;                /* MERGE_STREAM_BLOCK elements of dtype (writer) */
+};
+
+static int sink_put(struct sink *k, uint64_t e0, size_t len, const float *out)
+{
+    size_t es = lm_dtype_size(k->dtype);
+    if (k->bytes) {
+        lm_convert_from_f32((char *)k->bytes + e0 * es, k->dtype, out, len);
+        return 0;
+    }
+    if (!k->writer)
+        return 0;
+    lm_convert_from_f32(k->conv, k->dtype, out, len);
+    return st_writer_pwrite(k->writer, k->index, e0 * es, k->conv, len * es);
+}
+
+/* Merges tensor i block by block into `sink` (NULL: nowhere), with its
+ * statistics into `raw` when non-NULL. 1 when the method cannot merge it
+ * that way (nothing done), else 0 or an error. */
+static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, struct sink *sink,
+                         struct stats_raw *raw)
+{
+    const struct ws_tensor *t = &ws->tensors[i];
+    if (ws->plan.method->needs)
+        return 1;
+    struct merge_tensor_params p;
+    merge_plan_resolve(&ws->plan, t->name, &t->info, &p);
+    const int nm = ws->n_sources - 1;
+    struct merge_stream_job sj = {
+        .name = t->name, .n = t->n_elements,
+        .rows = t->ndim == 2 ? (uint64_t)t->shape[0] : 1,
+        .cols = t->ndim == 2 ? (uint64_t)t->shape[1] : t->n_elements,
+        .n_models = nm, .params = &p, .read = stream_read, .ud = (void *)t, .scratch = &sc->method,
+    };
+    struct merge_stream *st = NULL;
+    int rc = merge_stream_begin(ws->plan.method, &sj, &st);
+    if (rc)
+        return lm_err_context(rc, "merging '%s'", t->name);
+    if (!st)
+        return 1;
+    struct stats_stream *ss = NULL;
+    if (raw)
+        rc = stats_stream_begin(&ss, nm, t->n_elements, p.density, p.weight, st->has_cut, st->cut,
+                                stream_read, (void *)t, &sc->method);
+    const size_t B = MERGE_STREAM_BLOCK;
+    float *in[WS_MAX_SOURCES];
+    for (int s = 0; s < ws->n_sources && !rc; s++)
+        if (!(in[s] = merge_scratch_get(&sc->inputs, s, B)))
+            rc = LM_ENOMEM;
+    float *out = rc ? NULL : merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, B);
+    if (!rc && !out)
+        rc = LM_ENOMEM;
+    if (!rc && sink && sink->writer && !(sink->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, B)))
+        rc = LM_ENOMEM;
+    const uint64_t n = t->n_elements;
+    struct ws_nonfinite *nf = &ws->nonfinite[i];
+    memset(nf, 0, sizeof(*nf));
+    bool refused = false;
+    for (uint64_t e0 = 0; !rc && e0 < n; e0 += B) {
+        const size_t len = (size_t)LM_MIN((uint64_t)B, n - e0);
+        for (int s = 0; s < ws->n_sources; s++)
+            read_source(t, s, e0, len, in[s]);
+        rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
+        if (!rc)
+            tally_nonfinite(nf, ws->n_sources, in, out, e0, len);
+        if (!rc && nf->created && sink && sink->writer) {
+            rc = refuse_created(ws, i);
+            refused = true;
+        }
+        if (!rc && ss)
+            rc = stats_stream_block(ss, in[0], (const float *const *)(in + 1), out, len);
+        if (!rc && sink)
+            rc = sink_put(sink, e0, len, out);
+    }
+    merge_stream_free(st);
+    if (ss) {
+        if (!rc) {
+            stats_raw_init(raw, nm);
+            rc = stats_stream_end(ss, raw);
+        } else {
+            struct stats_raw dummy;
+            stats_raw_init(&dummy, nm);
+            stats_stream_end(ss, &dummy);
+        }
+    }
+    if (refused)
+        return rc;   /* refuse_created named the tensor */
+    if (rc)
+        return lm_err_context(rc, "merging '%s'", t->name);
+    return 0;
+}
+
+/* Sends a whole merged float32 tensor (n entries) to the sink a block at
+ * a time. */
+static int sink_whole(struct sink *k, struct ws_scratch *sc, const float *out, uint64_t n)
+{
+    if (!k->bytes && !k->writer)
+        return 0;
+    if (k->writer && !(k->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, MERGE_STREAM_BLOCK)))
+        return LM_ENOMEM;
+    int rc = 0;
+    for (uint64_t e0 = 0; !rc && e0 < n; e0 += MERGE_STREAM_BLOCK)
+        rc = sink_put(k, e0, (size_t)LM_MIN((uint64_t)MERGE_STREAM_BLOCK, n - e0), out + e0);
+    return rc;
+}
+
+/* Statistics of tensor i from its whole inputs, still in the scratch slots
+ * ws_merge_tensor filled, and its merged float32 copy. */
+static int whole_stats(struct workspace *ws, size_t i, struct ws_scratch *sc, const float *out,
+                       struct stats_raw *raw)
+{
+    const struct ws_tensor *t = &ws->tensors[i];
+    const float *models[MERGE_MAX_MODELS];
+    for (int m = 0; m + 1 < ws->n_sources; m++)
+        models[m] = sc->inputs.buf[m + 1];
+    struct merge_tensor_params prm;
+    merge_plan_resolve(&ws->plan, t->name, &t->info, &prm);
+    stats_raw_init(raw, ws->n_sources - 1);
+    return stats_accumulate(raw, sc->inputs.buf[0], models, ws->n_sources - 1, out, t->n_elements,
+                            prm.density, prm.weight, &sc->method);
+}
+
+static void pass_tensor(void *ud, int64_t k, int worker)
+{
+    struct pass *p = ud;
+    struct workspace *ws = p->ws;
+    if (atomic_load(&p->cancel))
+        return;
+    size_t i = p->todo[k];
+    const struct ws_tensor *t = &ws->tensors[i];
+    struct ws_scratch *sc = &ws->scratch[worker];
+    size_t n = (size_t)t->n_elements;
+    /* Where the merged tensor goes: the writer's tensor i, the cache (in
+     * the output dtype), or nowhere (statistics). */
+    struct sink sk = { .dtype = p->fixed_dtype ? p->out_dtype : t->base_dtype,
+                       .writer = p->writer, .index = i };
+    if (p->keep_merged) {
+        sk.dtype = ws_output_dtype(ws, i, -1);
+        sk.bytes = ws->spare[i] ? ws->spare[i] : lm_malloc_array(n ? n : 1, lm_dtype_size(sk.dtype));
+        ws->spare[i] = NULL;
+        if (!sk.bytes) {
+            pass_fail(p, LM_ENOMEM);
+            return;
+        }
+    }
+    struct stats_raw raw;
+    /* Block by block where the method can: no whole-tensor copies. */
+    int rc = stream_tensor(ws, i, sc, &sk, p->stats ? &raw : NULL);
+    const bool whole = rc == 1;
+    if (whole) {
+        float *out = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, n);
+        rc = out ? ws_merge_tensor(ws, i, out, sc) : LM_ENOMEM;
+        if (!rc && atomic_load(&p->cancel)) {
+            ws->spare[i] = sk.bytes;
+            return; /* someone failed or asked to stop: skip the statistics */
+        }
+        if (!rc) {
+            memset(&ws->nonfinite[i], 0, sizeof(ws->nonfinite[i]));
+            tally_nonfinite(&ws->nonfinite[i], ws->n_sources, (float *const *)sc->inputs.buf, out, 0, n);
+            if (ws->nonfinite[i].created && p->writer)
+                rc = refuse_created(ws, i);
+        }
+        if (!rc && p->stats)
+            rc = whole_stats(ws, i, sc, out, &raw);
+        if (!rc)
+            rc = sink_whole(&sk, sc, out, t->n_elements);
+    }
+    if (sk.bytes) {
+        if (rc)
+            ws->spare[i] = sk.bytes;
+        else
+            ws->merged[i] = sk.bytes;
+    }
+    if (rc) {
+        pass_fail(p, rc);
+        return;
+    }
+    if (p->stats) {
+        ws->stats[i] = raw;
+        atomic_store_explicit(&ws->stats_done[i], true, memory_order_release);
+    }
+    if (whole || worker == 0 || t->n_elements >= ((uint64_t)1 << 24))
+        sample_memory(ws);
+    pass_report(p, worker, t->n_elements);
+}
+
+static int pass_finish(struct pass *p)
+{
+    int rc = atomic_load(&p->failed);
+    if (rc)
+        lm_err(rc, "%s", p->error);
+    return rc;
+}
+
+/* Largest tensors first, so that the last ones to finish are small. */
+static int by_size_desc(const void *a, const void *b, void *ctx)
+{
+    const struct workspace *ws = ctx;
+    uint64_t x = ws->tensors[*(const size_t *)a].n_elements;
+    uint64_t y = ws->tensors[*(const size_t *)b].n_elements;
+    if (x != y)
+        return x > y ? -1 : 1;
+    return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
+}
+
+/* Layer by layer from the first, the tensors outside the stack (embeddings,
+ * final norm, lm_head: the largest) last: statistics rows complete in the
+ * order a person reads them, the first within seconds even at 7B, instead
+ * of after the embedding. Largest first within a layer. */
+static int by_layer_then_size(const void *a, const void *b, void *ctx)
+{
+    const struct workspace *ws = ctx;
+    int la = ws->tensors[*(const size_t *)a].info.layer;
+    int lb = ws->tensors[*(const size_t *)b].info.layer;
+    unsigned ka = la < 0 ? UINT_MAX : (unsigned)la, kb = lb < 0 ? UINT_MAX : (unsigned)lb;
+    if (ka != kb)
+        return ka < kb ? -1 : 1;
+    return by_size_desc(a, b, ctx);
+}
+
+/* Sets up a pass over the tensors todo[0 .. n_todo), which it sorts with
+ * `order`. */
+static void pass_init(struct pass *p, struct workspace *ws, size_t *todo, size_t n_todo,
+                      int (*order)(const void *, const void *, void *),
+                      lm_progress_fn progress, void *ud, const char *what)
+{
+    qsort_r(todo, n_todo, sizeof(*todo), order, ws);
+    memset(p, 0, sizeof(*p));
+    p->ws = ws;
+    p->todo = todo;
+    p->n_todo = n_todo;
+    p->progress = progress;
+    p->ud = ud;
+    p->what = what;
+    for (size_t k = 0; k < n_todo; k++)
+        p->total_elements += ws->tensors[todo[k]].n_elements;
+    atomic_init(&p->done_elements, 0);
+    atomic_init(&p->failed, 0);
+    atomic_init(&p->cancel, false);
+}
+
+static void release_scratch(struct workspace *ws)
+{
+    for (int w = 0; w < pool_n_workers(ws->pool); w++)
+        ws_scratch_deinit(&ws->scratch[w]);
+    memset(ws->scratch, 0, sizeof(*ws->scratch) * (size_t)pool_n_workers(ws->pool));
+}
+
+int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
+{
+    int rc = ws_calibrate(ws, progress, ud); /* checks the inputs first */
+    if (rc)
+        return rc;
+    size_t *todo = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
+    if (!todo)
+        return LM_ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < ws->n_tensors; i++)
+        if (!atomic_load(&ws->stats_done[i]))
+            todo[n++] = i;
+    struct pass p;
+    pass_init(&p, ws, todo, n, by_layer_then_size, progress, ud, "statistics");
+    p.stats = true;
+    pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
+    release_scratch(ws);
+    free(todo);
+    if (progress && !atomic_load(&p.failed))
+        progress(1.0, "statistics", ud);
+    return pass_finish(&p);
+}
+
+const struct stats_raw *ws_tensor_stats(const struct workspace *ws, size_t i)
+{
+    return atomic_load_explicit(&ws->stats_done[i], memory_order_acquire) ? &ws->stats[i] : NULL;
+}
+
+/* Merges the listed tensors that are not cached yet into the cache. */
+static int merge_into_cache(struct workspace *ws, bool (*want)(const struct ws_tensor *, int), int arg,
+                            lm_progress_fn progress, void *ud)
+{
+    int rc = ws_calibrate(ws, progress, ud); /* checks the inputs first */
+    if (rc)
+        return rc;
+    size_t *todo = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
+    if (!todo)
+        return LM_ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < ws->n_tensors; i++)
+        if (want(&ws->tensors[i], arg) && !ws->merged[i])
+            todo[n++] = i;
+    struct pass p;
+    pass_init(&p, ws, todo, n, by_size_desc, progress, ud, "merging");
+    p.keep_merged = true;
+    pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
+    free(todo);
+    return pass_finish(&p);
+}
+
+static bool in_layer(const struct ws_tensor *t, int layer)
+{
+    return t->info.layer == layer;
+}
+
+static bool any_tensor(const struct ws_tensor *t, int unused)
+{
+    (void)t;
+    (void)unused;
+    return true;
+}
+
+int ws_merge_layer(struct workspace *ws, int layer, lm_progress_fn progress, void *ud)
+{
+    return merge_into_cache(ws, in_layer, layer, progress, ud);
+}
+
+int ws_merge_all(struct workspace *ws, lm_progress_fn progress, void *ud)
+{
+    int rc = merge_into_cache(ws, any_tensor, 0, progress, ud);
+    release_scratch(ws);
+    return rc;
+}
+
+const void *ws_merged(const struct workspace *ws, size_t i)
+{
+    return ws->merged[i];
+}
+
+enum lm_dtype ws_output_dtype(const struct workspace *ws, size_t i, int override)
+{
+    if (override >= 0)
+        return (enum lm_dtype)override;
+    int d = ws->recipe->output.dtype ? lm_dtype_from_user_name(ws->recipe->output.dtype) : -1;
+    return d >= 0 ? (enum lm_dtype)d : ws->tensors[i].base_dtype;
+}
+
+int ws_output_config(const struct workspace *ws, struct hf_config *out)
+{
+    const struct ws_model *m = &ws->sources[ws->config_from];
+    if (!m->has_config)
+        return lm_err(LM_EFORMAT, "model '%s' (%s) has no config.json to run the merged model with",
+                      m->name, m->dir);
+    int rc = hf_config_load(m->config.path, out);
+    if (rc)
+        return rc;
+    char *gen = lm_path_join(m->dir, "generation_config.json");
+    if (!gen)
+        return LM_ENOMEM;
+    rc = hf_generation_config_load(gen, out);
+    free(gen);
+    if (rc)
+        return rc;
+    out->tie_word_embeddings = ws->output_tied;
+    out->has_tie_word_embeddings = true;
+    if (ws->out_vocab > 0)
+        out->vocab_size = ws->out_vocab;
+    return 0;
+}
+
+void ws_drop_merged(struct workspace *ws)
+{
+    if (!ws->merged)
+        return;
+    for (size_t i = 0; i < ws->n_tensors; i++) {
+        free(ws->merged[i]);
+        ws->merged[i] = NULL;
+        if (ws->spare) {
+            free(ws->spare[i]);
+            ws->spare[i] = NULL;
+        }
+    }
+}
+
+/* ===== Writing the weights ===== */
+
+int ws_write_weights(struct workspace *ws, const char *staging, enum lm_dtype dtype_all,
+                     bool fixed_dtype, uint64_t shard_size, lm_progress_fn progress, void *ud)
+{
+    static const char *const meta_keys[] = { "format" };
+    static const char *const meta_values[] = { "pt" };
+    struct st_writer_params wp = st_writer_default_params();
+    wp.shard_size = shard_size;
+    wp.metadata_keys = meta_keys;
+    wp.metadata_values = meta_values;
+    wp.n_metadata = 1;
+    struct st_writer *w = st_writer_new(staging, wp);
+    if (!w)
+        return LM_EIO;
+    int rc = 0;
+    for (size_t i = 0; i < ws->n_tensors && !rc; i++) {
+        const struct ws_tensor *t = &ws->tensors[i];
+        rc = st_writer_add(w, t->name, fixed_dtype ? dtype_all : t->base_dtype, t->ndim, t->shape);
+    }
+    if (!rc)
+        rc = st_writer_begin_positional(w);
+
+    /* Every tensor goes to its place in its shard as it is merged, block by
+     * block where the method allows: nothing holds the merged model, and
+     * the workers take tensors largest first. */
+    size_t *todo = rc ? NULL : lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
+    if (!rc && !todo)
+        rc = LM_ENOMEM;
+    if (!rc) {
+        for (size_t i = 0; i < ws->n_tensors; i++)
+            todo[i] = i;
+        struct pass p;
+        pass_init(&p, ws, todo, ws->n_tensors, by_size_desc, progress, ud, "writing");
+        p.writer = w;
+        p.out_dtype = dtype_all;
+        p.fixed_dtype = fixed_dtype;
+        pool_for(ws->pool, (int64_t)ws->n_tensors, pass_tensor, &p);
+        rc = pass_finish(&p);
+        /* the last word before the files go into place: may still cancel */
+        if (!rc && progress && !progress(1.0, "writing", ud))
+            rc = lm_err(LM_ECANCELED, "cancelled");
+    }
+    free(todo);
+    release_scratch(ws);
+    if (rc) {
+        st_writer_abort(w);
+        return rc;
+    }
+    return st_writer_commit(w);
+}
