@@ -202,3 +202,13 @@ void lm_remove_dir_flat(const char *dir)
     closedir(d);
     rmdir(dir);
 }
+
+int lm_require_dir(const char *dir)
+{
+    struct stat sb;
+    if (stat(dir, &sb) != 0)
+        return lm_err(LM_EIO, "%s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return lm_err(LM_EINVAL, "%s: not a directory", dir);
+    return 0;
+}

@@ -31,6 +31,10 @@ int lm_copy_file(const char *src, const char *dst);
 /* dir + "/" + name, caller frees. */
 char *lm_path_join(const char *dir, const char *name);
 
+/* 0 when `dir` is an existing directory; else LM_EIO ("DIR: No such file
+ * or directory") or LM_EINVAL ("DIR: not a directory"). */
+int lm_require_dir(const char *dir);
+
 /* True when `path` exists and is a regular file / a directory. */
 bool lm_is_file(const char *path);
 bool lm_is_dir(const char *path);

@@ -29,6 +29,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "fsutil.h"
 #include "lm_error.h"
 #include "mapguard.h"
 #include "safetensors_internal.h"
@@ -962,20 +963,14 @@ int st_set_check_unchanged(const struct st_set *s)
 
 struct st_set *st_set_open_dir(const char *dir)
 {
-    struct stat sb;
-    if (stat(dir, &sb) != 0) {
-        lm_err(LM_EIO, "%s: %s", dir, strerror(errno));
+    if (lm_require_dir(dir))
         return NULL;
-    }
-    if (!S_ISDIR(sb.st_mode)) {
-        lm_err(LM_EINVAL, "%s: not a directory", dir);
-        return NULL;
-    }
     struct st_set *s = lm_calloc(1, sizeof(*s));
     if (!s)
         return NULL;
     char *index_path = st_path_join(dir, ST_INDEX_NAME);
     char *single_path = st_path_join(dir, ST_SINGLE_NAME);
+    struct stat sb;
     int rc;
     if (!index_path || !single_path) {
         rc = LM_ENOMEM;

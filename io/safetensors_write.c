@@ -21,6 +21,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "lm_error.h"
 #include "safetensors_internal.h"
 #include "strbuf.h"
@@ -221,15 +222,8 @@ static int create_temp(const char *dir, const char *final_name, char **tmp_path_
 
 struct st_writer *st_writer_new(const char *dir, struct st_writer_params params)
 {
-    struct stat sb;
-    if (stat(dir, &sb) != 0) {
-        lm_err(LM_EIO, "%s: %s", dir, strerror(errno));
+    if (lm_require_dir(dir))
         return NULL;
-    }
-    if (!S_ISDIR(sb.st_mode)) {
-        lm_err(LM_EINVAL, "%s: not a directory", dir);
-        return NULL;
-    }
     struct st_writer *w = lm_calloc(1, sizeof(*w));
     if (!w)
         return NULL;
