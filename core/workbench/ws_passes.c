@@ -397,6 +397,11 @@ static int whole_stats(struct workspace *ws, size_t i, struct ws_scratch *sc, co
                             prm.density, prm.weight, &sc->method);
 }
 
+/* Tensors up to this many entries are re-merged whole for the cache:
+ * 16 M entries are 64 MB of float32 per input, so a worker holds at most
+ * (sources + 1) x 64 MB; larger ones always go block by block. */
+#define WS_WHOLE_CACHE_MAX ((uint64_t)1 << 24)
+
 static void pass_tensor(void *ud, int64_t k, int worker)
 {
     struct pass *p = ud;
@@ -421,8 +426,13 @@ static void pass_tensor(void *ud, int64_t k, int worker)
         }
     }
     struct stats_raw raw;
-    /* Block by block where the method can: no whole-tensor copies. */
-    int rc = stream_tensor(ws, i, sc, &sk, p->stats ? &raw : NULL);
+    /* Block by block where the method can: no whole-tensor copies. The
+     * workbench's re-merges of small tensors (the cache pass) take the
+     * whole-tensor path instead: it converts each input once where the
+     * block path reads it twice (the top-k cut, then the merge), and an
+     * edit's re-merge is what a person waits for. Same bits either way. */
+    int rc = p->keep_merged && t->n_elements <= WS_WHOLE_CACHE_MAX
+             ? 1 : stream_tensor(ws, i, sc, &sk, p->stats ? &raw : NULL);
     const bool whole = rc == 1;
     if (whole) {
         float *out = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, n);
