@@ -95,6 +95,21 @@ T send-keys -t tui -l "$tmp/saved.json"
 T send-keys -t tui Enter
 check "s saves the recipe" wait_for "saved the recipe to"
 check "the saved recipe has the layer override" bash -c "grep -q '\"layers\"' '$tmp/saved.json'"
+# The output policy as the workbench applies it: an input is refused, a
+# directory mergescope did not make is a question, and "n" writes nothing.
+T send-keys -t tui w C-u
+T send-keys -t tui -l "$tmp/m/long"
+T send-keys -t tui Enter
+check "w into an input model is refused, naming it" wait_for "refusing to write $tmp/m/long: it is the input"
+mkdir -p "$tmp/mine" && echo "my notes" > "$tmp/mine/README.md"
+T send-keys -t tui w C-u
+T send-keys -t tui -l "$tmp/mine"
+T send-keys -t tui Enter
+check "w into a directory mergescope did not make asks first" \
+    wait_for "$tmp/mine holds files mergescope did not write: write into it anyway? (y/n)"
+T send-keys -t tui n
+check "... n writes nothing and says so" wait_for "nothing written; $tmp/mine is unchanged"
+check "... the user's file is untouched" bash -c "[ \"\$(cat '$tmp/mine/README.md')\" = 'my notes' ] && [ ! -e '$tmp/mine/model.safetensors' ]"
 T send-keys -t tui w C-u
 T send-keys -t tui -l "$tmp/out-tui"
 T send-keys -t tui Enter

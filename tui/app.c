@@ -327,9 +327,15 @@ static void draw_bottom(struct ui_app *a, int h, int w)
             "", "search: ", "value: ", "gradient from,to: ", "save recipe to: ",
             "save mergekit YAML to: ", "write merged model to: ",
             "unsaved changes: quit anyway? (y/n) ",
-            "it holds files mergescope did not write: write into it anyway? (y/n) ",
+            "",
         };
-        int lw = draw_text(a->win, y, 0, w, UI_ROLE_PROMPT, labels[a->input_kind]);
+        char label[1200];
+        if (a->input_kind == UI_INPUT_WRITE_FORCE)
+            snprintf(label, sizeof(label), "%s holds files mergescope did not write: write into it "
+                     "anyway? (y/n) ", a->pending_write);
+        else
+            snprintf(label, sizeof(label), "%s", labels[a->input_kind]);
+        int lw = draw_text(a->win, y, 0, w, UI_ROLE_PROMPT, label);
         int used = draw_text(a->win, y, lw, w - lw - 1, UI_ROLE_NORMAL, a->input.text);
         draw_fill(a->win, y, lw + used, w - lw - used, UI_ROLE_NORMAL);
         char before[LINEEDIT_MAX];
