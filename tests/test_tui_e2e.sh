@@ -168,5 +168,11 @@ for i in $(seq 1 50); do [ -f "$tmp/status" ] && break; sleep 0.1; done
 check "the headless aim merge equals what the workbench wrote" \
     cmp "$tmp/out-aim/model.safetensors" "$tmp/out-aim-cli/model.safetensors"
 
+# A terminal that cannot move the cursor is refused before anything is drawn.
+T new-session -d -s dumb -x 80 -y 24 "cd '$tmp/m' && TERM=dumb '$ms' --base base --model long 2>'$tmp/dumb.err'; echo \$? >'$tmp/dumb.status'; sleep 30"
+for i in $(seq 1 100); do [ -s "$tmp/dumb.status" ] && break; sleep 0.1; done
+check "TERM=dumb: exit 2 with a message naming the terminal" \
+    bash -c "[ \"\$(cat '$tmp/dumb.status')\" = 2 ] && grep -q 'TERM=dumb' '$tmp/dumb.err' && grep -q 'cannot move the cursor' '$tmp/dumb.err'"
+
 echo "$((n - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]
