@@ -61,7 +61,22 @@ static bool save_recovery(void)
     return ok && rename(tmp, recovery_path) == 0;
 }
 
-/* A model file shrank under its mapping: leave cleanly, naming it. */
+/* Saves the recovery text and says where (or that it could not). */
+static void tell_recovery(void)
+{
+    if (save_recovery()) {
+        lm_write_str(STDERR_FILENO, "mergescope: the recipe as it was is saved in ");
+        lm_write_str(STDERR_FILENO, recovery_path);
+        lm_write_str(STDERR_FILENO, "\n");
+    } else if (atomic_load(&recovery_text)) {
+        lm_write_str(STDERR_FILENO, "mergescope: the recipe could not be saved to ");
+        lm_write_str(STDERR_FILENO, recovery_path);
+        lm_write_str(STDERR_FILENO, "\n");
+    }
+}
+
+/* A model file shrank under its mapping: leave cleanly, naming it. Any
+ * other SIGBUS is a crash, but the recipe is saved all the same. */
 static void on_bus(int sig, siginfo_t *si, void *ctx)
 {
     (void)ctx;
@@ -77,22 +92,16 @@ static void on_bus(int sig, siginfo_t *si, void *ctx)
     }
     if (saved_stderr >= 0)
         dup2(saved_stderr, STDERR_FILENO);
+    if (file) {
+        lm_write_str(STDERR_FILENO, "mergescope: error: ");
+        lm_mapguard_say_changed(STDERR_FILENO, file);
+        lm_write_str(STDERR_FILENO, "\n");
+    }
+    tell_recovery();
     if (!file) {
         signal(sig, SIG_DFL);
         raise(sig);
         return;
-    }
-    lm_write_str(STDERR_FILENO, "mergescope: error: ");
-    lm_mapguard_say_changed(STDERR_FILENO, file);
-    lm_write_str(STDERR_FILENO, "\n");
-    if (save_recovery()) {
-        lm_write_str(STDERR_FILENO, "mergescope: the recipe as it was is saved in ");
-        lm_write_str(STDERR_FILENO, recovery_path);
-        lm_write_str(STDERR_FILENO, "\n");
-    } else if (atomic_load(&recovery_text)) {
-        lm_write_str(STDERR_FILENO, "mergescope: the recipe could not be saved to ");
-        lm_write_str(STDERR_FILENO, recovery_path);
-        lm_write_str(STDERR_FILENO, "\n");
     }
     _exit(1);
 }
@@ -110,6 +119,7 @@ static void on_crash(int sig)
     }
     if (saved_stderr >= 0)
         dup2(saved_stderr, STDERR_FILENO);
+    tell_recovery();
     signal(sig, SIG_DFL);
     raise(sig);
 }

@@ -47,6 +47,9 @@ int ws_delta_histogram(const struct workspace *ws, size_t i, int n_bins, uint64_
 {
     const struct ws_tensor *t = &ws->tensors[i];
     memset(h, 0, sizeof(*h));
+    int rc = ws_check_inputs(ws);
+    if (rc)
+        return rc;
     h->n_models = ws->n_sources - 1;
     h->n_bins = LM_MAX(1, LM_MIN(n_bins, WS_HIST_MAX_BINS));
     uint64_t n = t->n_elements;
@@ -57,7 +60,7 @@ int ws_delta_histogram(const struct workspace *ws, size_t i, int n_bins, uint64_
     merge_plan_resolve(&ws->plan, t->name, &t->info, &p);
     float *base = load_sampled(t, 0, stride, n_s);
     float *d[MERGE_MAX_MODELS] = { NULL };
-    int rc = base ? 0 : LM_ENOMEM;
+    rc = base ? 0 : LM_ENOMEM;
     double maxabs = 0;
     for (int m = 0; m < h->n_models && !rc; m++) {
         if (!(d[m] = load_sampled(t, 1 + m, stride, n_s))) {
