@@ -132,7 +132,7 @@ int cmd_eval(int argc, char **argv)
     if (!o.bench_path)
         return cli_usage_error("eval", "eval needs a benchmark (--bench FILE.jsonl)");
     const char *model_arg = argv[optind];
-    if ((rc = cli_check_input(model_arg)))
+    if ((rc = cli_check_input(model_arg)) || (rc = cli_check_input(o.bench_path)))
         return rc;
 
     /* --details must not overwrite the benchmark (nor, see engine_open,

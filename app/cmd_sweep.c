@@ -354,7 +354,7 @@ static int sweep_parse_args(int argc, char **argv, const struct option *options,
     if (a->n_vary == 0)
         return cli_usage_error("sweep", "sweep needs at least one --vary KEY=V1,V2,...");
     a->recipe_path = argv[optind];
-    if ((rc = cli_check_input(a->recipe_path)))
+    if ((rc = cli_check_input(a->recipe_path)) || (rc = cli_check_input(a->o.bench_path)))
         return rc;
     if (!lm_is_file(a->recipe_path)) {
         lm_err(LM_EFORMAT, "%s: sweep takes a recipe file, not a model directory", a->recipe_path);

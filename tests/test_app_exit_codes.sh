@@ -77,6 +77,9 @@ check "calibrate: a missing recipe" missing "$tmp/none.json" calibrate "$tmp/non
 check "workbench: a recipe naming a missing model" missing "$gone" "$tmp/gone.json"
 check "workbench: --model DIR that is missing" missing "$gone" --base "$tmp/m/base" --model "$gone"
 check "workbench: a missing recipe" missing "$tmp/none.json" "$tmp/none.json"
+check "eval: a missing benchmark file" missing "$tmp/none.jsonl" eval "$tmp/m/long" --bench "$tmp/none.jsonl"
+check "sweep: a missing benchmark file" \
+    missing "$tmp/none.jsonl" sweep "$tmp/ties.json" --vary params.density=0.1 --bench "$tmp/none.jsonl"
 
 # --- --help anywhere: usage on stdout, exit 0, nothing run or created -------
 

@@ -109,7 +109,7 @@ check "a malformed calibration file: exit 3" run 3 "$ms" calibrate "$tmp/badcal.
 check "... naming the file and line" err_has "bad.jsonl:2: \"response\" is missing"
 
 recipe "$tmp/nofile.json" aim '{ "omega": 0.4 }' "{ \"file\": \"$tmp/none.jsonl\" }"
-check "a missing calibration file: exit 1, naming it" run 1 "$ms" calibrate "$tmp/nofile.json"
+check "a missing calibration file: exit 3, naming it" run 3 "$ms" calibrate "$tmp/nofile.json"
 check "... naming it" err_has "$tmp/none.jsonl"
 
 recipe "$tmp/badkey.json" aim '{ "omega": 0.4 }' "{ \"file\": \"x\", \"samples\": -1 }"

@@ -43,8 +43,8 @@ printf '%s\n' '{"question": "a", "answer": 1}' '{"question": "b"}' >"$tmp/bad.js
 check "eval --help exits 0 with usage" bash -c "run 0 '$ms' eval --help && out_has 'usage: mergescope eval'"
 check "sweep --help exits 0 with usage" bash -c "run 0 '$ms' sweep --help && out_has 'usage: mergescope sweep'"
 check "eval without --bench exits 2" bash -c "run 2 '$ms' eval '$model' && err_has '--bench'"
-check "eval with a missing bench file exits 1 naming it" \
-    bash -c "run 1 '$ms' eval '$model' --bench '$tmp/none.jsonl' && err_has 'none.jsonl'"
+check "eval with a missing bench file exits 3 naming it" \
+    bash -c "run 3 '$ms' eval '$model' --bench '$tmp/none.jsonl' && err_has 'none.jsonl'"
 check "eval with a bad bench line exits 3 naming file and line" \
     bash -c "run 3 '$ms' eval '$model' --bench '$tmp/bad.jsonl' && err_has 'bad.jsonl:2: \"answer\" is missing'"
 check "eval --prompt-template without {question} exits 2" \

@@ -49,7 +49,10 @@ static int calib_key(const struct workspace *ws, char **out)
         return LM_ENOMEM;
     struct stat st;
     if (stat(path, &st) != 0) {
-        int rc = lm_err(LM_EIO, "calibration.file: cannot read '%s': %s", path, strerror(errno));
+        /* A file the recipe names and that is not there is a recipe error
+         * (exit 3), like a missing model; other failures are I/O. */
+        int rc = lm_err(errno == ENOENT || errno == ENOTDIR ? LM_EFORMAT : LM_EIO,
+                        "calibration.file: cannot read '%s': %s", path, strerror(errno));
         free(path);
         return rc;
     }
