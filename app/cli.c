@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "sysmem.h"
 #include "workspace.h"
 
 static volatile sig_atomic_t interrupted;
@@ -166,6 +167,42 @@ int cli_parse_max_new(const char *cmd, const char *arg, int64_t *out)
     if (!rc)
         *out = n;
     return rc;
+}
+
+int cli_parse_preview_dtype(const char *cmd, const char *arg, int *out)
+{
+    int d = ws_preview_dtype_parse(arg);
+    if (d < 0)
+        return cli_usage_error(cmd, "--preview-dtype must be auto, out, bf16 or q8, not '%s'", arg);
+    *out = d;
+    return 0;
+}
+
+void cli_set_preview(struct workspace *ws, int asked)
+{
+    ws_set_preview_dtype(ws, (enum ws_preview_dtype)asked);
+    enum ws_preview_dtype d = ws_get_preview_dtype(ws);
+    char need[32], avail_s[32], q8[32];
+    uint64_t avail = 0;
+    bool fits = ws_preview_fits(ws, d, &avail);
+    lm_format_bytes(need, sizeof need, ws_preview_bytes(ws, d));
+    lm_format_bytes(avail_s, sizeof avail_s, avail);
+    lm_format_bytes(q8, sizeof q8, ws_preview_bytes(ws, WS_PREVIEW_Q8));
+    if (!ws_preview_exact(ws))
+        fprintf(stderr, "mergescope: the merged model runs from %s weights held in memory (%s%s); "
+                "`merge` writes the exact ones\n", d == WS_PREVIEW_Q8 ? "8-bit (q8)" : "bf16", need,
+                asked == WS_PREVIEW_AUTO ? ", chosen to fit the memory available" : "");
+    if (!fits)
+        fprintf(stderr, "mergescope: warning: the merged model takes %s in %s form and %s is available%s%s\n",
+                need, ws_preview_dtype_name(d), avail_s, d == WS_PREVIEW_Q8 ? "" : "; --preview-dtype q8 takes ",
+                d == WS_PREVIEW_Q8 ? "" : q8);
+}
+
+void cli_print_memory_now(void)
+{
+    fprintf(stderr, "mergescope: memory %.2f GB anonymous (RssAnon), peak %.2f GB resident with the "
+            "mapped models (VmHWM)\n", (double)lm_proc_status_bytes("RssAnon") / 1e9,
+            (double)lm_proc_status_bytes("VmHWM") / 1e9);
 }
 
 int cli_parse_chat(const char *cmd, const char *arg, enum chat_format *fmt, bool *is_auto)

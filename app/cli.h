@@ -27,6 +27,9 @@
 #include "chat.h"
 #include "recipe.h"
 
+struct workspace;
+
+
 enum cli_exit {
     CLI_EXIT_OK = 0,
     CLI_EXIT_FAILURE = 1,   /* runtime failure: I/O, memory, cancelled */
@@ -93,6 +96,19 @@ int cli_parse_threads(const char *cmd, const char *arg, int *out);
 /* -n, --max-new N: tokens to generate, 1 to 100000000. */
 int cli_parse_max_new(const char *cmd, const char *arg, int64_t *out);
 
+/* --preview-dtype auto|out|bf16|q8 (enum ws_preview_dtype). */
+int cli_parse_preview_dtype(const char *cmd, const char *arg, int *out);
+
+/* Sets the form `ws` holds its merged model in for running it (asked:
+ * an enum ws_preview_dtype) and says on standard error what it is when it
+ * is not the output's exact bytes, and when it will not fit in the memory
+ * available, with the size each form takes. */
+void cli_set_preview(struct workspace *ws, int asked);
+
+/* Peak memory of a command that ran a model: RssAnon now (its cache and
+ * run state are still held) and VmHWM, on standard error. */
+void cli_print_memory_now(void);
+
 /* --chat FORMAT: a chat_format name or "auto" (*is_auto set, *fmt NONE). */
 int cli_parse_chat(const char *cmd, const char *arg, enum chat_format *fmt, bool *is_auto);
 
@@ -139,7 +155,6 @@ struct recipe *cli_recipe_from_dirs(const char *base, const char *const *models,
 /* Prints each line of a workspace's notes as "mergescope: note: ...". */
 void cli_print_notes(const char *notes);
 
-struct workspace;
 /* --verbose: prints the workspace's peak memory (ws_memory_peak) on stderr
  * as "mergescope: peak memory ...". */
 void cli_print_peak_memory(struct workspace *ws);

@@ -30,7 +30,8 @@ struct engine {
 };
 
 /* Opens `arg`, loads the model with `params` and, when need_tokenizer, the
- * tokenizer. `out_file`, when not NULL, is a file the command will write:
+ * tokenizer. A recipe's merged model is held in the form `preview` (an
+ * enum ws_preview_dtype, see cli_set_preview). `out_file`, when not NULL, is a file the command will write:
  * it is refused, before any work, when it is or lies inside an input (the
  * model directory; a recipe file, its models and calibration file). Returns
  * 0, or an exit status (enum cli_exit) after printing the error: 3 for a
@@ -39,7 +40,7 @@ struct engine {
  * or merging a recipe was interrupted. On failure there is nothing to
  * close. */
 int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer,
-                const char *out_file);
+                const char *out_file, int preview);
 void engine_close(struct engine *e);
 
 #endif

@@ -152,7 +152,7 @@ int cmd_eval(int argc, char **argv)
     struct engine e;
     struct model_params mp = model_default_params();
     mp.n_threads = tpj;
-    if ((rc = engine_open(&e, model_arg, mp, true, details))) {
+    if ((rc = engine_open(&e, model_arg, mp, true, details, o.preview))) {
         eval_bench_deinit(&bench);
         return rc;
     }

@@ -38,7 +38,7 @@ static void recipe_source_free(void *state)
 /* Merges the recipe at `path` in memory (nothing is written to disk);
  * first, an `out_file` the command will write is checked against the
  * recipe and its inputs. */
-static int open_recipe_source(struct engine *e, const char *path, const char *out_file)
+static int open_recipe_source(struct engine *e, const char *path, const char *out_file, int preview)
 {
     struct recipe *r = recipe_load(path);
     if (!r)
@@ -55,6 +55,7 @@ static int open_recipe_source(struct engine *e, const char *path, const char *ou
     if (!rs->ws)
         return LM_EFORMAT;
     cli_print_notes(ws_notes(rs->ws));
+    cli_set_preview(rs->ws, preview);
     const char *recipe_file[] = { path };
     int rc = 0;
     if (out_file && ((rc = ws_check_output(rs->ws, out_file, true, false, NULL)) ||
@@ -78,10 +79,10 @@ static int open_recipe_source(struct engine *e, const char *path, const char *ou
  * or a recipe file, merged in memory first. `out_file` (or NULL) must not
  * be, or lie inside, any of them (io/output_policy.h). Returns 0 or an
  * LM_E* code after lm_err(). */
-static int open_model_source(struct engine *e, const char *arg, const char *out_file)
+static int open_model_source(struct engine *e, const char *arg, const char *out_file, int preview)
 {
     if (lm_is_file(arg))
-        return open_recipe_source(e, arg, out_file);
+        return open_recipe_source(e, arg, out_file, preview);
     int rc;
     if (out_file && (rc = out_check(out_file, OUT_FILE, &arg, 1, false, NULL)))
         return rc;
@@ -94,13 +95,13 @@ static int open_model_source(struct engine *e, const char *arg, const char *out_
 }
 
 int engine_open(struct engine *e, const char *arg, struct model_params params, bool need_tokenizer,
-                const char *out_file)
+                const char *out_file, int preview)
 {
     memset(e, 0, sizeof(*e));
     int rc = cli_check_input(arg);
     if (rc)
         return rc;
-    if ((rc = open_model_source(e, arg, out_file)) < 0) {
+    if ((rc = open_model_source(e, arg, out_file, preview)) < 0) {
         engine_close(e);
         return cli_fail(rc);
     }
@@ -160,6 +161,13 @@ static const char generate_usage[] =
     "                         from tokenizer_config.json's chat template)\n"
     "  --system TEXT          system prompt (default: the template's own, if any)\n"
     "  --threads N            worker threads (default: one per CPU)\n"
+    "  --preview-dtype D      how a RECIPE's merged weights are held in memory:\n"
+    "                         out (exactly what `merge` writes), bf16 (16-bit: the\n"
+    "                         same bytes for bf16/f16 outputs), q8 (8-bit, 32-value\n"
+    "                         groups with a scale each: about 1.06 bytes a weight,\n"
+    "                         8.1 GB for a 7B model), or auto (default: the first of\n"
+    "                         out, bf16, q8 that fits in the memory available)\n"
+    "  -v, --verbose          also print the memory the run took\n"
     "  -h, --help             this help\n"
     "\n"
     "Generation stops at the model's EOS ids, <|im_end|> and the chat format's\n"
@@ -202,19 +210,23 @@ int cmd_generate(int argc, char **argv)
         { "chat", required_argument, NULL, 'c' },
         { "system", required_argument, NULL, 's' },
         { "threads", required_argument, NULL, 't' },
+        { "preview-dtype", required_argument, NULL, 'D' },
+        { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *prompt = NULL, *system = NULL;
+    int preview = WS_PREVIEW_AUTO;
+    bool verbose = false;
     enum chat_format fmt = CHAT_FORMAT_NONE;
     bool chat_auto = true;
     struct gen_params gp = gen_default_params();
     struct model_params mp = model_default_params();
     double v = 0.0;
     int c, rc;
-    if (cli_help_asked(argc, argv, "p:n:h", options, generate_usage))
+    if (cli_help_asked(argc, argv, "p:n:vh", options, generate_usage))
         return CLI_EXIT_OK;
-    while ((c = getopt_long(argc, argv, "p:n:h", options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "p:n:vh", options, NULL)) != -1) {
         switch (c) {
         case 'p': prompt = optarg; break;
         case 's': system = optarg; break;
@@ -255,6 +267,11 @@ int cmd_generate(int argc, char **argv)
             if ((rc = cli_parse_threads("generate", optarg, &mp.n_threads)))
                 return rc;
             break;
+        case 'D':
+            if ((rc = cli_parse_preview_dtype("generate", optarg, &preview)))
+                return rc;
+            break;
+        case 'v': verbose = true; break;
         default: return cli_usage_error("generate", "bad option");
         }
     }
@@ -267,7 +284,7 @@ int cmd_generate(int argc, char **argv)
 
     cli_install_interrupt();
     struct engine e;
-    if ((rc = engine_open(&e, argv[optind], mp, true, NULL)))
+    if ((rc = engine_open(&e, argv[optind], mp, true, NULL, preview)))
         return rc;
 
     /* The chat format and the prompt ids. */
@@ -320,6 +337,8 @@ int cmd_generate(int argc, char **argv)
             res.prefill_seconds > 0 ? (double)res.n_prompt / res.prefill_seconds : 0.0, res.prefill_seconds,
             res.decode_seconds > 0 ? (double)res.n_decoded / res.decode_seconds : 0.0,
             (long long)res.n_decoded, res.decode_seconds, info->n_threads);
+    if (verbose)
+        cli_print_memory_now();
     if (st.failed) {
         fprintf(stderr, "mergescope: error: writing to standard output failed\n");
         rc = CLI_EXIT_FAILURE;

@@ -11,9 +11,10 @@
 #include "cli.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "workspace.h"
 
 static const char logits_usage[] =
-    "usage: mergescope logits MODEL_DIR|RECIPE (--ids 1,2,3 | --text T) -o FILE.f32 [--threads N]\n"
+    "usage: mergescope logits MODEL_DIR|RECIPE (--ids 1,2,3 | --text T) -o FILE.f32 [options]\n"
     "\n"
     "Runs the tokens through the model in one prefill pass (positions 0..n-1)\n"
     "and writes the logits of every position to FILE.f32: float32, little-endian,\n"
@@ -31,6 +32,9 @@ static const char logits_usage[] =
     "                    inside an input (the model, the recipe, its models or\n"
     "                    calibration file) is refused\n"
     "  --threads N       worker threads (default: one per CPU)\n"
+    "  --preview-dtype D how a RECIPE's merged weights are held: out (default:\n"
+    "                    exactly what `merge` writes), bf16, q8 or auto (see\n"
+    "                    `mergescope generate --help`)\n"
     "  -h, --help        this help\n";
 
 /* "1, 2,3" -> ids. A usage error (exit 2) for anything else. */
@@ -80,10 +84,12 @@ int cmd_logits(int argc, char **argv)
         { "text", required_argument, NULL, 'x' },
         { "output", required_argument, NULL, 'o' },
         { "threads", required_argument, NULL, 't' },
+        { "preview-dtype", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *ids_text = NULL, *text = NULL, *out_path = NULL;
+    int preview = WS_PREVIEW_OUTPUT;
     struct model_params mp = model_default_params();
     int c, rc;
     if (cli_help_asked(argc, argv, "o:h", options, logits_usage))
@@ -98,6 +104,10 @@ int cmd_logits(int argc, char **argv)
             break;
         case 't':
             if ((rc = cli_parse_threads("logits", optarg, &mp.n_threads)))
+                return rc;
+            break;
+        case 'D':
+            if ((rc = cli_parse_preview_dtype("logits", optarg, &preview)))
                 return rc;
             break;
         default: return cli_usage_error("logits", "bad option");
@@ -121,7 +131,7 @@ int cmd_logits(int argc, char **argv)
     /* engine_open refuses out_path, before any work, when it is or lies
      * inside an input: the model directory, or the recipe and its inputs. */
     struct engine e;
-    if ((rc = engine_open(&e, argv[optind], mp, text != NULL, out_path))) {
+    if ((rc = engine_open(&e, argv[optind], mp, text != NULL, out_path, preview))) {
         tok_ids_free(&ids);
         return rc;
     }

@@ -489,6 +489,7 @@ static int sweep_check_combos(struct sweep *s, const struct eval_opts *o)
     if (!(s->ws = ws_open(s->recipe, wp)))
         return cli_fail(LM_EFORMAT);
     cli_print_notes(ws_notes(s->ws));
+    cli_set_preview(s->ws, o->preview);
     if (!(s->rows = lm_calloc(s->n_combos, sizeof(*s->rows))) ||
         !(s->results = lm_calloc(s->n_items, sizeof(*s->results))))
         return cli_fail(LM_ENOMEM);
@@ -531,7 +532,7 @@ static int sweep_eval_reference(struct sweep *s, const struct sweep_args *a)
     struct engine e;
     struct model_params mp = model_default_params();
     mp.n_threads = s->threads_per_job;
-    int rc = engine_open(&e, s->ref_dir, mp, own_tok, NULL);
+    int rc = engine_open(&e, s->ref_dir, mp, own_tok, NULL, WS_PREVIEW_OUTPUT);
     if (rc)
         return rc;
     const char *ref_tok_dir = own_tok ? e.tokenizer_dir : ws_tokenizer_dir(s->ws);

@@ -20,6 +20,7 @@ void eval_opts_init(struct eval_opts *o)
     o->chat = CHAT_FORMAT_NONE;
     o->chat_auto = true;
     o->format = CLI_FORMAT_TABLE;
+    o->preview = WS_PREVIEW_OUTPUT;
 }
 
 int eval_opts_parse(struct eval_opts *o, const char *cmd, int c, const char *arg)
@@ -46,6 +47,7 @@ int eval_opts_parse(struct eval_opts *o, const char *cmd, int c, const char *arg
             o->jobs = (int)n;
         return rc;
     case 'f': return cli_parse_format(cmd, arg, false, &o->format);
+    case 'Q': return cli_parse_preview_dtype(cmd, arg, &o->preview);
     default: return cli_usage_error(cmd, "bad option");
     }
 }

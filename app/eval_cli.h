@@ -33,6 +33,7 @@ struct eval_opts {
     int threads;                  /* 0: one per CPU */
     int jobs;                     /* 0: as many as threads */
     enum cli_format format;       /* table or json */
+    int preview;                  /* a recipe's in-memory form (enum ws_preview_dtype); default out */
 };
 
 void eval_opts_init(struct eval_opts *o);
@@ -55,6 +56,7 @@ int eval_opts_parse(struct eval_opts *o, const char *cmd, int c, const char *arg
     { "threads", required_argument, NULL, 't' }, \
     { "jobs", required_argument, NULL, 'j' }, \
     { "format", required_argument, NULL, 'f' }, \
+    { "preview-dtype", required_argument, NULL, 'Q' }, \
     { "help", no_argument, NULL, 'h' }
 
 #define EVAL_OPTIONS_HELP \
@@ -74,6 +76,9 @@ int eval_opts_parse(struct eval_opts *o, const char *cmd, int c, const char *arg
     "                         run state with N/J threads (default: N, or 1 for\n" \
     "                         models over 256 MB); the numbers do not depend on N or J\n" \
     "  --format table|json    output format (default table)\n" \
+    "  --preview-dtype D      how a RECIPE's merged weights are held in memory: out\n" \
+    "                         (default: exactly what `merge` writes), bf16, q8 (8-bit,\n" \
+    "                         for models that do not fit otherwise) or auto\n" \
     "  -h, --help             this help\n"
 
 /* ===== Prompts ===== */

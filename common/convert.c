@@ -14,6 +14,7 @@
  * `.to()` do. */
 #include "convert.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -226,6 +227,46 @@ static void f32_to_f16_avx2(unsigned char *dst, const float *src, size_t n)
 
 /* ===== Dispatch ===== */
 
+/* ===== Q8_0 (one path: plain loops the compiler vectorises) ===== */
+
+/* Each group: d = max |x| / 127 stored as F16, q = round(x / d) computed
+ * with the unrounded d as GGUF's reference quantiser does, rounded half
+ * away from zero and clamped to [-127, 127]. NaN values become 0. */
+static void f32_to_q8(unsigned char *dst, const float *src, size_t n)
+{
+    LM_ASSERT(n % LM_Q8_GROUP == 0);
+    for (size_t g = 0; g < n; g += LM_Q8_GROUP, dst += LM_Q8_GROUP_BYTES) {
+        const float *x = src + g;
+        float amax = 0.0f;
+        for (int i = 0; i < LM_Q8_GROUP; i++) {
+            float a = x[i] < 0 ? -x[i] : x[i];
+            amax = a > amax ? a : amax;
+        }
+        float d = amax / 127.0f;
+        float id = d > 0.0f ? 1.0f / d : 0.0f;
+        uint16_t h = lm_f32_to_f16(d);
+        dst[0] = (unsigned char)(h & 0xff);
+        dst[1] = (unsigned char)(h >> 8);
+        for (int i = 0; i < LM_Q8_GROUP; i++) {
+            float v = x[i] * id;
+            v = v == v ? v : 0.0f;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            dst[2 + i] = (unsigned char)(int8_t)(int)roundf(v);
+        }
+    }
+}
+
+static void q8_to_f32(float *dst, const unsigned char *src, size_t n)
+{
+    LM_ASSERT(n % LM_Q8_GROUP == 0);
+    for (size_t g = 0; g < n; g += LM_Q8_GROUP, src += LM_Q8_GROUP_BYTES) {
+        float d = lm_f16_to_f32((uint16_t)(src[0] | src[1] << 8));
+        const int8_t *q = (const int8_t *)(const void *)(src + 2);
+        for (int i = 0; i < LM_Q8_GROUP; i++)
+            dst[g + i] = d * (float)q[i];
+    }
+}
+
 static atomic_int convert_scalar_forced;
 static atomic_int convert_cpu_ok = -1; /* -1: not checked yet */
 
@@ -296,8 +337,11 @@ void lm_convert_to_f32(float *dst, const void *src, enum lm_dtype src_type, size
 #endif
         f16_to_f32_scalar(dst, s, n);
         return;
+    case LM_DTYPE_Q8_0:
+        q8_to_f32(dst, s, n);
+        return;
     default:
-        lm_abort(__FILE__, __LINE__, "lm_convert_to_f32: source must be F32, F16 or BF16");
+        lm_abort(__FILE__, __LINE__, "lm_convert_to_f32: source must be F32, F16, BF16 or Q8_0");
     }
 }
 
@@ -329,7 +373,10 @@ void lm_convert_from_f32(void *dst, enum lm_dtype dst_type, const float *src, si
 #endif
         f32_to_f16_scalar(d, src, n);
         return;
+    case LM_DTYPE_Q8_0:
+        f32_to_q8(d, src, n);
+        return;
     default:
-        lm_abort(__FILE__, __LINE__, "lm_convert_from_f32: destination must be F32, F16 or BF16");
+        lm_abort(__FILE__, __LINE__, "lm_convert_from_f32: destination must be F32, F16, BF16 or Q8_0");
     }
 }

@@ -19,9 +19,11 @@ uint16_t lm_f32_to_bf16(float f);
 float    lm_f16_to_f32(uint16_t h);
 uint16_t lm_f32_to_f16(float f);
 
-/* dst[0..n) = src as float32; src is F32, F16 or BF16 (LM_ASSERT otherwise). */
+/* dst[0..n) = src as float32; src is F32, F16, BF16 or Q8_0 (LM_ASSERT
+ * otherwise; for Q8_0, n is a multiple of LM_Q8_GROUP and src starts a
+ * group). */
 void lm_convert_to_f32(float *dst, const void *src, enum lm_dtype src_type, size_t n);
-/* dst (F32, F16 or BF16) = src rounded once. */
+/* dst (F32, F16, BF16 or Q8_0, see dtype.h) = src rounded once. */
 void lm_convert_from_f32(void *dst, enum lm_dtype dst_type, const float *src, size_t n);
 
 /* Which implementation the bulk routines use: "avx2+f16c" or "scalar". */

@@ -23,11 +23,19 @@ static const struct {
     [LM_DTYPE_I64]     = { "I64",     "int64",         8 },
     [LM_DTYPE_U64]     = { "U64",     "uint64",        8 },
     [LM_DTYPE_BOOL]    = { "BOOL",    "bool",          1 },
+    [LM_DTYPE_Q8_0]    = { "Q8_0",    "?",             1 },
 };
 
 size_t lm_dtype_size(enum lm_dtype t)
 {
     return (unsigned)t < LM_DTYPE_COUNT ? dtype_table[t].size : 0;
+}
+
+size_t lm_dtype_bytes(enum lm_dtype t, size_t n)
+{
+    if (t == LM_DTYPE_Q8_0)
+        return n / LM_Q8_GROUP * LM_Q8_GROUP_BYTES;
+    return n * lm_dtype_size(t);
 }
 
 const char *lm_dtype_name(enum lm_dtype t)
@@ -43,7 +51,7 @@ const char *lm_dtype_torch_name(enum lm_dtype t)
 int lm_dtype_from_name(const char *name)
 {
     for (int i = 0; i < LM_DTYPE_COUNT; i++)
-        if (strcmp(name, dtype_table[i].name) == 0)
+        if (i != LM_DTYPE_Q8_0 && strcmp(name, dtype_table[i].name) == 0)
             return i;
     return -1;
 }

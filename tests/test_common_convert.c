@@ -294,12 +294,71 @@ static void report_throughput(void)
     free(dst);
 }
 
+/* Q8_0 (dtype.h): a hand-computed group, then the rounding bound on
+ * random data. */
+static void test_q8(void)
+{
+    float x[64] = { 0 };
+    x[0] = 1.984375f;        /* 127 / 64: the group's max, so d = 1/64 exactly */
+    x[1] = -0.4921875f;      /* -31.5 / 64: a tie, rounded away from zero to -32 */
+    x[2] = 0.0078125f;       /* 0.5 / 64: a tie, to 1 */
+    x[3] = 0.0073242188f;    /* 0.46875 / 64: to 0 */
+    x[4] = -1.984375f;       /* -127 */
+    x[5] = NAN;              /* NaN becomes 0 */
+    /* the second group is all zeros: d = 0, q = 0 */
+    unsigned char q[2 * LM_Q8_GROUP_BYTES];
+    lm_convert_from_f32(q, LM_DTYPE_Q8_0, x, 64);
+    TEST_COND("Q8_0 takes 34 bytes per 32 values", lm_dtype_bytes(LM_DTYPE_Q8_0, 64) == 68);
+    TEST_COND("Q8_0 scale 1/64 stored as F16 0x2400", q[0] == 0x00 && q[1] == 0x24);
+    TEST_COND("Q8_0 values 127, -32, 1, 0, -127, 0 (ties away from zero, NaN to 0)",
+              (int8_t)q[2] == 127 && (int8_t)q[3] == -32 && (int8_t)q[4] == 1 && (int8_t)q[5] == 0 &&
+              (int8_t)q[6] == -127 && (int8_t)q[7] == 0);
+    bool zero_group = true;
+    for (int i = LM_Q8_GROUP_BYTES; i < 2 * LM_Q8_GROUP_BYTES; i++)
+        zero_group = zero_group && q[i] == 0;
+    TEST_COND("Q8_0 all-zero group: scale 0 and values 0", zero_group);
+    float back[64];
+    lm_convert_to_f32(back, q, LM_DTYPE_Q8_0, 64);
+    TEST_COND("Q8_0 back to float32: 1.984375, -0.5, 0.015625, 0",
+              back[0] == 1.984375f && back[1] == -0.5f && back[2] == 0.015625f && back[3] == 0.0f &&
+              back[40] == 0.0f);
+    TEST_COND("Q8_0 is not a safetensors dtype name", lm_dtype_from_name("Q8_0") < 0);
+
+    enum { N = 32 * 1024 };
+    float *r = malloc(N * sizeof(float)), *rb = malloc(N * sizeof(float));
+    unsigned char *rq = malloc(N / LM_Q8_GROUP * LM_Q8_GROUP_BYTES);
+    uint32_t s = 12345;
+    for (int i = 0; i < N; i++) {
+        s = s * 1664525u + 1013904223u;
+        r[i] = ((float)(s >> 8) / 16777216.0f - 0.5f) * (float)(1 + i / 4096);
+    }
+    lm_convert_from_f32(rq, LM_DTYPE_Q8_0, r, N);
+    lm_convert_to_f32(rb, rq, LM_DTYPE_Q8_0, N);
+    /* |x - d16 q| <= d / 2 + 127 |d - d16| <= amax (1/254 + 2^-11) per group */
+    double worst = 0;
+    for (int g = 0; g < N; g += LM_Q8_GROUP) {
+        float amax = 0;
+        for (int i = 0; i < LM_Q8_GROUP; i++)
+            amax = fmaxf(amax, fabsf(r[g + i]));
+        for (int i = 0; i < LM_Q8_GROUP; i++)
+            worst = fmax(worst, fabs((double)r[g + i] - (double)rb[g + i]) / (double)amax);
+    }
+    char descr[128];
+    snprintf(descr, sizeof descr, "Q8_0 round trip of 32k values: worst error %.5f of the group's max "
+             "(bound 1/254 + 2^-11 = 0.00443)", worst);
+    TEST_COND(descr, worst <= 1.0 / 254 + 1.0 / 2048 && worst > 0.001);
+    free(r);
+    free(rb);
+    free(rq);
+}
+
 int main(void)
 {
     printf("      implementation: %s\n", lm_convert_impl_name());
     test_round_trips();
     test_rounding();
     test_vector_vs_scalar();
+    test_q8();
     report_throughput();
     return test_report();
 }

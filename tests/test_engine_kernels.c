@@ -1,5 +1,5 @@
 /* Forward-pass kernels against their reference loops: matmul rows for F32,
- * F16 and BF16 weights (odd sizes, unaligned rows, several tokens), dot,
+ * F16, BF16 and Q8_0 weights (odd sizes, unaligned rows, several tokens), dot,
  * axpy, RMSNorm, softmax, SiLU-gating and RoPE, on the vector path and on
  * the forced scalar path. Also the sampler's greedy / top-k / top-p rules
  * and its seeded reproducibility. */
@@ -180,6 +180,12 @@ static void check_all_kernels(void)
         for (size_t s = 0; s < LM_ARRAY_SIZE(shapes); s++)
             check_matmul(types[t], shapes[s][0], shapes[s][1], s % 3 == 0 ? 1 : (int64_t)(s % 4) + 1,
                          s % 2 ? 2 : 0);
+    /* Q8_0: rows of whole 32-value groups only */
+    static const int64_t q8_shapes[][2] = { { 1, 32 }, { 5, 64 }, { 17, 96 }, { 9, 3584 }, { 7, 4096 } };
+    for (size_t s = 0; s < LM_ARRAY_SIZE(q8_shapes); s++)
+        check_matmul(LM_DTYPE_Q8_0, q8_shapes[s][0], q8_shapes[s][1], (int64_t)(s % 3) + 1, s % 2 ? 3 : 0);
+    TEST_COND("Q8_0 rows of 32k values can be multiplied, 33 cannot",
+              kernel_weight_type_ok(LM_DTYPE_Q8_0, 64) && !kernel_weight_type_ok(LM_DTYPE_Q8_0, 33));
     check_small_kernels();
 }
 

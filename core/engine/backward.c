@@ -788,6 +788,8 @@ static int run(struct lg *g, int64_t loss_from, double *loss, float *logits)
 int model_loss_grad(struct model *m, const int32_t *tokens, int64_t n, int64_t loss_from,
                     double *loss, float *logits, const struct model_grad_sink *sink)
 {
+    if (m->info.quantized)
+        return lm_err(LM_EUNSUPPORTED, "gradients need F32, F16 or BF16 weights; this model holds 8-bit ones");
     int rc = check_args(m, tokens, n, loss_from);
     if (rc < 0)
         return rc;

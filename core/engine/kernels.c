@@ -62,6 +62,11 @@ int kernel_force_scalar(int on)
     return atomic_exchange(&kernel_scalar_forced, on ? 1 : 0);
 }
 
+bool kernel_weight_type_ok(enum lm_dtype t, int64_t cols)
+{
+    return lm_dtype_is_float_supported(t) || (t == LM_DTYPE_Q8_0 && cols % LM_Q8_GROUP == 0);
+}
+
 /* One weight element as float; w may be unaligned. */
 static inline float weight_at(const unsigned char *w, enum lm_dtype t, int64_t i)
 {
@@ -74,6 +79,10 @@ static inline float weight_at(const unsigned char *w, enum lm_dtype t, int64_t i
     case LM_DTYPE_F16:
         memcpy(&h, w + 2 * i, sizeof h);
         return lm_f16_to_f32(h);
+    case LM_DTYPE_Q8_0: {
+        const unsigned char *g = w + (size_t)(i / LM_Q8_GROUP) * LM_Q8_GROUP_BYTES;
+        return lm_f16_to_f32((uint16_t)(g[0] | g[1] << 8)) * (float)(int8_t)g[2 + i % LM_Q8_GROUP];
+    }
     default:
         memcpy(&f, w + 4 * i, sizeof f);
         return f;
@@ -85,11 +94,11 @@ static inline float weight_at(const unsigned char *w, enum lm_dtype t, int64_t i
 void kernel_matmul_rows_ref(float *out, int64_t ldo, const void *w, enum lm_dtype wtype, int64_t cols,
                             const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1)
 {
-    LM_ASSERT(wtype == LM_DTYPE_F32 || wtype == LM_DTYPE_F16 || wtype == LM_DTYPE_BF16);
+    LM_ASSERT(kernel_weight_type_ok(wtype, cols));
     const unsigned char *wb = w;
-    size_t esz = lm_dtype_size(wtype);
+    size_t row_bytes = lm_dtype_bytes(wtype, (size_t)cols);
     for (int64_t r = r0; r < r1; r++) {
-        const unsigned char *row = wb + (size_t)r * (size_t)cols * esz;
+        const unsigned char *row = wb + (size_t)r * row_bytes;
         for (int64_t t = 0; t < n_tok; t++) {
             double s = 0.0;
             for (int64_t c = 0; c < cols; c++)
@@ -175,15 +184,30 @@ static float dot_row_scalar(const unsigned char *row, enum lm_dtype t, const flo
     return (s0 + s1) + (s2 + s3);
 }
 
+/* A Q8_0 row: each group's products summed, then scaled once. */
+static float dot_row_q8_scalar(const unsigned char *row, const float *x, int64_t n)
+{
+    float s = 0.0f;
+    for (int64_t g = 0; g < n; g += LM_Q8_GROUP, row += LM_Q8_GROUP_BYTES) {
+        const int8_t *q = (const int8_t *)(const void *)(row + 2);
+        float gs = 0.0f;
+        for (int i = 0; i < LM_Q8_GROUP; i++)
+            gs += (float)q[i] * x[g + i];
+        s += lm_f16_to_f32((uint16_t)(row[0] | row[1] << 8)) * gs;
+    }
+    return s;
+}
+
 static void matmul_rows_scalar(float *out, int64_t ldo, const unsigned char *w, enum lm_dtype wtype,
                                int64_t cols, const float *x, int64_t ldx, int64_t n_tok,
                                int64_t r0, int64_t r1)
 {
-    size_t esz = lm_dtype_size(wtype);
+    size_t row_bytes = lm_dtype_bytes(wtype, (size_t)cols);
     for (int64_t r = r0; r < r1; r++) {
-        const unsigned char *row = w + (size_t)r * (size_t)cols * esz;
+        const unsigned char *row = w + (size_t)r * row_bytes;
         for (int64_t t = 0; t < n_tok; t++)
-            out[t * ldo + r] = dot_row_scalar(row, wtype, x + t * ldx, cols);
+            out[t * ldo + r] = wtype == LM_DTYPE_Q8_0 ? dot_row_q8_scalar(row, x + t * ldx, cols)
+                                                      : dot_row_scalar(row, wtype, x + t * ldx, cols);
     }
 }
 
@@ -329,6 +353,32 @@ KERNEL_DOT_ROW(dot_row_bf16_avx2, load8_bf16, 2, LM_DTYPE_BF16)
 KERNEL_DOT_ROW(dot_row_f16_avx2, load8_f16, 2, LM_DTYPE_F16)
 KERNEL_DOT_ROW(dot_row_f32_avx2, load8_f32, 4, LM_DTYPE_F32)
 
+/* Eight int8 weights at p as floats. */
+KERNEL_TARGET
+static inline __m256 load8_i8(const unsigned char *p)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)));
+}
+
+/* A Q8_0 row: each group's int8 values widened and scaled to floats in
+ * registers, then four accumulators as for the 16-bit types. */
+KERNEL_TARGET
+static float dot_row_q8_avx2(const unsigned char *row, const float *x, int64_t n)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += LM_Q8_GROUP, row += LM_Q8_GROUP_BYTES) {
+        KERNEL_PREFETCH(row);
+        __m256 d = _mm256_set1_ps(_cvtsh_ss((unsigned short)(row[0] | row[1] << 8)));
+        const unsigned char *q = row + 2;
+        a0 = _mm256_fmadd_ps(_mm256_mul_ps(load8_i8(q), d), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_mul_ps(load8_i8(q + 8), d), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_mul_ps(load8_i8(q + 16), d), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_mul_ps(load8_i8(q + 24), d), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    return hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
 KERNEL_TARGET
 static void matmul_rows_avx2(float *out, int64_t ldo, const unsigned char *w, enum lm_dtype wtype,
                              int64_t cols, const float *x, int64_t ldx, int64_t n_tok,
@@ -336,8 +386,9 @@ static void matmul_rows_avx2(float *out, int64_t ldo, const unsigned char *w, en
 {
     float (*dot)(const unsigned char *, const float *, int64_t) =
         wtype == LM_DTYPE_BF16 ? dot_row_bf16_avx2 :
-        wtype == LM_DTYPE_F16  ? dot_row_f16_avx2 : dot_row_f32_avx2;
-    size_t row_bytes = (size_t)cols * lm_dtype_size(wtype);
+        wtype == LM_DTYPE_F16  ? dot_row_f16_avx2 :
+        wtype == LM_DTYPE_Q8_0 ? dot_row_q8_avx2 : dot_row_f32_avx2;
+    size_t row_bytes = lm_dtype_bytes(wtype, (size_t)cols);
     for (int64_t r = r0; r < r1; r++) {
         const unsigned char *row = w + (size_t)r * row_bytes;
         for (int64_t t = 0; t < n_tok; t++)
@@ -503,7 +554,7 @@ static void add_avx2(float *y, const float *x, int64_t n)
 void kernel_matmul_rows(float *out, int64_t ldo, const void *w, enum lm_dtype wtype, int64_t cols,
                         const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1)
 {
-    LM_ASSERT(wtype == LM_DTYPE_F32 || wtype == LM_DTYPE_F16 || wtype == LM_DTYPE_BF16);
+    LM_ASSERT(kernel_weight_type_ok(wtype, cols));
 #if KERNEL_X86
     if (use_vector()) {
         matmul_rows_avx2(out, ldo, w, wtype, cols, x, ldx, n_tok, r0, r1);

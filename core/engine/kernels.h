@@ -15,6 +15,7 @@
 #ifndef MS_CORE_ENGINE_KERNELS_H
 #define MS_CORE_ENGINE_KERNELS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "dtype.h"
@@ -28,10 +29,14 @@ int kernel_force_scalar(int on);
 
 /* ===== Matrix products ===== */
 
+/* True when rows of `cols` weights of type t can be multiplied: F32, F16,
+ * BF16, or Q8_0 (dtype.h) when cols is a multiple of its group. */
+bool kernel_weight_type_ok(enum lm_dtype t, int64_t cols);
+
 /* Rows [r0, r1) of W (rows, cols) times n_tok input vectors:
  *   out[t * ldo + r] = sum_c W[r][c] * x[t * ldx + c]   for t in [0, n_tok)
- * W has dtype wtype (F32, F16 or BF16; LM_ASSERT otherwise) and a row
- * stride of `cols` elements. Each weight row is read once for all n_tok
+ * W has dtype wtype (kernel_weight_type_ok; LM_ASSERT otherwise) and rows
+ * of `cols` elements laid end to end. Each weight row is read once for all n_tok
  * vectors, which is what decoding (n_tok = 1) and short batches want. */
 void kernel_matmul_rows(float *out, int64_t ldo, const void *w, enum lm_dtype wtype, int64_t cols,
                         const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1);

@@ -148,7 +148,9 @@ static int fetch(const struct model_source *src, const char *name, int ndim, con
     }
     if (rc < 0)
         return rc;
-    if (!lm_dtype_is_float_supported(v->dtype))
+    /* Q8_0 only for matrices whose rows split into whole groups. */
+    if (!lm_dtype_is_float_supported(v->dtype) &&
+        !(v->dtype == LM_DTYPE_Q8_0 && ndim == 2 && kernel_weight_type_ok(v->dtype, shape[1])))
         return lm_err(LM_EUNSUPPORTED, "%s: tensor '%s' has dtype %s; the engine runs F32, F16 and BF16",
                       src->label, name, lm_dtype_name(v->dtype));
     bool ok = v->ndim == ndim && v->data != NULL;
@@ -358,7 +360,19 @@ void model_free(struct model *m)
 
 static uint64_t matrix_bytes(const struct model_matrix *w)
 {
-    return (uint64_t)w->rows * (uint64_t)w->cols * lm_dtype_size(w->dtype);
+    return (uint64_t)w->rows * lm_dtype_bytes(w->dtype, (size_t)w->cols);
+}
+
+static bool any_q8(const struct model *m)
+{
+    bool q = m->embed.dtype == LM_DTYPE_Q8_0 || m->lm_head.dtype == LM_DTYPE_Q8_0;
+    for (int64_t l = 0; l < m->info.n_layer; l++) {
+        const struct model_layer *L = &m->layers[l];
+        const struct model_matrix *w[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down };
+        for (size_t k = 0; k < LM_ARRAY_SIZE(w); k++)
+            q = q || w[k]->dtype == LM_DTYPE_Q8_0;
+    }
+    return q;
 }
 
 static int load_layer(struct model *m, const struct hf_config *c, const struct model_source *src,
@@ -448,6 +462,7 @@ struct model *model_load(const struct hf_config *cfg, const struct model_source 
         }
     }
     m->info.weight_bytes += matrix_bytes(&m->lm_head);
+    m->info.quantized = any_q8(m);
     rope_init(cfg, m->inv_freq, hd);
 
     /* Threads: the pool does all parallel work; OpenBLAS runs inside it. */
@@ -559,8 +574,7 @@ static void mm_run(void *ud, int64_t index, int worker)
     }
     /* sgemm wants float32 rows on a float boundary: use the weights in
      * place when they are, else convert this block into worker scratch. */
-    size_t esz = lm_dtype_size(w->dtype);
-    const unsigned char *src = (const unsigned char *)w->data + (size_t)r0 * (size_t)w->cols * esz;
+    const unsigned char *src = (const unsigned char *)w->data + (size_t)r0 * lm_dtype_bytes(w->dtype, (size_t)w->cols);
     const float *wf;
     if (w->dtype == LM_DTYPE_F32 && ((uintptr_t)src % sizeof(float)) == 0) {
         wf = (const float *)(const void *)src;
@@ -671,9 +685,9 @@ static void forward_batch(struct model *m, const int32_t *tokens, int64_t n_tok,
     struct model_mm_job job;
 
     /* Token embeddings: x = embed_tokens(input_ids). */
-    size_t esz = lm_dtype_size(m->embed.dtype);
+    size_t row_bytes = lm_dtype_bytes(m->embed.dtype, (size_t)dim);
     for (int64_t t = 0; t < n_tok; t++)
-        lm_convert_to_f32(x + t * dim, (const unsigned char *)m->embed.data + (size_t)tokens[t] * (size_t)dim * esz,
+        lm_convert_to_f32(x + t * dim, (const unsigned char *)m->embed.data + (size_t)tokens[t] * row_bytes,
                           m->embed.dtype, (size_t)dim);
 
     /* Rotary tables for this batch's positions: HF computes

@@ -19,7 +19,8 @@
  *
  * Weights are never copied whole: the model keeps views that a model_source
  * hands out (a model directory's mmap, or merged buffers held in memory) and
- * reads F32/F16/BF16 in place. Only the small vectors (norm weights,
+ * reads F32/F16/BF16 in place; matrices may also be Q8_0 (dtype.h), the
+ * 8-bit form a preview of a merged model can be held in. Only the small vectors (norm weights,
  * biases) are converted to float32 copies at load time.
  *
  * Speed: decoding (one token) and short batches use kernel_matmul_rows,
@@ -112,6 +113,7 @@ struct model_info {
                               projection matrix and lm_head, not the embedding */
     int64_t n_batch;       /* tokens per forward step */
     int n_threads;
+    bool    quantized;     /* some matrix is Q8_0 (dtype.h): forward only, no gradients */
 };
 
 struct model;

@@ -15,7 +15,7 @@ static int merged_get(void *ud, const char *name, struct model_tensor_view *out)
     if (!data)
         return lm_err(LM_EINVAL, "merged tensor '%s' is not in memory yet", name);
     memset(out, 0, sizeof(*out));
-    out->dtype = ws_output_dtype(ws, (size_t)i, -1);
+    out->dtype = ws_cache_dtype(ws, (size_t)i);
     out->ndim = t->ndim;
     for (int d = 0; d < t->ndim && d < MODEL_MAX_DIMS; d++)
         out->shape[d] = t->shape[d];

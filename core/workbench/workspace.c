@@ -384,6 +384,7 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
         atomic_init(&ws->stats_done[i], false);
 
     ws->merged = lm_calloc(ws->n_tensors, sizeof(*ws->merged));
+    ws->preview = WS_PREVIEW_OUTPUT;
     ws->spare = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->spare));
     ws->nonfinite = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->nonfinite));
     ws->pool = pool_new(params.n_threads);

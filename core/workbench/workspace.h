@@ -226,15 +226,42 @@ int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratc
  * else output.dtype, else the base tensor's dtype. */
 enum lm_dtype ws_output_dtype(const struct workspace *ws, size_t i, int override);
 
+/* The form the in-memory cache of merged tensors (what a preview runs)
+ * takes. OUTPUT: each tensor rounded to its output dtype, exactly the bytes
+ * `ws_write` stores, so a preview runs the model the user would save (the
+ * default). BF16: 16-bit: the output dtype when it is BF16 or F16 (the same
+ * bytes again), BF16 when it is F32. Q8: matrices whose rows split into
+ * groups of 32 in Q8_0 (dtype.h; about 1.06 bytes a weight), the others as
+ * BF16 does. AUTO picks, when set, the first of OUTPUT, BF16, Q8 whose
+ * cache fits in the memory the system has available (ws_preview_fits). */
+enum ws_preview_dtype { WS_PREVIEW_AUTO, WS_PREVIEW_OUTPUT, WS_PREVIEW_BF16, WS_PREVIEW_Q8 };
+/* Parses "auto", "out" (or "output"), "bf16", "q8"; -1 otherwise. */
+int ws_preview_dtype_parse(const char *s);
+/* "output", "bf16", "q8" ("auto" before it is resolved). */
+const char *ws_preview_dtype_name(enum ws_preview_dtype d);
+/* Sets the cache's form (AUTO is resolved now); drops the cache when the
+ * form of any tensor changes. */
+void ws_set_preview_dtype(struct workspace *ws, enum ws_preview_dtype d);
+/* The form in effect (never AUTO). */
+enum ws_preview_dtype ws_get_preview_dtype(const struct workspace *ws);
+/* Bytes the whole cache takes in form d, and whether that, with room for
+ * the model's run state, fits in what the system has available now
+ * (*available set to that, 0 where unknown: then it is taken to fit). */
+uint64_t ws_preview_bytes(const struct workspace *ws, enum ws_preview_dtype d);
+bool ws_preview_fits(const struct workspace *ws, enum ws_preview_dtype d, uint64_t *available);
+/* The dtype tensor i is cached in. */
+enum lm_dtype ws_cache_dtype(const struct workspace *ws, size_t i);
+/* True when every tensor is cached in its output dtype: the preview runs
+ * exactly the model `ws_write` stores. */
+bool ws_preview_exact(const struct workspace *ws);
+
 /* Merges every tensor of `layer` (-1: the tensors outside the layer stack)
  * into the in-memory cache, in parallel; tensors already cached are kept.
- * The cache holds each tensor rounded to its output dtype, i.e. exactly the
- * bytes `ws_write` would store, so that a preview runs the model the user
- * would save. */
+ * Each tensor is held in ws_cache_dtype (by default its output dtype). */
 int ws_merge_layer(struct workspace *ws, int layer, lm_progress_fn progress, void *ud);
 /* Merges every tensor not yet cached (all threads). */
 int ws_merge_all(struct workspace *ws, lm_progress_fn progress, void *ud);
-/* The cached merged tensor i (ws_output_dtype(ws, i, -1) elements), or NULL. */
+/* The cached merged tensor i (n_elements of ws_cache_dtype), or NULL. */
 const void *ws_merged(const struct workspace *ws, size_t i);
 /* Drops every cached merge. */
 void ws_drop_merged(struct workspace *ws);

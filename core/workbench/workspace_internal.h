@@ -51,7 +51,8 @@ struct workspace {
     /* Non-finite values per tensor, as the last pass over it counted them
      * (each tensor is written by the one worker that merges it). */
     struct ws_nonfinite *nonfinite;
-    void **merged;                  /* output-dtype bytes per tensor, or NULL */
+    void **merged;                  /* ws_cache_dtype bytes per tensor, or NULL */
+    enum ws_preview_dtype preview;  /* the cache's form, never AUTO */
     void **spare;                   /* buffers of invalidated merges, reused by the next */
     /* Calibration results (aim, sens), each with the key of the settings
      * that produced it; NULL = not computed. The results are published

@@ -20,6 +20,7 @@
 #include "merge_stream.h"
 #include "pool.h"
 #include "strbuf.h"
+#include "sysmem.h"
 #include "workspace_internal.h"
 
 /* ===== Merging one tensor ===== */
@@ -144,29 +145,9 @@ static void pass_report(struct pass *p, int worker, uint64_t n)
 
 /* ===== Memory ===== */
 
-/* A field of /proc/self/status in bytes ("VmHWM", "RssAnon"), 0 when
- * unknown. */
-static uint64_t proc_status_bytes(const char *field)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return 0;
-    char line[256];
-    size_t len = strlen(field);
-    uint64_t v = 0;
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, field, len) == 0 && line[len] == ':') {
-            v = (uint64_t)strtoull(line + len + 1, NULL, 10) * 1024u;
-            break;
-        }
-    }
-    fclose(f);
-    return v;
-}
-
 static void sample_memory(struct workspace *ws)
 {
-    uint64_t anon = proc_status_bytes("RssAnon");
+    uint64_t anon = lm_proc_status_bytes("RssAnon");
     uint_fast64_t old = atomic_load(&ws->peak_anon);
     while (anon > old && !atomic_compare_exchange_weak(&ws->peak_anon, &old, anon))
         ;
@@ -176,7 +157,7 @@ void ws_memory_peak(struct workspace *ws, struct ws_memory *out)
 {
     sample_memory(ws);
     out->peak_rss_anon = atomic_load(&ws->peak_anon);
-    out->hwm = proc_status_bytes("VmHWM");
+    out->hwm = lm_proc_status_bytes("VmHWM");
 }
 
 /* ===== Non-finite values ===== */
@@ -280,11 +261,11 @@ struct sink {
 
 static int sink_put(struct sink *k, uint64_t e0, size_t len, const float *out)
 {
-    size_t es = lm_dtype_size(k->dtype);
     if (k->bytes) {
-        lm_convert_from_f32((char *)k->bytes + e0 * es, k->dtype, out, len);
+        lm_convert_from_f32((char *)k->bytes + lm_dtype_bytes(k->dtype, e0), k->dtype, out, len);
         return 0;
     }
+    size_t es = lm_dtype_size(k->dtype);
     if (!k->writer)
         return 0;
     lm_convert_from_f32(k->conv, k->dtype, out, len);
@@ -417,8 +398,8 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     struct sink sk = { .dtype = p->fixed_dtype ? p->out_dtype : t->base_dtype,
                        .writer = p->writer, .index = i };
     if (p->keep_merged) {
-        sk.dtype = ws_output_dtype(ws, i, -1);
-        sk.bytes = ws->spare[i] ? ws->spare[i] : lm_malloc_array(n ? n : 1, lm_dtype_size(sk.dtype));
+        sk.dtype = ws_cache_dtype(ws, i);
+        sk.bytes = ws->spare[i] ? ws->spare[i] : lm_malloc(n ? lm_dtype_bytes(sk.dtype, n) : 1);
         ws->spare[i] = NULL;
         if (!sk.bytes) {
             pass_fail(p, LM_ENOMEM);
@@ -618,6 +599,92 @@ enum lm_dtype ws_output_dtype(const struct workspace *ws, size_t i, int override
         return (enum lm_dtype)override;
     int d = ws->recipe->output.dtype ? lm_dtype_from_user_name(ws->recipe->output.dtype) : -1;
     return d >= 0 ? (enum lm_dtype)d : ws->tensors[i].base_dtype;
+}
+
+/* ===== The cache's form ===== */
+
+int ws_preview_dtype_parse(const char *s)
+{
+    static const struct { const char *name; enum ws_preview_dtype d; } names[] = {
+        { "auto", WS_PREVIEW_AUTO }, { "out", WS_PREVIEW_OUTPUT }, { "output", WS_PREVIEW_OUTPUT },
+        { "bf16", WS_PREVIEW_BF16 }, { "q8", WS_PREVIEW_Q8 },
+    };
+    for (size_t k = 0; k < LM_ARRAY_SIZE(names); k++)
+        if (strcmp(s, names[k].name) == 0)
+            return (int)names[k].d;
+    return -1;
+}
+
+const char *ws_preview_dtype_name(enum ws_preview_dtype d)
+{
+    switch (d) {
+    case WS_PREVIEW_OUTPUT: return "output";
+    case WS_PREVIEW_BF16:   return "bf16";
+    case WS_PREVIEW_Q8:     return "q8";
+    default:                return "auto";
+    }
+}
+
+static enum lm_dtype cache_dtype_in(const struct workspace *ws, enum ws_preview_dtype d, size_t i)
+{
+    enum lm_dtype out = ws_output_dtype(ws, i, -1);
+    if (d == WS_PREVIEW_OUTPUT)
+        return out;
+    const struct ws_tensor *t = &ws->tensors[i];
+    if (d == WS_PREVIEW_Q8 && t->ndim == 2 && t->shape[1] % LM_Q8_GROUP == 0)
+        return LM_DTYPE_Q8_0;
+    return out == LM_DTYPE_F32 ? LM_DTYPE_BF16 : out;
+}
+
+enum lm_dtype ws_cache_dtype(const struct workspace *ws, size_t i)
+{
+    return cache_dtype_in(ws, ws->preview, i);
+}
+
+bool ws_preview_exact(const struct workspace *ws)
+{
+    for (size_t i = 0; i < ws->n_tensors; i++)
+        if (ws_cache_dtype(ws, i) != ws_output_dtype(ws, i, -1))
+            return false;
+    return true;
+}
+
+uint64_t ws_preview_bytes(const struct workspace *ws, enum ws_preview_dtype d)
+{
+    uint64_t b = 0;
+    for (size_t i = 0; i < ws->n_tensors; i++)
+        b += lm_dtype_bytes(cache_dtype_in(ws, d, i), (size_t)ws->tensors[i].n_elements);
+    return b;
+}
+
+/* Room kept for the model's run state (KV cache, batch scratch), the
+ * merge's scratch and everything else the process holds. */
+#define WS_PREVIEW_HEADROOM ((uint64_t)1 << 30)
+
+bool ws_preview_fits(const struct workspace *ws, enum ws_preview_dtype d, uint64_t *available)
+{
+    uint64_t avail = lm_mem_available();
+    if (available)
+        *available = avail;
+    return avail == 0 || ws_preview_bytes(ws, d) + WS_PREVIEW_HEADROOM <= avail;
+}
+
+void ws_set_preview_dtype(struct workspace *ws, enum ws_preview_dtype d)
+{
+    if (d == WS_PREVIEW_AUTO)
+        d = ws_preview_fits(ws, WS_PREVIEW_OUTPUT, NULL) ? WS_PREVIEW_OUTPUT
+          : ws_preview_fits(ws, WS_PREVIEW_BF16, NULL)   ? WS_PREVIEW_BF16 : WS_PREVIEW_Q8;
+    bool changes = false;
+    for (size_t i = 0; i < ws->n_tensors && !changes; i++)
+        changes = cache_dtype_in(ws, d, i) != ws_cache_dtype(ws, i);
+    ws->preview = d;
+    if (changes)
+        ws_drop_merged(ws);
+}
+
+enum ws_preview_dtype ws_get_preview_dtype(const struct workspace *ws)
+{
+    return ws->preview;
 }
 
 int ws_output_config(const struct workspace *ws, struct hf_config *out)
