@@ -191,6 +191,8 @@ int cmd_eval(int argc, char **argv)
                 "cover those)\n", s.n, n_items);
         rc = cli_exit_status(LM_ECANCELED);
     }
+    if (o.verbose)
+        cli_print_memory_now();
 out:
     if (results)
         eval_results_deinit(results, n_items);

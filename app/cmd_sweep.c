@@ -772,6 +772,8 @@ int cmd_sweep(int argc, char **argv)
                 s.n_combos);
         rc = cli_exit_status(LM_ECANCELED);
     }
+    if (a.o.verbose)
+        cli_print_memory_now();
 out:
     sweep_free(&s);
     return rc;

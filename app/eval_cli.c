@@ -48,6 +48,7 @@ int eval_opts_parse(struct eval_opts *o, const char *cmd, int c, const char *arg
         return rc;
     case 'f': return cli_parse_format(cmd, arg, false, &o->format);
     case 'Q': return cli_parse_preview_dtype(cmd, arg, &o->preview);
+    case 'v': o->verbose = true; return 0;
     default: return cli_usage_error(cmd, "bad option");
     }
 }

@@ -34,6 +34,7 @@ struct eval_opts {
     int jobs;                     /* 0: as many as threads */
     enum cli_format format;       /* table or json */
     int preview;                  /* a recipe's in-memory form (enum ws_preview_dtype); default out */
+    bool verbose;                 /* print the memory taken at the end */
 };
 
 void eval_opts_init(struct eval_opts *o);
@@ -44,7 +45,7 @@ void eval_opts_init(struct eval_opts *o);
  * options before calling this). */
 int eval_opts_parse(struct eval_opts *o, const char *cmd, int c, const char *arg);
 
-#define EVAL_SHORT_OPTIONS "n:h"
+#define EVAL_SHORT_OPTIONS "n:vh"
 
 #define EVAL_LONG_OPTIONS \
     { "bench", required_argument, NULL, 'b' }, \
@@ -57,6 +58,7 @@ int eval_opts_parse(struct eval_opts *o, const char *cmd, int c, const char *arg
     { "jobs", required_argument, NULL, 'j' }, \
     { "format", required_argument, NULL, 'f' }, \
     { "preview-dtype", required_argument, NULL, 'Q' }, \
+    { "verbose", no_argument, NULL, 'v' }, \
     { "help", no_argument, NULL, 'h' }
 
 #define EVAL_OPTIONS_HELP \
@@ -79,6 +81,7 @@ int eval_opts_parse(struct eval_opts *o, const char *cmd, int c, const char *arg
     "  --preview-dtype D      how a RECIPE's merged weights are held in memory: out\n" \
     "                         (default: exactly what `merge` writes), bf16, q8 (8-bit,\n" \
     "                         for models that do not fit otherwise) or auto\n" \
+    "  -v, --verbose          print the memory taken at the end\n" \
     "  -h, --help             this help\n"
 
 /* ===== Prompts ===== */

@@ -147,6 +147,46 @@ static void f32_to_f16_scalar(unsigned char *dst, const float *src, size_t n)
     }
 }
 
+/* ===== Q8_0, scalar (the definition) ===== */
+
+/* Each group: d = max |x| / 127 stored as F16, q = round(x / d) computed
+ * with the unrounded d as GGUF's reference quantiser does, rounded half
+ * away from zero and clamped to [-127, 127]. NaN values become 0. */
+static void f32_to_q8_scalar(unsigned char *dst, const float *src, size_t n)
+{
+    LM_ASSERT(n % LM_Q8_GROUP == 0);
+    for (size_t g = 0; g < n; g += LM_Q8_GROUP, dst += LM_Q8_GROUP_BYTES) {
+        const float *x = src + g;
+        float amax = 0.0f;
+        for (int i = 0; i < LM_Q8_GROUP; i++) {
+            float a = x[i] < 0 ? -x[i] : x[i];
+            amax = a > amax ? a : amax;
+        }
+        float d = amax / 127.0f;
+        float id = d > 0.0f ? 1.0f / d : 0.0f;
+        uint16_t h = lm_f32_to_f16(d);
+        dst[0] = (unsigned char)(h & 0xff);
+        dst[1] = (unsigned char)(h >> 8);
+        for (int i = 0; i < LM_Q8_GROUP; i++) {
+            float v = x[i] * id;
+            v = v == v ? v : 0.0f;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            dst[2 + i] = (unsigned char)(int8_t)(int)roundf(v);
+        }
+    }
+}
+
+static void q8_to_f32_scalar(float *dst, const unsigned char *src, size_t n)
+{
+    LM_ASSERT(n % LM_Q8_GROUP == 0);
+    for (size_t g = 0; g < n; g += LM_Q8_GROUP, src += LM_Q8_GROUP_BYTES) {
+        float d = lm_f16_to_f32((uint16_t)(src[0] | src[1] << 8));
+        const int8_t *q = (const int8_t *)(const void *)(src + 2);
+        for (int i = 0; i < LM_Q8_GROUP; i++)
+            dst[g + i] = d * (float)q[i];
+    }
+}
+
 /* ===== AVX2 + F16C loops ===== */
 
 #if CONVERT_X86
@@ -223,49 +263,61 @@ static void f32_to_f16_avx2(unsigned char *dst, const float *src, size_t n)
     }
     f32_to_f16_scalar(dst + 2 * i, src + i, n - i);
 }
-#endif
 
-/* ===== Dispatch ===== */
-
-/* ===== Q8_0 (one path: plain loops the compiler vectorises) ===== */
-
-/* Each group: d = max |x| / 127 stored as F16, q = round(x / d) computed
- * with the unrounded d as GGUF's reference quantiser does, rounded half
- * away from zero and clamped to [-127, 127]. NaN values become 0. */
-static void f32_to_q8(unsigned char *dst, const float *src, size_t n)
+/* Q8_0 groups as f32_to_q8_scalar defines them: the same max, scale and
+ * products; roundf as truncation plus a step away from zero where the
+ * fraction is at least one half. */
+CONVERT_TARGET
+static void f32_to_q8_avx2(unsigned char *dst, const float *src, size_t n)
 {
     LM_ASSERT(n % LM_Q8_GROUP == 0);
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (size_t g = 0; g < n; g += LM_Q8_GROUP, dst += LM_Q8_GROUP_BYTES) {
-        const float *x = src + g;
-        float amax = 0.0f;
-        for (int i = 0; i < LM_Q8_GROUP; i++) {
-            float a = x[i] < 0 ? -x[i] : x[i];
-            amax = a > amax ? a : amax;
+        __m256 x[4], m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            x[k] = _mm256_loadu_ps(src + g + 8 * k);
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, x[k]), m); /* a NaN lane keeps m */
         }
-        float d = amax / 127.0f;
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float d = _mm_cvtss_f32(m4) / 127.0f;
         float id = d > 0.0f ? 1.0f / d : 0.0f;
         uint16_t h = lm_f32_to_f16(d);
         dst[0] = (unsigned char)(h & 0xff);
         dst[1] = (unsigned char)(h >> 8);
-        for (int i = 0; i < LM_Q8_GROUP; i++) {
-            float v = x[i] * id;
-            v = v == v ? v : 0.0f;
-            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-            dst[2 + i] = (unsigned char)(int8_t)(int)roundf(v);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) {
+            __m256 v = _mm256_mul_ps(x[k], _mm256_set1_ps(id));
+            v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* NaN -> 0 */
+            v = _mm256_min_ps(_mm256_max_ps(v, nlim), lim);
+            __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 up = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(v, t)), half, _CMP_GE_OQ);
+            __m256 step = _mm256_or_ps(_mm256_and_ps(v, sign), one); /* +-1 with v's sign */
+            q[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(up, step)));
         }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(void *)(dst + 2), _mm256_permutevar8x32_epi32(p, order));
     }
 }
 
-static void q8_to_f32(float *dst, const unsigned char *src, size_t n)
+CONVERT_TARGET
+static void q8_to_f32_avx2(float *dst, const unsigned char *src, size_t n)
 {
     LM_ASSERT(n % LM_Q8_GROUP == 0);
     for (size_t g = 0; g < n; g += LM_Q8_GROUP, src += LM_Q8_GROUP_BYTES) {
-        float d = lm_f16_to_f32((uint16_t)(src[0] | src[1] << 8));
-        const int8_t *q = (const int8_t *)(const void *)(src + 2);
-        for (int i = 0; i < LM_Q8_GROUP; i++)
-            dst[g + i] = d * (float)q[i];
+        __m256 d = _mm256_set1_ps(lm_f16_to_f32((uint16_t)(src[0] | src[1] << 8)));
+        for (int k = 0; k < 4; k++) {
+            __m128i q = _mm_loadl_epi64((const __m128i *)(const void *)(src + 2 + 8 * k));
+            _mm256_storeu_ps(dst + g + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+        }
     }
 }
+#endif
+
+/* ===== Dispatch ===== */
 
 static atomic_int convert_scalar_forced;
 static atomic_int convert_cpu_ok = -1; /* -1: not checked yet */
@@ -338,7 +390,13 @@ void lm_convert_to_f32(float *dst, const void *src, enum lm_dtype src_type, size
         f16_to_f32_scalar(dst, s, n);
         return;
     case LM_DTYPE_Q8_0:
-        q8_to_f32(dst, s, n);
+#if CONVERT_X86
+        if (vec) {
+            q8_to_f32_avx2(dst, s, n);
+            return;
+        }
+#endif
+        q8_to_f32_scalar(dst, s, n);
         return;
     default:
         lm_abort(__FILE__, __LINE__, "lm_convert_to_f32: source must be F32, F16, BF16 or Q8_0");
@@ -374,7 +432,13 @@ void lm_convert_from_f32(void *dst, enum lm_dtype dst_type, const float *src, si
         f32_to_f16_scalar(d, src, n);
         return;
     case LM_DTYPE_Q8_0:
-        f32_to_q8(d, src, n);
+#if CONVERT_X86
+        if (vec) {
+            f32_to_q8_avx2(d, src, n);
+            return;
+        }
+#endif
+        f32_to_q8_scalar(d, src, n);
         return;
     default:
         lm_abort(__FILE__, __LINE__, "lm_convert_from_f32: destination must be F32, F16, BF16 or Q8_0");

@@ -347,6 +347,32 @@ static void test_q8(void)
     snprintf(descr, sizeof descr, "Q8_0 round trip of 32k values: worst error %.5f of the group's max "
              "(bound 1/254 + 2^-11 = 0.00443)", worst);
     TEST_COND(descr, worst <= 1.0 / 254 + 1.0 / 2048 && worst > 0.001);
+    /* The vector path against the scalar one: random values of every
+     * scale, NaN and infinities, exact ties (k + 0.5 times the scale). */
+    for (int i = 0; i < N; i++) {
+        s = s * 1664525u + 1013904223u;
+        switch ((i / LM_Q8_GROUP) % 8) {
+        case 0: /* scale exactly 1: every x.5 is a tie */
+            r[i] = i % LM_Q8_GROUP ? (float)((int)(s >> 8 & 253) - 127) + 0.5f : 127.0f;
+            break;
+        case 1: r[i] = bits_f32(s | 0x7f800000u); break; /* inf or NaN */
+        default: r[i] = bits_f32((s & 0x807fffffu) | ((s >> 3 & 63u) + 96u) << 23); break;
+        }
+    }
+    unsigned char *rs = malloc(N / LM_Q8_GROUP * LM_Q8_GROUP_BYTES);
+    float *fs = malloc(N * sizeof(float));
+    lm_convert_from_f32(rq, LM_DTYPE_Q8_0, r, N);
+    lm_convert_to_f32(rb, rq, LM_DTYPE_Q8_0, N);
+    int prev = lm_convert_force_scalar(1);
+    lm_convert_from_f32(rs, LM_DTYPE_Q8_0, r, N);
+    lm_convert_to_f32(fs, rq, LM_DTYPE_Q8_0, N);
+    lm_convert_force_scalar(prev);
+    snprintf(descr, sizeof descr, "%s == scalar: F32 -> Q8_0 and back on 32k values (ties, NaN, inf)",
+             lm_convert_impl_name());
+    TEST_COND(descr, memcmp(rq, rs, N / LM_Q8_GROUP * LM_Q8_GROUP_BYTES) == 0 &&
+                     same_bits(rb, fs, N * sizeof(float)));
+    free(rs);
+    free(fs);
     free(r);
     free(rb);
     free(rq);

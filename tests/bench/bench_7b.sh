@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Times stats and a TIES merge of a random bf16 trio against reading and
 # writing the same bytes, in one run, with the peak anonymous memory
-# (RssAnon, sampled every 0.2 s from /proc/PID/status) of each command.
+# (RssAnon, sampled every 0.2 s from /proc/PID/status) of each command;
+# then generates a few tokens from the recipe merged in memory in its q8
+# and bf16 preview forms, with their peak memory.
 #
 #   tests/bench/bench_7b.sh BUILD_DIR DATA_DIR [7b|0.5b] [threads]
 #
@@ -88,6 +90,17 @@ t0=$(date +%s.%N); sync; t1=$(date +%s.%N)
 echo "$(cat "$data/.time-TIES merge (bf16)") + $t1 - $t0" | bc > "$data/.time-merge-synced"
 printf '%-28s %8.2f s   (merge + its sync)\n' "TIES merge, synced" "$(cat "$data/.time-merge-synced")"
 rm -rf "$data/merged"
+
+# Previews: the recipe merged in memory and run, in each form the memory
+# allows (PREVIEW=0 skips them). The issue's targets: q8 <= 9 GB and bf16
+# <= 17 GB of RssAnon at 7B.
+if [ "${PREVIEW:-1}" = 1 ]; then
+    for form in q8 bf16; do
+        run "generate --preview-dtype $form" "$ms" generate "$recipe" -p "What is 12+34?" -n 8 \
+            --preview-dtype "$form" --verbose "${tflag[@]}"
+        grep -E 'runs from|new tokens|decode' "$data/.out-generate --preview-dtype $form" | sed 's/^/    /'
+    done
+fi
 
 r3=$(cat "$data/.time-read 3 (cat)")
 st=$(cat "$data/.time-stats")

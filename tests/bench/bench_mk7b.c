@@ -1,7 +1,7 @@
 /* Writes a base / quick / long trio of random bf16 checkpoints with real
  * shapes, for timing stats and merges on a model of the paper's size:
  *
- *   bench_mk7b DIR [7b|0.5b]
+ *   bench_mk7b DIR [7b|0.5b] [TOKENIZER_DIR]
  *
  * 7b: Qwen2.5-Math-7B / R1-Distill-Qwen-7B shapes (28 layers, hidden 3584,
  * intermediate 18944, 28/4 heads, vocabulary 152064, untied), about 15 GB
@@ -10,8 +10,11 @@
  * heads, vocabulary 151936, tied), one model.safetensors of about 1 GB.
  * quick is the base plus small noise, long is quick plus smaller noise (so
  * that TIES has both agreement and conflict to resolve); values are rounded
- * to bf16. Each model gets a config.json. Memory: a few MB; the files are
- * written tensor by tensor, a chunk at a time. */
+ * to bf16. Each model gets a config.json, and the tokenizer.json and
+ * tokenizer_config.json of TOKENIZER_DIR (default: the demo's long model,
+ * whose ids all lie inside the vocabulary) so that `generate` can run it.
+ * Memory: a few MB; the files are written tensor by tensor, a chunk at a
+ * time. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
@@ -104,6 +107,31 @@ static int write_config(const char *dir, const struct shape *s)
     return fclose(f);
 }
 
+/* Copies `name` from `from` into `dir`; a missing source is only a warning
+ * (the trio still serves stats and merge). */
+static int copy_file(const char *from, const char *dir, const char *name)
+{
+    char src[4200], dst[4200];
+    snprintf(src, sizeof src, "%.4000s/%s", from, name);
+    snprintf(dst, sizeof dst, "%.4000s/%s", dir, name);
+    FILE *in = fopen(src, "rb");
+    if (!in) {
+        fprintf(stderr, "bench_mk7b: warning: no %s to copy (generate will not run)\n", src);
+        return 0;
+    }
+    FILE *out = fopen(dst, "wb");
+    char buf[65536];
+    size_t n;
+    int rc = out ? 0 : -1;
+    while (out && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n)
+            rc = -1;
+    fclose(in);
+    if (out && fclose(out) != 0)
+        rc = -1;
+    return rc;
+}
+
 static char *shard_name(const struct shape *s, int k)
 {
     static char buf[64];
@@ -117,10 +145,11 @@ static char *shard_name(const struct shape *s, int k)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_mk7b DIR [7b|0.5b]\n");
+        fprintf(stderr, "usage: bench_mk7b DIR [7b|0.5b] [TOKENIZER_DIR]\n");
         return 2;
     }
     const char *root = argv[1];
+    const char *tok_dir = argc > 3 ? argv[3] : MS_SOURCE_DIR "/demo/long";
     const struct shape *s = &shapes[0];
     if (argc > 2) {
         s = NULL;
@@ -190,6 +219,11 @@ int main(int argc, char **argv)
         }
         if (write_config(path, s) != 0) {
             perror("config.json");
+            return 1;
+        }
+        if (copy_file(tok_dir, path, "tokenizer.json") != 0 ||
+            copy_file(tok_dir, path, "tokenizer_config.json") != 0) {
+            perror("tokenizer");
             return 1;
         }
         if (s->shards > 1) {
