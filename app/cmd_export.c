@@ -5,8 +5,11 @@
 #include <string.h>
 
 #include "cli.h"
+#include "fsutil.h"
+#include "hf_config.h"
 #include "lm_error.h"
 #include "merge_plan.h"
+#include "mergekit_export.h"
 
 static const char export_usage[] =
     "usage: mergescope export RECIPE --to mergekit\n"
@@ -19,6 +22,26 @@ static const char export_usage[] =
     "Options:\n"
     "  --to mergekit   target format (the only one so far)\n"
     "  -h, --help      this help\n";
+
+/* tie_word_embeddings of the model at recipe path `path`: 1, 0, or -1 when
+ * its config.json cannot be read or does not say. */
+static int model_tied(const struct recipe *r, const char *path)
+{
+    if (!path)
+        return -1;
+    char *dir = recipe_resolve_path(r, path);
+    char *file = dir ? lm_path_join(dir, "config.json") : NULL;
+    struct hf_config c;
+    int tied = -1;
+    if (file && hf_config_load(file, &c) == 0) {
+        if (c.has_tie_word_embeddings)
+            tied = c.tie_word_embeddings ? 1 : 0;
+        hf_config_deinit(&c);
+    }
+    free(file);
+    free(dir);
+    return tied;
+}
 
 int cmd_export(int argc, char **argv)
 {
@@ -55,8 +78,19 @@ int cmd_export(int argc, char **argv)
         recipe_free(r);
         return cli_fail(err);
     }
+    /* What the models' configs say about tying, for the warnings that
+     * depend on it; models that cannot be read are simply not known. */
+    int *tied = lm_calloc(r->n_models + 1, sizeof(int));
+    if (!tied) {
+        recipe_free(r);
+        return cli_fail(LM_ENOMEM);
+    }
+    for (size_t i = 0; i < r->n_models; i++)
+        tied[i] = model_tied(r, r->models[i].path);
+    struct mergekit_export_models facts = { .base_tied = model_tied(r, r->base), .model_tied = tied };
     char *warnings = NULL;
-    char *yaml = recipe_to_mergekit_yaml(r, &warnings);
+    char *yaml = recipe_to_mergekit_yaml_models(r, &facts, &warnings);
+    free(tied);
     recipe_free(r);
     if (!yaml) {
         free(warnings);

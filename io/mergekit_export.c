@@ -27,8 +27,19 @@
  * mergescope's method defaults are mergekit's (normalize, lambda 1, density 1,
  * gamma 0.01, epsilon 0.15), so unset parameters stay unset; the exceptions
  * (DARE/DELLA rescaling, the output dtype) are warned about. Gradients mean
- * the same in both: t = layer / (n_layers - 1), embeddings at t = 0, the
- * final norm and lm_head at t = 1. */
+ * the same in both: t = layer / (n_layers - 1), and every tensor outside
+ * the layers (embeddings, final norm, lm_head) at t = 0.
+ *
+ * tokenizer_source is never written: with it mergekit builds a tokenizer
+ * and re-lays out the embeddings to its length (a 448-row embedding of a
+ * 392-token tokenizer becomes 392 rows), which no recipe asks for. Without
+ * it mergekit copies the tokenizer files of base_model (or of an input
+ * model); where the recipe takes them from another model, a warning says
+ * to copy them. Where the caller read the models' config.json files
+ * (recipe_to_mergekit_yaml_models), a tied config that mergekit copies
+ * beside an untied model is warned about: mergekit writes the merged
+ * lm_head.weight under tie_word_embeddings: true, mergescope writes
+ * false. */
 #include "mergekit_export.h"
 #include "recipe.h"
 
@@ -59,6 +70,8 @@ enum {
     MK_AVERAGE = 1 << 3, /* equal weights, normalized */
     MK_T       = 1 << 4, /* mergekit requires t; ours defaults to 0.5 */
     MK_RESCALE = 1 << 5, /* mergekit rescales kept entries to the L1 norm by default */
+    MK_RANKED  = 1 << 6, /* cuts or ranks by magnitude (mergekit's unstable argsort) */
+    MK_PROB    = 1 << 7, /* mergescope's "inverse" rescale is 1/p per entry (della) */
 };
 
 struct mk_method {
@@ -73,12 +86,15 @@ static const struct mk_method mk_methods[] = {
     { "linear",          "linear",          MK_WEIGHT },
     { "average",         "linear",          MK_AVERAGE },
     { "task_arithmetic", "task_arithmetic", MK_BASE | MK_WEIGHT },
-    { "ties",            "ties",            MK_BASE | MK_WEIGHT },
+    { "ties",            "ties",            MK_BASE | MK_WEIGHT | MK_RANKED },
     { "dare_linear",     "dare_linear",     MK_BASE | MK_WEIGHT | MK_RANDOM | MK_RESCALE },
     { "dare_ties",       "dare_ties",       MK_BASE | MK_WEIGHT | MK_RANDOM | MK_RESCALE },
     { "slerp",           "slerp",           MK_BASE | MK_T },
-    { "breadcrumbs",     "breadcrumbs",     MK_BASE | MK_WEIGHT },
-    { "della",           "della",           MK_BASE | MK_WEIGHT | MK_RANDOM | MK_RESCALE },
+    { "breadcrumbs",     "breadcrumbs",     MK_BASE | MK_WEIGHT | MK_RANKED },
+    { "della",           "della",           MK_BASE | MK_WEIGHT | MK_RANDOM | MK_RESCALE | MK_RANKED | MK_PROB },
+    { "breadcrumbs_ties", "breadcrumbs_ties", MK_BASE | MK_WEIGHT | MK_RANKED },
+    { "nearswap",        "nearswap",        MK_BASE | MK_T },
+    { "della_linear",    "della_linear",    MK_BASE | MK_WEIGHT | MK_RANDOM | MK_RESCALE | MK_RANKED | MK_PROB },
 };
 
 /* Parameters with the same name and meaning in mergekit; `per_model` ones
@@ -319,6 +335,7 @@ struct mk_ctx {
     struct lm_strbuf glob;          /* lines under `parameters:` */
     struct lm_strbuf *model;        /* lines under each model's `parameters:` */
     const char *yaml_base;     /* base_model written, or NULL */
+    const struct mergekit_export_models *facts; /* may be NULL */
     uint64_t n_layer_filters;  /* layer filters so far, all overrides */
     struct mk_entry *entries;  /* scratch, n_overrides long */
 };
@@ -748,24 +765,46 @@ static void export_output(struct mk_ctx *x, struct lm_strbuf *y)
               "(set out_dtype to match)");
     }
 
+    /* No tokenizer_source (see the top of this file): mergekit copies the
+     * tokenizer files of its config donor. */
+    const char *theirs = x->yaml_base ? x->yaml_base : (r->n_models == 1 ? r->models[0].path : NULL);
     const char *tok = o->tokenizer_from ? o->tokenizer_from : o->config_from;
-    if (tok) {
-        lm_strbuf_puts(y, "tokenizer_source: ");
-        if (strcmp(tok, "base") == 0 && x->yaml_base)
-            lm_strbuf_puts(y, "base");
-        else
-            yaml_string(y, ref_path(r, tok) ? ref_path(r, tok) : tok);
-        lm_strbuf_puts(y, "\n");
-    }
+    const char *tok_path = tok ? ref_path(r, tok) : (r->base ? r->base : r->models[0].path);
+    if (tok_path && (!theirs || strcmp(tok_path, theirs) != 0))
+        warnf(x, "tokenizer: mergekit copies the tokenizer files from %s%s%s, mergescope from '%s'; "
+              "copy them into mergekit's output by hand (tokenizer_source would make mergekit "
+              "re-lay out the embeddings to the tokenizer's length)",
+              theirs ? "'" : "base_model or one of the models", theirs ? theirs : "",
+              theirs ? "'" : "", tok_path);
 
     const char *ours = o->config_from ? ref_path(r, o->config_from)
                                       : (r->base ? r->base : r->models[0].path);
-    const char *theirs = x->yaml_base ? x->yaml_base : (r->n_models == 1 ? r->models[0].path : NULL);
     if (!theirs)
         warnf(x, "config.json: mergekit takes it from one of the input models (no base_model), "
               "mergescope from '%s'", ours ? ours : "");
     else if (ours && strcmp(ours, theirs) != 0)
         warnf(x, "config.json: mergekit takes it from '%s', mergescope from '%s'", theirs, ours);
+
+    /* Tying: mergekit copies its donor's config.json as it is, and writes
+     * lm_head.weight whenever an input model has one. */
+    const struct mergekit_export_models *f = x->facts;
+    if (f && theirs) {
+        int donor = -1;
+        bool any_untied = f->base_tied == 0 && r->base && (x->yaml_base || (x->m->flags & MK_BASE));
+        if (x->yaml_base && r->base && strcmp(x->yaml_base, r->base) == 0)
+            donor = f->base_tied;
+        for (size_t i = 0; i < r->n_models; i++) {
+            int tied = f->model_tied ? f->model_tied[i] : -1;
+            if (donor < 0 && strcmp(r->models[i].path, theirs) == 0)
+                donor = tied;
+            any_untied = any_untied || tied == 0;
+        }
+        if (donor == 1 && any_untied)
+            warnf(x, "tie_word_embeddings: mergekit copies true with the config.json of '%s' yet writes the "
+                  "merged lm_head.weight (a model here has its own head), which transformers then "
+                  "ties away; mergescope writes false: set tie_word_embeddings to false in "
+                  "mergekit's output config.json", theirs);
+    }
 
     if (o->vocab && strcmp(o->vocab, "error") != 0)
         warnf(x, "output.vocab '%s': no mergekit equivalent (mergekit truncates embeddings to the "
@@ -854,8 +893,15 @@ static int export_all(struct mk_ctx *x, struct lm_strbuf *y)
               "from mergescope's%s", seed_text);
     }
     if ((flags & MK_RESCALE) && !recipe_find_param(r->params, r->n_params, "rescale"))
-        warnf(x, "rescale: mergescope scales kept entries by 1/density, mergekit (rescale: true, "
-              "its default) to match the L1 norm; set \"rescale\": \"l1\" to match");
+        warnf(x, "rescale: mergescope scales each kept entry by %s, mergekit (rescale: true, "
+              "its default) to match the L1 norm; set \"rescale\": \"l1\" to match",
+              (flags & MK_PROB) ? "1/p, its own keep probability" : "1/density");
+    if (flags & MK_RANKED)
+        warnf(x, "equal magnitudes: mergekit orders them with an unstable argsort, so where equal "
+              "|delta| values straddle a cut it keeps whichever the sort puts first; mergescope "
+              "orders them as a stable sort does (%s)",
+              strncmp(x->m->mergekit, "breadcrumbs", 11) == 0 ? "ascending: the lower index counts as smaller"
+                                                         : "the lower index counts as larger");
     free(names);
 
     export_output(x, y);
@@ -863,6 +909,12 @@ static int export_all(struct mk_ctx *x, struct lm_strbuf *y)
 }
 
 char *recipe_to_mergekit_yaml(const struct recipe *r, char **warnings)
+{
+    return recipe_to_mergekit_yaml_models(r, NULL, warnings);
+}
+
+char *recipe_to_mergekit_yaml_models(const struct recipe *r, const struct mergekit_export_models *facts,
+                                     char **warnings)
 {
     if (warnings)
         *warnings = NULL;
@@ -891,7 +943,7 @@ char *recipe_to_mergekit_yaml(const struct recipe *r, char **warnings)
         }
     }
 
-    struct mk_ctx x = { .r = r, .m = m, .label = label };
+    struct mk_ctx x = { .r = r, .m = m, .label = label, .facts = facts };
     struct lm_strbuf out = { 0 }, tail = { 0 };
     char *result = NULL;
     int rc = LM_ENOMEM;

@@ -12,4 +12,20 @@
  * equivalent (lore, twin, aim, sens) or `method` is unknown or NULL. */
 const char *mergekit_method_name(const char *method);
 
+struct recipe;
+
+/* What the caller read from the models' config.json files, for the
+ * warnings that depend on them: tie_word_embeddings as 1 (true), 0
+ * (false) or -1 (unknown, or no such model). */
+struct mergekit_export_models {
+    int        base_tied;
+    const int *model_tied; /* one per recipe model, or NULL */
+};
+
+/* recipe_to_mergekit_yaml (recipe.h) with those facts (NULL: none known),
+ * adding the warnings they allow (a tied config that mergekit copies while
+ * writing an lm_head). */
+char *recipe_to_mergekit_yaml_models(const struct recipe *r, const struct mergekit_export_models *facts,
+                                     char **warnings);
+
 #endif

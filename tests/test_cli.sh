@@ -16,7 +16,7 @@ cat >"$tmp/m/ties.json" <<'JSON'
   "base": "quick",
   "models": [ { "name": "long", "path": "long", "weight": 0.7 } ],
   "method": "ties",
-  "params": { "lambda": 1.0, "density": 0.2, "normalize": true },
+  "params": { "lambda": 1.0, "density": 0.25, "normalize": true },
   "overrides": [ { "layers": "0-1", "modules": "mlp", "params": { "weight": { "long": 0.5 } } } ],
   "output": { "dtype": "bf16", "config_from": "long", "tokenizer_from": "long" }
 }
@@ -30,6 +30,9 @@ done
 check "unknown command exits 2" bash -c "run 2 '$ms' frobnicate && err_has 'unknown command'"
 check "merge without -o exits 2" bash -c "run 2 '$ms' merge '$tmp/m/ties.json' && err_has 'missing -o'"
 check "bad --dtype exits 2" bash -c "run 2 '$ms' merge '$tmp/m/ties.json' -o '$tmp/o' --dtype f8"
+sed 's/"density": 0.25/"density": 0.2/' "$tmp/m/ties.json" > "$tmp/m/ties-k0.json"
+check "ties keeping no entry of a tensor (int(0.2 x 4) = 0) exits 3 naming it, as mergekit stops" \
+    bash -c "run 3 '$ms' merge '$tmp/m/ties-k0.json' -o '$tmp/o-k0' && err_has 'k_proj.bias' && err_has 'int(0.2 x 4) = 0'"
 
 check "stats table by layer has a row per layer" \
     bash -c "run 0 '$ms' stats '$tmp/m/ties.json' && out_match '^layer 0' && out_match '^layer 2' && out_has 'rel(long)' && out_has 'sign_flip'"
@@ -42,7 +45,7 @@ check "stats csv has a header and one row per tensor (38 + lm_head)" \
 check "stats json has rows with per-model numbers" \
     bash -c "run 0 '$ms' stats '$tmp/m/ties.json' --format json --by module && out_has '\"rows\"' && out_has '\"layer 1 mlp\"' && out_has '\"topk_energy\"'"
 check "stats with --base/--model compares two task vectors" \
-    bash -c "run 0 '$ms' stats --base '$tmp/m/base' --model '$tmp/m/quick' --model '$tmp/m/long' && out_has 'cos(quick,long)' && out_has 'ties_conflict'"
+    bash -c "run 0 '$ms' stats --base '$tmp/m/base' --model '$tmp/m/quick' --model '$tmp/m/long' --density 0.5 && out_has 'cos(quick,long)' && out_has 'ties_conflict'"
 check "stats on a missing directory exits 3 naming it" \
     bash -c "run 3 '$ms' stats --base '$tmp/m/nope' --model '$tmp/m/long' && err_has 'nope'"
 

@@ -10,6 +10,7 @@
 
 #include "fsutil.h"
 #include "lm_error.h"
+#include "mergekit_export.h"
 #include "recipe.h"
 #include "test.h"
 
@@ -557,6 +558,46 @@ static struct recipe *parse_plain(const char *json)
     return r;
 }
 
+/* Export warnings that depend on the models' configs and methods. */
+static void test_mergekit_facts(void)
+{
+    struct recipe *r = parse_plain("{'format': 'mergescope-recipe/1', 'base': 'q', 'models': "
+                                   "[{'name': 'l', 'path': 'l'}], 'method': 'della', "
+                                   "'params': {'density': 0.5}}");
+    char *warn = NULL;
+    const int untied[1] = { 0 }, tied[1] = { 1 };
+    struct mergekit_export_models f = { .base_tied = 1, .model_tied = untied };
+    char *y = r ? recipe_to_mergekit_yaml_models(r, &f, &warn) : NULL;
+    TEST_COND("export: a tied base beside an untied model warns that mergekit keeps tie_word_embeddings: true",
+              has(warn, "tie_word_embeddings: mergekit copies true with the config.json of 'q'") &&
+              has(y, "#   - tie_word_embeddings"));
+    TEST_COND("export: della's rescale warning names 1/p, each entry's keep probability",
+              has(warn, "scales each kept entry by 1/p, its own keep probability") && !has(warn, "1/density"));
+    TEST_COND("export: no tokenizer warning when the tokenizer comes from the base", !has(warn, "tokenizer:"));
+    free(y);
+    free(warn);
+    warn = NULL;
+    f.model_tied = tied;
+    y = r ? recipe_to_mergekit_yaml_models(r, &f, &warn) : NULL;
+    TEST_COND("export: all tied: no tying warning", y && !has(warn, "tie_word_embeddings"));
+    free(y);
+    free(warn);
+    recipe_free(r);
+
+    r = parse_plain("{'format': 'mergescope-recipe/1', 'base': 'q', 'models': "
+                    "[{'name': 'l', 'path': 'l'}], 'method': 'breadcrumbs_ties', "
+                    "'params': {'density': 0.5, 'gamma': 0.02}}");
+    warn = NULL;
+    y = r ? recipe_to_mergekit_yaml(r, &warn) : NULL;
+    TEST_COND("export: breadcrumbs_ties keeps its name and gamma",
+              has(y, "merge_method: breadcrumbs_ties\n") && has(y, "  gamma: 0.02\n"));
+    TEST_COND("export: breadcrumbs' equal magnitudes: ascending, the lower index smaller",
+              has(warn, "ascending: the lower index counts as smaller"));
+    free(y);
+    free(warn);
+    recipe_free(r);
+}
+
 static void test_mergekit(void)
 {
     char *warn = NULL;
@@ -574,8 +615,14 @@ static void test_mergekit(void)
               has(y, "\nparameters:\n  lambda: 1\n  density:\n    - filter: layers.27.self_attn.\n"
                      "      value: 0.5\n    - value: 0.2\n  normalize: true\n"));
     TEST_COND("export: seed left out of the YAML", !has(y, "  seed:"));
-    TEST_COND("export: float32 arithmetic, bfloat16 output, tokenizer from long",
-              has(y, "\ndtype: float32\nout_dtype: bfloat16\ntokenizer_source: ../demo/long\n"));
+    TEST_COND("export: float32 arithmetic, bfloat16 output, no tokenizer_source (it re-lays out embeddings)",
+              has(y, "\ndtype: float32\nout_dtype: bfloat16\n") && !has(y, "\ntokenizer_source:"));
+    TEST_COND("export: the tokenizer source is a warning and a comment",
+              has(warn, "tokenizer: mergekit copies the tokenizer files from '../demo/quick', mergescope from "
+                        "'../demo/long'") && has(y, "#   - tokenizer: mergekit copies"));
+    TEST_COND("export: ties warns about mergekit's unstable argsort (lower index counts as larger)",
+              has(warn, "unstable argsort") && has(warn, "lower index counts as larger") &&
+              has(y, "#   - equal magnitudes"));
     TEST_COND("export: a comment says paths are relative to the recipe", has(y, "# Paths are as written in the recipe"));
     TEST_COND("warnings mention the seed", has(warn, "seed"));
     TEST_COND("warnings mention the layer-restricted overrides", has(warn, "overrides[0]: layers 0-5") &&
@@ -771,5 +818,6 @@ int main(void)
     test_save_as();
     test_rejections();
     test_mergekit();
+    test_mergekit_facts();
     return test_report();
 }

@@ -76,13 +76,13 @@ static void test_registry(void)
 {
     static const char *const want[] = {
         "linear", "average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp",
-        "breadcrumbs", "della", "lore", "twin", "aim", "sens",
+        "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "nearswap", "lore", "twin", "aim", "sens",
     };
     int n = 0;
     int names_ok = 1, fields_ok = 1;
     while (merge_methods[n])
         n++;
-    TEST_COND("registry lists 13 methods", n == (int)LM_ARRAY_SIZE(want));
+    TEST_COND("registry lists 16 methods", n == (int)LM_ARRAY_SIZE(want));
     for (int i = 0; i < n && i < (int)LM_ARRAY_SIZE(want); i++) {
         const struct merge_method *m = merge_methods[i];
         if (strcmp(m->name, want[i]) != 0)
@@ -104,7 +104,7 @@ static void test_registry(void)
             names_ok = 0;
     }
     TEST_COND("registry order: linear, average, task_arithmetic, ties, dare_linear, dare_ties, "
-              "slerp, breadcrumbs, della, lore, twin, aim, sens", names_ok);
+              "slerp, breadcrumbs, breadcrumbs_ties, della, della_linear, nearswap, lore, twin, aim, sens", names_ok);
     TEST_COND("every method has a summary, a model range, a params list, and a mergekit name "
               "exactly when it wraps no other method", fields_ok);
     TEST_COND("merge_method_find(\"nope\") is NULL", merge_method_find("nope") == NULL);
@@ -252,17 +252,24 @@ static void test_linear(void)
     const double w2[4] = { 2.5, 0.5, 0, 7 };
     TEST_COND("linear, normalize: divided by sum of weights", rc == 0 && all_near(out, w2, 4, 0));
 
-    /* w = (0, 0), normalize: sum w = 0 < 1e-8, no division -> all zero */
-    p.weight[0] = 0;
-    p.weight[1] = 0;
+    /* w = (1, -1), normalize: the sum is 0, mergekit would divide by it:
+     * an error naming the tensor and the sum */
+    p.weight[0] = 1;
+    p.weight[1] = -1;
+    rc = run(&merge_method_linear, "model.norm.weight", junk, xs, 2, 4, &p, out);
+    TEST_COND("linear, weights summing to 0 with normalize: LM_EFORMAT naming the tensor",
+              rc == LM_EFORMAT && strstr(lm_last_error(), "model.norm.weight") &&
+              strstr(lm_last_error(), "sum to 0"));
+    /* without normalize the same weights are fine: x1 - x2 */
+    p.normalize = false;
     rc = run(&merge_method_linear, "l", junk, xs, 2, 4, &p, out);
-    const double w3[4] = { 0, 0, 0, 0 };
-    TEST_COND("linear, zero weights with normalize: no division by zero, result 0",
-              rc == 0 && all_near(out, w3, 4, 0));
+    TEST_COND("linear, weights summing to 0 without normalize: x1 - x2",
+              rc == 0 && out[0] == -2.0f && out[1] == 2.0f && out[2] == -4.0f && out[3] == -4.0f);
 
     /* w = (3, -1), normalize: 3*x1 - x2 = (0, 6, -10, 4), / (3 - 1 = 2) = (0, 3, -5, 2) */
     p.weight[0] = 3;
     p.weight[1] = -1;
+    p.normalize = true;
     rc = run(&merge_method_linear, "l", NULL, xs, 2, 4, &p, out);
     const double w4[4] = { 0, 3, -5, 2 };
     TEST_COND("linear, negative weight: (3 x1 - x2) / 2 (no base needed)",
@@ -441,15 +448,24 @@ static void test_ties(void)
     const double wd[4] = { 11, 6, 12, 10 };
     TEST_COND("ties, per-model densities 0.5 and 0.25", rc == 0 && all_near(out, wd, 4, 0));
 
-    /* density 0 for every model: nothing kept, the base exactly */
+    /* int(density n) == 0: mergekit stops ("not gonna zero out the whole
+     * tensor"), and so does mergescope, naming the tensor and the model */
     pd.density[0] = 0;
-    pd.density[1] = 0;
-    rc = run(&merge_method_ties, "ties", b10, ys, 2, 4, &pd, out);
-    TEST_COND("ties, density 0: the base exactly", rc == 0 && all_equal_bits(out, b10, 4));
-    /* density 0 for one model, 1 for the other: the other's delta */
     pd.density[1] = 1;
-    rc = run(&merge_method_ties, "ties", b10, ys, 2, 4, &pd, out);
-    TEST_COND("ties, densities (0, 1): only the second model's task vector", rc == 0 && all_equal_bits(out, y2, 4));
+    rc = run(&merge_method_ties, "model.layers.0.mlp.up_proj.weight", b10, ys, 2, 4, &pd, out);
+    TEST_COND("ties, density 0: LM_EFORMAT naming the tensor",
+              rc == LM_EFORMAT && strstr(lm_last_error(), "model.layers.0.mlp.up_proj.weight") &&
+              strstr(lm_last_error(), "model 0"));
+    /* density 0.2 of 4 entries: int(0.8) = 0, the same error */
+    pd.density[0] = 1;
+    pd.density[1] = 0.2;
+    rc = run(&merge_method_ties, "t4", b10, ys, 2, 4, &pd, out);
+    TEST_COND("ties, int(density n) = 0 (0.2 of 4): LM_EFORMAT naming model 1",
+              rc == LM_EFORMAT && strstr(lm_last_error(), "'t4'") && strstr(lm_last_error(), "model 1"));
+    /* 0.25 of 4 keeps one: fine */
+    pd.density[1] = 0.25;
+    rc = run(&merge_method_ties, "t4", b10, ys, 2, 4, &pd, out);
+    TEST_COND("ties, int(density n) = 1: merges", rc == 0);
 }
 
 /* TIES on larger data with many ties in magnitude, against a reference
@@ -883,7 +899,7 @@ static void test_validation(void)
     pd.epsilon = 0.15;
     lm_clear_error();
     rc = run(&merge_method_della, "model.layers.4.mlp.up_proj.weight", b, xs, 1, 2, &pd, out);
-    TEST_COND("della with density - epsilon <= 0: LM_EINVAL naming the tensor",
+    TEST_COND("della with density - epsilon <= 0: LM_EFORMAT naming the tensor",
               rc == LM_EINVAL && strstr(lm_last_error(), "up_proj"));
     struct merge_tensor_params pz = params_for(&merge_method_ties, 0);
     rc = run(&merge_method_ties, "w", b, xs, 0, 2, &pz, out);
@@ -940,11 +956,16 @@ static void test_breadcrumbs(void)
     const double w1[10] = { 0, 0, 0, 0, 5, -6, 7, -8, 9, 0 };
     TEST_COND("breadcrumbs, density 0.5, gamma 0.1: drop the largest, keep the next 5",
               rc == 0 && all_near(out, w1, 10, 0));
-    /* gamma 0: the top 5 */
+    /* gamma 0: int(gamma n) = 0 and mergekit's slice sorted[5:-0] is
+     * empty: nothing kept, the base */
     p.gamma = 0;
     rc = run(&merge_method_breadcrumbs, "bc", zero, ds, 1, 10, &p, out);
-    const double w2[10] = { 0, 0, 0, 0, 0, -6, 7, -8, 9, -10 };
-    TEST_COND("breadcrumbs, gamma 0: the top density fraction", rc == 0 && all_near(out, w2, 10, 0));
+    const double w2[10] = { 0 };
+    TEST_COND("breadcrumbs, gamma 0: nothing kept (mergekit's empty slice)", rc == 0 && all_near(out, w2, 10, 0));
+    /* the default gamma 0.01 on 10 entries: int(0.1) = 0, nothing kept */
+    p.gamma = 0.01;
+    rc = run(&merge_method_breadcrumbs, "bc", zero, ds, 1, 10, &p, out);
+    TEST_COND("breadcrumbs, gamma 0.01 of 10 entries: nothing kept", rc == 0 && all_near(out, w2, 10, 0));
     /* density 0.8, gamma 0.3: int(8) + int(3) = 11 > 10, so only 2 outliers
      * go: drop |d| 10 and 9, keep 8..1 */
     p.density[0] = 0.8;
@@ -956,15 +977,17 @@ static void test_breadcrumbs(void)
     p.density[0] = 1;
     rc = run(&merge_method_breadcrumbs, "bc", zero, ds, 1, 10, &p, out);
     TEST_COND("breadcrumbs, density 1: the task vector untouched", rc == 0 && all_equal_bits(out, d, 10));
-    /* ties in magnitude: (2, 2, 2, 2), density 0.5, gamma 0.25: the outlier
-     * is e0 (lower index counts as larger), kept e1 and e2 */
-    const float t[4] = { 2, 2, 2, 2 };
+    /* ties in magnitude: (2, 2, 2, 2, 2), density 0.4, gamma 0.2: n_top 1,
+     * n_bot 5 - 2 - 1 = 2; sorted ascending as a stable sort does (lower
+     * index first) that is e0..e4, and the slice [2:-1] keeps e2 and e3 */
+    const float t[5] = { 2, -2, 2, -2, 2 };
     const float *ts[1] = { t };
-    p.density[0] = 0.5;
-    p.gamma = 0.25;
-    rc = run(&merge_method_breadcrumbs, "bc", zero, ts, 1, 4, &p, out);
-    const double w4[4] = { 0, 2, 2, 0 };
-    TEST_COND("breadcrumbs, ties in magnitude: a definite band by index", rc == 0 && all_near(out, w4, 4, 0));
+    p.density[0] = 0.4;
+    p.gamma = 0.2;
+    rc = run(&merge_method_breadcrumbs, "bc", zero, ts, 1, 5, &p, out);
+    const double w4[5] = { 0, 0, 2, -2, 0 };
+    TEST_COND("breadcrumbs, ties in magnitude: mergekit's stable ascending order (e2, e3 kept)",
+              rc == 0 && all_near(out, w4, 5, 0));
     /* two models, weights (1, 2), normalize: (d1 + 2 d2) / 3 on the bands */
     const float u[10] = { 10, 9, 8, 7, 6, 5, 4, 3, 2, 1 };
     const float *two[2] = { d, u };
@@ -985,6 +1008,165 @@ static void test_breadcrumbs(void)
               rc == 0 && all_near(out, w5, 10, 1e-6));
 }
 
+/* breadcrumbs_ties and della_linear: mergekit's GTA variants. */
+static void test_gta_variants(void)
+{
+    /* breadcrumbs_ties, base 0, w (1, 1), density 0.5, gamma 0.1, n 10:
+     * d1's band (drop |10|, keep the next 5) is e4..e8 = (5, -6, 7, -8, 9);
+     * d2 = (10, 9, ..., 1) keeps e1..e5 = (9, 8, 7, 6, 5). At e4 both are
+     * positive: 11; at e5 -6 + 5 = -1 elects '-', so only -6 stays (plain
+     * breadcrumbs gives -1). normalize is off by default. */
+    const float zero[10] = { 0 };
+    const float d1[10] = { 1, -2, 3, -4, 5, -6, 7, -8, 9, -10 };
+    const float d2[10] = { 10, 9, 8, 7, 6, 5, 4, 3, 2, 1 };
+    const float *two[2] = { d1, d2 };
+    float out[10];
+    struct merge_tensor_params p = params_for(&merge_method_breadcrumbs_ties, 2);
+    TEST_COND("breadcrumbs_ties defaults: normalize off, gamma 0.01 (mergekit's)",
+              !p.normalize && p.gamma == 0.01);
+    p.density[0] = p.density[1] = 0.5;
+    p.gamma = 0.1;
+    int rc = run(&merge_method_breadcrumbs_ties, "bt", zero, two, 2, 10, &p, out);
+    const double want[10] = { 0, 9, 8, 7, 11, -6, 7, -8, 9, 0 };
+    TEST_COND("breadcrumbs_ties: bands, then sign election (e5: -6, not -1)",
+              rc == 0 && all_near(out, want, 10, 0));
+    rc = run(&merge_method_breadcrumbs, "bt", zero, two, 2, 10, &p, out);
+    TEST_COND("... where plain breadcrumbs sums e5 to -1", rc == 0 && out[5] == -1.0f && out[4] == 11.0f);
+
+    /* della_linear at density 1: task arithmetic, no election:
+     * x1 = (1, -2), x2 = (-3, 1) -> (-2, -1); della elects and
+     * normalizes: (-3, -2). */
+    const float x1[2] = { 1, -2 }, x2[2] = { -3, 1 };
+    const float *xs[2] = { x1, x2 };
+    struct merge_tensor_params q = params_for(&merge_method_della_linear, 2);
+    TEST_COND("della_linear defaults: normalize off (mergekit's)", !q.normalize && q.epsilon == 0.15);
+    rc = run(&merge_method_della_linear, "dl", zero, xs, 2, 2, &q, out);
+    TEST_COND("della_linear at density 1: the plain weighted sum (-2, -1)",
+              rc == 0 && out[0] == -2.0f && out[1] == -1.0f);
+    struct merge_tensor_params qd = params_for(&merge_method_della, 2);
+    rc = run(&merge_method_della, "dl", zero, xs, 2, 2, &qd, out);
+    TEST_COND("... della elects signs and normalizes: (-3, -2)", rc == 0 && out[0] == -3.0f && out[1] == -2.0f);
+
+    /* one model: no sign conflict, so della_linear equals della with
+     * normalize off, bit for bit, masks included */
+    enum { N = 500 };
+    float b[N], x[N], o1[N], o2[N];
+    for (int e = 0; e < N; e++) {
+        b[e] = (float)(test_uniform() - 0.5);
+        x[e] = b[e] + (float)(0.01 * (test_uniform() - 0.5));
+    }
+    const float *one[1] = { x };
+    struct merge_tensor_params r1 = params_for(&merge_method_della_linear, 1);
+    r1.density[0] = 0.5;
+    r1.epsilon = 0.2;
+    r1.seed = 3;
+    r1.weight[0] = 0.7;
+    struct merge_tensor_params r2 = r1;
+    r2.normalize = false;
+    int rc1 = run(&merge_method_della_linear, "model.layers.1.mlp.up_proj.weight", b, one, 1, N, &r1, o1);
+    int rc2 = run(&merge_method_della, "model.layers.1.mlp.up_proj.weight", b, one, 1, N, &r2, o2);
+    int changed = 0;
+    for (int e = 0; e < N; e++)
+        changed += o1[e] != b[e];
+    TEST_COND("della_linear with one model = della without normalize, bit for bit (and it drops some)",
+              rc1 == 0 && rc2 == 0 && all_equal_bits(o1, o2, N) && changed > 100 && changed < 400);
+}
+
+/* nearswap: w = clamp(t / |b - x|, 0, 1) (1 where b == x), out = w x + (1 - w) b. */
+static void test_nearswap(void)
+{
+    /* base 1, t 0.5: e0 equal (t / 0 -> 1): 1; e1 |d| 0.5 -> w 1: 1.5;
+     * e2 |d| 2 -> w 0.25: 0.25 * 3 + 0.75 * 1 = 1.5; e3 |d| 0.1 -> w 5,
+     * clamped to 1: the model's 0.9; e4 |d| 4 -> w 0.125:
+     * 0.125 * -3 + 0.875 * 1 = 0.5. */
+    const float b[5] = { 1, 1, 1, 1, 1 }, x[5] = { 1, 1.5f, 3, 0.9f, -3 };
+    const float *xs[1] = { x };
+    float out[5];
+    struct merge_tensor_params p = params_for(&merge_method_nearswap, 1);
+    p.t = 0.5;
+    int rc = run(&merge_method_nearswap, "ns", b, xs, 1, 5, &p, out);
+    const double want[5] = { 1, 1.5, 1.5, 0.9f, 0.5 };
+    TEST_COND("nearswap, t 0.5: hand-computed entries", rc == 0 && all_near(out, want, 5, 0));
+    /* float32 throughout, as mergekit: |d| = 0.7 - 0.2 in float, w = (1/|d|) * t */
+    const float b2[1] = { 0.2f }, x2[1] = { 0.7f };
+    const float *x2s[1] = { x2 };
+    p.t = 0.1;
+    rc = run(&merge_method_nearswap, "ns", b2, x2s, 1, 1, &p, out);
+    volatile float d = fabsf(0.2f - 0.7f), r = 1.0f / d, w = r * 0.1f, om = 1.0f - w;
+    volatile float a = w * 0.7f, c = om * 0.2f;
+    const float want2 = a + c;
+    TEST_COND("nearswap in float32, operation by operation", rc == 0 && out[0] == want2);
+    p.t = 0;
+    rc = run(&merge_method_nearswap, "model.norm.weight", b, xs, 1, 5, &p, out);
+    TEST_COND("nearswap with t 0: LM_EFORMAT naming the tensor (mergekit refuses it too)",
+              rc == LM_EFORMAT && strstr(lm_last_error(), "model.norm.weight"));
+}
+
+/* Breadcrumbs on data with many equal magnitudes against mergekit's rule
+ * written out plainly: sort the entries by ascending |d| (a stable sort:
+ * equal magnitudes by index), keep positions [n_bot, n - n_top). */
+static int cmp_key_index(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_breadcrumbs_reference(void)
+{
+    enum { N = 2000 };
+    float *b = malloc(N * sizeof(float)), *x = malloc(N * sizeof(float));
+    float *out = malloc(N * sizeof(float)), *want = malloc(N * sizeof(float));
+    uint64_t *items = malloc(N * sizeof(uint64_t));
+    for (int e = 0; e < N; e++) {
+        b[e] = test_quarter();
+        x[e] = test_quarter();
+    }
+    const float *xs[1] = { x };
+    const double cases[][2] = { { 0.3, 0.05 }, { 0.5, 0.01 }, { 0.97, 0.05 }, { 0.1, 0.0 } };
+    int ok_all = 1;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const double density = cases[c][0], gamma = cases[c][1];
+        const uint64_t target = (uint64_t)(density * N);
+        int64_t n_top = (int64_t)(gamma * N), n_bot = (int64_t)N - (int64_t)target - n_top;
+        if (n_bot < 0) {
+            n_top += n_bot;
+            n_bot = 0;
+        }
+        for (int e = 0; e < N; e++) {
+            float d = x[e] - b[e];
+            uint32_t u;
+            memcpy(&u, &d, sizeof u);
+            items[e] = ((uint64_t)(u & 0x7fffffffu) << 32) | (uint64_t)e;
+        }
+        qsort(items, N, sizeof items[0], cmp_key_index);
+        memcpy(want, b, N * sizeof(float));
+        for (int64_t k = n_bot; n_top > 0 && k < (int64_t)N - n_top; k++) {
+            uint32_t e = (uint32_t)(items[k] & 0xffffffffu);
+            want[e] = (float)((double)b[e] + 1.0 * (1.0 * ((double)x[e] - (double)b[e])));
+        }
+        struct merge_tensor_params p = params_for(&merge_method_breadcrumbs, 1);
+        p.density[0] = density;
+        p.gamma = gamma;
+        for (int portable = 0; portable < 2; portable++) {
+            int old = merge_simd_force_portable(portable);
+            int rc = run(&merge_method_breadcrumbs, "bc.ref", b, xs, 1, N, &p, out);
+            merge_simd_force_portable(old);
+            if (rc != 0 || !all_equal_bits(out, want, N)) {
+                printf("      density %g gamma %g (%s) differs from the stable-sort slice\n",
+                       density, gamma, portable ? "portable" : merge_simd_name());
+                ok_all = 0;
+            }
+        }
+    }
+    TEST_COND("breadcrumbs = mergekit's slice of a stable ascending sort, both kernel paths, "
+              "many equal magnitudes (gamma 0: nothing kept)", ok_all);
+    free(b);
+    free(x);
+    free(out);
+    free(want);
+    free(items);
+}
+
 /* ===== della ===== */
 
 static void test_della(void)
@@ -1001,6 +1183,34 @@ static void test_della(void)
     float p1[1];
     merge_della_probs(p1, d, 1, 0.5, 0.1, ia, ib);
     TEST_COND("della probabilities, one entry: density", fabs(p1[0] - 0.5) < 1e-7);
+
+    {
+        /* mergekit ranks within each row (argsort over dim 1): a 2 x 3
+         * task vector ((1, 2, 3), (30, 20, 10)) ranks each row 0, 1, 2 on
+         * its own, so with density 0.5 and epsilon 0.1 the keep
+         * probabilities are (0.4, 0.5, 0.6) and (0.6, 0.5, 0.4); ranked
+         * over the whole tensor the first row would get 0.4, 0.44, 0.48.
+         * merge_gta_tensor leaves model 0's probabilities in scratch slot 1. */
+        const float z6[6] = { 0 }, d6[6] = { 1, 2, 3, 30, 20, 10 };
+        const float *d6s[1] = { d6 };
+        float o6[6];
+        struct merge_tensor_params pr6 = params_for(&merge_method_della, 1);
+        pr6.density[0] = 0.5;
+        pr6.epsilon = 0.1;
+        struct merge_tensor_job job6 = {
+            .name = "della.rows", .n = 6, .rows = 2, .cols = 3, .base = z6, .models = d6s,
+            .n_models = 1, .params = &pr6, .out = o6, .scratch = &scratch,
+        };
+        int rc6 = merge_method_della.merge_tensor(&job6);
+        const double want6[6] = { 0.4, 0.5, 0.6, 0.6, 0.5, 0.4 };
+        TEST_COND("della ranks within each row, as mergekit (argsort over dim 1)",
+                  rc6 == 0 && all_near(scratch.buf[1], want6, 6, 1e-7));
+        job6.rows = job6.cols = 0; /* no shape: one row */
+        rc6 = merge_method_della.merge_tensor(&job6);
+        const double want6w[6] = { 0.4, 0.44, 0.48, 0.6, 0.56, 0.52 };
+        TEST_COND("della without a shape ranks the tensor as one row",
+                  rc6 == 0 && all_near(scratch.buf[1], want6w, 6, 1e-7));
+    }
 
     enum { N = 3000, M = 2 };
     float *b = malloc(N * sizeof(float)), *x[M], *out = malloc(N * sizeof(float)),
@@ -1265,6 +1475,9 @@ int main(void)
     test_validation();
     test_edges();
     test_breadcrumbs();
+    test_breadcrumbs_reference();
+    test_gta_variants();
+    test_nearswap();
     test_della();
     test_paths_agree();
     test_dare_boundary();

@@ -65,6 +65,20 @@ int main(void)
     TEST_NEAR("interp at t=0.5 hits the middle point", merge_plan_interp(g, 3, 0.5), 1.0, 0);
     TEST_NEAR("interp at t=0.75", merge_plan_interp(g, 3, 0.75), 0.75, 1e-15);
     TEST_NEAR("interp at t=1", merge_plan_interp(g, 3, 1.0), 0.5, 0);
+    {
+        /* mergekit's formula, not numpy.interp's: at t = 0.5 of [0.1, 0.7]
+         * (1 - 0.5) 0.1 + 0.5 0.7 = 0.39999999999999997 while
+         * 0.1 + (0.7 - 0.1) 0.5 = 0.4; as a density over 10 entries
+         * int(density n) is 3 in mergekit, and would be 4. */
+        double d2[2] = { 0.1, 0.7 };
+        double got = merge_plan_interp(d2, 2, 0.5);
+        volatile double f = 0.5;
+        double mk = (1.0 - f) * 0.1 + f * 0.7;
+        double np = 0.1 + (0.7 - 0.1) * f;
+        TEST_COND("interp is bit for bit mergekit's (1 - f) v0 + f v1", memcmp(&got, &mk, sizeof got) == 0);
+        TEST_COND("int(density n) of it is 3, as in mergekit", (int)(got * 10) == 3);
+        TEST_COND("... which differs from numpy.interp's here", mk != np);
+    }
 
     const char *json =
         "{\"format\": \"mergescope-recipe/1\", \"base\": \"b\","
@@ -109,10 +123,15 @@ int main(void)
         TEST_NEAR("embeddings: module override lambda 3", prm.lambda, 3.0, 0);
         TEST_NEAR("embeddings take the first gradient value for c's weight", prm.weight[1], 0.0, 0);
         resolve(&p, "lm_head.weight", &prm);
-        TEST_NEAR("lm_head takes the last lambda value (mergekit's t = 1)", prm.lambda, 0.0, 0);
-        TEST_NEAR("lm_head takes the last weight value for c", prm.weight[1], 1.0, 0);
+        TEST_NEAR("lm_head takes the first lambda value (mergekit's planner: t = 0)", prm.lambda, 1.0, 0);
+        TEST_NEAR("lm_head takes the first weight value for c", prm.weight[1], 0.0, 0);
         resolve(&p, "model.norm.weight", &prm);
-        TEST_NEAR("the final norm takes the last lambda value", prm.lambda, 0.0, 0);
+        TEST_NEAR("the final norm takes the first lambda value", prm.lambda, 1.0, 0);
+        TEST_NEAR("the final norm takes the first weight value for c", prm.weight[1], 0.0, 0);
+        p.n_layers = 1;
+        resolve(&p, "model.layers.0.self_attn.k_proj.weight", &prm);
+        TEST_NEAR("a one-layer model reads its layer at t = 1 (mergekit)", prm.lambda, 0.0, 0);
+        TEST_NEAR("a one-layer model: c's weight gradient at its end", prm.weight[1], 1.0, 0);
     }
     recipe_free(r);
 

@@ -139,7 +139,8 @@ int main(void)
     /* ---- every streamable method, both kernel paths, several block sizes ---- */
     const struct merge_method *methods[] = {
         &merge_method_ties, &merge_method_dare_ties, &merge_method_dare_linear,
-        &merge_method_breadcrumbs, &merge_method_task_arithmetic, &merge_method_linear,
+        &merge_method_breadcrumbs, &merge_method_breadcrumbs_ties, &merge_method_task_arithmetic,
+        &merge_method_linear,
         &merge_method_average,
     };
     const size_t blocks[] = { MERGE_STREAM_BLOCK, 8, 4096 + 8 * 3, 1 << 20 };
@@ -161,6 +162,9 @@ int main(void)
                 p.lambda = 1.1;
                 p.seed = 7;
                 p.gamma = 0.05;
+                /* density 0 is an error for ties, as in mergekit */
+                if (m == &merge_method_ties && p.density[1] == 0.0)
+                    p.density[1] = 0.3;
                 struct merge_tensor_job job = {
                     .name = "model.layers.3.mlp.up_proj.weight", .n = n, .rows = 1, .cols = n,
                     .base = b, .models = xs, .n_models = NM, .params = &p, .out = want,

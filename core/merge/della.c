@@ -1,17 +1,20 @@
 /* DELLA (mergekit's "della", sparsification della_magprune): keep each
  * task-vector entry at random with a probability that grows with its
- * magnitude rank, from density - epsilon (smallest) to density + epsilon
- * (largest), rescale the survivors, then TIES sign election.
+ * magnitude rank within its row, from density - epsilon (smallest) to
+ * density + epsilon (largest), rescale the survivors, then TIES sign
+ * election ("della_linear": the same without the election).
+ *
+ * As mergekit: ranks are taken within each row of a 2-D tensor (argsort
+ * over dim 1), a vector being one row; with c entries in a row the keep
+ * probability of the entry of rank r (0 smallest) is density - epsilon +
+ * 2 epsilon r / (c - 1). Equal magnitudes: the lower index ranks higher
+ * (mergekit's argsort is not stable; README.md says so).
  *
  * The draw for entry e of model i is merge_mask_uniform_model(seed, name,
  * i, e) < p[e], as for DARE. Survivors are scaled by 1/p[e] ("rescale":
  * "inverse", the DELLA paper's rule, default) or by ||d||_1 / ||kept d||_1
  * ("l1", mergekit's). Density 1 keeps everything unscaled and density 0
- * nothing; otherwise density -/+ epsilon must lie inside (0, 1).
- *
- * One difference from mergekit: mergekit ranks entries within each row of a
- * 2-D tensor; a tensor job carries no shape, so this ranks over the whole
- * tensor (identical for 1-D tensors). */
+ * nothing; otherwise density -/+ epsilon must lie inside (0, 1). */
 #include "merge_method.h"
 
 #include <string.h>
@@ -98,4 +101,26 @@ const struct merge_method merge_method_della = {
     .params = della_params,
     .set_defaults = della_defaults,
     .merge_tensor = della_merge,
+};
+
+/* della_linear (mergekit's "della_linear"): the same sparsification and
+ * rescaling, then task arithmetic without sign election; normalize off by
+ * default, as in mergekit. */
+static int della_linear_merge(const struct merge_tensor_job *job)
+{
+    int rc = merge_job_check(&merge_method_della_linear, job);
+    if (rc)
+        return rc;
+    return merge_gta_tensor(job, MERGE_SPARSIFY_DELLA, false);
+}
+
+const struct merge_method merge_method_della_linear = {
+    .name = "della_linear",
+    .summary = "DELLA's magnitude-ranked random drop and rescale, then task arithmetic "
+               "(no sign election)",
+    .min_models = 1,
+    .max_models = MERGE_MAX_MODELS,
+    .params = della_params,
+    .set_defaults = NULL,
+    .merge_tensor = della_linear_merge,
 };

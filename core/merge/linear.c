@@ -1,7 +1,8 @@
 /* linear, average and task_arithmetic.
  *
  * linear (mergekit's linear.py): out = sum_i w_i x_i, divided by sum_i w_i
- * when `normalize` (the default, as in mergekit) unless |sum_i w_i| < 1e-8.
+ * when `normalize` (the default, as in mergekit); a sum below 1e-8 in
+ * magnitude is then an error naming the tensor (mergekit divides by it).
  * The base model does not take part. average is linear with every weight 1
  * and normalize on: the plain mean of the models.
  *
@@ -104,6 +105,21 @@ LINEAR_AVX2 static void linear_avx2_any(int nm, const float *const *models, cons
 #endif
 
 
+/* mergekit divides by the sum of the weights whatever it is, writing
+ * infinities (or NaN) when it is 0; a recipe that asks for that is an
+ * error naming the tensor instead. */
+static int linear_check_sum(const char *name, const double *w, int nm, bool normalize)
+{
+    double wsum = 0.0;
+    for (int i = 0; i < nm; i++)
+        wsum += w[i];
+    if (normalize && fabs(wsum) < 1e-8)
+        return lm_err(LM_EFORMAT, "tensor '%s': the weights sum to %g and normalize divides by "
+                      "their sum (mergekit would write infinities); set normalize to false or "
+                      "change the weights", name ? name : "?", wsum);
+    return 0;
+}
+
 /* sum_i w[i] x_i (/ sum w when normalize) for every entry. */
 static void linear_combine(const struct merge_tensor_job *job, const double *w, bool normalize)
 {
@@ -147,6 +163,8 @@ static void linear_defaults(struct merge_tensor_params *p)
 static int linear_merge(const struct merge_tensor_job *job)
 {
     int rc = merge_job_check(&merge_method_linear, job);
+    if (!rc)
+        rc = linear_check_sum(job->name, job->params->weight, job->n_models, job->params->normalize);
     if (rc)
         return rc;
     linear_combine(job, job->params->weight, job->params->normalize);
@@ -180,6 +198,8 @@ static int linear_stream_begin(const struct merge_method *m, const struct merge_
 {
     *out = NULL;
     int rc = merge_stream_check(m, job);
+    if (!rc)
+        rc = linear_check_sum(job->name, w, job->n_models, normalize);
     if (rc)
         return rc;
     struct linear_stream *st = lm_calloc(1, sizeof(*st));

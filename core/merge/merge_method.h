@@ -219,6 +219,9 @@ extern const struct merge_method merge_method_dare_ties;
 extern const struct merge_method merge_method_slerp;
 extern const struct merge_method merge_method_breadcrumbs;
 extern const struct merge_method merge_method_della;
+extern const struct merge_method merge_method_breadcrumbs_ties;
+extern const struct merge_method merge_method_della_linear;
+extern const struct merge_method merge_method_nearswap;
 extern const struct merge_method merge_method_lore;
 extern const struct merge_method merge_method_twin;
 extern const struct merge_method merge_method_aim;
@@ -262,7 +265,8 @@ enum merge_sparsify {
 int merge_gta_tensor(const struct merge_tensor_job *job, enum merge_sparsify sparsify,
                      bool sign_consensus);
 
-/* DELLA's keep probabilities for one task vector d[0..n): entries ranked by
+/* DELLA's keep probabilities for one row d[0..n) of a task vector (della
+ * calls it for each row, as mergekit ranks within rows): entries ranked by
  * |d| ascending (rank 0 smallest; equal magnitudes: the lower index ranks
  * higher, as in select.h), p[e] = density - epsilon + 2 epsilon rank/(n-1)
  * (0.5 in place of rank/(n-1) when n == 1). `ka`, `kb` are work space of n

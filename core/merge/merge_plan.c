@@ -8,17 +8,20 @@
 
 double merge_plan_interp(const double *v, size_t n, double t)
 {
-    if (n == 1 || t <= 0.0)
+    /* mergekit's evaluate_setting (config.py), operation for operation so
+     * that the value is the same double: scaled = t (n - 1), i0 =
+     * int(scaled), i1 = min(n - 1, i0 + 1), frac = scaled - i0, then
+     * (1 - frac) v[i0] + frac v[i1]. Python's int() truncates toward
+     * zero; t is never negative here, but clamp for safety. */
+    if (n == 1 || !(t > 0.0))
         return v[0];
-    if (t >= 1.0)
-        return v[n - 1];
-    double pos = t * (double)(n - 1);
-    size_t i = (size_t)floor(pos);
-    if (i >= n - 1)
-        return v[n - 1];
-    double frac = pos - (double)i;
-    /* numpy.interp: left + slope * (x - xl); exact at the points. */
-    return v[i] + (v[i + 1] - v[i]) * frac;
+    double scaled = t * (double)(n - 1);
+    if (scaled >= (double)(n - 1))
+        scaled = (double)(n - 1);
+    size_t i0 = (size_t)scaled;
+    size_t i1 = i0 + 1 < n ? i0 + 1 : n - 1;
+    double frac = scaled - (double)i0;
+    return (1.0 - frac) * v[i0] + frac * v[i1];
 }
 
 /* Lists the parameter names `m` takes, for error messages. */
@@ -375,13 +378,13 @@ static void resolve_with(const struct merge_plan *plan, const struct merge_metho
     if (inner && inner->set_defaults)
         inner->set_defaults(out);
 
-    /* Like mergekit: embeddings sit at t = 0, the final norm and lm_head
-     * (which come after the last layer) at t = 1. */
+    /* As mergekit's planner (plan.py, plan_module) does it: layer l of L
+     * sits at t = l / (L - 1), and at t = 1 when the model has one layer;
+     * every tensor outside the layer stack (embeddings before it, the
+     * final norm and lm_head after it) is read at t = 0. */
     double t = 0.0;
-    if (info->layer >= 0 && plan->n_layers > 1)
-        t = (double)info->layer / (double)(plan->n_layers - 1);
-    else if (info->layer < 0 && (info->group == TN_GROUP_LM_HEAD || info->group == TN_GROUP_NORM))
-        t = 1.0;
+    if (info->layer >= 0)
+        t = plan->n_layers > 1 ? (double)info->layer / (double)(plan->n_layers - 1) : 1.0;
 
     for (size_t i = 0; i < r->n_params; i++)
         apply_param(r, out, &r->params[i], -1, t);

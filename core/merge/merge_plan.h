@@ -4,11 +4,11 @@
  * Resolution order for one tensor (later wins): merge_tensor_params_default,
  * the method's defaults, the recipe's global "params", each model's own
  * parameters, then every override whose layers and modules match, in order.
- * A list value is a gradient: with t = layer / (n_layers - 1) it is
- * interpolated linearly between its evenly spaced points (numpy.interp, as
- * mergekit does); tensors outside the layer stack take an end of the list
- * as in mergekit: embeddings the first value, the final norm and lm_head
- * the last. */
+ * A list value is a gradient: with t = layer / (n_layers - 1) (t = 1 for
+ * a model of one layer) it is interpolated linearly between its evenly
+ * spaced points with mergekit's formula (config.py's evaluate_setting);
+ * tensors outside the layer stack (embeddings, the final norm, lm_head) are
+ * read at t = 0, the first value, as mergekit's planner does. */
 #ifndef MS_CORE_MERGE_MERGE_PLAN_H
 #define MS_CORE_MERGE_MERGE_PLAN_H
 
@@ -46,7 +46,9 @@ void merge_plan_resolve(const struct merge_plan *plan, const char *name,
 bool merge_plan_override_matches(const struct recipe_override *o, const char *name,
                                  const struct tn_info *info);
 
-/* numpy.interp of evenly spaced points at t in [0, 1]. */
+/* The value of a gradient of n evenly spaced points at t in [0, 1], as
+ * mergekit computes it: (1 - f) v[i] + f v[i + 1] with i = int(t (n - 1)),
+ * f = t (n - 1) - i. */
 double merge_plan_interp(const double *v, size_t n, double t);
 
 #endif

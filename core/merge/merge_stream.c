@@ -69,3 +69,23 @@ void merge_stream_free(struct merge_stream *st)
 {
     free(st);
 }
+
+int merge_read_count_equal(merge_read_fn read, void *ud, int model, uint64_t n, uint32_t key,
+                           uint64_t *count)
+{
+    enum { CHUNK = 8192 };
+    float *x = lm_malloc_array(2 * CHUNK, sizeof(float));
+    if (!x)
+        return LM_ENOMEM;
+    float *b = x + CHUNK;
+    uint64_t c = 0;
+    for (uint64_t e0 = 0; e0 < n; e0 += CHUNK) {
+        const size_t len = (size_t)(n - e0 < CHUNK ? n - e0 : CHUNK);
+        read(ud, 1 + model, e0, len, x);
+        read(ud, 0, e0, len, b);
+        c += topk_count_equal_diff(x, b, len, key);
+    }
+    free(x);
+    *count = c;
+    return 0;
+}

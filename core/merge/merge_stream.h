@@ -76,6 +76,10 @@ int merge_stream_check(const struct merge_method *m, const struct merge_stream_j
  * topk_find_diff_read finds it, the sources read through `read`. */
 int merge_read_cut(merge_read_fn read, void *ud, int model, uint64_t n, uint64_t k,
                    uint32_t *work, size_t work_len, struct topk_cut *cut);
+/* How many entries of model `model`'s x - b have |x - b|'s bits equal to
+ * `key` (topk_count_equal_diff through `read`). 0 or LM_ENOMEM. */
+int merge_read_count_equal(merge_read_fn read, void *ud, int model, uint64_t n, uint32_t key,
+                           uint64_t *count);
 /* The whole-tensor job of sj's tensor with placeholder arrays (`models`
  * holds MERGE_MAX_MODELS pointers), for checks and set-ups that read none. */
 void merge_stream_whole_job(const struct merge_stream_job *sj, const float **models,

@@ -1096,6 +1096,18 @@ static uint64_t count_equal_diff(const float *x, const float *b, size_t len, uin
     return c;
 }
 
+uint64_t topk_count_equal_diff(const float *x, const float *b, uint64_t n, uint32_t key)
+{
+    /* in chunks: the vector counters are 32-bit lanes */
+    const uint64_t chunk = (uint64_t)1 << 20;
+    uint64_t c = 0;
+    for (uint64_t e0 = 0; e0 < n; e0 += chunk) {
+        const size_t len = (size_t)(n - e0 < chunk ? n - e0 : chunk);
+        c += count_equal_diff(x + e0, b ? b + e0 : NULL, len, key & 0x7fffffffu);
+    }
+    return c;
+}
+
 int64_t topk_walk_block(struct topk_walk *w, const float *x, const float *b, size_t len)
 {
     if (w->left == 0)

@@ -78,6 +78,11 @@ struct topk_walk {
 void topk_walk_init(struct topk_walk *w, const struct topk_cut *cut);
 int64_t topk_walk_block(struct topk_walk *w, const float *x, const float *b, size_t len);
 
+/* How many entries of x - b (x when b is NULL) have |value|'s bits equal
+ * to `key` (a cut's threshold bits without the sign): with a cut's
+ * keep_at_threshold, how many equal entries a cut leaves out. */
+uint64_t topk_count_equal_diff(const float *x, const float *b, uint64_t n, uint32_t key);
+
 /* ----- For tests: forcing the paths that real sizes decide -----
  * topk_test_wide_from sets the size from which the 64-bit-counter path is
  * taken (2^32 by default) and topk_test_bracket_off makes topk_find_diff

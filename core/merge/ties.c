@@ -31,10 +31,12 @@
  * vector lanes. Both give the same bits; test_merge_methods compares them.
  *
  * TIES trims with select.h: k = int(density n) entries of largest |d_i|,
- * equal magnitudes broken by the lower index. Density defaults to 1 (keep
- * everything, as mergekit's default); density >= 1 leaves d_i untouched and
- * a k of 0 (density 0, or density n < 1) keeps nothing, where mergekit
- * would stop with an assertion. */
+ * equal magnitudes broken by the lower index (mergekit's argsort is not
+ * stable, so where equal magnitudes straddle the cut it keeps whichever
+ * the sort put first; README.md says so). Density defaults to 1 (keep
+ * everything, as mergekit's default); density >= 1 leaves d_i untouched,
+ * and a k of 0 (density 0, or density n < 1) is an error naming the
+ * tensor, as mergekit stops there with an assertion. */
 #include "merge_method.h"
 
 #include <math.h>
@@ -77,6 +79,9 @@ struct gta_model {
     bool           inv_prob;   /* DELLA "inverse": kept entries scaled by 1/prob[e] */
     /* top-k cuts over |x - b|, walked in index order (select.h) */
     struct topk_walk walk_lo, walk_hi;
+    /* breadcrumbs: the cut keeps the *last* entries at its threshold (in
+     * index order), the walk counting the ones it leaves out first */
+    bool           flip_lo, flip_hi;
     /* random masks */
     uint64_t       key;
     double         density;
@@ -127,10 +132,11 @@ static void gta_fill(struct gta_model *m, const float *b, uint64_t e0, uint64_t 
         const int64_t c_lo = topk_walk_block(&m->walk_lo, x, b, len);
         const int64_t c_hi = topk_walk_block(&m->walk_hi, x, b, len);
         const uint32_t lo = m->walk_lo.thr, hi = m->walk_hi.thr;
+        const bool flo = m->flip_lo, fhi = m->flip_hi;
         for (size_t j = 0; j < len; j++) {
             const uint32_t a = abs_key(x[j] - b[j]);
-            const bool in_lo = a <= KEY_INF && (a > lo || (a == lo && (int64_t)j <= c_lo));
-            const bool in_hi = a <= KEY_INF && (a > hi || (a == hi && (int64_t)j <= c_hi));
+            const bool in_lo = a <= KEY_INF && (a > lo || (a == lo && (((int64_t)j <= c_lo) != flo)));
+            const bool in_hi = a <= KEY_INF && (a > hi || (a == hi && (((int64_t)j <= c_hi) != fhi)));
             v[j] = in_lo && !in_hi ? w * (((double)x[j] - (double)b[j]) * scale) : 0.0;
         }
         break;
@@ -197,15 +203,61 @@ static int gta_cut(const struct merge_tensor_job *job, const struct merge_stream
     return merge_read_cut(sj->read, sj->ud, i, job->n, k, work, wlen, cut);
 }
 
+/* breadcrumbs (mergekit's magnitude_outliers) for n entries at density
+ * and gamma: mergekit keeps positions [n_bot, n - n_top) of the entries
+ * sorted by ascending |d|, with target = int(density n), n_top =
+ * int(gamma n), n_bot = n - target - n_top (when negative, n_top shrinks
+ * by it and n_bot is 0). With n_top 0 that slice, indices[n_bot:-0], is
+ * empty: the tensor keeps nothing. Returns n_top; *keep = the entries kept
+ * (target, or 0 when n_top is 0). */
+static uint64_t outlier_counts(double density, double gamma, uint64_t n, uint64_t *keep)
+{
+    const uint64_t target = topk_count(density, n);
+    uint64_t top = topk_count(gamma, n);
+    if (top > n - target)
+        top = n - target;
+    *keep = top > 0 ? target : 0;
+    return top;
+}
+
+/* The number of entries at cut's threshold that a cut of the same size
+ * leaves out when equal magnitudes are broken the other way (the higher
+ * index counting as larger): all entries at the threshold minus the
+ * cut's keep_at_threshold. */
+static int gta_cut_skip(const struct merge_tensor_job *job, const struct merge_stream_job *sj,
+                        int i, const struct topk_cut *cut, uint64_t *skip)
+{
+    uint32_t key;
+    memcpy(&key, &cut->threshold, sizeof key);
+    key &= 0x7fffffffu;
+    uint64_t total = 0;
+    if (!sj) {
+        total = topk_count_equal_diff(job->models[i], job->base, job->n, key);
+    } else {
+        int rc = merge_read_count_equal(sj->read, sj->ud, i, job->n, key, &total);
+        if (rc)
+            return lm_err_context(rc, "tensor '%s'", job->name ? job->name : "?");
+    }
+    LM_ASSERT(total >= cut->keep_at_threshold);
+    *skip = total - cut->keep_at_threshold;
+    return 0;
+}
+
 /* The top-k cuts that ties (one per model: its top int(density n)) and
- * breadcrumbs (two per model: its top int(density n) + int(gamma n) and its
- * top int(gamma n)) need, for the models with 0 < density < 1 that keep
+ * breadcrumbs (two per model, see outlier_counts: its top n - n_bot and
+ * its top n_top) need, for the models with 0 < density < 1 that keep
  * something: cuts[2 i] and cuts[2 i + 1]. Found on the float task vectors
  * x_i - b without writing them out (select.h's topk_find_diff), or read a
  * chunk at a time through `sj` when it is non-NULL (a block by block merge,
- * whose `job` holds placeholder arrays), with work space in scratch slot 0. */
+ * whose `job` holds placeholder arrays), with work space in scratch slot 0.
+ *
+ * Breadcrumbs break ties in magnitude as mergekit's ascending sort does
+ * when it is stable: the lower index counts as the smaller. Its cuts are
+ * select.h's (lower index larger) with the entries at the threshold taken
+ * from the end instead: skip[2 i], skip[2 i + 1] say how many equal entries
+ * each leaves out at the start. */
 static int gta_find_cuts(const struct merge_tensor_job *job, const struct merge_stream_job *sj,
-                         enum merge_sparsify sparsify, struct topk_cut *cuts)
+                         enum merge_sparsify sparsify, struct topk_cut *cuts, uint64_t *skip)
 {
     const struct merge_tensor_params *p = job->params;
     const uint64_t n = job->n;
@@ -213,7 +265,9 @@ static int gta_find_cuts(const struct merge_tensor_job *job, const struct merge_
     uint32_t *work = NULL;
     for (int i = 0; i < job->n_models; i++) {
         const double density = p->density[i];
-        const uint64_t keep = topk_count(density, n);
+        uint64_t keep = topk_count(density, n), top = 0;
+        if (sparsify == MERGE_SPARSIFY_OUTLIERS)
+            top = outlier_counts(density, p->gamma, n, &keep);
         if (!(density > 0.0) || density >= 1.0 || keep == 0)
             continue;
         if (wlen > 0 && !work) {
@@ -222,19 +276,13 @@ static int gta_find_cuts(const struct merge_tensor_job *job, const struct merge_
                 return lm_err_context(LM_ENOMEM, "tensor '%s'", job->name ? job->name : "?");
             work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
         }
-        /* breadcrumbs (mergekit's magnitude_outliers): drop the top
-         * int(gamma n) entries and everything below the top
-         * int(density n) + int(gamma n), shrinking the top cut when the
-         * two do not fit in n. */
-        uint64_t top = 0;
-        if (sparsify == MERGE_SPARSIFY_OUTLIERS) {
-            top = topk_count(p->gamma, n);
-            if (top > n - keep)
-                top = n - keep;
-        }
         int rc = gta_cut(job, sj, i, keep + top, work, wlen, &cuts[2 * i]);
         if (!rc && sparsify == MERGE_SPARSIFY_OUTLIERS)
             rc = gta_cut(job, sj, i, top, work, wlen, &cuts[2 * i + 1]);
+        if (!rc && sparsify == MERGE_SPARSIFY_OUTLIERS)
+            rc = gta_cut_skip(job, sj, i, &cuts[2 * i], &skip[2 * i]);
+        if (!rc && sparsify == MERGE_SPARSIFY_OUTLIERS)
+            rc = gta_cut_skip(job, sj, i, &cuts[2 * i + 1], &skip[2 * i + 1]);
         if (rc)
             return rc;
     }
@@ -244,7 +292,8 @@ static int gta_find_cuts(const struct merge_tensor_job *job, const struct merge_
 /* Sets up model i's sparsification; `cuts` holds its cuts from
  * gta_find_cuts (ties, breadcrumbs). */
 static int gta_prepare(const struct merge_tensor_job *job, enum merge_sparsify sparsify,
-                       int i, const struct topk_cut *cuts, struct gta_model *m)
+                       int i, const struct topk_cut *cuts, const uint64_t *skip,
+                       struct gta_model *m)
 {
     const struct merge_tensor_params *p = job->params;
     const char *name = job->name ? job->name : "?";
@@ -260,7 +309,7 @@ static int gta_prepare(const struct merge_tensor_job *job, enum merge_sparsify s
      * density >= 1 (no rescale, no outlier cut). */
     if (sparsify == MERGE_SPARSIFY_NONE || density >= 1.0)
         return 0;
-    if (!(density > 0.0)) {
+    if (!(density > 0.0) && sparsify != MERGE_SPARSIFY_MAGNITUDE) {
         m->mode = KEEP_NONE;
         return 0;
     }
@@ -269,21 +318,31 @@ static int gta_prepare(const struct merge_tensor_job *job, enum merge_sparsify s
     case MERGE_SPARSIFY_NONE:
         break;
     case MERGE_SPARSIFY_MAGNITUDE:
-    case MERGE_SPARSIFY_OUTLIERS:
+        /* the cut comes from gta_find_cuts */
+        if (topk_count(density, n) == 0)
+            return lm_err(LM_EFORMAT, "tensor '%s': density %g of model %d keeps int(%g x %llu) = 0 "
+                          "entries; mergekit stops on this (magnitude sparsification keeps at least "
+                          "one entry), so mergescope does too: raise the density for this tensor",
+                          name, density, i, density, (unsigned long long)n);
+        m->mode = cuts[0].keep_all ? KEEP_ALL : KEEP_TOPK;
+        topk_walk_init(&m->walk_lo, &cuts[0]);
+        break;
+    case MERGE_SPARSIFY_OUTLIERS: {
         /* the cuts come from gta_find_cuts */
-        if (topk_count(density, n) == 0) {
+        uint64_t keep;
+        (void)outlier_counts(density, p->gamma, n, &keep);
+        if (keep == 0) {
             m->mode = KEEP_NONE;
-            break;
-        }
-        if (sparsify == MERGE_SPARSIFY_MAGNITUDE) {
-            m->mode = cuts[0].keep_all ? KEEP_ALL : KEEP_TOPK;
-            topk_walk_init(&m->walk_lo, &cuts[0]);
             break;
         }
         m->mode = KEEP_BAND;
         topk_walk_init(&m->walk_lo, &cuts[0]);
         topk_walk_init(&m->walk_hi, &cuts[1]);
+        m->walk_lo.left = skip[0];
+        m->walk_hi.left = skip[1];
+        m->flip_lo = m->flip_hi = true;
         break;
+    }
     case MERGE_SPARSIFY_RANDOM:
         m->mode = KEEP_RANDOM;
         m->key = merge_mask_key(p->seed, job->name, (uint64_t)i);
@@ -298,9 +357,14 @@ static int gta_prepare(const struct merge_tensor_job *job, enum merge_sparsify s
         if (!(density - eps > 0.0) || !(density + eps < 1.0))
             return lm_err(LM_EINVAL, "tensor '%s': della needs density -/+ epsilon inside (0, 1); "
                           "model %d has density %g, epsilon %g", name, i, density, eps);
-        if (n > UINT32_MAX)
-            return lm_err(LM_EUNSUPPORTED, "tensor '%s': della ranks at most 2^32 - 1 entries, "
-                          "this tensor has %llu", name, (unsigned long long)n);
+        /* mergekit ranks within each row (argsort over dim 1 of the
+         * tensor, a vector being one row) */
+        const uint64_t cols = job->rows && job->cols ? job->cols : n;
+        const uint64_t rows = job->rows && job->cols ? job->rows : 1;
+        if (cols > UINT32_MAX || rows * cols != n)
+            return lm_err(LM_EUNSUPPORTED, "tensor '%s': della ranks rows of at most 2^32 - 1 "
+                          "entries; this tensor's %llu x %llu does not fit", name,
+                          (unsigned long long)rows, (unsigned long long)cols);
         float *d = merge_scratch_get(job->scratch, 0, n);
         float *prob = merge_scratch_get(job->scratch, 1 + i, n);
         float *ka = merge_scratch_get(job->scratch, MERGE_MAX_MODELS + 1, 2 * n);
@@ -310,7 +374,9 @@ static int gta_prepare(const struct merge_tensor_job *job, enum merge_sparsify s
         task_vector(d, m->x, job->base, n);
         /* The sort buffers are heap memory (malloc-aligned) that only ever
          * holds uint64 values: 2n floats each. */
-        merge_della_probs(prob, d, n, density, eps, (uint64_t *)(void *)ka, (uint64_t *)(void *)kb);
+        for (uint64_t r = 0; r < rows; r++)
+            merge_della_probs(prob + r * cols, d + r * cols, cols, density, eps,
+                              (uint64_t *)(void *)ka, (uint64_t *)(void *)kb);
         m->mode = KEEP_DELLA;
         m->key = merge_mask_key(p->seed, job->name, (uint64_t)i);
         m->prob = prob;
@@ -460,25 +526,29 @@ GTA_AVX2 static GTA_INLINE __m256i lanes_dropped(__m256i u, __m256i bound_flippe
 
 /* A cut's rule for the lanes of one block: a lane is within it when its
  * key is at most `limit` and above `lo1`, where lo1 is thr - 1 at block
- * positions <= c and thr past them (topk_walk_block's answer c). */
+ * positions <= c and thr past them (topk_walk_block's answer c), or, for
+ * a flipped cut (breadcrumbs), thr at positions <= c and thr - 1 past
+ * them: lo1 = a + (pos > c ? d : 0) with (a, d) = (thr - 1, 1) or
+ * (thr, -1). */
 struct lane_cut {
-    __m256i thr_m1, c, limit;
+    __m256i a, c, limit, d;
 };
 
 GTA_AVX2 static GTA_INLINE __m256i lanes_in(const struct lane_cut *r, __m256i key, __m256i pos)
 {
-    const __m256i lo1 = _mm256_sub_epi32(r->thr_m1, _mm256_cmpgt_epi32(pos, r->c));
+    const __m256i lo1 = _mm256_add_epi32(r->a, _mm256_and_si256(_mm256_cmpgt_epi32(pos, r->c), r->d));
     return _mm256_andnot_si256(_mm256_cmpgt_epi32(key, r->limit), _mm256_cmpgt_epi32(key, lo1));
 }
 
 /* The rule for a walked cut over the block, or for "every entry, NaN
  * included" (KEEP_ALL) or "none" (an empty cut). */
-GTA_AVX2 static GTA_INLINE struct lane_cut lane_cut_walk(struct topk_walk *w, const float *x,
-                                                         const float *b, size_t len)
+GTA_AVX2 static GTA_INLINE struct lane_cut lane_cut_walk(struct topk_walk *w, bool flip,
+                                                         const float *x, const float *b, size_t len)
 {
     const int64_t c = topk_walk_block(w, x, b, len);
     struct lane_cut r = {
-        _mm256_set1_epi32((int)w->thr - 1), _mm256_set1_epi32((int)c), _mm256_set1_epi32((int)KEY_INF),
+        _mm256_set1_epi32(flip ? (int)w->thr : (int)w->thr - 1), _mm256_set1_epi32((int)c),
+        _mm256_set1_epi32((int)KEY_INF), _mm256_set1_epi32(flip ? -1 : 1),
     };
     return r;
 }
@@ -487,6 +557,7 @@ GTA_AVX2 static GTA_INLINE struct lane_cut lane_cut_all(void)
 {
     struct lane_cut r = {
         _mm256_set1_epi32(-1), _mm256_set1_epi32(GTA_VBLOCK), _mm256_set1_epi32(0x7fffffff),
+        _mm256_set1_epi32(1),
     };
     return r;
 }
@@ -495,6 +566,7 @@ GTA_AVX2 static GTA_INLINE struct lane_cut lane_cut_none(void)
 {
     struct lane_cut r = {
         _mm256_set1_epi32(0x7fffffff), _mm256_set1_epi32(GTA_VBLOCK), _mm256_set1_epi32(0x7fffffff),
+        _mm256_set1_epi32(1),
     };
     return r;
 }
@@ -653,11 +725,11 @@ GTA_AVX2 static GTA_INLINE void gta_avx2_run(const enum gta_kind kind, const int
             ps[i] = NULL;
             if (kind == GTA_KIND_TOPK || kind == GTA_KIND_BAND || kind == GTA_KIND_ANY) {
                 if (m[i].mode == KEEP_TOPK || m[i].mode == KEEP_BAND)
-                    lo[i] = lane_cut_walk(&m[i].walk_lo, m[i].x + e0, b + e0, len);
+                    lo[i] = lane_cut_walk(&m[i].walk_lo, m[i].flip_lo, m[i].x + e0, b + e0, len);
                 else
                     lo[i] = lane_cut_all();
                 if (m[i].mode == KEEP_BAND)
-                    hi[i] = lane_cut_walk(&m[i].walk_hi, m[i].x + e0, b + e0, len);
+                    hi[i] = lane_cut_walk(&m[i].walk_hi, m[i].flip_hi, m[i].x + e0, b + e0, len);
                 else
                     hi[i] = lane_cut_none();
             }
@@ -790,14 +862,15 @@ static int gta_setup(const struct merge_tensor_job *job, const struct merge_stre
                      struct gta_model *m, struct gta_combine *c)
 {
     const struct merge_tensor_params *p = job->params;
+    uint64_t skip[2 * MERGE_MAX_MODELS] = { 0 };
     if (sparsify == MERGE_SPARSIFY_MAGNITUDE || sparsify == MERGE_SPARSIFY_OUTLIERS) {
-        int rc = gta_find_cuts(job, sj, sparsify, cuts);
+        int rc = gta_find_cuts(job, sj, sparsify, cuts, skip);
         if (rc)
             return rc;
     }
     double wsum = 0.0;
     for (int i = 0; i < job->n_models; i++) {
-        int rc = gta_prepare(job, sparsify, i, cuts + 2 * i, &m[i]);
+        int rc = gta_prepare(job, sparsify, i, cuts + 2 * i, skip + 2 * i, &m[i]);
         if (rc)
             return rc;
         wsum += m[i].weight;
