@@ -40,21 +40,64 @@ struct arrays {
     const float *src[1 + NM];
 };
 
-static void read_arrays(void *ud, int source, uint64_t e0, size_t len, float *dst)
+static int read_arrays(void *ud, int source, uint64_t e0, size_t len, float *dst)
 {
     const struct arrays *a = ud;
     memcpy(dst, a->src[source] + e0, len * sizeof(float));
+    return 0;
 }
 
 struct diff_src {
     const float *x, *b;
 };
 
-static void read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
+static int read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
 {
     const struct diff_src *d = ud;
     memcpy(x, d->x + e0, len * sizeof(float));
     memcpy(b, d->b + e0, len * sizeof(float));
+    return 0;
+}
+
+/* A reader asked to stop after `left` reads, as the workbench's reader is
+ * when the user edits or quits mid-tensor. */
+struct stopping {
+    const float *x, *b;
+    int left, calls_after;
+};
+
+static int read_stopping(void *ud, uint64_t e0, size_t len, float *x, float *b)
+{
+    struct stopping *s = ud;
+    if (s->left-- <= 0) {
+        s->calls_after++;
+        return LM_ECANCELED;
+    }
+    memcpy(x, s->x + e0, len * sizeof(float));
+    memcpy(b, s->b + e0, len * sizeof(float));
+    return 0;
+}
+
+static void check_stop_midway(void)
+{
+    enum { N = 1 << 20 };
+    float *x = malloc(N * sizeof(float)), *b = calloc(N, sizeof(float));
+    for (int i = 0; i < N; i++)
+        x[i] = (float)(((unsigned)i * 7919u) % 1000u) - 500.0f;
+    uint32_t *work = malloc(topk_work_len(N) * sizeof(uint32_t));
+    const int stops[] = { 0, 5, 40, 200 };
+    bool ok = true;
+    for (size_t k = 0; k < sizeof stops / sizeof stops[0]; k++) {
+        struct stopping s = { x, b, stops[k], 0 };
+        struct topk_cut cut;
+        int rc = topk_find_diff_read(read_stopping, &s, N, N / 5, work, topk_work_len(N), &cut);
+        ok = ok && rc == LM_ECANCELED && s.calls_after == 1;
+    }
+    TEST_COND("a reader that stops (after 0, 5, 40, 200 chunks) ends the top-k search with its error, "
+              "asked once", ok);
+    free(x);
+    free(b);
+    free(work);
 }
 
 static bool same_cut(const struct topk_cut *a, const struct topk_cut *b)
@@ -266,5 +309,6 @@ int main(void)
     free(x0);
     free(x1);
     free(want);
+    check_stop_midway();
     return test_report();
 }

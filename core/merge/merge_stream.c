@@ -36,11 +36,11 @@ struct diff_reader {
     int model;
 };
 
-static void read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
+static int read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
 {
     const struct diff_reader *r = ud;
-    r->read(r->ud, 1 + r->model, e0, len, x);
-    r->read(r->ud, 0, e0, len, b);
+    int rc = r->read(r->ud, 1 + r->model, e0, len, x);
+    return rc ? rc : r->read(r->ud, 0, e0, len, b);
 }
 
 int merge_read_cut(merge_read_fn read, void *ud, int model, uint64_t n, uint64_t k,
@@ -79,13 +79,13 @@ int merge_read_count_equal(merge_read_fn read, void *ud, int model, uint64_t n, 
         return LM_ENOMEM;
     float *b = x + CHUNK;
     uint64_t c = 0;
-    for (uint64_t e0 = 0; e0 < n; e0 += CHUNK) {
+    int rc = 0;
+    for (uint64_t e0 = 0; e0 < n && !rc; e0 += CHUNK) {
         const size_t len = (size_t)(n - e0 < CHUNK ? n - e0 : CHUNK);
-        read(ud, 1 + model, e0, len, x);
-        read(ud, 0, e0, len, b);
-        c += topk_count_equal_diff(x, b, len, key);
+        if (!(rc = read(ud, 1 + model, e0, len, x)) && !(rc = read(ud, 0, e0, len, b)))
+            c += topk_count_equal_diff(x, b, len, key);
     }
     free(x);
     *count = c;
-    return 0;
+    return rc;
 }

@@ -28,8 +28,9 @@
 #define MERGE_STREAM_BLOCK ((size_t)1 << 16)
 
 /* Reads entries [e0, e0 + len) of source `source` (0 = base, 1 + i =
- * model i) as float32 into dst[0..len). */
-typedef void (*merge_read_fn)(void *ud, int source, uint64_t e0, size_t len, float *dst);
+ * model i) as float32 into dst[0..len). 0, or an LM_E* code that stops the
+ * pass reading (LM_ECANCELED: the caller was asked to stop). */
+typedef int (*merge_read_fn)(void *ud, int source, uint64_t e0, size_t len, float *dst);
 
 struct merge_stream_job {
     const char  *name;       /* full tensor name: part of the DARE mask seed */

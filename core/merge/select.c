@@ -547,21 +547,30 @@ struct diff_src {
     topk_read_fn read;
     void        *ud;
     float       *rx, *rb;
+    int         *err;      /* with `read`: its first error; the passes stop at it */
 };
 
 /* Points *x and *b at entries [e0, e0 + len) (len <= GATHER_CHUNK); *b is
- * NULL when the difference is x alone. */
-static void src_chunk(const struct diff_src *s, uint64_t e0, size_t len, const float **x,
-                      const float **b)
+ * NULL when the difference is x alone. Nonzero when the reader failed (or
+ * was stopped): the buffers are zeros, *s->err holds the error and the
+ * caller's pass stops. */
+static int src_chunk(const struct diff_src *s, uint64_t e0, size_t len, const float **x,
+                     const float **b)
 {
     if (s->read) {
-        s->read(s->ud, e0, len, s->rx, s->rb);
         *x = s->rx;
         *b = s->rb;
-    } else {
-        *x = s->x + e0;
-        *b = s->b ? s->b + e0 : NULL;
+        int rc = *s->err ? *s->err : s->read(s->ud, e0, len, s->rx, s->rb);
+        if (rc) {
+            *s->err = rc;
+            memset(s->rx, 0, len * sizeof(float));
+            memset(s->rb, 0, len * sizeof(float));
+        }
+        return rc;
     }
+    *x = s->x + e0;
+    *b = s->b ? s->b + e0 : NULL;
+    return 0;
 }
 
 /* The cut for k == n: one pass counting NaN and zero keys. */
@@ -571,7 +580,8 @@ static struct topk_cut src_keep_non_nan(const struct diff_src *s, uint64_t n)
     for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
         const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
         const float *x, *b;
-        src_chunk(s, e0, len, &x, &b);
+        if (src_chunk(s, e0, len, &x, &b))
+            break;
         for (size_t j = 0; j < len; j++) {
             const uint32_t a = diff_key(x, b, j);
             nans += a > KEY_INF;
@@ -591,7 +601,8 @@ static bool bracket_from_sample(const struct diff_src *src, uint64_t n, uint64_t
     const uint64_t stride = n / s;
     for (size_t j = 0; j < s; j++) {
         const float *x, *b;
-        src_chunk(src, (uint64_t)j * stride + stride / 2, 1, &x, &b);
+        if (src_chunk(src, (uint64_t)j * stride + stride / 2, 1, &x, &b))
+            return false;
         uint32_t key = diff_key(x, b, 0);
         if (key > KEY_INF)
             return false;
@@ -924,7 +935,8 @@ static bool find_bracketed(const struct diff_src *src, uint64_t n, uint64_t k, u
     for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
         const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
         const float *x, *b;
-        src_chunk(src, e0, len, &x, &b);
+        if (src_chunk(src, e0, len, &x, &b))
+            return false;
         gather_chunk(x, b, len, avx2, &g);
     }
     return bracket_end(&g, n, k, cut);
@@ -988,7 +1000,8 @@ static struct topk_cut find_exact_read(const struct diff_src *src, uint64_t n, u
         for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
             const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
             const float *x, *b;
-            src_chunk(src, e0, len, &x, &b);
+            if (src_chunk(src, e0, len, &x, &b))
+                return cut_make(0, KEY_INF, 0);
             for (size_t j = 0; j < len; j++) {
                 const uint32_t a = diff_key(x, b, j);
                 if (pass == 0)
@@ -1028,11 +1041,12 @@ int topk_find_diff_read(topk_read_fn read, void *ud, uint64_t n, uint64_t k, uin
     if (!buf)
         return lm_err(LM_ENOMEM, "top-k selection: %zu bytes of buffers",
                       2 * (size_t)GATHER_CHUNK * sizeof(float));
-    const struct diff_src src = { .read = read, .ud = ud, .rx = buf, .rb = buf + GATHER_CHUNK };
-    if (!find_diff_quick(&src, n, k, work, work_len, cut))
+    int err = 0;
+    const struct diff_src src = { .read = read, .ud = ud, .rx = buf, .rb = buf + GATHER_CHUNK, .err = &err };
+    if (!find_diff_quick(&src, n, k, work, work_len, cut) && !err)
         *cut = find_exact_read(&src, n, k);
     free(buf);
-    return 0;
+    return err;
 }
 
 /* ===== Walking a cut a block at a time ===== */

@@ -54,13 +54,14 @@ struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint6
 
 /* Reads entries [e0, e0 + len) of x and of b as float32 into x[0..len) and
  * b[0..len) (len <= 8192): how topk_find_diff_read sees a difference held
- * in another form (bf16 weights in mapped files). */
-typedef void (*topk_read_fn)(void *ud, uint64_t e0, size_t len, float *x, float *b);
+ * in another form (bf16 weights in mapped files). 0, or an LM_E* code
+ * (LM_ECANCELED: the caller was asked to stop) that ends the search. */
+typedef int (*topk_read_fn)(void *ud, uint64_t e0, size_t len, float *x, float *b);
 
 /* topk_find_diff's cut of x - b for inputs read through `read` a chunk at a
  * time: the same cut, with the same work space (topk_work_len(n) entries;
  * shorter work takes the exact passes, three reads of the inputs). 0 or
- * LM_ENOMEM (64 KiB of buffers). */
+ * LM_ENOMEM (64 KiB of buffers), or the reader's error. */
 int topk_find_diff_read(topk_read_fn read, void *ud, uint64_t n, uint64_t k, uint32_t *work,
                         size_t work_len, struct topk_cut *cut);
 

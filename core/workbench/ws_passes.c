@@ -245,10 +245,33 @@ char *ws_nonfinite_report(const struct workspace *ws)
 
 /* ===== Block by block ===== */
 
-static void stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst)
+/* What the readers of one tensor's stream see: the tensor, and the pass
+ * that may be asked to stop (every read checks, so that even the
+ * whole-tensor passes a method makes first stop within a block). */
+struct stream_ctx {
+    const struct ws_tensor *t;
+    struct pass *p;
+    int worker;
+    unsigned reads;
+};
+
+static int stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst)
 {
-    read_source(ud, source, e0, len, dst);
+    struct stream_ctx *c = ud;
+    /* Worker 0 asks the progress callback now and then even inside a
+     * method's first pass, which reports no progress of its own: that is
+     * where a request to stop arrives. */
+    if (c->worker == 0 && ++c->reads % 32 == 0)
+        pass_report(c->p, 0, 0);
+    if (atomic_load_explicit(&c->p->cancel, memory_order_relaxed))
+        return LM_ECANCELED;
+    read_source(c->t, source, e0, len, dst);
+    return 0;
 }
+
+/* Blocks between progress reports inside a tensor: 16 x 64 Ki entries,
+ * a few milliseconds of merging. */
+#define WS_TICK_BLOCKS 16
 
 /* Where the merged blocks of one tensor go. */
 struct sink {
@@ -273,14 +296,17 @@ static int sink_put(struct sink *k, uint64_t e0, size_t len, const float *out)
 }
 
 /* Merges tensor i block by block into `sink` (NULL: nowhere), with its
- * statistics into `raw` when non-NULL. 1 when the method cannot merge it
- * that way (nothing done), else 0 or an error. */
+ * statistics into `raw` when non-NULL, reporting progress to `p` as it
+ * goes (*reported: the entries reported) and stopping within a block when
+ * `p` is cancelled (LM_ECANCELED). 1 when the method cannot merge it that
+ * way (nothing done), else 0 or an error. */
 static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, struct sink *sink,
-                         struct stats_raw *raw)
+                         struct stats_raw *raw, struct pass *pass, int worker, uint64_t *reported)
 {
     const struct ws_tensor *t = &ws->tensors[i];
     if (ws->plan.method->needs)
         return 1;
+    struct stream_ctx ctx = { .t = t, .p = pass, .worker = worker };
     struct merge_tensor_params p;
     merge_plan_resolve(&ws->plan, t->name, &t->info, &p);
     const int nm = ws->n_sources - 1;
@@ -288,7 +314,7 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
         .name = t->name, .n = t->n_elements,
         .rows = t->ndim == 2 ? (uint64_t)t->shape[0] : 1,
         .cols = t->ndim == 2 ? (uint64_t)t->shape[1] : t->n_elements,
-        .n_models = nm, .params = &p, .read = stream_read, .ud = (void *)t, .scratch = &sc->method,
+        .n_models = nm, .params = &p, .read = stream_read, .ud = &ctx, .scratch = &sc->method,
     };
     struct merge_stream *st = NULL;
     int rc = merge_stream_begin(ws->plan.method, &sj, &st);
@@ -299,7 +325,7 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
     struct stats_stream *ss = NULL;
     if (raw)
         rc = stats_stream_begin(&ss, nm, t->n_elements, p.density, p.weight, st->has_cut, st->cut,
-                                stream_read, (void *)t, &sc->method);
+                                stream_read, &ctx, &sc->method);
     const size_t B = MERGE_STREAM_BLOCK;
     float *in[WS_MAX_SOURCES];
     for (int s = 0; s < ws->n_sources && !rc; s++)
@@ -314,8 +340,17 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
     struct ws_nonfinite *nf = &ws->nonfinite[i];
     memset(nf, 0, sizeof(*nf));
     bool refused = false;
-    for (uint64_t e0 = 0; !rc && e0 < n; e0 += B) {
+    *reported = 0;
+    for (uint64_t e0 = 0, k = 1; !rc && e0 < n; e0 += B, k++) {
         const size_t len = (size_t)LM_MIN((uint64_t)B, n - e0);
+        if (k % WS_TICK_BLOCKS == 0) {
+            pass_report(pass, worker, e0 - *reported);
+            *reported = e0;
+            if (atomic_load(&pass->cancel)) {
+                rc = LM_ECANCELED;
+                break;
+            }
+        }
         for (int s = 0; s < ws->n_sources; s++)
             read_source(t, s, e0, len, in[s]);
         rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
@@ -412,8 +447,9 @@ static void pass_tensor(void *ud, int64_t k, int worker)
      * whole-tensor path instead: it converts each input once where the
      * block path reads it twice (the top-k cut, then the merge), and an
      * edit's re-merge is what a person waits for. Same bits either way. */
+    uint64_t reported = 0;
     int rc = p->keep_merged && t->n_elements <= WS_WHOLE_CACHE_MAX
-             ? 1 : stream_tensor(ws, i, sc, &sk, p->stats ? &raw : NULL);
+             ? 1 : stream_tensor(ws, i, sc, &sk, p->stats ? &raw : NULL, p, worker, &reported);
     const bool whole = rc == 1;
     if (whole) {
         float *out = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, n);
@@ -449,7 +485,7 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     }
     if (whole || worker == 0 || t->n_elements >= ((uint64_t)1 << 24))
         sample_memory(ws);
-    pass_report(p, worker, t->n_elements);
+    pass_report(p, worker, t->n_elements - reported);
 }
 
 static int pass_finish(struct pass *p)
