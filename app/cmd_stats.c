@@ -6,11 +6,15 @@
 #include <string.h>
 
 #include "cli.h"
+#include "fsutil.h"
 #include "lm_error.h"
+#include "svg_plot.h"
 #include "workspace.h"
+#include "ws_explain.h"
 
 static const char stats_usage[] =
     "usage: mergescope stats RECIPE [options]\n"
+    "       mergescope stats RECIPE --plot FILE.svg\n"
     "       mergescope stats --base DIR --model DIR [--model DIR ...] [options]\n"
     "\n"
     "Task-vector statistics of each model against the base (d_i = model_i - base),\n"
@@ -32,6 +36,12 @@ static const char stats_usage[] =
     "                            (default layer)\n"
     "  --method NAME             merge method for --base/--model (default ties)\n"
     "  --density D               density for --base/--model (default 0.2)\n"
+    "  --plot FILE.svg           instead of the table, draw every statistic across the\n"
+    "                            layers as an SVG: one panel per statistic, one line per\n"
+    "                            module (attention, mlp); an existing file is replaced\n"
+    "                            atomically, an input model is never overwritten\n"
+    "  --plot-by module|projection  one line per module group (default) or per\n"
+    "                            projection (q_proj ... down_proj)\n"
     "  --threads N               worker threads (default: one per CPU)\n"
     "  -v, --verbose             print the peak memory at the end\n"
     "  -h, --help                this help\n";
@@ -228,6 +238,90 @@ static void print_rows(const struct workspace *ws, const struct ws_stats_row *ro
     }
 }
 
+/* ===== --plot ===== */
+
+/* The panel of one statistic: for per-model statistics one line per
+ * module and model, for pair statistics per module and pair, else per
+ * module. Series and names go into the caller's arrays. */
+static int plot_panel(const struct workspace *ws, enum ws_stat stat, bool by_projection, struct svg_panel *panel,
+                      struct svg_series *series, struct ws_series *data, char (*names)[96], int max, int *used,
+                      char *title, size_t title_size)
+{
+    int m = ws_n_models(ws), n = 0;
+    int n_pairs = ws_stat_per_pair(stat) ? m * (m - 1) / 2 : 1;
+    int n_who = ws_stat_per_model(stat) ? m : n_pairs;
+    snprintf(title, title_size, "%s", ws_stat_name(stat));
+    if (n_who == 1 && ws_stat_per_model(stat))
+        snprintf(title, title_size, "%s (%s)", ws_stat_name(stat), ws_model(ws, 0)->name);
+    else if (n_who == 1 && ws_stat_per_pair(stat))
+        snprintf(title, title_size, "%s (%s x %s)", ws_stat_name(stat), ws_model(ws, 0)->name, ws_model(ws, 1)->name);
+    for (int who = 0, a = 0, b = 1; who < n_who; who++) {
+        if (ws_stat_per_model(stat))
+            a = who;
+        struct ws_series got[WS_SERIES_MAX];
+        int k = 0;
+        int rc = ws_layer_series(ws, stat, by_projection, a, b, got, &k);
+        if (rc)
+            return rc;
+        for (int i = 0; i < k; i++) {
+            if (*used + n >= max) {
+                ws_series_free(got + i, k - i);
+                break;
+            }
+            char *name = names[*used + n];
+            if (n_who == 1)
+                snprintf(name, 96, "%.23s", got[i].name);
+            else if (ws_stat_per_model(stat))
+                snprintf(name, 96, "%.23s (%.60s)", got[i].name, ws_model(ws, a)->name);
+            else
+                snprintf(name, 96, "%.23s (%.30s x %.30s)", got[i].name, ws_model(ws, a)->name, ws_model(ws, b)->name);
+            data[*used + n] = got[i];
+            series[*used + n] = (struct svg_series){ name, got[i].y };
+            n++;
+        }
+        if (ws_stat_per_pair(stat) && ++b >= m) {   /* next pair (a, b), a < b */
+            a++;
+            b = a + 1;
+        }
+    }
+    *panel = (struct svg_panel){ title, ws_stat_name(stat), series + *used, n };
+    *used += n;
+    return 0;
+}
+
+/* Writes the SVG of every statistic worth drawing for these models. */
+static int write_plot(const struct workspace *ws, const char *path, bool by_projection, int *n_panels_out)
+{
+    enum ws_stat stats[WS_STAT_COUNT];
+    int n_stats = ws_stats_for(ws_n_models(ws), stats);
+    enum { MAX_SERIES = 512 };
+    static struct svg_series series[MAX_SERIES];
+    static struct ws_series data[MAX_SERIES];
+    static char names[MAX_SERIES][96];
+    static char titles[WS_STAT_COUNT][160];
+    struct svg_panel panels[WS_STAT_COUNT];
+    int used = 0, rc = 0;
+    for (int i = 0; i < n_stats && !rc; i++)
+        rc = plot_panel(ws, stats[i], by_projection, &panels[i], series, data, names, MAX_SERIES, &used,
+                        titles[i], sizeof(titles[i]));
+    char *svg = NULL;
+    if (!rc) {
+        char title[512];
+        int len = snprintf(title, sizeof(title), "%s merge of", ws_method(ws)->name);
+        for (int i = 0; i < ws_n_models(ws) && len < (int)sizeof(title) - 64; i++)
+            len += snprintf(title + len, sizeof(title) - (size_t)len, " %s", ws_model(ws, i)->name);
+        snprintf(title + len, sizeof(title) - (size_t)len, " against the base, per layer");
+        svg = svg_plot(title, "layer", ws_n_layers(ws), panels, n_stats);
+        rc = svg ? lm_write_file_atomic(path, svg, strlen(svg)) : LM_ENOMEM;
+        if (!svg && lm_last_error()[0])
+            rc = LM_EINVAL;
+    }
+    free(svg);
+    ws_series_free(data, used);
+    *n_panels_out = n_stats;
+    return rc;
+}
+
 int cmd_stats(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -238,6 +332,8 @@ int cmd_stats(int argc, char **argv)
         { "method", required_argument, NULL, 'M' },
         { "density", required_argument, NULL, 'd' },
         { "threads", required_argument, NULL, 't' },
+        { "plot", required_argument, NULL, 'p' },
+        { "plot-by", required_argument, NULL, 'P' },
         { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -252,7 +348,9 @@ int cmd_stats(int argc, char **argv)
     double density = 0.2;
     struct ws_params params = ws_default_params();
     int rc = CLI_EXIT_OK, c, i;
-    bool verbose = false;
+    bool verbose = false, by_projection = false;
+    const char *plot = NULL;
+    static const char *const plot_by_names[] = { "module", "projection", NULL };
     if (!models)
         return cli_fail(LM_ENOMEM);
     if (cli_help_asked(argc, argv, "hv", options, stats_usage))
@@ -269,6 +367,11 @@ int cmd_stats(int argc, char **argv)
             break;
         case 'd': rc = cli_parse_double_option("stats", "--density", optarg, 0, 1, &density); break;
         case 't': rc = cli_parse_threads("stats", optarg, &params.n_threads); break;
+        case 'p': rc = cli_path_option("stats", "--plot", optarg, &plot); break;
+        case 'P':
+            if (!(rc = cli_parse_choice("stats", "--plot-by", optarg, plot_by_names, &i)))
+                by_projection = i == 1;
+            break;
         case 'v': verbose = true; break;
         default: rc = cli_usage_error("stats", "bad option"); break;
         }
@@ -311,6 +414,12 @@ int cmd_stats(int argc, char **argv)
         goto out;
     }
     cli_print_notes(ws_notes(ws));
+    /* The output policy before any work: never over an input model. */
+    if (plot && ws_check_output(ws, plot, true, false, NULL) != 0) {
+        rc = cli_fail(LM_EREFUSED);
+        ws_free(ws);
+        goto out;
+    }
     int err = cli_calibrate(ws, false);
     if (!err)
         err = ws_stats_compute(ws, cli_progress, NULL);
@@ -323,7 +432,13 @@ int cmd_stats(int argc, char **argv)
     }
     struct ws_stats_row *rows = NULL;
     size_t n_rows = 0;
-    if ((err = ws_stats_rows(ws, by, &rows, &n_rows))) {
+    int n_panels = 0;
+    if (plot) {
+        if ((err = write_plot(ws, plot, by_projection, &n_panels)))
+            rc = cli_fail(err);
+        else
+            fprintf(stderr, "mergescope: wrote %s (%d panels over %d layers)\n", plot, n_panels, ws_n_layers(ws));
+    } else if ((err = ws_stats_rows(ws, by, &rows, &n_rows))) {
         rc = cli_fail(err);
     } else if (format == CLI_FORMAT_JSON) {
         print_json(ws, rows, n_rows);

@@ -26,6 +26,7 @@
 #include "dtype.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "numfmt.h"
 #include "output_policy.h"
 #include "strbuf.h"
 #include "units.h"
@@ -59,15 +60,7 @@ static bool num_eq(double a, double b)
 
 void recipe_format_number(double v, char *buf, size_t size)
 {
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(buf, size, "%.*g", prec, v);
-        if (prec == 17 || strtod(buf, NULL) == v)
-            break;
-    }
-    /* strtod and printf follow LC_NUMERIC; the file format does not. */
-    for (char *p = buf; *p; p++)
-        if (*p == ',')
-            *p = '.';
+    lm_format_number(v, buf, size);
 }
 
 /* ===== Life cycle ===== */

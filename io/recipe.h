@@ -171,9 +171,9 @@ void recipe_value_deinit(struct recipe_value *v);
  * dir, numbers compared exactly (so 0 and -0 differ), order significant. */
 bool recipe_equal(const struct recipe *a, const struct recipe *b);
 
-/* The shortest of "%.15g", "%.16g", "%.17g" that reads back to exactly `v`
- * (finite), with '.' as the decimal point whatever the locale: 0.1 -> "0.1",
- * 42.0 -> "42", 1e-9 -> "1e-09". `size` >= 32 always suffices. */
+/* Numbers as recipes, YAML and screens write them: lm_format_number
+ * (common/numfmt.h), the shortest text that reads back to exactly `v`:
+ * 0.1 -> "0.1", 42.0 -> "42", 1e-9 -> "1e-09". `size` >= 32 suffices. */
 void recipe_format_number(double v, char *buf, size_t size);
 
 /* mergekit YAML with the same meaning, where mergekit can express it.

@@ -63,13 +63,15 @@ T send-keys -t tui d
 check "the detail screen lists the layer's tensors" wait_for "self_attn.q_proj.bias"
 check "the detail screen draws a histogram" wait_for "log10 scale"
 T send-keys -t tui F4
-check "the preview screen opens with the prompt taking the keys" wait_for "No preview yet"
+check "the preview screen opens with keys as commands" wait_for "e or Enter types a prompt"
+T send-keys -t tui e
+check "e gives the prompt the keys and says how to leave" wait_for "Enter runs it, Esc leaves the prompt"
 T send-keys -t tui -l "ab ab"
 T send-keys -t tui Enter
 check "a preview streams tokens with a count and speed" wait_for "tok/s" 30
 check "the preview reaches its end" wait_for "tokens" 30
-T send-keys -t tui Escape c
-check "c turns on compare mode" wait_for "compare mode on"
+T send-keys -t tui c
+check "c turns on compare mode (Enter handed the keys back)" wait_for "compare mode on"
 check "compare mode shows the merge, the base and each model side by side" \
     bash -c "$(declare -f T); sock=$sock; for i in \$(seq 1 200); do T capture-pane -p -t tui | grep -qE 'merged \(task_arithmetic\) +base +quick +long' && exit 0; sleep 0.1; done; exit 1"
 # Every pane runs to the end: the fixture models never sample a stop id
@@ -153,12 +155,12 @@ JSON
 export MERGESCOPE_CACHE_DIR="$tmp/cache"
 T new-session -d -s tui -x 120 -y 32 "TERM=xterm-256color '$ms' aim.json --threads 2 2>'$tmp/stderr'; echo \$? >'$tmp/status'; sleep 60"
 check "an aim recipe opens and its statistics fill in after calibration" wait_for "stats 39/39"
-check "... the header names the method" wait_for "method: aim"
-T send-keys -t tui F4
+check "... the header names the method" wait_for "| aim"
+T send-keys -t tui F4 e
 T send-keys -t tui -l "ab"
 T send-keys -t tui Enter
 check "... the preview runs on the aim merge" wait_for "merged (aim)"
-T send-keys -t tui Escape w C-u
+T send-keys -t tui w C-u
 T send-keys -t tui -l "$tmp/out-aim"
 T send-keys -t tui Enter
 check "... and writes it" bash -c "for i in \$(seq 1 100); do [ -f '$tmp/out-aim/model.safetensors' ] && exit 0; sleep 0.1; done; exit 1"

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "app.h"
 #include "draw.h"
 #include "layer_table.h"
 #include "screen_layers.h"
@@ -105,7 +106,7 @@ int main(void)
     layers_draw_table(stdscr, 0, 20, 100, &t, 0, &top, -1, -2, NULL);
     refresh();
     TEST_COND("sorted by conflict, layer 2 comes first", strstr(line_at(2), "layer 2"));
-    TEST_COND("the sort column is marked", strstr(line_at(1), "vconflic"));
+    TEST_COND("the sort column is marked", strstr(line_at(1), "vconfl"));
 
     /* Scrolling keeps the selection visible. */
     erase();
@@ -174,6 +175,90 @@ int main(void)
     struct theme_file *bad = theme_file_parse("{\"roles\": {\"nonsense\": {\"fg\": 1}}}", strlen("{\"roles\": {\"nonsense\": {\"fg\": 1}}}"), "bad");
     TEST_COND("a theme naming an unknown role is an error", bad && theme_apply(bad) != 0);
     theme_file_free(bad);
+
+    draw_set_unicode(false);
+    /* Colour is on after theme_setup on a colour terminal (start_color
+     * runs before COLOR_PAIRS is judged). */
+    theme_setup(NULL, true);
+    TEST_COND("a 256-colour terminal gets colour pairs", theme_has_color() &&
+              (theme_attr(UI_ROLE_HEAT_HIGH) & A_COLOR) != 0 &&
+              PAIR_NUMBER(theme_attr(UI_ROLE_HEAT_HIGH)) != PAIR_NUMBER(theme_attr(UI_ROLE_HEAT_LOW)));
+
+    /* The function bar at 80 columns keeps F10, every label followed by a blank. */
+    resizeterm(24, 80);
+    erase();
+    draw_function_bar(stdscr, 23, 80, UI_SCREEN_LAYERS);
+    refresh();
+    static const char bar80[] = "F1Help F2Recipe F3Search F4Preview F5Detail F6SortBy F7Dec F8Inc F9Log F10Quit";
+    TEST_COND("at 80 columns the bar reads F1Help F2Recipe ... F10Quit with labels apart",
+              strncmp(line_at(23), bar80, strlen(bar80)) == 0);
+    erase();
+    resizeterm(24, 100);
+    draw_function_bar(stdscr, 23, 100, UI_SCREEN_LAYERS);
+    refresh();
+    TEST_COND("wider, labels are padded as htop pads them", strstr(line_at(23), "F1Help   F2Recipe F3Search"));
+    const struct ui_binding *items[16];
+    int xs[17];
+    size_t nb = draw_function_bar_layout(UI_SCREEN_LAYERS, 80, items, xs, 16);
+    TEST_COND("clicks and drawing share one layout: F10 ends within 80 columns", nb == 10 && xs[nb] <= 80 &&
+              strcmp(items[nb - 1]->fkey, "F10") == 0);
+
+    /* 80 columns: the table keeps its bars and whole titles. */
+    resizeterm(24, 80);
+    erase();
+    top = 0;
+    layers_draw_table(stdscr, 0, 20, 80, &t, 0, &top, -1, -2, NULL);
+    refresh();
+    TEST_COND("80 columns: titles are whole (norm rel cos confl weight)",
+              strstr(line_at(1), "norm") && strstr(line_at(1), "confl") && strstr(line_at(1), "weight") &&
+              !strstr(line_at(1), "weigh "));
+    TEST_COND("80 columns: rows still have heat bars", strchr(line_at(4), '#') != NULL);
+    struct layers_layout lay;
+    layers_table_layout(&t, 80, &lay);
+    TEST_COND("80 columns: 4-cell numbers and 2-cell bars", lay.numw == 4 && lay.barw == 2);
+    char num[32];
+    layers_format_fit(0.253, 4, num, sizeof(num));
+    TEST_COND("a number in 4 cells drops its leading zero", strcmp(num, ".253") == 0);
+    layers_format_fit(0.0004, 4, num, sizeof(num));
+    TEST_COND("a tiny number in 4 cells keeps its size", strcmp(num, "4e-4") == 0);
+    layers_format_fit(1234.6, 4, num, sizeof(num));
+    TEST_COND("a large number in 4 cells", strcmp(num, "1235") == 0);
+
+    /* The histogram draws the threshold as a line through its height. */
+    erase();
+    double hv[6] = { 1, 2, 0, 4, 8, 4 };
+    draw_histogram(stdscr, 0, 0, 3, hv, 6, 8, 2, UI_ROLE_HEAT_LOW);
+    refresh();
+    TEST_COND("the threshold column is a line in every row", line_at(0)[2] == '|' && line_at(1)[2] == '|' &&
+              line_at(2)[2] == '|' && attr_at(1, 2) == theme_attr(UI_ROLE_THRESHOLD));
+    TEST_COND("the tallest bin fills all three rows", line_at(0)[4] == '#' && line_at(2)[4] == '#');
+
+    /* Preview panes wrap at blanks, not inside words. */
+    size_t st[16], ln[16];
+    const char *text = "the quick brown fox jumps";
+    size_t nl = preview_wrap(text, 10, st, ln, 16);
+    TEST_COND("word wrap: three lines, each ending at a word", nl == 3 && ln[0] == 9 &&
+              strncmp(text + st[0], "the quick", ln[0]) == 0 && strncmp(text + st[1], "brown fox", ln[1]) == 0 &&
+              strncmp(text + st[2], "jumps", ln[2]) == 0);
+    nl = preview_wrap("abcdefghijklmnop", 10, st, ln, 16);
+    TEST_COND("a word wider than the box is cut", nl == 2 && ln[0] == 10 && ln[1] == 6);
+
+    /* Help: every binding once (Enter once), the mouse and the columns explained. */
+    char hl[256], key[32], scr[64];
+    enum ui_role role;
+    size_t total = screen_help_line(0, hl, sizeof(hl), &role, key, sizeof(key), scr, sizeof(scr));
+    int enter = 0, mouse = 0, conflict = 0, chart = 0;
+    for (size_t k = 0; k < total; k++) {
+        screen_help_line(k, hl, sizeof(hl), &role, key, sizeof(key), scr, sizeof(scr));
+        enter += role == UI_ROLE_HELP_KEY && strcmp(key, "Enter") == 0;
+        mouse += strstr(hl, "Mouse:") != NULL;
+        conflict += strstr(hl, "conflict:") != NULL;
+        chart += role == UI_ROLE_HELP_KEY && strcmp(key, "C") == 0;
+    }
+    TEST_COND("help lists Enter once", enter == 1);
+    TEST_COND("help documents the mouse", mouse == 1);
+    TEST_COND("help explains the conflict column", conflict >= 1);
+    TEST_COND("help lists the chart key", chart == 1);
 
     lt_free(&t);
     endwin();

@@ -8,8 +8,10 @@
 #include <string.h>
 
 #include "app.h"
+#include "draw.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "numfmt.h"
 #include "prompt.h"
 #include "tune.h"
 #include "workspace.h"
@@ -117,13 +119,17 @@ static int go_back(struct ui_app *a)
 static int next_screen(struct ui_app *a)
 {
     static const enum ui_screen next[UI_SCREEN_COUNT] = {
-        UI_SCREEN_DETAIL, UI_SCREEN_RECIPE, UI_SCREEN_PREVIEW, UI_SCREEN_LAYERS,
-        UI_SCREEN_LAYERS, UI_SCREEN_LAYERS,
+        [UI_SCREEN_LAYERS] = UI_SCREEN_DETAIL, [UI_SCREEN_DETAIL] = UI_SCREEN_RECIPE,
+        [UI_SCREEN_RECIPE] = UI_SCREEN_PREVIEW, [UI_SCREEN_PREVIEW] = UI_SCREEN_CHART,
+        [UI_SCREEN_CHART] = UI_SCREEN_LAYERS, [UI_SCREEN_HELP] = UI_SCREEN_LAYERS,
+        [UI_SCREEN_LOG] = UI_SCREEN_LAYERS,
     };
     return switch_to(a, next[a->screen]);
 }
 
-/* The preview is for typing: the prompt takes the keys. */
+/* Keys are commands until the user asks to type: e, Enter or > give the
+ * prompt the keys (Enter runs the line and Esc leaves it, both handing the
+ * keys back). */
 static int focus_prompt(struct ui_app *a)
 {
     switch_to(a, UI_SCREEN_PREVIEW);
@@ -142,11 +148,27 @@ static int begin_search(struct ui_app *a)
     return UI_REACT_REDRAW;
 }
 
+/* Moves to the match at display position `p` and says so, replacing an
+ * earlier "no row matches"; p < 0 says that nothing matches. */
+static void show_match(struct ui_app *a, const char *needle, long p)
+{
+    if (p < 0) {
+        ui_status(a, true, "no row matches \"%s\"", needle);
+        return;
+    }
+    a->sel = (size_t)p;
+    snprintf(a->status, sizeof(a->status), "\"%s\": %s (n finds the next)", needle,
+             a->table.rows[a->table.order[p]].label);
+    a->status_error = false;
+}
+
 static int search_next(struct ui_app *a)
 {
-    long p = lt_search(&a->table, a->search, a->sel);
-    if (p >= 0)
-        a->sel = (size_t)p;
+    if (!a->search[0]) {
+        ui_status(a, false, "nothing searched yet: / searches");
+        return UI_REACT_REDRAW;
+    }
+    show_match(a, a->search, lt_search(&a->table, a->search, a->sel));
     return UI_REACT_REDRAW;
 }
 
@@ -208,12 +230,22 @@ static int tune_layers(struct ui_app *a, int first, int last, double v0, double 
         snprintf(where, sizeof(where), first == last ? "layer %d" : "layers %d-%d", first, last);
         char tail[sizeof(a->status)];
         snprintf(tail, sizeof(tail), "%s", a->status);
-        if (v0 == v1)
-            ui_status(a, false, "%s %s%s%s = %g on %s%s%s: %s", spec->name, t.model ? "(" : "",
-                      t.model ? t.model : "", t.model ? ")" : "", v0, where, t.module ? " " : "",
+        char x0[LM_NUMBER_MAX], x1[LM_NUMBER_MAX];
+        lm_format_number(v0, x0, sizeof(x0));
+        lm_format_number(v1, x1, sizeof(x1));
+        if (spec->id == MERGE_PARAM_WEIGHT && ui_weight_note(a)) {
+            ui_status(a, false, "weight %s %s", x0, ui_weight_note(a));
+            msglog_add(&a->log, MSGLOG_INFO, "with one model and normalize: true, TIES and linear divide the "
+                       "weighted task vector by the weight (w*d / w = d): the merge and its statistics stay "
+                       "the same whatever the weight; lambda scales the result, density trims it, or set "
+                       "normalize to false on the Recipe screen (F2)");
+        }
+        else if (v0 == v1)
+            ui_status(a, false, "%s %s%s%s = %s on %s%s%s: %s", spec->name, t.model ? "(" : "",
+                      t.model ? t.model : "", t.model ? ")" : "", x0, where, t.module ? " " : "",
                       t.module ? t.module : "", tail);
         else
-            ui_status(a, false, "%s gradient %g -> %g on %s: %s", spec->name, v0, v1, where, tail);
+            ui_status(a, false, "%s gradient %s -> %s on %s: %s", spec->name, x0, x1, where, tail);
     }
     return UI_REACT_REDRAW | UI_REACT_RECIPE;
 }
@@ -251,12 +283,7 @@ static int step_value(struct ui_app *a, int dir)
     }
     if (!selected_range(a, &first, &last))
         return UI_REACT_REDRAW;
-    double v = current_value(a, first) + dir * tune_param_step(spec);
-    v = round(v * 1e6) / 1e6;
-    if (v < spec->min)
-        v = spec->min;
-    if (v > spec->max)
-        v = spec->max;
+    double v = tune_step_value(spec, current_value(a, first), dir);
     return tune_layers(a, first, last, v, v);
 }
 
@@ -270,7 +297,7 @@ static int edit_value(struct ui_app *a)
         screen_recipe_value_text(a, buf, sizeof(buf));
         begin_input(a, UI_INPUT_VALUE, buf);
     } else if (ui_tuned_param(a) && selected_range(a, &first, &last)) {
-        snprintf(buf, sizeof(buf), "%g", current_value(a, first));
+        lm_format_number(current_value(a, first), buf, sizeof(buf));
         begin_input(a, UI_INPUT_VALUE, buf);
     }
     return UI_REACT_REDRAW;
@@ -286,7 +313,10 @@ static int edit_gradient(struct ui_app *a)
         return UI_REACT_REDRAW;
     }
     if (selected_range(a, &first, &last)) {
-        snprintf(buf, sizeof(buf), "%g,%g", current_value(a, first), current_value(a, last));
+        char x0[LM_NUMBER_MAX], x1[LM_NUMBER_MAX];
+        lm_format_number(current_value(a, first), x0, sizeof(x0));
+        lm_format_number(current_value(a, last), x1, sizeof(x1));
+        snprintf(buf, sizeof(buf), "%s,%s", x0, x1);
         begin_input(a, UI_INPUT_GRADIENT, buf);
     }
     return UI_REACT_REDRAW;
@@ -420,11 +450,8 @@ static int finish_input(struct ui_app *a, enum ui_input kind, const char *text)
     switch (kind) {
     case UI_INPUT_SEARCH: {
         snprintf(a->search, sizeof(a->search), "%s", text);
-        long p = lt_search(&a->table, a->search, a->sel);
-        if (p < 0)
-            ui_status(a, true, "no row matches \"%s\"", text);
-        else
-            a->sel = (size_t)p;
+        if (*text)
+            show_match(a, text, lt_search(&a->table, a->search, a->sel ? a->sel - 1 : a->table.n_rows - 1));
         return UI_REACT_REDRAW;
     }
     case UI_INPUT_VALUE:
@@ -562,6 +589,36 @@ static int cancel_or_back(struct ui_app *a)
     return UI_REACT_REDRAW;
 }
 
+/* ===== The chart ===== */
+
+static int chart_stat_step(struct ui_app *a, int dir)
+{
+    a->chart_stat += dir;
+    return UI_REACT_REDRAW;
+}
+
+static int chart_toggle_projections(struct ui_app *a)
+{
+    a->chart_projections = !a->chart_projections;
+    return UI_REACT_REDRAW;
+}
+
+/* Selects the layer next to the selected one (in layer order, whatever
+ * the table's sort), staying on the first or last. */
+static int step_layer(struct ui_app *a, int dir)
+{
+    const struct lt_row *row = selected_row(a);
+    int layer = row && row->layer >= 0 ? row->layer + dir : 0;
+    if (layer < 0)
+        layer = 0;
+    if (layer >= ws_n_layers(a->ws))
+        layer = ws_n_layers(a->ws) - 1;
+    long p = lt_find_layer(&a->table, layer);
+    if (p >= 0)
+        a->sel = (size_t)p;
+    return UI_REACT_REDRAW;
+}
+
 /* ===== Dispatch ===== */
 
 /* Enter: the layer's tensor detail, the field's value, or the prompt. */
@@ -609,7 +666,7 @@ int ui_run_action(struct ui_app *a, enum ui_action action)
     case UI_ACTION_LAYERS:      return switch_to(a, UI_SCREEN_LAYERS);
     case UI_ACTION_DETAIL:      return switch_to(a, UI_SCREEN_DETAIL);
     case UI_ACTION_RECIPE:      return switch_to(a, UI_SCREEN_RECIPE);
-    case UI_ACTION_PREVIEW:     return focus_prompt(a);
+    case UI_ACTION_PREVIEW:     return switch_to(a, UI_SCREEN_PREVIEW);
     case UI_ACTION_LOG:         return switch_to(a, UI_SCREEN_LOG);
     case UI_ACTION_SEARCH:      return begin_search(a);
     case UI_ACTION_SEARCH_NEXT: return search_next(a);
@@ -629,6 +686,12 @@ int ui_run_action(struct ui_app *a, enum ui_action action)
     case UI_ACTION_WRITE:       return ask_write_dir(a);
     case UI_ACTION_PROMPT:      return focus_prompt(a);
     case UI_ACTION_COMPARE:     return toggle_compare(a);
+    case UI_ACTION_CHART:       return switch_to(a, UI_SCREEN_CHART);
+    case UI_ACTION_STAT_NEXT:   return chart_stat_step(a, 1);
+    case UI_ACTION_STAT_PREV:   return chart_stat_step(a, -1);
+    case UI_ACTION_PROJECTIONS: return chart_toggle_projections(a);
+    case UI_ACTION_LAYER_PREV:  return step_layer(a, -1);
+    case UI_ACTION_LAYER_NEXT:  return step_layer(a, 1);
     case UI_ACTION_CANCEL:      return cancel_or_back(a);
     case UI_ACTION_REDRAW:      return force_redraw();
     case UI_ACTION_QUIT:        return ask_quit(a);
@@ -655,14 +718,11 @@ int ui_mouse(struct ui_app *a)
     int h = getmaxy(a->win);
     if (ev.y == h - 1) {
         const struct ui_binding *items[16];
-        size_t n = keymap_function_bar(a->screen, items, 16);
-        int x = 0;
-        for (size_t i = 0; i < n; i++) {
-            int wdt = (int)strlen(items[i]->fkey) + 7;
-            if (ev.x >= x && ev.x < x + wdt)
+        int xs[17];
+        size_t n = draw_function_bar_layout(a->screen, getmaxx(a->win), items, xs, 16);
+        for (size_t i = 0; i < n; i++)
+            if (ev.x >= xs[i] && ev.x < xs[i + 1])
                 return ui_run_action(a, items[i]->action);
-            x += wdt;
-        }
         return UI_REACT_NONE;
     }
     if (a->screen == UI_SCREEN_LAYERS) {

@@ -11,9 +11,11 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "draw.h"
 #include "lm_error.h"
+#include "numfmt.h"
 #include "output_policy.h"
 #include "prompt.h"
 #include "term.h"
@@ -73,17 +75,23 @@ const char *ui_tuned_module(const struct ui_app *a)
     return modules[a->module_idx % 3];
 }
 
+const char *ui_weight_note(const struct ui_app *a)
+{
+    if (ws_n_models(a->ws) != 1 || ws_n_tensors(a->ws) == 0)
+        return NULL;
+    struct merge_tensor_params p;
+    ws_tensor_params(a->ws, 0, &p);
+    if (!merge_method_uses(ws_method(a->ws), p.on, MERGE_PARAM_NORMALIZE) || !p.normalize)
+        return NULL;
+    return "does nothing: normalize divides out a lone model's weight; tune lambda";
+}
+
 void ui_refresh_table(struct ui_app *a)
 {
     const struct merge_param_spec *s = ui_tuned_param(a);
     char title[16];
-    if (s) {
-        const char *model = ui_tuned_model(a);
-        if (model)
-            snprintf(title, sizeof(title), "%.6s(%.6s)", s->name, model);
-        else
-            snprintf(title, sizeof(title), "%s", s->name);
-    }
+    if (s)   /* the model it is for is named on the line above the table */
+        snprintf(title, sizeof(title), "%s", s->name);
     int n = ws_n_models(a->ws);
     const char *mod = ui_tuned_module(a);
     enum tn_group g = !mod ? TN_GROUP_COUNT : strcmp(mod, "mlp") == 0 ? TN_GROUP_MLP : TN_GROUP_ATTN;
@@ -292,29 +300,55 @@ void ui_start_write(struct ui_app *a, const char *dir, bool force)
 
 /* ===== Drawing ===== */
 
+/* A model directory as the user would type it: relative to the current
+ * directory when it lies below it, else as resolved. */
+static void display_dir(const char *dir, char *buf, size_t size)
+{
+    char cwd[1024];
+    size_t n = getcwd(cwd, sizeof(cwd)) ? strlen(cwd) : 0;
+    if (n && strncmp(dir, cwd, n) == 0 && dir[n] == '/')
+        dir += n + 1;
+    while (strncmp(dir, "./", 2) == 0)
+        dir += 2;
+    snprintf(buf, size, "%s", dir);
+}
+
+/* "0.4", "[0.2..0.8]", "true", "ties": a recipe value in a few cells. */
+static void short_value(const struct recipe_value *v, char *buf, size_t size)
+{
+    char x[LM_NUMBER_MAX], y[LM_NUMBER_MAX];
+    buf[0] = '\0';
+    if (v->kind == RECIPE_VALUE_NUMBER) {
+        lm_format_number(v->numbers[0], buf, size);
+    } else if (v->kind == RECIPE_VALUE_LIST) {
+        lm_format_number(v->numbers[0], x, sizeof(x));
+        lm_format_number(v->numbers[v->n_numbers - 1], y, sizeof(y));
+        snprintf(buf, size, "[%s..%s]", x, y);
+    } else if (v->kind == RECIPE_VALUE_BOOL) {
+        snprintf(buf, size, "%s", v->boolean ? "true" : "false");
+    } else if (v->kind == RECIPE_VALUE_STRING) {
+        snprintf(buf, size, "%s", v->string);
+    }
+}
+
+/* The models as the recipe names them, with their folders ("base
+ * demo/quick  long demo/long"), the method and its global parameters. */
 void ui_draw_header(struct ui_app *a, int w)
 {
     const struct recipe *r = ws_recipe(a->ws);
-    char line[1024];
-    int n = snprintf(line, sizeof(line), " mergescope  base: %s  models:", ws_model(a->ws, -1)->name);
-    for (int i = 0; i < ws_n_models(a->ws) && n < (int)sizeof(line) - 40; i++)
-        n += snprintf(line + n, sizeof(line) - (size_t)n, " %s", ws_model(a->ws, i)->name);
-    n += snprintf(line + n, sizeof(line) - (size_t)n, "  method: %s ", r->method);
+    char line[1024], dir[512];
+    display_dir(ws_model(a->ws, -1)->dir, dir, sizeof(dir));
+    int n = snprintf(line, sizeof(line), " mergescope%s | base %s", ui_unsaved(a) ? " [modified]" : "", dir);
+    for (int i = 0; i < ws_n_models(a->ws) && n < (int)sizeof(line) - 40; i++) {
+        display_dir(ws_model(a->ws, i)->dir, dir, sizeof(dir));
+        n += snprintf(line + n, sizeof(line) - (size_t)n, " | %s %s", ws_model(a->ws, i)->name, dir);
+    }
+    n += snprintf(line + n, sizeof(line) - (size_t)n, " | %s", r->method);
     for (size_t i = 0; i < r->n_params && n < (int)sizeof(line) - 40; i++) {
-        const struct recipe_value *v = &r->params[i].value;
-        char num[32] = "";
-        if (v->kind == RECIPE_VALUE_NUMBER)
-            recipe_format_number(v->numbers[0], num, sizeof(num));
-        else if (v->kind == RECIPE_VALUE_LIST)
-            snprintf(num, sizeof(num), "[%g..%g]", v->numbers[0], v->numbers[v->n_numbers - 1]);
-        else if (v->kind == RECIPE_VALUE_BOOL)
-            snprintf(num, sizeof(num), "%s", v->boolean ? "true" : "false");
-        else if (v->kind == RECIPE_VALUE_STRING)
-            snprintf(num, sizeof(num), "%s", v->string);
+        char num[2 * LM_NUMBER_MAX + 8];
+        short_value(&r->params[i].value, num, sizeof(num));
         n += snprintf(line + n, sizeof(line) - (size_t)n, " %s=%s", r->params[i].name, num);
     }
-    if (ui_unsaved(a))
-        snprintf(line + n, sizeof(line) - (size_t)n, "  [modified]");
     int used = draw_text(a->win, 0, 0, w, UI_ROLE_HEADER, line);
     draw_fill(a->win, 0, used, w - used, UI_ROLE_HEADER);
 }
@@ -380,6 +414,7 @@ void ui_draw(struct ui_app *a)
     case UI_SCREEN_PREVIEW: screen_preview_draw(a, y0, body, w); break;
     case UI_SCREEN_HELP: screen_help_draw(a, y0, body, w); break;
     case UI_SCREEN_LOG: screen_log_draw(a, y0, body, w); break;
+    case UI_SCREEN_CHART: screen_chart_draw(a, y0, body, w); break;
     default: break;
     }
     draw_bottom(a, h, w);
@@ -468,11 +503,9 @@ static int handle_key(struct ui_app *a, int key)
     if (key == KEY_MOUSE)
         return ui_mouse(a);
     if (a->screen == UI_SCREEN_PREVIEW && a->prompt_focus) {
-        if (key == 27) {
+        if (key == 27) {   /* leaves the prompt; the keys are commands again */
             a->prompt_focus = false;
             prompt_end();
-            if (job_busy(&a->job) && a->job.kind == UI_JOB_PREVIEW)
-                job_cancel(&a->job);
             return UI_REACT_REDRAW;
         }
         if (key == 3 || (key >= KEY_F(1) && key <= KEY_F(12)) || key == KEY_PPAGE || key == KEY_NPAGE)
@@ -481,6 +514,8 @@ static int handle_key(struct ui_app *a, int key)
         if (prompt_key(key, &line)) {
             preview_set_prompt(&a->preview, line);
             free(line);
+            a->prompt_focus = false;
+            prompt_end();
             ui_start_preview(a);
         }
         return UI_REACT_REDRAW;

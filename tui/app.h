@@ -16,6 +16,7 @@
 #include "lineedit.h"
 #include "msglog.h"
 #include "preview.h"
+#include "theme.h"
 #include "tui.h"
 #include "undo.h"
 
@@ -75,6 +76,8 @@ struct ui_app {
     size_t detail_sel, detail_top;
     size_t recipe_sel, recipe_top;
     size_t text_top;             /* Help and Log scrolling */
+    int chart_stat;              /* Chart: index into the statistics it offers (any int: wraps) */
+    bool chart_projections;      /* Chart: one line per projection instead of per module */
     struct ui_hist hist;
     long hist_wanted;            /* tensor whose histogram to compute, -1 none */
 
@@ -108,6 +111,10 @@ const struct merge_param_spec *ui_tuned_param(const struct ui_app *a);
 const char *ui_tuned_model(const struct ui_app *a);
 const char *ui_tuned_module(const struct ui_app *a);   /* NULL, "self_attn" or "mlp" */
 
+/* Why stepping the weight changes nothing, when it does not: with one
+ * model and normalize in effect the weight divides out. NULL otherwise. */
+const char *ui_weight_note(const struct ui_app *a);
+
 /* Rebuilds the layer table when dirty. */
 void ui_refresh_table(struct ui_app *a);
 
@@ -136,6 +143,17 @@ void screen_recipe_draw(struct ui_app *a, int y0, int h, int w);
 void screen_preview_draw(struct ui_app *a, int y0, int h, int w);
 void screen_help_draw(struct ui_app *a, int y0, int h, int w);
 void screen_log_draw(struct ui_app *a, int y0, int h, int w);
+void screen_chart_draw(struct ui_app *a, int y0, int h, int w);
+
+/* Word wrap for the preview panes (screen_preview.c): lines of at most
+ * `width` characters, broken after blanks; see there. */
+size_t preview_wrap(const char *text, int width, size_t *starts, size_t *lens, size_t max);
+
+/* Line k of the Help screen (screen_preview.c): the text, its role
+ * (UI_ROLE_HELP_KEY for a key line, which also fills `key` and `screens`).
+ * Returns the number of lines; every binding appears once. */
+size_t screen_help_line(size_t k, char *buf, size_t size, enum ui_role *role, char *key, size_t ksize,
+                        char *screens, size_t ssize);
 
 /* The Recipe screen's fields (screen_recipe.c). */
 size_t screen_recipe_n_fields(const struct ui_app *a);

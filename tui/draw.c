@@ -155,17 +155,63 @@ void draw_sparkline(WINDOW *w, int y, int x, const double *v, int n, double max,
     wattrset(w, theme_attr(UI_ROLE_NORMAL));
 }
 
+void draw_histogram(WINDOW *w, int y, int x, int rows, const double *v, int n, double max, int mark,
+                    enum ui_role role)
+{
+    static const char *const eighths[9] = { " ", "\u2581", "\u2582", "\u2583", "\u2584", "\u2585",
+                                            "\u2586", "\u2587", "\u2588" };
+    static const char ascii[9] = { ' ', '.', '.', '-', '-', '=', '=', '#', '#' };
+    for (int i = 0; i < n; i++) {
+        int level = max > 0 && v[i] > 0 ? (int)ceil(v[i] / max * rows * 8.0) : 0;
+        for (int r = 0; r < rows; r++) {
+            int part = level - (rows - 1 - r) * 8;   /* eighths of this row's cell */
+            part = part < 0 ? 0 : part > 8 ? 8 : part;
+            wattrset(w, theme_attr(i == mark ? UI_ROLE_THRESHOLD : role));
+            wmove(w, y + r, x + i);
+            if (i == mark && part == 0)
+                waddstr(w, unicode ? "\u2502" : "|");
+            else if (unicode)
+                waddstr(w, eighths[part]);
+            else
+                waddch(w, (chtype)ascii[part]);
+        }
+    }
+    wattrset(w, theme_attr(UI_ROLE_NORMAL));
+}
+
+size_t draw_function_bar_layout(enum ui_screen screen, int width, const struct ui_binding **items,
+                                int *x, size_t max)
+{
+    size_t n = keymap_function_bar(screen, items, max);
+    /* htop's look where it fits (labels padded to 6 cells, then a blank);
+     * else one blank after each label, so that F10 still shows at 80
+     * columns. */
+    int wide = 0;
+    for (size_t i = 0; i < n; i++)
+        wide += (int)strlen(items[i]->fkey) + LM_MAX_INT((int)strlen(items[i]->label), 6) + 1;
+    int pad_to = wide <= width ? 6 : 0;
+    int pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = pos;
+        pos += (int)strlen(items[i]->fkey) + LM_MAX_INT((int)strlen(items[i]->label), pad_to) + 1;
+    }
+    x[n] = pos;
+    return n;
+}
+
 void draw_function_bar(WINDOW *w, int y, int width, enum ui_screen screen)
 {
     const struct ui_binding *items[16];
-    size_t n = keymap_function_bar(screen, items, 16);
+    int xs[17];
+    size_t n = draw_function_bar_layout(screen, width, items, xs, 16);
     int x = 0;
-    for (size_t i = 0; i < n && x < width; i++) {
+    for (size_t i = 0; i < n && xs[i] < width; i++) {
+        x = xs[i];
         x += draw_text(w, y, x, width - x, UI_ROLE_FKEY, items[i]->fkey);
-        int lw = 7;
-        int used = draw_text(w, y, x, LM_MIN_INT(lw, width - x), UI_ROLE_FLABEL, items[i]->label);
-        draw_fill(w, y, x + used, LM_MIN_INT(lw - used, width - x - used), UI_ROLE_FLABEL);
-        x += LM_MIN_INT(lw, width - x);
+        int lw = LM_MIN_INT(xs[i + 1], width) - x;
+        int used = draw_text(w, y, x, lw, UI_ROLE_FLABEL, items[i]->label);
+        draw_fill(w, y, x + used, lw - used, UI_ROLE_FLABEL);
+        x += lw;
     }
     draw_fill(w, y, x, width - x, UI_ROLE_FLABEL);
 }

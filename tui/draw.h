@@ -14,6 +14,7 @@
 #include "theme.h"
 
 #define LM_MIN_INT(a, b) ((a) < (b) ? (a) : (b))
+#define LM_MAX_INT(a, b) ((a) > (b) ? (a) : (b))
 
 /* UTF-8 block characters (true) or ASCII (false) for bars and marks. */
 void draw_set_unicode(bool on);
@@ -39,7 +40,22 @@ enum ui_role draw_heat_role(double heat);
 void draw_sparkline(WINDOW *w, int y, int x, const double *v, int n, double max, int mark,
                     enum ui_role role);
 
-/* The bottom function bar: "F1Help  F2Recipe ..." from the keymap. */
+/* A histogram `rows` lines high from (y, x), one cell per value, heights
+ * in eighths of a cell relative to `max`; column `mark` (or -1) is drawn
+ * in the THRESHOLD role as a vertical line through the empty cells, so the
+ * threshold shows as a line across the whole height. */
+void draw_histogram(WINDOW *w, int y, int x, int rows, const double *v, int n, double max, int mark,
+                    enum ui_role role);
+
+/* Where each function-bar key of `screen` goes in `width` cells: fills
+ * items[0..n-1] and x[0..n] (x[i] is where key i starts, x[n] where the
+ * last ends) and returns n (at most `max`). Drawing and mouse clicks both
+ * use it. */
+size_t draw_function_bar_layout(enum ui_screen screen, int width, const struct ui_binding **items,
+                                int *x, size_t max);
+
+/* The bottom function bar: "F1Help   F2Recipe ..." from the keymap, the
+ * key and its label in their own roles, each label followed by a blank. */
 void draw_function_bar(WINDOW *w, int y, int width, enum ui_screen screen);
 
 /* The status line: a message (error role when `error`), or blank. */

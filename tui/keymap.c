@@ -11,8 +11,9 @@
 #define P UI_ON(UI_SCREEN_PREVIEW)
 #define H UI_ON(UI_SCREEN_HELP)
 #define G UI_ON(UI_SCREEN_LOG)
+#define CH UI_ON(UI_SCREEN_CHART)
 #define LISTS (L | D | RC | H | G | P)
-#define MAIN (L | D | RC | P)
+#define MAIN (L | D | RC | P | CH)
 
 /* Order matters twice: the first match wins, and function bars list
  * bindings with an fkey in this order. */
@@ -22,10 +23,11 @@ const struct ui_binding ui_bindings[] = {
     { KEY_F(3),      L | D | H | G, UI_ACTION_SEARCH,  "F3",  "Search" },
     { KEY_F(4),      UI_ON_ALL, UI_ACTION_PREVIEW,     "F4",  "Preview" },
     { KEY_F(5),      L,         UI_ACTION_DETAIL,      "F5",  "Detail" },
-    { KEY_F(5),      D | RC | P | H | G, UI_ACTION_LAYERS, "F5", "Layers" },
+    { KEY_F(5),      D | RC | P | H | G | CH, UI_ACTION_LAYERS, "F5", "Layers" },
     { KEY_F(6),      L | D,     UI_ACTION_SORT,        "F6",  "SortBy" },
-    { KEY_F(7),      L | D | RC, UI_ACTION_DEC,        "F7",  "Dec" },
-    { KEY_F(8),      L | D | RC, UI_ACTION_INC,        "F8",  "Inc" },
+    { KEY_F(6),      CH,        UI_ACTION_STAT_NEXT,   "F6",  "Stat" },
+    { KEY_F(7),      L | D | RC | CH, UI_ACTION_DEC,   "F7",  "Dec" },
+    { KEY_F(8),      L | D | RC | CH, UI_ACTION_INC,   "F8",  "Inc" },
     { KEY_F(9),      UI_ON_ALL, UI_ACTION_LOG,         "F9",  "Log" },
     { KEY_F(10),     UI_ON_ALL, UI_ACTION_QUIT,        "F10", "Quit" },
     { KEY_UP,        LISTS,     UI_ACTION_UP,          NULL, NULL },
@@ -38,12 +40,20 @@ const struct ui_binding ui_bindings[] = {
     { 'g',           D | H | G, UI_ACTION_HOME,        NULL, NULL },
     { KEY_END,       LISTS,     UI_ACTION_END,         NULL, NULL },
     { 'G',           D | H | G, UI_ACTION_END,         NULL, NULL },
+    { KEY_LEFT,      CH,        UI_ACTION_LAYER_PREV,  NULL, NULL },
+    { 'h',           CH,        UI_ACTION_LAYER_PREV,  NULL, NULL },
+    { KEY_RIGHT,     CH,        UI_ACTION_LAYER_NEXT,  NULL, NULL },
+    { 'l',           CH,        UI_ACTION_LAYER_NEXT,  NULL, NULL },
+    { ']',           CH,        UI_ACTION_STAT_NEXT,   NULL, NULL },
+    { '[',           CH,        UI_ACTION_STAT_PREV,   NULL, NULL },
+    { 'P',           CH,        UI_ACTION_PROJECTIONS, NULL, NULL },
+    { 'C',           L | D | RC | P, UI_ACTION_CHART,  NULL, NULL },
     { KEY_LEFT,      L | D | RC, UI_ACTION_DEC,        NULL, NULL },
     { 'h',           L | D | RC, UI_ACTION_DEC,        NULL, NULL },
-    { '-',           L | D | RC, UI_ACTION_DEC,        NULL, NULL },
+    { '-',           L | D | RC | CH, UI_ACTION_DEC,   NULL, NULL },
     { KEY_RIGHT,     L | D | RC, UI_ACTION_INC,        NULL, NULL },
     { 'l',           L | D | RC, UI_ACTION_INC,        NULL, NULL },
-    { '+',           L | D | RC, UI_ACTION_INC,        NULL, NULL },
+    { '+',           L | D | RC | CH, UI_ACTION_INC,   NULL, NULL },
     { '\n',          L | RC | P, UI_ACTION_ENTER,      NULL, NULL },
     { '\r',          L | RC | P, UI_ACTION_ENTER,      NULL, NULL },
     { KEY_ENTER,     L | RC | P, UI_ACTION_ENTER,      NULL, NULL },
@@ -56,12 +66,12 @@ const struct ui_binding ui_bindings[] = {
     { 'O',           L | D,     UI_ACTION_SORT_INVERT, NULL, NULL },
     { ' ',           L,         UI_ACTION_MARK,        NULL, NULL },
     { 'v',           L,         UI_ACTION_MARK,        NULL, NULL },
-    { '=',           L | D | RC, UI_ACTION_SET_VALUE,  NULL, NULL },
+    { '=',           L | D | RC | CH, UI_ACTION_SET_VALUE, NULL, NULL },
     { 'i',           L | D | RC, UI_ACTION_SET_VALUE,  NULL, NULL },
     { 'r',           L,         UI_ACTION_GRADIENT,    NULL, NULL },
-    { 'p',           L | D,     UI_ACTION_PARAM,       NULL, NULL },
-    { 'm',           L | D | RC, UI_ACTION_MODEL,      NULL, NULL },
-    { 'M',           L | D,     UI_ACTION_MODULE,      NULL, NULL },
+    { 'p',           L | D | CH, UI_ACTION_PARAM,      NULL, NULL },
+    { 'm',           L | D | RC | CH, UI_ACTION_MODEL, NULL, NULL },
+    { 'M',           L | D | CH, UI_ACTION_MODULE,     NULL, NULL },
     { 'x',           L | RC,    UI_ACTION_CLEAR,       NULL, NULL },
     { KEY_DC,        L | RC,    UI_ACTION_CLEAR,       NULL, NULL },
     { 'u',           MAIN,      UI_ACTION_UNDO,        NULL, NULL },
@@ -77,7 +87,7 @@ const struct ui_binding ui_bindings[] = {
     { 'L',           UI_ON_ALL, UI_ACTION_LOG,         NULL, NULL },
     { CTRL('l'),     UI_ON_ALL, UI_ACTION_REDRAW,      NULL, NULL },
     { 'q',           L,         UI_ACTION_QUIT,        NULL, NULL },
-    { 'q',           D | RC | P | H | G, UI_ACTION_BACK, NULL, NULL },
+    { 'q',           D | RC | P | H | G | CH, UI_ACTION_BACK, NULL, NULL },
     { KEY_BACKSPACE, D | H | G, UI_ACTION_BACK,        NULL, NULL },
     { CTRL('c'),     UI_ON_ALL, UI_ACTION_INTERRUPT,   NULL, NULL },
 };
@@ -97,7 +107,7 @@ const char *ui_action_help(enum ui_action a)
 const char *ui_screen_name(enum ui_screen s)
 {
     static const char *const names[UI_SCREEN_COUNT] = {
-        "Layers", "Detail", "Recipe", "Preview", "Help", "Log",
+        "Layers", "Detail", "Recipe", "Preview", "Help", "Log", "Chart",
     };
     return s < UI_SCREEN_COUNT ? names[s] : "?";
 }

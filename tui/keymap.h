@@ -14,6 +14,7 @@ enum ui_screen {
     UI_SCREEN_PREVIEW,
     UI_SCREEN_HELP,
     UI_SCREEN_LOG,
+    UI_SCREEN_CHART,
     UI_SCREEN_COUNT
 };
 const char *ui_screen_name(enum ui_screen s);
@@ -29,14 +30,14 @@ const char *ui_screen_name(enum ui_screen s);
     A(END,           "last row") \
     A(DEC,           "decrease the value (selected layers, or the field)") \
     A(INC,           "increase the value (selected layers, or the field)") \
-    A(ENTER,         "open: tensor detail of the layer / edit the field / run the prompt") \
+    A(ENTER,         "open: tensor detail of the layer / edit the field / type the prompt") \
     A(BACK,          "back to the Layers screen") \
     A(NEXT_SCREEN,   "next screen") \
     A(HELP,          "help") \
     A(LAYERS,        "Layers screen") \
     A(DETAIL,        "tensor detail of the selected layer") \
     A(RECIPE,        "Recipe screen: method, global and per-model parameters, overrides") \
-    A(PREVIEW,       "Preview screen: prompt and streamed generation") \
+    A(PREVIEW,       "Preview screen: prompt and streamed generation (e types a prompt)") \
     A(LOG,           "log of warnings and errors") \
     A(SEARCH,        "search rows") \
     A(SEARCH_NEXT,   "next search match") \
@@ -54,8 +55,14 @@ const char *ui_screen_name(enum ui_screen s);
     A(SAVE,          "save the recipe (JSON)") \
     A(SAVE_YAML,     "save the recipe as mergekit YAML too") \
     A(WRITE,         "write the merged model to a directory") \
-    A(PROMPT,        "edit the preview prompt") \
+    A(PROMPT,        "type the preview prompt (Enter runs it, Esc leaves it)") \
     A(COMPARE,       "toggle compare mode (base and each model beside the merge)") \
+    A(CHART,         "Chart screen: one statistic across the layers, per module") \
+    A(STAT_NEXT,     "chart the next statistic") \
+    A(STAT_PREV,     "chart the previous statistic") \
+    A(PROJECTIONS,   "chart per projection (q_proj ... down_proj) or per module") \
+    A(LAYER_PREV,    "select the previous layer") \
+    A(LAYER_NEXT,    "select the next layer") \
     A(CANCEL,        "cancel the running preview or job") \
     A(REDRAW,        "redraw the screen") \
     A(QUIT,          "quit") \

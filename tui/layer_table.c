@@ -111,6 +111,44 @@ double lt_heat(const struct layer_table *t, int col, double v)
     return h < 0 ? 0 : h > 1 ? 1 : h;
 }
 
+const char *lt_metric_help(enum lt_metric m)
+{
+    switch (m) {
+    case LT_NORM: return "norm: ||d||, the size of the task vector d = model - base";
+    case LT_REL: return "rel: ||d|| / ||base||, how far fine-tuning moved the weights";
+    case LT_COS: return "cos: cosine between the two task vectors (1 alike, 0 unrelated, -1 opposed)";
+    case LT_CONFLICT: return "conflict: where both task vectors change an entry, the share with opposite signs "
+                             "(0.5 is random)";
+    case LT_TIES_CONFLICT: return "ties_conflict: after trimming to density, the share of kept entries against "
+                                  "the elected sign";
+    case LT_TOPK: return "topk: share of ||d||^2 the top density fraction holds, i.e. what TIES trimming keeps";
+    case LT_SIGN_FLIP: return "flips: share of entries whose sign differs between the base and the merge";
+    case LT_COEF: return "the tuned parameter's value in effect on the layer (p, m, M choose it)";
+    default: return "";
+    }
+}
+
+const char *lt_legend(int n_models, int width)
+{
+    static const char *const two[] = {
+        "norm ||d||  rel ||d||/||base||  cos: cosine of the pair  conflict: opposite signs (0.5 random)"
+        "  o sorts, F1 explains",
+        "norm ||d||  rel ||d||/||base||  cos: cosine of the pair  conflict: opposite signs (0.5 random)",
+        "norm ||d||  rel ||d||/||b||  cos cosine  confl opposite signs",
+    };
+    static const char *const one[] = {
+        "norm ||d||  rel ||d||/||base||  topk: energy trimming keeps  flips: signs the merge flips"
+        "  o sorts, F1 explains",
+        "norm ||d||  rel ||d||/||base||  topk: energy trimming keeps  flips: signs the merge flips",
+        "norm ||d||  rel ||d||/||b||  topk energy kept  flips sign flips",
+    };
+    const char *const *set = n_models >= 2 ? two : one;
+    for (int i = 0; i < 3; i++)
+        if ((int)strlen(set[i]) + 1 <= width)
+            return set[i];
+    return set[2];
+}
+
 /* ===== Filling from the workspace ===== */
 
 static long row_of(const struct layer_table *t, const struct tn_info *info)

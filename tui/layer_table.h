@@ -80,6 +80,15 @@ void lt_free(struct layer_table *t);
 int lt_fill(struct layer_table *t, const struct workspace *ws, int a, int b,
             const char *coef_title, const char *coef_param, int coef_model, enum tn_group coef_group);
 
+/* What a column's statistic means, in one line ("conflict: among entries
+ * both task vectors change, the share with opposite signs; 0.5 is
+ * random"). */
+const char *lt_metric_help(enum lt_metric m);
+
+/* The one-line legend of the columns a table of `n_models` task vectors
+ * shows, shortest first: the first that fits `width` cells. */
+const char *lt_legend(int n_models, int width);
+
 /* Sorts by column `col` (-1: natural order); NaN sorts last. */
 void lt_sort(struct layer_table *t, int col, bool desc);
 

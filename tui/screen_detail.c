@@ -12,6 +12,7 @@
 #include "app.h"
 #include "draw.h"
 #include "lm_error.h"
+#include "numfmt.h"
 #include "screen_layers.h"
 #include "workspace.h"
 
@@ -62,6 +63,30 @@ int ui_hist_job(struct job *j, void *ud)
 
 /* ===== Drawing ===== */
 
+/* The line under a histogram: a marker under the threshold column and its
+ * value ("^ trim at |d| = 1e-2.31 (density 0.4): left of the line is
+ * dropped"), placed so that the text fits beside the marker. */
+static void draw_threshold_note(struct ui_app *a, int y, int nb, int mark, int bin, double density, int w)
+{
+    char note[160], dens[LM_NUMBER_MAX];
+    lm_format_number(density, dens, sizeof(dens));
+    if (mark < 0) {
+        snprintf(note, sizeof(note), "no trimming (density %s)", dens);
+        draw_text(a->win, y, 18, w - 18, UI_ROLE_DIM, note);
+        return;
+    }
+    double at = a->hist.lo + (a->hist.hi - a->hist.lo) * (bin + 0.5) / UI_HIST_BINS;
+    snprintf(note, sizeof(note), "trim at |d| = 1e%.2f (density %s): left of the line is dropped", at, dens);
+    const char *arrow = draw_unicode() ? "\u25b2" : "^";
+    int x = 18 + mark, len = draw_width(note);
+    draw_text(a->win, y, x, 1, UI_ROLE_THRESHOLD, arrow);
+    if (x + 2 + len <= w || x - 1 - len < 0)
+        draw_text(a->win, y, x + 2, w - x - 2, UI_ROLE_THRESHOLD, note);
+    else
+        draw_text(a->win, y, x - 1 - len, len, UI_ROLE_THRESHOLD, note);
+    (void)nb;
+}
+
 void screen_detail_draw(struct ui_app *a, int y0, int h, int w)
 {
     size_t idx[512];
@@ -82,7 +107,10 @@ void screen_detail_draw(struct ui_app *a, int y0, int h, int w)
         snprintf(head, sizeof(head), " %-26s %-10s %8s %8s %8s %8s %8s %8s", "tensor", "shape", "norm", "rel",
                  "topk", "flips", "ties_cf", "merged");
     draw_text(a->win, y0 + 1, 0, w, UI_ROLE_COLUMN, head);
-    int hist_h = nm * 2 + 2;
+    /* Histogram rows per model: 3 lines of bars and a line naming the
+     * threshold, fewer when the terminal is short. */
+    int bar_rows = h - 2 - (nm * 2 + 2) >= 3 + nm * 2 ? 3 : 1;
+    int hist_h = nm * (bar_rows + 1) + 1;
     int list_h = h - 2 - hist_h;
     if (list_h < 3)
         list_h = 3;
@@ -145,7 +173,7 @@ void screen_detail_draw(struct ui_app *a, int y0, int h, int w)
     int bins = w - 20 < UI_HIST_BINS ? w - 20 : UI_HIST_BINS;
     for (int m = 0; m < nm && m < a->hist.n_models; m++) {
         double v[UI_HIST_BINS], mx = 0;
-        int group = UI_HIST_BINS / (bins > 0 ? bins : 1);
+        int group = bins > 0 ? (UI_HIST_BINS + bins - 1) / bins : UI_HIST_BINS;   /* fits w */
         int nb = UI_HIST_BINS / (group ? group : 1);
         for (int b = 0; b < nb; b++) {
             v[b] = 0;
@@ -155,17 +183,10 @@ void screen_detail_draw(struct ui_app *a, int y0, int h, int w)
                 mx = v[b];
         }
         int mark = a->hist.threshold_bin[m] >= 0 ? a->hist.threshold_bin[m] / (group ? group : 1) : -1;
-        int yy = y + 1 + m * 2;
+        int yy = y + 1 + m * (bar_rows + 1);
         draw_textf(a->win, yy, 0, 18, UI_ROLE_NORMAL, " %-16.16s", ws_model(a->ws, m)->name);
-        draw_sparkline(a->win, yy, 18, v, nb, mx, mark, UI_ROLE_HEAT_LOW);
-        char note[160];
-        if (mark >= 0)
-            snprintf(note, sizeof(note), "1e%.1f .. 1e%.1f   trim threshold (density %.3g) at 1e%.2f",
-                     a->hist.lo, a->hist.hi, p.density[m],
-                     a->hist.lo + (a->hist.hi - a->hist.lo) * (a->hist.threshold_bin[m] + 0.5) / UI_HIST_BINS);
-        else
-            snprintf(note, sizeof(note), "1e%.1f .. 1e%.1f   no trimming (density %.3g)", a->hist.lo,
-                     a->hist.hi, p.density[m]);
-        draw_text(a->win, yy + 1, 18, w - 18, UI_ROLE_DIM, note);
+        draw_textf(a->win, yy + 1, 0, 18, UI_ROLE_DIM, " 1e%.1f .. 1e%.1f", a->hist.lo, a->hist.hi);
+        draw_histogram(a->win, yy, 18, bar_rows, v, nb, mx, mark, UI_ROLE_HEAT_LOW);
+        draw_threshold_note(a, yy + bar_rows, nb, mark, a->hist.threshold_bin[m], p.density[m], w);
     }
 }

@@ -3,6 +3,7 @@
 #define MS_TUI_SCREEN_LAYERS_H
 
 #include <curses.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "layer_table.h"
@@ -17,5 +18,18 @@ int layers_draw_table(WINDOW *w, int y0, int h, int width, const struct layer_ta
 
 /* "0.123", "1.2e-05", "·" for NaN. */
 void layers_format_number(double v, char *buf, size_t size);
+
+/* The same number in at most `width` cells: fewer decimals, no leading
+ * zero (".253"), or "1e-4" when nothing else fits. */
+void layers_format_fit(double v, int width, char *buf, size_t size);
+
+/* Where the table's parts go in `width` cells: the label column, each
+ * statistic column (number, then heat bar) and the tuned value's column. */
+struct layers_layout {
+    int label_w, cw, coef_w, numw, barw;
+    bool narrow;     /* no blank between a number and its bar */
+    int col_x[LT_MAX_COLS];
+};
+void layers_table_layout(const struct layer_table *t, int width, struct layers_layout *l);
 
 #endif

@@ -7,56 +7,93 @@
 
 #include "app.h"
 #include "draw.h"
+#include "lm_error.h"
 #include "prompt.h"
 
-/* Draws UTF-8 text wrapped into a box; shows the end when it overflows. */
+/* Splits `text` into lines of at most `width` cells (one cell per
+ * character), breaking after a blank where a line has one and inside a
+ * word only when the word alone is wider than the box. Fills starts[] and
+ * lens[] (bytes) for up to `max` lines; returns the number of lines. */
+size_t preview_wrap(const char *text, int width, size_t *starts, size_t *lens, size_t max)
+{
+    size_t n = 0, start = 0, i = 0, brk = 0;
+    int col = 0, col_at_brk = 0;
+    bool have_brk = false;
+    if (width < 1)
+        return 0;
+    for (;;) {
+        char c = text[i];
+        if (c == '\0' || c == '\n') {
+            if (n < max) { starts[n] = start; lens[n] = i - start; }
+            n++;
+            if (c == '\0')
+                break;
+            start = ++i;
+            col = 0;
+            have_brk = false;
+            continue;
+        }
+        size_t len = 1;
+        while (text[i + len] && ((unsigned char)text[i + len] & 0xc0) == 0x80 && len < 4)
+            len++;
+        if (col == width) {
+            /* The line is full: end it here when a blank comes next (and
+             * drop the blank), else at the last blank, else mid-word. */
+            bool here = c == ' ' || !have_brk;
+            size_t end = here ? i : brk;
+            if (n < max) { starts[n] = start; lens[n] = end - start; }
+            n++;
+            start = here ? i : brk + 1;
+            col = here ? 0 : col - col_at_brk - 1;
+            have_brk = false;
+            if (c == ' ') {
+                start = ++i;
+                continue;
+            }
+        }
+        if (c == ' ') {
+            brk = i;
+            col_at_brk = col;
+            have_brk = true;
+        }
+        col++;
+        i += len;
+    }
+    return n;
+}
+
+/* Draws UTF-8 text word-wrapped into a box; shows the end when it
+ * overflows. */
 static void draw_wrapped(WINDOW *w, int y0, int x0, int h, int width, const char *text)
 {
     if (width < 1 || h < 1)
         return;
-    /* First pass: count lines to start so that the tail shows. */
-    int lines = 1, col = 0;
-    for (const char *s = text; *s; s++) {
-        if (*s == '\n' || col >= width) {
-            lines++;
-            col = 0;
-            if (*s == '\n')
-                continue;
-        }
-        if (((unsigned char)*s & 0xc0) != 0x80)
-            col++;
-    }
-    int skip = lines > h ? lines - h : 0;
-    int line = 0;
-    col = 0;
-    const char *s = text;
-    char buf[8];
-    while (*s) {
-        if (*s == '\n' || col >= width) {
-            line++;
-            col = 0;
-            if (*s == '\n') {
-                s++;
-                continue;
-            }
-        }
-        int len = 1;
-        while (s[len] && ((unsigned char)s[len] & 0xc0) == 0x80 && len < 4)
-            len++;
-        if (line >= skip && line - skip < h) {
-            memcpy(buf, s, (size_t)len);
-            buf[len] = '\0';
-            draw_text(w, y0 + line - skip, x0 + col, 1, UI_ROLE_PREVIEW, buf[0] == '\t' ? " " : buf);
-        }
-        col++;
-        s += len;
+    static size_t starts[8192], lens[8192];
+    size_t n = preview_wrap(text, width, starts, lens, LM_ARRAY_SIZE(starts));
+    if (n > LM_ARRAY_SIZE(starts))
+        n = LM_ARRAY_SIZE(starts);
+    size_t skip = n > (size_t)h ? n - (size_t)h : 0;
+    char line[4096];
+    for (size_t k = skip; k < n; k++) {
+        size_t len = lens[k] < sizeof(line) - 1 ? lens[k] : sizeof(line) - 1;
+        memcpy(line, text + starts[k], len);
+        line[len] = '\0';
+        for (char *t = line; *t; t++)
+            if (*t == '\t')
+                *t = ' ';
+        draw_text(w, y0 + (int)(k - skip), x0, width, UI_ROLE_PREVIEW, line);
     }
 }
 
 void screen_preview_draw(struct ui_app *a, int y0, int h, int w)
 {
-    draw_textf(a->win, y0, 0, w, UI_ROLE_TITLE, " Preview%s: e or Enter edits the prompt, Enter runs it, Esc "
-               "cancels, c toggles compare", a->preview.compare ? " (compare)" : "");
+    if (a->prompt_focus)
+        draw_text(a->win, y0, 0, w, UI_ROLE_TITLE,
+                  " Typing the prompt: Enter runs it, Esc leaves the prompt (keys are commands again)");
+    else
+        draw_textf(a->win, y0, 0, w, UI_ROLE_TITLE, " Preview%s: e or Enter types a prompt, c %s compare, "
+                   "Esc stops a run, q goes back", a->preview.compare ? " (compare)" : "",
+                   a->preview.compare ? "ends" : "starts");
     if (a->prompt_focus) {
         /* drawn last by ui_draw so that the cursor lands there */
         draw_fill(a->win, y0 + 1, 0, w, UI_ROLE_NORMAL);
@@ -67,7 +104,7 @@ void screen_preview_draw(struct ui_app *a, int y0, int h, int w)
     int np = a->preview.n_panes;
     if (np <= 0) {
         draw_text(a->win, y0 + 3, 1, w - 1, UI_ROLE_DIM,
-                  "No preview yet. Press e, type a prompt and Enter: the merged model answers here.");
+                  "No preview yet. Press e, type a prompt and press Enter: the merged model answers here.");
         return;
     }
     int pw = w / np;
@@ -92,47 +129,101 @@ void screen_preview_draw(struct ui_app *a, int y0, int h, int w)
     }
 }
 
-void screen_help_draw(struct ui_app *a, int y0, int h, int w)
+static const char *const help_intro[] = {
+    "mergescope: see which layers of your models conflict, tune the merge, watch previews,",
+    "save a recipe that 'mergescope merge' reruns to the same bytes.",
+    "",
+    "Layers: one row per layer; attention and MLP columns as numbers and heat bars (hot",
+    "colours = larger change or more interference). * marks layers with overrides. Select a",
+    "layer (or mark a range with Space), pick the parameter (p), model (m) and module (M),",
+    "then +/- or = to set it, r for a gradient over the range. Every change re-merges only",
+    "what it touches; u undoes. C draws one statistic across the layers as a chart.",
+    "Keys are commands until you ask to type: e or Enter on the Preview screen, = for a value,",
+    "/ to search, s to save; Enter finishes, Esc leaves the field.",
+    "",
+    "Columns (o sorts by the next one; the line under the table explains the sorted column):",
+};
+
+static const char *const help_mouse[] = {
+    "",
+    "Mouse: the wheel scrolls; a click selects a row or a field; a double click on a layer",
+    "opens its tensor detail; a click on a column title sorts by it (again: reverses); a",
+    "click on a function key at the bottom runs it.",
+    "",
+    "Keys (screens: key  action):",
+};
+
+static const enum lt_metric help_columns[] = { LT_NORM, LT_REL, LT_COS, LT_CONFLICT, LT_TOPK, LT_SIGN_FLIP,
+                                               LT_TIES_CONFLICT };
+
+/* Whether binding k repeats an earlier one (same key name and action:
+ * Enter is '\n', '\r' and KEY_ENTER). */
+static bool help_repeats(size_t k)
 {
-    static const char *const intro[] = {
-        "mergescope: see which layers of your models conflict, tune the merge, watch previews,",
-        "save a recipe that 'mergescope merge' reruns to the same bytes.",
-        "",
-        "Layers: one row per layer; attention and MLP columns: task-vector norm, relative",
-        "change, cosine and sign-conflict rate between two task vectors (with one task vector:",
-        "top-k energy kept by the density and sign flips of the merge). Hot colours = more",
-        "interference. * marks layers with overrides. Select a layer (or mark a range with",
-        "Space), pick the parameter (p), model (m) and module (M), then +/- or = to set it,",
-        "r for a gradient over the range. Every change re-merges only what it touches; u undoes.",
-        "",
-        "Keys (screen: key  action):",
-    };
-    size_t n_intro = sizeof(intro) / sizeof(intro[0]);
-    size_t total = n_intro + ui_n_bindings;
-    if (a->text_top + (size_t)h > total)
-        a->text_top = total > (size_t)h ? total - (size_t)h : 0;
-    for (int i = 0; i < h; i++) {
-        size_t k = a->text_top + (size_t)i;
-        if (k >= total)
-            break;
-        if (k < n_intro) {
-            draw_text(a->win, y0 + i, 1, w - 1, k + 1 == n_intro ? UI_ROLE_TITLE : UI_ROLE_NORMAL, intro[k]);
-            continue;
-        }
-        const struct ui_binding *b = &ui_bindings[k - n_intro];
-        char key[32], screens[64] = "";
-        keymap_key_name(b->key, key, sizeof(key));
+    char key[32], other[32];
+    keymap_key_name(ui_bindings[k].key, key, sizeof(key));
+    for (size_t i = 0; i < k; i++)
+        if (ui_bindings[i].action == ui_bindings[k].action && ui_bindings[i].screens == ui_bindings[k].screens &&
+            strcmp(keymap_key_name(ui_bindings[i].key, other, sizeof(other)), key) == 0)
+            return true;
+    return false;
+}
+
+size_t screen_help_line(size_t k, char *buf, size_t size, enum ui_role *role, char *key, size_t ksize,
+                        char *screens, size_t ssize)
+{
+    size_t n_intro = LM_ARRAY_SIZE(help_intro), n_cols = LM_ARRAY_SIZE(help_columns);
+    size_t n_mouse = LM_ARRAY_SIZE(help_mouse);
+    size_t n_keys = 0;
+    size_t keys[256];
+    for (size_t i = 0; i < ui_n_bindings && n_keys < LM_ARRAY_SIZE(keys); i++)
+        if (!help_repeats(i))
+            keys[n_keys++] = i;
+    size_t total = n_intro + n_cols + n_mouse + n_keys;
+    buf[0] = key[0] = screens[0] = '\0';
+    *role = UI_ROLE_NORMAL;
+    if (k < n_intro) {
+        snprintf(buf, size, "%s", help_intro[k]);
+        *role = k + 1 == n_intro ? UI_ROLE_TITLE : UI_ROLE_NORMAL;
+    } else if ((k -= n_intro) < n_cols) {
+        snprintf(buf, size, "  %s", lt_metric_help(help_columns[k]));
+    } else if ((k -= n_cols) < n_mouse) {
+        snprintf(buf, size, "%s", help_mouse[k]);
+        *role = k + 1 == n_mouse ? UI_ROLE_TITLE : UI_ROLE_NORMAL;
+    } else if ((k -= n_mouse) < n_keys) {
+        const struct ui_binding *b = &ui_bindings[keys[k]];
+        keymap_key_name(b->key, key, ksize);
         if (b->screens == UI_ON_ALL)
-            snprintf(screens, sizeof(screens), "all");
+            snprintf(screens, ssize, "all");
         else
             for (int s = 0; s < UI_SCREEN_COUNT; s++)
                 if (b->screens & UI_ON(s)) {
                     size_t l = strlen(screens);
-                    snprintf(screens + l, sizeof(screens) - l, "%s%.3s", l ? "," : "", ui_screen_name((enum ui_screen)s));
+                    snprintf(screens + l, ssize - l, "%s%.3s", l ? "," : "", ui_screen_name((enum ui_screen)s));
                 }
+        snprintf(buf, size, "%s", ui_action_help(b->action));
+        *role = UI_ROLE_HELP_KEY;
+    }
+    return total;
+}
+
+void screen_help_draw(struct ui_app *a, int y0, int h, int w)
+{
+    char text[256], key[32], screens[64];
+    enum ui_role role;
+    size_t total = screen_help_line(0, text, sizeof(text), &role, key, sizeof(key), screens, sizeof(screens));
+    if (a->text_top + (size_t)h > total)
+        a->text_top = total > (size_t)h ? total - (size_t)h : 0;
+    for (int i = 0; i < h && a->text_top + (size_t)i < total; i++) {
+        screen_help_line(a->text_top + (size_t)i, text, sizeof(text), &role, key, sizeof(key), screens,
+                         sizeof(screens));
+        if (role != UI_ROLE_HELP_KEY) {
+            draw_text(a->win, y0 + i, 1, w - 1, role, text);
+            continue;
+        }
         draw_textf(a->win, y0 + i, 1, 28, UI_ROLE_DIM, "%-27s", screens);
         draw_textf(a->win, y0 + i, 29, 11, UI_ROLE_HELP_KEY, "%-10s", key);
-        draw_text(a->win, y0 + i, 40, w - 40, UI_ROLE_NORMAL, ui_action_help(b->action));
+        draw_text(a->win, y0 + i, 40, w - 40, UI_ROLE_NORMAL, text);
     }
 }
 

@@ -10,6 +10,7 @@
 #include "app.h"
 #include "draw.h"
 #include "lm_error.h"
+#include "numfmt.h"
 #include "tune.h"
 #include "workspace.h"
 
@@ -142,6 +143,118 @@ static double default_value(const struct ui_app *a, const struct merge_param_spe
     return tune_param_value(&p, s->id, model);
 }
 
+/* Where a field's value comes from outside the overrides, and that value:
+ * the model's own entry, the global parameter (a number, a gradient list,
+ * or a per-model map), or the method's default. */
+enum value_source { SOURCE_DEFAULT, SOURCE_RECIPE, SOURCE_MODEL, SOURCE_GRADIENT };
+
+static enum value_source base_value(const struct ui_app *a, const struct field *f, double *v)
+{
+    const struct recipe *r = ws_recipe(a->ws);
+    const char *model = f->model >= 0 ? ws_model(a->ws, f->model)->name : NULL;
+    const struct recipe_param *own = f->kind == FIELD_MODEL ? field_param(a, f) : NULL;
+    if (own && own->value.n_numbers) {
+        *v = own->value.numbers[0];
+        return own->value.kind == RECIPE_VALUE_LIST ? SOURCE_GRADIENT : SOURCE_MODEL;
+    }
+    const struct recipe_param *g = recipe_find_param(r->params, r->n_params, f->spec->name);
+    if (g && g->value.kind == RECIPE_VALUE_NUMBER) {
+        *v = g->value.numbers[0];
+        return SOURCE_RECIPE;
+    }
+    if (g && g->value.kind == RECIPE_VALUE_LIST) {
+        *v = g->value.numbers[0];
+        return SOURCE_GRADIENT;
+    }
+    if (g && g->value.kind == RECIPE_VALUE_BOOL && f->spec->kind == MERGE_PARAM_KIND_BOOL) {
+        *v = g->value.boolean;
+        return SOURCE_RECIPE;
+    }
+    if (g && g->value.kind == RECIPE_VALUE_STRING && f->spec->choices) {
+        *v = 0;
+        for (int i = 0; f->spec->choices[i]; i++)
+            if (strcmp(f->spec->choices[i], g->value.string) == 0)
+                *v = i;
+        return SOURCE_RECIPE;
+    }
+    if (g && g->value.kind == RECIPE_VALUE_PER_MODEL)
+        for (size_t i = 0; model && i < g->value.n_per_model; i++)
+            if (strcmp(g->value.per_model[i].model, model) == 0) {
+                *v = g->value.per_model[i].numbers[0];
+                return g->value.per_model[i].n_numbers > 1 ? SOURCE_GRADIENT : SOURCE_RECIPE;
+            }
+    *v = default_value(a, f->spec, f->model);
+    return SOURCE_DEFAULT;
+}
+
+/* The range of values in effect over the layer tensors, and how many
+ * layers differ from `base` (overrides or a gradient). */
+static int layers_differing(const struct ui_app *a, const struct field *f, double base, double *lo, double *hi)
+{
+    int n_diff = 0, last = -1;
+    bool layer_differs = false;
+    *lo = INFINITY;
+    *hi = -INFINITY;
+    for (size_t i = 0; i < ws_n_tensors(a->ws); i++) {
+        const struct ws_tensor *t = ws_tensor(a->ws, i);
+        if (t->info.layer < 0 || (t->info.group != TN_GROUP_ATTN && t->info.group != TN_GROUP_MLP))
+            continue;
+        if (t->info.layer != last) {
+            n_diff += layer_differs;
+            layer_differs = false;
+            last = t->info.layer;
+        }
+        struct merge_tensor_params p;
+        ws_tensor_params(a->ws, i, &p);
+        double v = tune_param_value(&p, f->spec->id, f->model);
+        if (v == base)
+            continue;
+        *lo = v < *lo ? v : *lo;
+        *hi = v > *hi ? v : *hi;
+        layer_differs = true;
+    }
+    return n_diff + layer_differs;
+}
+
+/* "0.4" and "(recipe)", "1" and "(default)", "0.4" and "(recipe: density;
+ * override: 0.4 .. 0.6 on 2 layers)": the value in effect and where it
+ * comes from. */
+static void field_value(const struct ui_app *a, const struct field *f, char *val, size_t vs, char *src,
+                        size_t ss)
+{
+    double v;
+    enum value_source from = base_value(a, f, &v);
+    if (f->spec->kind == MERGE_PARAM_KIND_BOOL)
+        snprintf(val, vs, "%s", v != 0 ? "true" : "false");
+    else if (f->spec->kind == MERGE_PARAM_KIND_CHOICE)
+        snprintf(val, vs, "%s", f->spec->choices[(int)v]);
+    else
+        lm_format_number(v, val, vs);
+    static const char *const names[] = { "default", "recipe", "recipe: its own entry", "gradient" };
+    const char *why = names[from];
+    char global[64];
+    if (f->kind == FIELD_MODEL && from == SOURCE_RECIPE) {
+        snprintf(global, sizeof(global), "recipe: the global %s", f->spec->name);
+        why = global;
+    }
+    size_t n = (size_t)snprintf(src, ss, "(%s", why);
+    bool per_layer = f->spec->kind == MERGE_PARAM_KIND_NUMBER || f->spec->kind == MERGE_PARAM_KIND_INT;
+    if (per_layer && (f->kind == FIELD_MODEL || !f->spec->per_model)) {
+        double lo, hi;
+        int k = layers_differing(a, f, v, &lo, &hi);
+        if (k > 0 && n < ss) {
+            char l[LM_NUMBER_MAX], h[LM_NUMBER_MAX];
+            lm_format_number(lo, l, sizeof(l));
+            lm_format_number(hi, h, sizeof(h));
+            snprintf(src + n, ss - n, "; %s %s%s%s on %d layer%s", from == SOURCE_GRADIENT ? "gradient"
+                     : "override", l, lo < hi ? " .. " : "", lo < hi ? h : "", k, k == 1 ? "" : "s");
+            n = strlen(src);
+        }
+    }
+    if (n < ss)
+        snprintf(src + n, ss - n, ")");
+}
+
 static void field_text(const struct ui_app *a, const struct field *f, char *name, size_t ns, char *val, size_t vs)
 {
     const struct recipe *r = ws_recipe(a->ws);
@@ -156,18 +269,9 @@ static void field_text(const struct ui_app *a, const struct field *f, char *name
             snprintf(name, ns, "%s", f->spec->name);
         else
             snprintf(name, ns, "%s.%s", ws_model(a->ws, f->model)->name, f->spec->name);
-        const struct recipe_param *p = field_param(a, f);
-        if (p) {
-            value_text(&p->value, val, vs);
-        } else {
-            double d = default_value(a, f->spec, f->model);
-            if (f->spec->kind == MERGE_PARAM_KIND_BOOL)
-                snprintf(val, vs, "%s (default)", d != 0 ? "true" : "false");
-            else if (f->spec->kind == MERGE_PARAM_KIND_CHOICE)
-                snprintf(val, vs, "%s (default)", f->spec->choices[(int)d]);
-            else
-                snprintf(val, vs, "%g (default)", d);
-        }
+        char v[64], src[192];
+        field_value(a, f, v, sizeof(v), src, sizeof(src));
+        snprintf(val, vs, "%-8s %s", v, src);
         return;
     }
     case FIELD_OVERRIDE: {
@@ -200,14 +304,14 @@ static void field_text(const struct ui_app *a, const struct field *f, char *name
 void screen_recipe_value_text(const struct ui_app *a, char *buf, size_t size)
 {
     struct field f;
-    char name[64];
+    char src[192];
     buf[0] = '\0';
     if (!current_field(a, &f) || f.kind == FIELD_OVERRIDE)
         return;
-    field_text(a, &f, name, sizeof(name), buf, size);
-    char *d = strstr(buf, " (default)");
-    if (d)
-        *d = '\0';
+    if (f.kind == FIELD_METHOD)
+        snprintf(buf, size, "%s", ws_recipe(a->ws)->method);
+    else
+        field_value(a, &f, buf, size, src, sizeof(src));
 }
 
 static int apply_edit(struct ui_app *a, struct recipe *r, int rc)
@@ -222,6 +326,7 @@ static int apply_edit(struct ui_app *a, struct recipe *r, int rc)
 
 static int set_field_number(struct ui_app *a, const struct field *f, double v)
 {
+    bool weight = f->spec->id == MERGE_PARAM_WEIGHT;
     struct recipe *r = recipe_clone(ws_recipe(a->ws));
     if (!r)
         return UI_REACT_NONE;
@@ -244,7 +349,10 @@ static int set_field_number(struct ui_app *a, const struct field *f, double v)
         }
     } else
         rc = tune_set_global(r, f->spec->name, f->kind == FIELD_MODEL ? ws_model(a->ws, f->model)->name : NULL, v);
-    return apply_edit(a, r, rc);
+    int react = apply_edit(a, r, rc);
+    if (weight && ui_weight_note(a))
+        ui_status(a, false, "weight %s", ui_weight_note(a));
+    return react;
 }
 
 int screen_recipe_adjust(struct ui_app *a, int dir)
@@ -276,21 +384,8 @@ int screen_recipe_adjust(struct ui_app *a, int dir)
         }
         return UI_REACT_NONE;
     }
-    const struct recipe_param *p = field_param(a, &f);
-    double v;
-    if (p && (p->value.kind == RECIPE_VALUE_NUMBER))
-        v = p->value.numbers[0];
-    else if (p && p->value.kind == RECIPE_VALUE_BOOL)
-        v = p->value.boolean;
-    else if (p && p->value.kind == RECIPE_VALUE_STRING && f.spec->choices) {
-        v = 0;
-        for (int i = 0; f.spec->choices[i]; i++)
-            if (strcmp(f.spec->choices[i], p->value.string) == 0)
-                v = i;
-    } else if (p && p->value.kind == RECIPE_VALUE_LIST) {
-        v = p->value.numbers[0];
-    } else
-        v = default_value(a, f.spec, f.model);
+    double v;   /* steps start from the value in effect, wherever it comes from */
+    base_value(a, &f, &v);
     if (f.spec->kind == MERGE_PARAM_KIND_BOOL)
         v = v != 0 ? 0 : 1;
     else if (f.spec->kind == MERGE_PARAM_KIND_CHOICE) {
@@ -299,8 +394,7 @@ int screen_recipe_adjust(struct ui_app *a, int dir)
             nc++;
         v = (double)(((int)v + (dir > 0 ? 1 : nc - 1)) % nc);
     } else {
-        v = round((v + dir * tune_param_step(f.spec)) * 1e6) / 1e6;
-        v = v < f.spec->min ? f.spec->min : v > f.spec->max ? f.spec->max : v;
+        v = tune_step_value(f.spec, v, dir);
     }
     return set_field_number(a, &f, v);
 }

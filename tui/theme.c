@@ -94,10 +94,13 @@ static void set_role(int role, int fg, int bg, int fg8, int bg8, unsigned attrs,
 
 void theme_init(bool want_color)
 {
-    use_color = want_color && has_colors() && COLOR_PAIRS > UI_ROLE_COUNT;
-    if (use_color) {
-        start_color();
-        use_default_colors();
+    /* COLORS and COLOR_PAIRS are 0 until start_color() has run: ask the
+     * terminal first, then judge what it offers. */
+    use_color = false;
+    if (want_color && has_colors() && start_color() == OK) {
+        use_color = COLOR_PAIRS > UI_ROLE_COUNT && COLORS >= 8;
+        if (use_color)
+            use_default_colors();
     }
     for (int r = 0; r < UI_ROLE_COUNT; r++)
         set_role(r, role_defs[r].fg, role_defs[r].bg, -2, -2, role_defs[r].attrs, role_defs[r].mono);
@@ -221,9 +224,11 @@ int theme_setup(const char *name, bool color_ok)
     bool builtin_mono = name && strcmp(name, "mono") == 0;
     bool builtin_dark = !name || strcmp(name, "dark") == 0 || strcmp(name, "default") == 0;
     theme_init(color_ok && !builtin_mono);
-    if (!name)
+    if (!theme_has_color() && !name)
         return 0;
-    char *path = theme_find(name);
+    /* No name: themes/default.json when it is installed (its 256-colour
+     * palette), else the built-in table, which has the same roles. */
+    char *path = theme_find(name ? name : "default");
     if (!path)
         return builtin_dark || builtin_mono ? 0 : LM_EIO;   /* built-ins need no file */
     struct theme_file *t = theme_file_load(path);

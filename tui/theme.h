@@ -38,7 +38,14 @@
     R(PREVIEW_INFO,  "preview_info",   2,  -1, 0,                          THEME_ATTR_DIM)      \
     R(LOG_WARN,      "log_warn",       3,  -1, 0,                          THEME_ATTR_BOLD)     \
     R(LOG_ERROR,     "log_error",      1,  -1, THEME_ATTR_BOLD,            THEME_ATTR_REVERSE)  \
-    R(HELP_KEY,      "help_key",       3,  -1, THEME_ATTR_BOLD,            THEME_ATTR_BOLD)
+    R(HELP_KEY,      "help_key",       3,  -1, THEME_ATTR_BOLD,            THEME_ATTR_BOLD)     \
+    R(SERIES1,       "series1",        6,  -1, THEME_ATTR_BOLD,            THEME_ATTR_BOLD)     \
+    R(SERIES2,       "series2",        3,  -1, THEME_ATTR_BOLD,            0)                   \
+    R(SERIES3,       "series3",        2,  -1, 0,                          THEME_ATTR_UNDERLINE) \
+    R(SERIES4,       "series4",        5,  -1, 0,                          THEME_ATTR_DIM)      \
+    R(SERIES5,       "series5",        4,  -1, THEME_ATTR_BOLD,            THEME_ATTR_REVERSE)  \
+    R(SERIES6,       "series6",        1,  -1, 0,                          THEME_ATTR_BOLD | THEME_ATTR_UNDERLINE) \
+    R(SERIES7,       "series7",        7,  -1, 0,                          0)
 
 enum ui_role {
 #define R(name, json, fg, bg, attrs, mono) UI_ROLE_##name,
@@ -73,10 +80,11 @@ int theme_attr(enum ui_role role);
  * with an error listing where it looked. */
 char *theme_find(const char *name);
 
-/* Everything at once: the built-in theme (mono when `color_ok` is false or
- * NAME is "mono"), then NAME's file over it. NULL NAME: the built-in dark
- * theme. "dark"/"default" and "mono" work without their files. 0 or an
- * error (the built-in theme stays in place). */
+/* Everything at once: the built-in theme (mono when `color_ok` is false,
+ * the terminal has no colours, or NAME is "mono"), then NAME's file over
+ * it. NULL NAME: themes/default.json where it is found, else the built-in
+ * dark theme. "dark"/"default" and "mono" work without their files. 0 or
+ * an error (the built-in theme stays in place). */
 int theme_setup(const char *name, bool color_ok);
 
 /* The nearest of the 8 basic colours to a 256-palette colour. */

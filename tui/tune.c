@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "lm_error.h"
+#include "numfmt.h"
 
 /* ===== Parameter lists ===== */
 
@@ -279,6 +280,7 @@ int tune_set_layers(struct recipe *r, int first, int last, int n_layers,
     }
     for (int l = first; l <= last; l++) {
         double v = last == first ? v0 : v0 + (v1 - v0) * (double)(l - first) / (double)(last - first);
+        v = lm_round_decimals(v, 12);   /* 0.2 .. 0.8 gives 0.6, not 0.6000000000000001 */
         int rc = append_override(r, l, l, t, v);
         if (rc)
             return rc;
@@ -311,6 +313,13 @@ double tune_param_value(const struct merge_tensor_params *p, enum merge_param_id
     case MERGE_PARAM_COUNT: break;
     }
     return 0;
+}
+
+double tune_step_value(const struct merge_param_spec *s, double current, int dir)
+{
+    double step = tune_param_step(s);
+    double v = lm_round_decimals(current + dir * step, lm_decimals_of(step));
+    return v < s->min ? s->min : v > s->max ? s->max : v;
 }
 
 double tune_param_step(const struct merge_param_spec *s)

@@ -56,6 +56,11 @@ bool tune_override_has_layer(const struct recipe_override *o, int layer);
  * per-model ones; -1 = the first). */
 double tune_param_value(const struct merge_tensor_params *p, enum merge_param_id id, int model);
 
+/* `current` stepped by one arrow-key step in direction `dir` (+1/-1),
+ * snapped to the step's decimal grid (0.4 + 0.05 is exactly 0.45) and
+ * clamped to the spec's range. */
+double tune_step_value(const struct merge_param_spec *s, double current, int dir);
+
 /* A sensible arrow-key step for a parameter spec. */
 double tune_param_step(const struct merge_param_spec *s);
 
