@@ -34,7 +34,7 @@ PY
 }
 
 check "one model: --plot writes the SVG and says so" \
-    bash -c "run 0 '$ms' stats --base '$m/base' --model '$m/long' --plot '$tmp/one.svg' --threads 1 && err_has 'wrote $tmp/one.svg (5 panels over 3 layers)'"
+    bash -c "run 0 '$ms' stats --density 0.5 --base '$m/base' --model '$m/long' --plot '$tmp/one.svg' --threads 1 && err_has 'wrote $tmp/one.svg (5 panels over 3 layers)'"
 check "... nothing goes to stdout" bash -c "[ ! -s '$tmp/out' ]"
 check "... it parses as XML, one panel per statistic, one polyline per module, a point per layer" \
     same "$(svg_shape "$tmp/one.svg")" \
@@ -45,26 +45,26 @@ check "... and it has axes with tick labels for each layer" \
     bash -c "grep -q '>layer</text>' '$tmp/one.svg' && grep -q 'class=\"tick\">2</text>' '$tmp/one.svg'"
 
 check "two models: per-model panels have a line per module and model, pair panels per module" \
-    bash -c "run 0 '$ms' stats --base '$m/base' --model '$m/quick' --model '$m/long' --plot '$tmp/two.svg' --threads 1"
+    bash -c "run 0 '$ms' stats --density 0.5 --base '$m/base' --model '$m/quick' --model '$m/long' --plot '$tmp/two.svg' --threads 1"
 check "... eight panels with the right polylines" same "$(svg_shape "$tmp/two.svg" | sed 's/|[^ ]*//g')" \
     "norm:4:3 rel:4:3 topk:4:3 cos:2:3 conflict:2:3 ties_conflict:2:3 sign_flip:2:3 merged_rel:2:3"
 check "... a pair panel names the pair" grep -q '>cos (quick x long)</text>' "$tmp/two.svg"
 
 check "--plot-by projection: a line per projection in the forward pass's order" \
-    bash -c "run 0 '$ms' stats --base '$m/base' --model '$m/long' --plot '$tmp/proj.svg' --plot-by projection --threads 1"
+    bash -c "run 0 '$ms' stats --density 0.5 --base '$m/base' --model '$m/long' --plot '$tmp/proj.svg' --plot-by projection --threads 1"
 check "... q_proj first, down_proj last" bash -c "
     '$py' -c \"import sys,xml.etree.ElementTree as E; r=E.parse('$tmp/proj.svg').getroot(); ns={'s':'http://www.w3.org/2000/svg'}; g=r.find('s:g', ns); print(','.join(l.get('data-series') for l in g.findall('s:polyline', ns)))\" >'$tmp/names'
     same \"\$(cat '$tmp/names')\" 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj'"
 
 # The output policy: an input is refused before any work, a file replaced.
 check "--plot into an input model directory is refused with exit 3" \
-    bash -c "run 3 '$ms' stats --base '$m/base' --model '$m/long' --plot '$m/long/x.svg' && err_has 'lies inside the input'"
+    bash -c "run 3 '$ms' stats --density 0.5 --base '$m/base' --model '$m/long' --plot '$m/long/x.svg' && err_has 'lies inside the input'"
 check "... and writes nothing there" bash -c "[ ! -e '$m/long/x.svg' ]"
 echo "old" > "$tmp/old.svg"
 check "an existing file is replaced whole" \
-    bash -c "run 0 '$ms' stats --base '$m/base' --model '$m/long' --plot '$tmp/old.svg' && head -1 '$tmp/old.svg' | grep -q '<?xml' && ! grep -q '^old' '$tmp/old.svg'"
+    bash -c "run 0 '$ms' stats --density 0.5 --base '$m/base' --model '$m/long' --plot '$tmp/old.svg' && head -1 '$tmp/old.svg' | grep -q '<?xml' && ! grep -q '^old' '$tmp/old.svg'"
 check "... leaving no temporary file beside it" bash -c "[ \$(ls '$tmp' | grep -c old) = 1 ]"
 check "--plot-by takes module or projection only" \
-    bash -c "run 2 '$ms' stats --base '$m/base' --model '$m/long' --plot '$tmp/z.svg' --plot-by layer"
+    bash -c "run 2 '$ms' stats --density 0.5 --base '$m/base' --model '$m/long' --plot '$tmp/z.svg' --plot-by layer"
 check "stats --help documents --plot" bash -c "run 0 '$ms' stats --help && out_has '--plot FILE.svg' && out_has '--plot-by'"
 report
