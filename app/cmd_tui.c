@@ -31,6 +31,10 @@ static const char tui_usage[] =
     "  --theme NAME        dark (default), light, high-contrast, mono, or a .json file\n"
     "  --threads N         worker threads (default: one per CPU)\n"
     "  --ascii             ASCII bars even on UTF-8 terminals\n"
+    "  --preview-dtype D   how previews hold the merged model: out (exactly what `w`\n"
+    "                      writes), bf16, q8 (8-bit, about 1.06 bytes a weight) or\n"
+    "                      auto (default: the first of those that fits in memory;\n"
+    "                      the header says when it is not exact)\n"
     "  --max-frames N      exit after drawing N frames (for scripts)\n"
     "  -h, --help          this help\n"
     "\n"
@@ -46,6 +50,7 @@ int cmd_tui(int argc, char **argv)
         { "threads", required_argument, NULL, 't' },
         { "max-frames", required_argument, NULL, 'F' },
         { "ascii", no_argument, NULL, 'a' },
+        { "preview-dtype", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -70,6 +75,7 @@ int cmd_tui(int argc, char **argv)
             rc = cli_parse_long_option(NULL, "--max-frames", optarg, 1, 1000000000L, &opt.max_frames);
             break;
         case 'a': opt.ascii = true; break;
+        case 'D': rc = cli_parse_preview_dtype(NULL, optarg, &opt.preview_dtype); break;
         default: return cli_usage_error(NULL, "bad option");
         }
         if (rc)

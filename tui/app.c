@@ -332,13 +332,17 @@ static void short_value(const struct recipe_value *v, char *buf, size_t size)
 }
 
 /* The models as the recipe names them, with their folders ("base
- * demo/quick  long demo/long"), the method and its global parameters. */
+ * demo/quick  long demo/long"), the method and its global parameters;
+ * first, the form previews hold the merged model in when it is not the
+ * exact output ("preview q8"). */
 void ui_draw_header(struct ui_app *a, int w)
 {
     const struct recipe *r = ws_recipe(a->ws);
     char line[1024], dir[512];
     display_dir(ws_model(a->ws, -1)->dir, dir, sizeof(dir));
-    int n = snprintf(line, sizeof(line), " mergescope%s | base %s", ui_unsaved(a) ? " [modified]" : "", dir);
+    int n = snprintf(line, sizeof(line), " mergescope%s%s%s | base %s", ui_unsaved(a) ? " [modified]" : "",
+                     ws_preview_exact(a->ws) ? "" : " | preview ",
+                     ws_preview_exact(a->ws) ? "" : ws_preview_dtype_name(ws_get_preview_dtype(a->ws)), dir);
     for (int i = 0; i < ws_n_models(a->ws) && n < (int)sizeof(line) - 40; i++) {
         display_dir(ws_model(a->ws, i)->dir, dir, sizeof(dir));
         n += snprintf(line + n, sizeof(line) - (size_t)n, " | %s %s", ws_model(a->ws, i)->name, dir);
@@ -598,6 +602,7 @@ int tui_run(const struct recipe *r, const struct tui_options *opt)
         fprintf(stderr, "mergescope: error: %s\n", msg);
         return 3;
     }
+    ws_set_preview_dtype(a->ws, (enum ws_preview_dtype)opt->preview_dtype);
     a->saved = recipe_clone(ws_recipe(a->ws));
     a->save_path = opt->recipe_path ? lm_strdup(opt->recipe_path) : NULL;
     set_recovery_path(a);

@@ -85,15 +85,24 @@ static void draw_wrapped(WINDOW *w, int y0, int x0, int h, int width, const char
     }
 }
 
+/* What the merged model runs from: "exact" (the bytes `w` writes), or the
+ * preview form ("bf16", "q8 8-bit") when it differs. */
+static const char *preview_weights(const struct ui_app *a)
+{
+    if (ws_preview_exact(a->ws))
+        return "exact";
+    return ws_get_preview_dtype(a->ws) == WS_PREVIEW_Q8 ? "q8 8-bit" : "bf16";
+}
+
 void screen_preview_draw(struct ui_app *a, int y0, int h, int w)
 {
     if (a->prompt_focus)
         draw_text(a->win, y0, 0, w, UI_ROLE_TITLE,
                   " Typing the prompt: Enter runs it, Esc leaves the prompt (keys are commands again)");
     else
-        draw_textf(a->win, y0, 0, w, UI_ROLE_TITLE, " Preview%s: e or Enter types a prompt, c %s compare, "
-                   "Esc stops a run, q goes back", a->preview.compare ? " (compare)" : "",
-                   a->preview.compare ? "ends" : "starts");
+        draw_textf(a->win, y0, 0, w, UI_ROLE_TITLE, " Preview%s, %s weights: e or Enter types a prompt, "
+                   "c %s compare, Esc stops a run, q goes back", a->preview.compare ? " (compare)" : "",
+                   preview_weights(a), a->preview.compare ? "ends" : "starts");
     if (a->prompt_focus) {
         /* drawn last by ui_draw so that the cursor lands there */
         draw_fill(a->win, y0 + 1, 0, w, UI_ROLE_NORMAL);

@@ -12,6 +12,8 @@ struct tui_options {
     long max_frames;          /* > 0: exit after this many frames (scripted runs) */
     const char *recipe_path;  /* where the recipe came from (default save path), or NULL */
     bool ascii;               /* ASCII bars and marks even on UTF-8 terminals */
+    int preview_dtype;        /* enum ws_preview_dtype for the merged model previews run;
+                                 0 (auto): the output's bytes when they fit in memory */
 };
 
 /* Opens the models `r` names and runs the workbench until the user quits.
