@@ -12,6 +12,7 @@
 
 static const char merge_usage[] =
     "usage: mergescope merge RECIPE -o OUTDIR [options]\n"
+    "       mergescope merge RECIPE -o FILE.gguf [--format gguf] [--dtype bf16|f16|f32|q8_0]\n"
     "\n"
     "Merges the models RECIPE names and writes a Hugging Face model directory:\n"
     "safetensors weights (sharded above the shard size, with an index), config.json\n"
@@ -21,13 +22,27 @@ static const char merge_usage[] =
     "a failed or cancelled merge (Ctrl-C) leaves OUTDIR as it was. The same recipe\n"
     "gives the same bytes whatever the thread count.\n"
     "\n"
+    "With --format gguf (the default when the output name ends in .gguf) it writes\n"
+    "one GGUF file that llama.cpp loads and runs (architectures qwen2, llama, qwen3):\n"
+    "llama.cpp's tensor names and hyperparameter keys, the tokenizer (tokens, merges,\n"
+    "token types, special token ids, pre-tokenizer, chat template) from\n"
+    "output.tokenizer_from, and the recipe as the key mergescope.recipe. Matrices\n"
+    "take the dtype (q8_0: llama.cpp's Q8_0 blocks; F16 for rows that do not split\n"
+    "into groups of 32); norms and biases are F32, as llama.cpp's converter writes\n"
+    "them. Streamed and staged like the directory output.\n"
+    "\n"
     "Recipes with method aim or sens run their calibration passes first (their\n"
     "cost is printed before they start; results are cached on disk): see\n"
     "'mergescope calibrate --help'.\n"
     "\n"
     "Options:\n"
-    "  -o, --output DIR       output directory (created if missing)\n"
-    "  --dtype bf16|f16|f32   output dtype (default: output.dtype, else the base's)\n"
+    "  -o, --output DIR       output directory (created if missing), or FILE.gguf\n"
+    "  --format safetensors|gguf\n"
+    "                         what to write (default: gguf when the output ends in\n"
+    "                         .gguf, else safetensors)\n"
+    "  --dtype bf16|f16|f32|q8_0\n"
+    "                         output dtype (default: output.dtype, else the base's;\n"
+    "                         q8_0 with --format gguf only)\n"
     "  --shard-size SIZE      largest shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
     "  --threads N            worker threads (default: one per CPU)\n"
     "  --force                write into a non-empty directory that is not a previous\n"
@@ -40,6 +55,7 @@ int cmd_merge(int argc, char **argv)
     static const struct option options[] = {
         { "output", required_argument, NULL, 'o' },
         { "dtype", required_argument, NULL, 'd' },
+        { "format", required_argument, NULL, 'f' },
         { "shard-size", required_argument, NULL, 's' },
         { "threads", required_argument, NULL, 't' },
         { "verbose", no_argument, NULL, 'v' },
@@ -52,6 +68,7 @@ int cmd_merge(int argc, char **argv)
     struct ws_write_params wp = ws_default_write_params();
     int c, rc;
     bool verbose = false;
+    int format = -1;
     if (cli_help_asked(argc, argv, "o:hv", options, merge_usage))
         return CLI_EXIT_OK;
     while ((c = getopt_long(argc, argv, "o:hv", options, NULL)) != -1) {
@@ -63,9 +80,18 @@ int cmd_merge(int argc, char **argv)
                 return rc;
             break;
         case 'd':
-            wp.out_dtype = lm_dtype_from_user_name(optarg);
+            wp.out_dtype = strcmp(optarg, "q8_0") == 0 || strcmp(optarg, "Q8_0") == 0
+                           ? (int)LM_DTYPE_Q8_0 : lm_dtype_from_user_name(optarg);
             if (wp.out_dtype < 0)
-                return cli_usage_error("merge", "--dtype must be bf16, f16 or f32");
+                return cli_usage_error("merge", "--dtype must be bf16, f16, f32 or q8_0");
+            break;
+        case 'f':
+            if (strcmp(optarg, "safetensors") == 0)
+                format = WS_FORMAT_SAFETENSORS;
+            else if (strcmp(optarg, "gguf") == 0)
+                format = WS_FORMAT_GGUF;
+            else
+                return cli_usage_error("merge", "--format must be safetensors or gguf");
             break;
         case 's':
             if (lm_parse_size(optarg, &wp.shard_size) != 0 || wp.shard_size == 0)
@@ -82,6 +108,13 @@ int cmd_merge(int argc, char **argv)
         return cli_usage_error("merge", "expected exactly one RECIPE");
     if (!out)
         return cli_usage_error("merge", "missing -o OUTDIR");
+    if (format < 0) {
+        size_t n = strlen(out);
+        format = n > 5 && strcmp(out + n - 5, ".gguf") == 0 ? WS_FORMAT_GGUF : WS_FORMAT_SAFETENSORS;
+    }
+    wp.format = (enum ws_format)format;
+    if (wp.format != WS_FORMAT_GGUF && wp.out_dtype == LM_DTYPE_Q8_0)
+        return cli_usage_error("merge", "--dtype q8_0 needs --format gguf");
 
     struct recipe *r = cli_load_recipe(argv[optind]);
     if (!r)

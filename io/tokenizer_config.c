@@ -119,9 +119,36 @@ static int get_token(const cJSON *root, const char *path, const char *key, char 
     return take_string(content, path, where, out);
 }
 
-int tokenizer_config_parse(const char *text, size_t len, const char *path, struct tokenizer_config *c)
+/* "add_bos_token" / "add_eos_token": 1 or 0 for a boolean, else -1 (as
+ * llama.cpp's converter, which takes only booleans and ignores the rest). */
+static void get_flag(const cJSON *root, const char *key, int *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    *out = cJSON_IsBool(v) ? (cJSON_IsTrue(v) ? 1 : 0) : -1;
+}
+
+/* "pad_token" / "unk_token": read as get_token does, but a value of
+ * another type leaves the field NULL instead of failing (files in the wild
+ * hold ids or lists there, and nothing else depends on them). */
+static int get_token_lenient(const cJSON *root, const char *path, const char *key, char **out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    const cJSON *content = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, "content") : v;
+    if (!cJSON_IsString(content))
+        return 0;
+    return take_string(content, path, key, out);
+}
+
+static void config_clear(struct tokenizer_config *c)
 {
     memset(c, 0, sizeof(*c));
+    c->add_bos_token = -1;
+    c->add_eos_token = -1;
+}
+
+int tokenizer_config_parse(const char *text, size_t len, const char *path, struct tokenizer_config *c)
+{
+    config_clear(c);
     cJSON *root = parse_object(text, len, path);
     if (!root)
         return LM_EFORMAT;
@@ -129,8 +156,12 @@ int tokenizer_config_parse(const char *text, size_t len, const char *path, struc
     if (!(c->path = lm_strdup(path)))
         rc = LM_ENOMEM;
     if (!rc && !(rc = get_chat_template(root, path, &c->chat_template)) &&
-        !(rc = get_token(root, path, "bos_token", &c->bos_token)))
-        rc = get_token(root, path, "eos_token", &c->eos_token);
+        !(rc = get_token(root, path, "bos_token", &c->bos_token)) &&
+        !(rc = get_token(root, path, "eos_token", &c->eos_token)) &&
+        !(rc = get_token_lenient(root, path, "pad_token", &c->pad_token)))
+        rc = get_token_lenient(root, path, "unk_token", &c->unk_token);
+    get_flag(root, "add_bos_token", &c->add_bos_token);
+    get_flag(root, "add_eos_token", &c->add_eos_token);
     cJSON_Delete(root);
     if (rc) {
         tokenizer_config_deinit(c);
@@ -142,7 +173,7 @@ int tokenizer_config_parse(const char *text, size_t len, const char *path, struc
 
 int tokenizer_config_load(const char *path, struct tokenizer_config *c)
 {
-    memset(c, 0, sizeof(*c));
+    config_clear(c);
     if (!lm_is_file(path))
         return (c->path = lm_strdup(path)) ? 0 : LM_ENOMEM;
     size_t len;
@@ -162,5 +193,7 @@ void tokenizer_config_deinit(struct tokenizer_config *c)
     free(c->chat_template);
     free(c->bos_token);
     free(c->eos_token);
-    memset(c, 0, sizeof(*c));
+    free(c->pad_token);
+    free(c->unk_token);
+    config_clear(c);
 }

@@ -8,8 +8,8 @@
  * lm_last_error(). A missing file is not an error: load gives 0 with
  * `present` false and every field NULL. Keys not listed below are ignored
  * whatever they hold; a key that is absent or null leaves its field NULL.
- * On error the struct is left empty; tokenizer_config_deinit() is safe on it
- * either way. */
+ * On error the struct is left empty (add_*_token -1); tokenizer_config_deinit()
+ * is safe on it either way. */
 #ifndef MS_IO_TOKENIZER_CONFIG_H
 #define MS_IO_TOKENIZER_CONFIG_H
 
@@ -28,6 +28,14 @@ struct tokenizer_config {
      * taken. */
     char *bos_token;
     char *eos_token;
+    /* "pad_token" / "unk_token": the same forms; any other value (an id,
+     * a list) is ignored, not an error. */
+    char *pad_token;
+    char *unk_token;
+    /* "add_bos_token" / "add_eos_token": 1 or 0 when the key holds a
+     * boolean, else -1 (absent, null or another type: ignored). */
+    int   add_bos_token;
+    int   add_eos_token;
 };
 
 /* Reads `path`; a missing file gives 0 with `present` false. Files over

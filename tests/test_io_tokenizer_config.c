@@ -105,6 +105,18 @@ static void test_values(void)
     rc = parse("{\"pad_token\": 5, \"unk_token\": [1], \"additional_special_tokens\": {\"a\": \"\\u00e9\"},"
                " \"eos_token\": \"</s>\"}", &c);
     TEST_COND("other keys are not checked", rc == 0 && str_is(c.eos_token, "</s>"));
+    TEST_COND("a pad_token id and an unk_token list are ignored", !c.pad_token && !c.unk_token);
+    tokenizer_config_deinit(&c);
+
+    /* What the GGUF writer takes besides: pad/unk strings, add_*_token. */
+    rc = parse("{\"pad_token\": {\"__type\": \"AddedToken\", \"content\": \"<pad>\"}, \"unk_token\": \"<unk>\","
+               " \"add_bos_token\": true, \"add_eos_token\": \"yes\"}", &c);
+    TEST_COND("pad_token from an AddedToken, unk_token from a string", rc == 0 && str_is(c.pad_token, "<pad>") &&
+              str_is(c.unk_token, "<unk>"));
+    TEST_COND("add_bos_token true: 1; add_eos_token not a boolean: -1", c.add_bos_token == 1 && c.add_eos_token == -1);
+    tokenizer_config_deinit(&c);
+    rc = parse("{\"add_eos_token\": false}", &c);
+    TEST_COND("add_eos_token false: 0; add_bos_token absent: -1", rc == 0 && c.add_eos_token == 0 && c.add_bos_token == -1);
     tokenizer_config_deinit(&c);
 }
 

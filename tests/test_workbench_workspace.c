@@ -260,6 +260,46 @@ int main(void)
     free(before);
     free(after);
 
+    /* GGUF: one file; Q8_0 asked for, but rows of 8 and 16 values do not
+     * split into groups of 32, so the matrices are F16 (as llama.cpp's
+     * converter does); a cancelled rewrite leaves the file as it was. */
+    static const char tok[] =
+        "{\"added_tokens\": [{\"id\": 27, \"content\": \"<|endoftext|>\", \"special\": true}],"
+        " \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\":"
+        " {\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}|"
+        " ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"},"
+        " \"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", \"use_regex\": false}]},"
+        " \"decoder\": {\"type\": \"ByteLevel\"},"
+        " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]}}";
+    snprintf(path2, sizeof(path2), "%s/quick/tokenizer.json", root);
+    TEST_COND("tokenizer.json for the GGUF output", lm_write_file_atomic(path2, tok, sizeof(tok) - 1) == 0);
+    snprintf(path1, sizeof(path1), "%s/m.gguf", root);
+    wp = ws_default_write_params();
+    wp.out_dtype = LM_DTYPE_Q8_0;
+    TEST_COND("Q8_0 into safetensors is refused", ws_write(ws, out1, wp, NULL, NULL) == LM_EINVAL);
+    wp.format = WS_FORMAT_GGUF;
+    rc = ws_write(ws, path1, wp, NULL, NULL);
+    TEST_COND("GGUF written", rc == 0);
+    if (rc)
+        printf("      %s\n", lm_last_error());
+    size_t glen = 0;
+    unsigned char *g = slurp(path1, &glen);
+    TEST_COND("it starts with GGUF, version 3", g && glen > 8 && memcmp(g, "GGUF\3\0\0\0", 8) == 0);
+    /* the tensor info after the name: n_dims 2, ne [8, 8], type */
+    static const char qname[] = "\x13\0\0\0\0\0\0\0" "blk.0.attn_q.weight";
+    unsigned char *at = g ? memmem(g, glen, qname, sizeof(qname) - 1) : NULL;
+    at = at ? at + sizeof(qname) - 1 : NULL;
+    TEST_COND("blk.0.attn_q.weight: 2 dims of 8, F16 (type 1)",
+              at && at[0] == 2 && at[4] == 8 && at[12] == 8 && at[20] == 1 && at[21] == 0);
+    rc = ws_write(ws, path1, wp, cancel_at_half, NULL);
+    size_t glen2 = 0;
+    unsigned char *g2 = slurp(path1, &glen2);
+    TEST_COND("a cancelled GGUF rewrite reports LM_ECANCELED", rc == LM_ECANCELED);
+    TEST_COND("  and leaves the file as it was", g && g2 && glen == glen2 && memcmp(g, g2, glen) == 0);
+    TEST_COND("  and no staging directory", no_partial_dirs());
+    free(g);
+    free(g2);
+
     /* Sharded output holds the same tensors as the single file. */
     snprintf(out2, sizeof(out2), "%s/out-sharded", root);
     wp = ws_default_write_params();

@@ -271,9 +271,15 @@ void ws_drop_merged(struct workspace *ws);
  * in memory. `out` is deinitialised with hf_config_deinit. */
 int ws_output_config(const struct workspace *ws, struct hf_config *out);
 
+/* What ws_write produces: a Hugging Face model directory, or one GGUF
+ * file for llama.cpp. */
+enum ws_format { WS_FORMAT_SAFETENSORS, WS_FORMAT_GGUF };
+
 struct ws_write_params {
-    int out_dtype;          /* an enum lm_dtype, or -1: output.dtype, else each base tensor's dtype */
-    uint64_t shard_size;    /* 0: output.shard_size, else 5 GB */
+    enum ws_format format;  /* default WS_FORMAT_SAFETENSORS */
+    int out_dtype;          /* an enum lm_dtype, or -1: output.dtype, else each base tensor's dtype;
+                             * LM_DTYPE_Q8_0 only with WS_FORMAT_GGUF */
+    uint64_t shard_size;    /* 0: output.shard_size, else 5 GB (safetensors only) */
     bool force;             /* write into a non-empty directory that is not a mergescope output */
 };
 struct ws_write_params ws_default_write_params(void);
@@ -292,6 +298,19 @@ struct ws_write_params ws_default_write_params(void);
  * beforehand). Staging directories of killed writers are removed. */
 int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params params,
              lm_progress_fn progress, void *ud);
+
+/* With params.format WS_FORMAT_GGUF, ws_write writes `out_dir` as one GGUF
+ * file that llama.cpp loads (io/gguf_llama.h says what it holds): the
+ * output config's architecture (qwen2, llama or qwen3) and hyperparameters,
+ * the tokenizer of output.tokenizer_from (tokenizer.json,
+ * tokenizer_config.json, chat_template.jinja), the recipe as the string
+ * mergescope.recipe, and the merged tensors under llama.cpp's names in the
+ * dtype asked for (BF16, F16, F32 or Q8_0; norms and biases F32, rounded
+ * through BF16/F16 first when that is the dtype, so that they hold the
+ * values the safetensors output holds). Streamed block by block like the
+ * safetensors output, through a staging directory beside the file, and
+ * renamed into place only when complete; the output policy applies as for
+ * any single-file output. */
 
 /* Non-finite values (NaN, Inf) the last pass over a tensor saw: in each
  * source ([0] = base, [1 + i] = model i) and made by the merge itself (an

@@ -15,6 +15,7 @@
 #include "merge_plan.h"
 #include "workspace.h"
 
+struct gguf_writer;
 struct pool;
 
 /* output.vocab of the recipe: what to do when models disagree about
@@ -88,5 +89,23 @@ void ws_calib_input_deinit(struct calib_input *in);
  * `progress` cancels. Defined in ws_passes.c. */
 int ws_write_weights(struct workspace *ws, const char *staging, enum lm_dtype dtype_all,
                      bool fixed_dtype, uint64_t shard_size, lm_progress_fn progress, void *ud);
+
+/* Where each tensor of the workspace goes in a GGUF file. */
+struct ws_gguf_tensor {
+    int index;              /* the GGUF writer's tensor; -1: not stored */
+    enum lm_dtype dtype;    /* as stored: F32, F16, BF16 or Q8_0 */
+    enum lm_dtype round;    /* F32 tensors: values rounded to this dtype first (F32: as merged) */
+    int perm_heads;         /* rows reordered within this many heads (Llama q/k), 0: HF order */
+};
+
+/* Writes every tensor with plan[i].index >= 0 into the GGUF writer `w`
+ * (after gguf_writer_begin), merged in parallel as ws_write_weights does.
+ * Does not commit. Defined in ws_passes.c. */
+int ws_write_gguf_weights(struct workspace *ws, struct gguf_writer *w,
+                          const struct ws_gguf_tensor *plan, lm_progress_fn progress, void *ud);
+
+/* ws_write for WS_FORMAT_GGUF. Defined in ws_write_gguf.c. */
+int ws_write_gguf(struct workspace *ws, const char *out_file, struct ws_write_params params,
+                  lm_progress_fn progress, void *ud);
 
 #endif

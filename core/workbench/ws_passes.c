@@ -1,7 +1,8 @@
 /* The passes over tensors: merging one tensor, the parallel pass that
  * merges tensors block by block (or whole where the method needs it) into
  * statistics (ws_stats_compute), the merged cache (ws_merge_layer,
- * ws_merge_all) or the safetensors writer (ws_write_weights), the memory
+ * ws_merge_all), the safetensors writer (ws_write_weights) or the GGUF
+ * writer (ws_write_gguf_weights), the memory
  * samples taken on the way, and the count of non-finite values. */
 #include "workspace.h"
 
@@ -15,6 +16,8 @@
 #include "calib.h"
 #include "convert.h"
 #include "fsutil.h"
+#include "gguf.h"
+#include "gguf_llama.h"
 #include "lm_error.h"
 #include "merge_plan.h"
 #include "merge_stream.h"
@@ -121,6 +124,8 @@ struct pass {
     bool stats;              /* stats pass */
     struct st_writer *writer; /* write pass: tensor i is the writer's tensor i */
     bool fixed_dtype;        /* write pass: out_dtype for every tensor, else the base's */
+    struct gguf_writer *gguf; /* GGUF write pass: tensor i goes where gguf_plan[i] says */
+    const struct ws_gguf_tensor *gguf_plan;
 };
 
 static void pass_fail(struct pass *p, int rc)
@@ -277,13 +282,79 @@ static int stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst
 struct sink {
     enum lm_dtype dtype;
     struct st_writer *writer;  /* pwrite as tensor `index` */
+    struct gguf_writer *gguf;  /* or as the GGUF writer's tensor `index` */
     size_t index;
+    enum lm_dtype round;       /* GGUF F32 tensors: rounded to this first */
+    int perm_heads;            /* GGUF: rows reordered within heads (0: none) */
+    uint64_t rows, cols;       /* GGUF: the tensor as a matrix */
     void *bytes;               /* or convert into this whole-tensor buffer */
-    void *conv;                /* MERGE_STREAM_BLOCK elements of dtype (writer) */
+    void *conv;                /* MERGE_STREAM_BLOCK float32s of room (writers) */
 };
+
+static bool sink_writes(const struct sink *k)
+{
+    return k->writer || k->gguf;
+}
+
+/* Entries [e0, e0 + len) of a GGUF tensor: rounded (F32 tensors of a
+ * 16-bit file), converted, and stored row by row where rows move (Llama's
+ * q/k). Blocks start at multiples of MERGE_STREAM_BLOCK, and Q8_0 rows are
+ * multiples of 32 long, so every piece is whole Q8_0 groups. */
+static int sink_put_gguf(struct sink *k, uint64_t e0, size_t len, const float *out)
+{
+    float *conv = k->conv;
+    const float *src = out;
+    if (k->dtype == LM_DTYPE_F32 && k->round != LM_DTYPE_F32) {
+        uint16_t tmp[256];
+        for (size_t o = 0; o < len; o += LM_ARRAY_SIZE(tmp)) {
+            size_t m = LM_MIN(LM_ARRAY_SIZE(tmp), len - o);
+            lm_convert_from_f32(tmp, k->round, out + o, m);
+            lm_convert_to_f32(conv + o, tmp, k->round, m);
+        }
+        src = conv;
+    }
+    if (!k->perm_heads) {
+        const void *data = src;
+        if (k->dtype != LM_DTYPE_F32) {
+            lm_convert_from_f32(conv, k->dtype, src, len);
+            data = conv;
+        }
+        return gguf_writer_pwrite(k->gguf, k->index, lm_dtype_bytes(k->dtype, (size_t)e0), data,
+                                  lm_dtype_bytes(k->dtype, len));
+    }
+    if (k->cols == 1 && e0 == 0 && len == k->rows && k->dtype == LM_DTYPE_F32) {
+        /* a bias: reordered in memory, one write (src may be conv) */
+        float *tmp = lm_malloc_array(len, sizeof(float));
+        if (!tmp)
+            return LM_ENOMEM;
+        for (size_t r = 0; r < len; r++)
+            tmp[gguf_llama_permuted_row(r, k->rows, k->perm_heads)] = src[r];
+        int rc = gguf_writer_pwrite(k->gguf, k->index, 0, tmp, len * sizeof(float));
+        free(tmp);
+        return rc;
+    }
+    int rc = 0;
+    for (uint64_t e = e0; !rc && e < e0 + len;) {
+        uint64_t r = e / k->cols, c0 = e % k->cols;
+        size_t m = (size_t)LM_MIN(k->cols - c0, e0 + len - e);
+        uint64_t dst = gguf_llama_permuted_row(r, k->rows, k->perm_heads) * k->cols + c0;
+        const void *data = src + (e - e0);
+        if (k->dtype != LM_DTYPE_F32) {
+            /* conv may hold src (rounded F32 only, never converted): safe */
+            lm_convert_from_f32(conv, k->dtype, src + (e - e0), m);
+            data = conv;
+        }
+        rc = gguf_writer_pwrite(k->gguf, k->index, lm_dtype_bytes(k->dtype, (size_t)dst), data,
+                                lm_dtype_bytes(k->dtype, m));
+        e += m;
+    }
+    return rc;
+}
 
 static int sink_put(struct sink *k, uint64_t e0, size_t len, const float *out)
 {
+    if (k->gguf)
+        return sink_put_gguf(k, e0, len, out);
     if (k->bytes) {
         lm_convert_from_f32((char *)k->bytes + lm_dtype_bytes(k->dtype, e0), k->dtype, out, len);
         return 0;
@@ -334,7 +405,7 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
     float *out = rc ? NULL : merge_scratch_get(&sc->inputs, WS_MAX_SOURCES, B);
     if (!rc && !out)
         rc = LM_ENOMEM;
-    if (!rc && sink && sink->writer && !(sink->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, B)))
+    if (!rc && sink && sink_writes(sink) && !(sink->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, B)))
         rc = LM_ENOMEM;
     const uint64_t n = t->n_elements;
     struct ws_nonfinite *nf = &ws->nonfinite[i];
@@ -356,7 +427,7 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
         rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
         if (!rc)
             tally_nonfinite(nf, ws->n_sources, in, out, e0, len);
-        if (!rc && nf->created && sink && sink->writer) {
+        if (!rc && nf->created && sink && sink_writes(sink)) {
             rc = refuse_created(ws, i);
             refused = true;
         }
@@ -387,9 +458,9 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
  * a time. */
 static int sink_whole(struct sink *k, struct ws_scratch *sc, const float *out, uint64_t n)
 {
-    if (!k->bytes && !k->writer)
+    if (!k->bytes && !sink_writes(k))
         return 0;
-    if (k->writer && !(k->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, MERGE_STREAM_BLOCK)))
+    if (sink_writes(k) && !(k->conv = merge_scratch_get(&sc->inputs, WS_MAX_SOURCES + 1, MERGE_STREAM_BLOCK)))
         return LM_ENOMEM;
     int rc = 0;
     for (uint64_t e0 = 0; !rc && e0 < n; e0 += MERGE_STREAM_BLOCK)
@@ -432,6 +503,16 @@ static void pass_tensor(void *ud, int64_t k, int worker)
      * the output dtype), or nowhere (statistics). */
     struct sink sk = { .dtype = p->fixed_dtype ? p->out_dtype : t->base_dtype,
                        .writer = p->writer, .index = i };
+    if (p->gguf) {
+        const struct ws_gguf_tensor *g = &p->gguf_plan[i];
+        sk.gguf = p->gguf;
+        sk.index = (size_t)g->index;
+        sk.dtype = g->dtype;
+        sk.round = g->round;
+        sk.perm_heads = g->perm_heads;
+        sk.rows = t->ndim > 0 ? (uint64_t)t->shape[0] : 1;
+        sk.cols = sk.rows ? t->n_elements / sk.rows : 1;
+    }
     if (p->keep_merged) {
         sk.dtype = ws_cache_dtype(ws, i);
         sk.bytes = ws->spare[i] ? ws->spare[i] : lm_malloc(n ? lm_dtype_bytes(sk.dtype, n) : 1);
@@ -461,7 +542,7 @@ static void pass_tensor(void *ud, int64_t k, int worker)
         if (!rc) {
             memset(&ws->nonfinite[i], 0, sizeof(ws->nonfinite[i]));
             tally_nonfinite(&ws->nonfinite[i], ws->n_sources, (float *const *)sc->inputs.buf, out, 0, n);
-            if (ws->nonfinite[i].created && p->writer)
+            if (ws->nonfinite[i].created && (p->writer || p->gguf))
                 rc = refuse_created(ws, i);
         }
         if (!rc && p->stats)
@@ -810,4 +891,27 @@ int ws_write_weights(struct workspace *ws, const char *staging, enum lm_dtype dt
         return rc;
     }
     return st_writer_commit(w);
+}
+
+int ws_write_gguf_weights(struct workspace *ws, struct gguf_writer *w,
+                          const struct ws_gguf_tensor *plan, lm_progress_fn progress, void *ud)
+{
+    size_t *todo = lm_malloc_array(ws->n_tensors ? ws->n_tensors : 1, sizeof(size_t));
+    if (!todo)
+        return LM_ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < ws->n_tensors; i++)
+        if (plan[i].index >= 0)
+            todo[n++] = i;
+    struct pass p;
+    pass_init(&p, ws, todo, n, by_size_desc, progress, ud, "writing");
+    p.gguf = w;
+    p.gguf_plan = plan;
+    pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
+    int rc = pass_finish(&p);
+    if (!rc && progress && !progress(1.0, "writing", ud))
+        rc = lm_err(LM_ECANCELED, "cancelled");
+    free(todo);
+    release_scratch(ws);
+    return rc;
 }

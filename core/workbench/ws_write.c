@@ -20,7 +20,7 @@
 
 struct ws_write_params ws_default_write_params(void)
 {
-    struct ws_write_params p = { .out_dtype = -1, .shard_size = 0 };
+    struct ws_write_params p = { .format = WS_FORMAT_SAFETENSORS, .out_dtype = -1, .shard_size = 0 };
     return p;
 }
 
@@ -188,6 +188,11 @@ static int write_extras(struct workspace *ws, const char *staging, const char *t
 int ws_write(struct workspace *ws, const char *out_dir, struct ws_write_params params,
              lm_progress_fn progress, void *ud)
 {
+    if (params.format == WS_FORMAT_GGUF)
+        return ws_write_gguf(ws, out_dir, params, progress, ud);
+    if (params.out_dtype == LM_DTYPE_Q8_0)
+        return lm_err(LM_EINVAL, "%s: Q8_0 is a GGUF type; safetensors output takes bf16, f16 or f32",
+                      out_dir);
     int prc = ws_check_output(ws, out_dir, false, params.force, NULL);
     if (prc)
         return prc;
