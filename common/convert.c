@@ -315,6 +315,30 @@ static void q8_to_f32_avx2(float *dst, const unsigned char *src, size_t n)
         }
     }
 }
+
+/* n < 2^35: each 32-bit lane counts at most n / 8 entries. */
+CONVERT_TARGET
+static uint64_t count_nonfinite_avx2(const float *x, size_t n)
+{
+    const __m256i exp = _mm256_set1_epi32(0x7f800000);
+    __m256i acc = _mm256_setzero_si256();
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256i u = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x + j)), exp);
+        acc = _mm256_sub_epi32(acc, _mm256_cmpeq_epi32(u, exp)); /* -1 per non-finite lane */
+    }
+    uint32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)(void *)lanes, acc);
+    uint64_t c = 0;
+    for (int k = 0; k < 8; k++)
+        c += lanes[k];
+    for (; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &x[j], sizeof u);
+        c += (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return c;
+}
 #endif
 
 /* ===== Dispatch ===== */
@@ -349,6 +373,26 @@ static int use_vector(void)
         atomic_store_explicit(&convert_cpu_ok, ok, memory_order_relaxed);
     }
     return ok;
+}
+
+uint64_t lm_count_nonfinite(const float *x, size_t n)
+{
+#if CONVERT_X86
+    if (use_vector()) {
+        uint64_t c = 0;
+        /* chunks of 2^26 entries keep every 32-bit lane counter exact */
+        for (size_t j = 0; j < n; j += (size_t)1 << 26)
+            c += count_nonfinite_avx2(x + j, n - j < ((size_t)1 << 26) ? n - j : (size_t)1 << 26);
+        return c;
+    }
+#endif
+    uint64_t c = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &x[j], sizeof u);
+        c += (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return c;
 }
 
 const char *lm_convert_impl_name(void)

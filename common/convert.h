@@ -26,6 +26,9 @@ void lm_convert_to_f32(float *dst, const void *src, enum lm_dtype src_type, size
 /* dst (F32, F16, BF16 or Q8_0, see dtype.h) = src rounded once. */
 void lm_convert_from_f32(void *dst, enum lm_dtype dst_type, const float *src, size_t n);
 
+/* Entries of x[0..n) that are NaN or infinite (exponent bits all set). */
+uint64_t lm_count_nonfinite(const float *x, size_t n);
+
 /* Which implementation the bulk routines use: "avx2+f16c" or "scalar". */
 const char *lm_convert_impl_name(void);
 /* Forces the scalar path (tests compare the two); returns the previous setting. */

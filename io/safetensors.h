@@ -79,6 +79,12 @@ size_t st_set_n_tensors(const struct st_set *s);
 const struct st_tensor *st_set_tensor(const struct st_set *s, size_t i);
 /* Binary search by name; NULL when absent. */
 const struct st_tensor *st_set_find(const struct st_set *s, const char *name);
+
+/* Asks the system to start reading tensor t's bytes from its mapped file
+ * in the background (advice only: nothing is waited for, and failure is
+ * silent), so that a pass can compute on one tensor while the disk reads
+ * the next. */
+void st_tensor_prefetch(const struct st_tensor *t);
 /* Total bytes of all weight files (for progress and benchmarks). */
 uint64_t st_set_total_bytes(const struct st_set *s);
 size_t st_set_n_files(const struct st_set *s);

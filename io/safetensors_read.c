@@ -39,6 +39,17 @@
 
 /* ===== Small helpers ===== */
 
+void st_tensor_prefetch(const struct st_tensor *t)
+{
+    if (!t || !t->data || t->nbytes == 0)
+        return;
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t mask = (uintptr_t)(page > 0 ? page : 4096) - 1;
+    uintptr_t start = (uintptr_t)t->data & ~mask;
+    uintptr_t end = (uintptr_t)t->data + (uintptr_t)t->nbytes;
+    madvise((void *)start, (size_t)(end - start), MADV_WILLNEED);
+}
+
 static uint64_t read_le64(const unsigned char *p)
 {
     uint64_t v = 0;

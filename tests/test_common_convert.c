@@ -385,6 +385,21 @@ int main(void)
     test_rounding();
     test_vector_vs_scalar();
     test_q8();
+    {
+        static float v[1003];
+        for (int i = 0; i < 1003; i++)
+            v[i] = (float)i;
+        v[0] = NAN;
+        v[9] = INFINITY;
+        v[500] = -INFINITY;
+        v[1002] = -NAN; /* in the scalar tail */
+        v[7] = 3.4e38f; /* finite, largest exponent below all-ones */
+        uint64_t vec = lm_count_nonfinite(v, 1003);
+        int prev = lm_convert_force_scalar(1);
+        uint64_t sc = lm_count_nonfinite(v, 1003);
+        lm_convert_force_scalar(prev);
+        TEST_COND("lm_count_nonfinite: NaN, -NaN, +-inf counted (4 of 1003), both paths", vec == 4 && sc == 4);
+    }
     report_throughput();
     return test_report();
 }

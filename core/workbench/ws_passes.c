@@ -167,18 +167,6 @@ void ws_memory_peak(struct workspace *ws, struct ws_memory *out)
 
 /* ===== Non-finite values ===== */
 
-/* Entries of x[0 .. n) that are NaN or infinite (exponent bits all set). */
-static uint64_t count_nonfinite(const float *x, size_t n)
-{
-    uint64_t c = 0;
-    for (size_t j = 0; j < n; j++) {
-        uint32_t u;
-        memcpy(&u, &x[j], sizeof u);
-        c += (u & 0x7f800000u) == 0x7f800000u;
-    }
-    return c;
-}
-
 /* Counts the non-finite entries of one block of inputs in[s] and of the
  * merged `out` into *nf; an output entry that is not finite while every
  * input entry at its place is finite was made by the merge itself. */
@@ -186,8 +174,8 @@ static void tally_nonfinite(struct ws_nonfinite *nf, int n_sources, float *const
                             const float *out, uint64_t e0, size_t len)
 {
     for (int s = 0; s < n_sources; s++)
-        nf->inputs[s] += count_nonfinite(in[s], len);
-    if (!out || count_nonfinite(out, len) == 0)
+        nf->inputs[s] += lm_count_nonfinite(in[s], len);
+    if (!out || lm_count_nonfinite(out, len) == 0)
         return;
     for (size_t j = 0; j < len; j++) {
         if (isfinite(out[j]))
@@ -489,6 +477,20 @@ static int whole_stats(struct workspace *ws, size_t i, struct ws_scratch *sc, co
  * (sources + 1) x 64 MB; larger ones always go block by block. */
 #define WS_WHOLE_CACHE_MAX ((uint64_t)1 << 24)
 
+/* Starts the disk on the inputs of the tensor after those the workers
+ * hold now (the pool hands tensors out in order), so that on a model
+ * larger than the page cache the reading overlaps the merging. */
+static void prefetch_next(const struct pass *p, int64_t k)
+{
+    int64_t next = k + pool_n_workers(p->ws->pool);
+    if (next >= (int64_t)p->n_todo)
+        return;
+    const struct ws_tensor *t = &p->ws->tensors[p->todo[next]];
+    for (int s = 0; s < p->ws->n_sources; s++)
+        if (s == 0 || t->src[s] != t->src[0])
+            st_tensor_prefetch(t->src[s]);
+}
+
 static void pass_tensor(void *ud, int64_t k, int worker)
 {
     struct pass *p = ud;
@@ -498,6 +500,7 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     size_t i = p->todo[k];
     const struct ws_tensor *t = &ws->tensors[i];
     struct ws_scratch *sc = &ws->scratch[worker];
+    prefetch_next(p, k);
     size_t n = (size_t)t->n_elements;
     /* Where the merged tensor goes: the writer's tensor i, the cache (in
      * the output dtype), or nowhere (statistics). */
