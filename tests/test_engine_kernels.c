@@ -1,5 +1,7 @@
 /* Forward-pass kernels against their reference loops: matmul rows for F32,
- * F16, BF16 and Q8_0 weights (odd sizes, unaligned rows, several tokens), dot,
+ * F16, BF16 and Q8_0 weights (odd sizes, unaligned rows, several tokens),
+ * the batched products X W^T and X W on each path (AVX-512, AVX2,
+ * portable) with their bit-for-bit promises, dot,
  * axpy, RMSNorm, softmax, SiLU-gating and RoPE, on the vector path and on
  * the forced scalar path. Also the sampler's greedy / top-k / top-p rules
  * and its seeded reproducibility. */
@@ -9,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "convert.h"
 #include "lm_error.h"
@@ -189,6 +193,187 @@ static void check_all_kernels(void)
     check_small_kernels();
 }
 
+/* ===== Batched products ===== */
+
+/* X W^T and X W on the active path against double-precision loops, over
+ * odd shapes, unaligned weight views, several panel passes (cols > KC),
+ * partial token groups and panels; then the promises of kernels.h: a
+ * different split of the rows or of the batch changes no bits. */
+/* A copy of w's `bytes` ending right at an inaccessible page, so that a
+ * read past the matrix faults; unmap with guarded_free. */
+static unsigned char *guarded_copy(const unsigned char *w, size_t bytes, size_t *map_len)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t body = (bytes + page - 1) / page * page;
+    *map_len = body + page;
+    unsigned char *map = mmap(NULL, *map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
+        return NULL;
+    mprotect(map + body, page, PROT_NONE);
+    unsigned char *p = map + body - bytes;
+    memcpy(p, w, bytes);
+    return p;
+}
+
+static void check_gemm(enum lm_dtype t, int64_t rows, int64_t cols, int64_t n_tok, size_t misalign)
+{
+    unsigned char *base;
+    unsigned char *w0 = make_weights(t, rows, cols, misalign, &base);
+    size_t wbytes = lm_dtype_bytes(t, (size_t)(rows * cols)), map_len = 0;
+    /* a guarded copy when the matrix ends the page at an odd place, so that
+     * both unaligned starts (misalign) and ends at a fault are covered */
+    unsigned char *w = misalign ? w0 : guarded_copy(w0, wbytes, &map_len);
+    if (!w) {
+        TEST_COND("guarded weight copy", 0);
+        free(base);
+        return;
+    }
+    const char *path = kernel_impl_name();
+    char descr[200];
+    float *scratch = malloc(KERNEL_GEMM_SCRATCH * sizeof(float));
+
+    /* out = X W^T over rows [r0, r1); the edges stay untouched */
+    int64_t ldx = cols + 3, ldo = rows + 5;
+    float *x = malloc((size_t)(n_tok * ldx) * sizeof(float));
+    float *xp = malloc((size_t)kernel_gemm_xpack_size(n_tok, cols) * sizeof(float));
+    float *got = calloc((size_t)(n_tok * ldo), sizeof(float));
+    float *split = calloc((size_t)(n_tok * ldo), sizeof(float));
+    float *want = calloc((size_t)(n_tok * ldo), sizeof(float));
+    fill(x, n_tok * ldx, 1.0);
+    int64_t groups = (n_tok + KERNEL_GEMM_MR - 1) / KERNEL_GEMM_MR;
+    kernel_gemm_pack_x(xp, x, ldx, n_tok, cols, 0, groups);
+    int64_t r0 = rows > 2 ? 1 : 0, r1 = rows > 2 ? rows - 1 : rows;
+    kernel_gemm_nt(got, ldo, w, t, cols, xp, n_tok, r0, r1, scratch);
+    kernel_matmul_rows_ref(want, ldo, w, t, cols, x, ldx, n_tok, r0, r1);
+    double tol = 1e-6 * (double)cols + 1e-6;
+    double d = max_abs_diff(got, want, n_tok * ldo);
+    snprintf(descr, sizeof descr, "gemm X W^T %s %s %lldx%lld, %lld token(s), offset %zu: max diff %.2e",
+             path, lm_dtype_name(t), (long long)rows, (long long)cols, (long long)n_tok, misalign, d);
+    TEST_COND(descr, d <= tol);
+
+    /* the same rows in two calls split at an odd row, and the batch packed
+     * in two parts of different sizes: identical bits */
+    int64_t mid = r0 + (r1 - r0) / 3;
+    kernel_gemm_nt(split, ldo, w, t, cols, xp, n_tok, r0, mid, scratch);
+    kernel_gemm_nt(split, ldo, w, t, cols, xp, n_tok, mid, r1, scratch);
+    int64_t t1 = n_tok / 2 + 1 < n_tok ? n_tok / 2 + 1 : n_tok;
+    float *part = calloc((size_t)(n_tok * ldo), sizeof(float));
+    kernel_gemm_pack_x(xp, x, ldx, t1, cols, 0, (t1 + KERNEL_GEMM_MR - 1) / KERNEL_GEMM_MR);
+    kernel_gemm_nt(part, ldo, w, t, cols, xp, t1, r0, r1, scratch);
+    if (t1 < n_tok) {
+        kernel_gemm_pack_x(xp, x + t1 * ldx, ldx, n_tok - t1, cols, 0,
+                           (n_tok - t1 + KERNEL_GEMM_MR - 1) / KERNEL_GEMM_MR);
+        kernel_gemm_nt(part + t1 * ldo, ldo, w, t, cols, xp, n_tok - t1, r0, r1, scratch);
+    }
+    snprintf(descr, sizeof descr, "gemm X W^T %s %s %lldx%lld: a split of the rows or the batch changes no bits",
+             path, lm_dtype_name(t), (long long)rows, (long long)cols);
+    TEST_COND(descr, memcmp(got, split, (size_t)(n_tok * ldo) * sizeof(float)) == 0 &&
+              memcmp(got, part, (size_t)(n_tok * ldo) * sizeof(float)) == 0);
+
+    /* out (+)= X W: x has `rows` values per token; columns [c0, cols) */
+    int64_t ldy = rows + 2, ldd = cols + 1;
+    float *y = malloc((size_t)(n_tok * ldy) * sizeof(float));
+    float *yp = malloc((size_t)kernel_gemm_xpack_size(n_tok, rows) * sizeof(float));
+    float *dx = malloc((size_t)(n_tok * ldd) * sizeof(float));
+    float *init = malloc((size_t)(n_tok * ldd) * sizeof(float));
+    double *ref = calloc((size_t)(n_tok * ldd), sizeof(double));
+    fill(y, n_tok * ldy, 1.0);
+    fill(init, n_tok * ldd, 1.0);
+    kernel_gemm_pack_x(yp, y, ldy, n_tok, rows, 0, groups);
+    int64_t c0 = t == LM_DTYPE_Q8_0 ? (cols > 32 ? 32 : 0) : cols > 1 ? 1 : 0;
+    size_t rb = lm_dtype_bytes(t, (size_t)cols);
+    float *wrow = malloc((size_t)cols * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        lm_convert_to_f32(wrow, w + (size_t)r * rb, t, (size_t)cols);
+        for (int64_t tk = 0; tk < n_tok; tk++)
+            for (int64_t c = c0; c < cols; c++)
+                ref[tk * ldd + c] += (double)y[tk * ldy + r] * (double)wrow[c];
+    }
+    for (int acc = 0; acc < 2; acc++) {
+        memcpy(dx, init, (size_t)(n_tok * ldd) * sizeof(float));
+        kernel_gemm_nn(dx, ldd, w, t, rows, cols, yp, n_tok, c0, cols, acc == 1, scratch);
+        double worst = 0.0;
+        for (int64_t tk = 0; tk < n_tok; tk++)
+            for (int64_t c = 0; c < cols; c++) {
+                double e = c < c0 ? (double)init[tk * ldd + c]
+                                   : ref[tk * ldd + c] + (acc ? (double)init[tk * ldd + c] : 0.0);
+                double diff = fabs((double)dx[tk * ldd + c] - e);
+                if (!(diff <= worst))
+                    worst = diff;
+            }
+        snprintf(descr, sizeof descr, "gemm X W%s %s %s %lldx%lld, %lld token(s): max diff %.2e",
+                 acc ? " accumulated" : "", path, lm_dtype_name(t), (long long)rows, (long long)cols,
+                 (long long)n_tok, worst);
+        TEST_COND(descr, worst <= 1e-6 * (double)rows + 2e-6);
+    }
+    free(wrow);
+    free(y);
+    free(yp);
+    free(dx);
+    free(init);
+    free(ref);
+    free(x);
+    free(xp);
+    free(got);
+    free(split);
+    free(part);
+    free(want);
+    free(scratch);
+    if (map_len)
+        munmap(w + wbytes - map_len + (size_t)sysconf(_SC_PAGESIZE), map_len);
+    free(base);
+}
+
+static void check_all_gemm(void)
+{
+    static const enum lm_dtype types[] = { LM_DTYPE_F32, LM_DTYPE_F16, LM_DTYPE_BF16 };
+    /* rows x cols x tokens: single elements, partial panels and token
+     * groups, cols past one panel pass (KERNEL_GEMM_KC) with a tail */
+    static const int64_t shapes[][3] = { { 1, 1, 1 },    { 3, 7, 4 },     { 31, 9, 12 },  { 33, 8, 13 },
+                                         { 64, 33, 25 }, { 70, 257, 11 }, { 5, 600, 40 }, { 300, 17, 7 } };
+    for (size_t t = 0; t < LM_ARRAY_SIZE(types); t++)
+        for (size_t s = 0; s < LM_ARRAY_SIZE(shapes); s++)
+            check_gemm(types[t], shapes[s][0], shapes[s][1], shapes[s][2], s % 2 ? 2 : 0);
+    static const int64_t q8_shapes[][3] = { { 1, 32, 1 }, { 33, 96, 13 }, { 40, 288, 24 }, { 270, 544, 5 } };
+    for (size_t s = 0; s < LM_ARRAY_SIZE(q8_shapes); s++)
+        check_gemm(LM_DTYPE_Q8_0, q8_shapes[s][0], q8_shapes[s][1], q8_shapes[s][2], s % 2 ? 3 : 0);
+}
+
+/* The AVX-512 and AVX2 paths both run one fused multiply-add chain per
+ * output: where the CPU has both, their bits must agree. */
+static void check_gemm_paths_agree(void)
+{
+    enum kernel_path prev = kernel_force_path(KERNEL_PATH_AVX512);
+    bool both = kernel_path_active() == KERNEL_PATH_AVX512;
+    kernel_force_path(prev);
+    if (!both) {
+        printf("# no AVX-512 here: the AVX-512 / AVX2 comparison is skipped\n");
+        return;
+    }
+    int64_t rows = 70, cols = 600, n_tok = 29;
+    unsigned char *base;
+    unsigned char *w = make_weights(LM_DTYPE_BF16, rows, cols, 1, &base);
+    float *x = malloc((size_t)(n_tok * cols) * sizeof(float));
+    float *xp = malloc((size_t)kernel_gemm_xpack_size(n_tok, cols) * sizeof(float));
+    float *a = calloc((size_t)(n_tok * rows), sizeof(float)), *b = calloc((size_t)(n_tok * rows), sizeof(float));
+    float *scratch = malloc(KERNEL_GEMM_SCRATCH * sizeof(float));
+    fill(x, n_tok * cols, 1.0);
+    kernel_gemm_pack_x(xp, x, cols, n_tok, cols, 0, (n_tok + KERNEL_GEMM_MR - 1) / KERNEL_GEMM_MR);
+    prev = kernel_force_path(KERNEL_PATH_AVX512);
+    kernel_gemm_nt(a, rows, w, LM_DTYPE_BF16, cols, xp, n_tok, 0, rows, scratch);
+    kernel_force_path(KERNEL_PATH_AVX2);
+    kernel_gemm_nt(b, rows, w, LM_DTYPE_BF16, cols, xp, n_tok, 0, rows, scratch);
+    kernel_force_path(prev);
+    TEST_COND("gemm: the AVX-512 and AVX2 paths give identical bits",
+              memcmp(a, b, (size_t)(n_tok * rows) * sizeof(float)) == 0);
+    free(x);
+    free(xp);
+    free(a);
+    free(b);
+    free(scratch);
+    free(base);
+}
+
 /* ===== Sampler ===== */
 
 static void check_sampler(void)
@@ -293,6 +478,18 @@ int main(void)
     TEST_COND("forcing the scalar path is reported", strcmp(kernel_impl_name(), "scalar") == 0);
     check_all_kernels();
     kernel_force_scalar(prev);
+
+    /* the batched products on every path this CPU has, portable included */
+    static const enum kernel_path paths[] = { KERNEL_PATH_AVX512, KERNEL_PATH_AVX2, KERNEL_PATH_PORTABLE };
+    for (size_t i = 0; i < LM_ARRAY_SIZE(paths); i++) {
+        enum kernel_path was = kernel_force_path(paths[i]);
+        if (kernel_path_active() == paths[i])
+            check_all_gemm();
+        else
+            printf("# path %s: not on this CPU\n", kernel_path_name(paths[i]));
+        kernel_force_path(was);
+    }
+    check_gemm_paths_agree();
     check_sampler();
     return test_report();
 }

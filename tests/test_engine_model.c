@@ -1,7 +1,8 @@
 /* The engine against goldens made by tests/golden/make_goldens.py (an
  * independent PyTorch implementation of the HF models):
  *   - prefill logits of each golden model within 1e-4 x max |logit| of the
- *     reference at every position (sgemm path);
+ *     reference at every position (batched-product path), on each kernel
+ *     path the CPU has (AVX-512, AVX2, portable);
  *   - decoding one token at a time through the KV cache gives the same
  *     logits (matvec path), and so do short batches (n_batch 3);
  *   - the thread count (both paths) and serving the weights as float32
@@ -28,6 +29,7 @@
 #include "convert.h"
 #include "fsutil.h"
 #include "generate.h"
+#include "kernels.h"
 #include "lm_error.h"
 #include "test.h"
 #include "tokenizer.h"
@@ -265,7 +267,7 @@ static void check_golden(const char *name)
     float *row = malloc((size_t)g.n_vocab * sizeof(float));
     int wr = 0;
 
-    /* Prefill (one batch: sgemm path). */
+    /* Prefill (one batch: batched-product path). */
     int rc = model_forward(m, g.prefill, g.n_prefill, logits, MODEL_LOGITS_ALL);
     double w = rc ? 1.0 : worst_rel(logits, g.logits, g.n_prefill, g.n_vocab, &wr);
     snprintf(descr, sizeof descr, "%s: prefill logits of %d positions within 1e-4 x max|logit| "
@@ -306,13 +308,13 @@ static void check_golden(const char *name)
     model_free(m3);
     model_free(m1);
 
-    /* The sgemm path (one batch) with 1 and 3 threads: identical bits too. */
+    /* The batched-product path (one batch) with 1 and 3 threads: identical bits too. */
     m3 = load(d, 3, 0);
     m1 = load(d, 1, 0);
     rc = m3 && m1 ? model_forward(m3, g.prefill, g.n_prefill, l3, MODEL_LOGITS_ALL) : -1;
     if (rc == 0)
         rc = model_forward(m1, g.prefill, g.n_prefill, l1, MODEL_LOGITS_ALL);
-    snprintf(descr, sizeof descr, "%s: sgemm prefill with 1 and 3 threads gives identical bits", name);
+    snprintf(descr, sizeof descr, "%s: batched prefill with 1 and 3 threads gives identical bits", name);
     TEST_COND(descr, rc == 0 && memcmp(l1, l3, n_logits * sizeof(float)) == 0);
     model_free(m3);
     model_free(m1);
@@ -689,8 +691,18 @@ static void check_chat_formats(void)
 
 int main(void)
 {
-    for (size_t i = 0; i < LM_ARRAY_SIZE(golden_names); i++)
-        check_golden(golden_names[i]);
+    /* every golden check on each kernel path this CPU has (the batched
+     * products differ by path; the portable path is what other CPUs run) */
+    static const enum kernel_path paths[] = { KERNEL_PATH_AVX512, KERNEL_PATH_AVX2, KERNEL_PATH_PORTABLE };
+    for (size_t p = 0; p < LM_ARRAY_SIZE(paths); p++) {
+        enum kernel_path was = kernel_force_path(paths[p]);
+        if (kernel_path_active() == paths[p]) {
+            printf("# kernel path %s\n", kernel_impl_name());
+            for (size_t i = 0; i < LM_ARRAY_SIZE(golden_names); i++)
+                check_golden(golden_names[i]);
+        }
+        kernel_force_path(was);
+    }
     check_chat_golden();
     check_errors();
     check_chat_formats();

@@ -41,11 +41,6 @@
 #ifndef BWD_ROW_BLOCK
 #define BWD_ROW_BLOCK 64
 #endif
-/* Most weight rows converted to float32 at a time in dx = dy W (the
- * worker's scratch bounds it too). */
-#ifndef BWD_CONVERT_ROWS
-#define BWD_CONVERT_ROWS 4096
-#endif
 /* Floats of one chunk of logit rows (64 MiB): a 150k vocabulary takes
  * about a hundred tokens at a time. */
 #ifndef BWD_LOGITS_ELEMS
@@ -194,8 +189,8 @@ static float *lg_x(const struct lg *g, int64_t l)
 /* ===== Products with the weights ===== */
 
 /* out (n_tok, w->rows; stride ldo) = x (n_tok, w->cols; stride ldx) W^T,
- * through sgemm whatever n_tok, so that a product's bits never depend on
- * the batch path model_forward would pick. */
+ * through the batched product (kernel_gemm_nt) whatever n_tok, so that a
+ * product's bits never depend on the batch path model_forward would pick. */
 static void matmul(struct lg *g, const float *x, int64_t ldx, int64_t n_tok, const struct model_matrix *w,
                    float *out, int64_t ldo)
 {
@@ -214,7 +209,10 @@ static void add_bias(float *out, int64_t ldo, const float *bias, int64_t width, 
         kernel_add(out + t * ldo, bias, width);
 }
 
-/* dx (n_tok, w->cols) = dy (n_tok, w->rows) W, or += when accumulate. */
+/* dx (n_tok, w->cols) = dy (n_tok, w->rows) W, or += when accumulate,
+ * through kernel_gemm_nn: dy is packed a chunk of tokens and a segment of
+ * weight rows at a time (the model's packing buffer bounds both), and each
+ * segment continues the previous one's sums, so the bits depend on neither. */
 struct dx_job {
     struct model *m;
     const struct model_matrix *w;
@@ -222,44 +220,46 @@ struct dx_job {
     int64_t ldy;
     float *dx;
     int64_t ldx;
-    int64_t n_tok;
     bool accumulate;
+    int64_t t0, nt;     /* the token chunk */
+    int64_t k0, nk;     /* the segment of weight rows (dy columns) */
 };
 
-/* One strip of BWD_COL_BLOCK input columns: float32 weights are read in
- * place; others are converted a block of rows at a time into the worker's
- * scratch and multiplied in row order, accumulating. */
+static void dx_pack(void *ud, int64_t index, int worker)
+{
+    (void)worker;
+    const struct dx_job *j = ud;
+    kernel_gemm_pack_x(j->m->xpack, j->dy + j->t0 * j->ldy + j->k0, j->ldy, j->nt, j->nk, index, index + 1);
+}
+
+/* One strip of BWD_COL_BLOCK input columns of the chunk. */
 static void dx_run(void *ud, int64_t index, int worker)
 {
     const struct dx_job *j = ud;
     const struct model_matrix *w = j->w;
-    int64_t c0 = index * BWD_COL_BLOCK, c1 = LM_MIN(c0 + BWD_COL_BLOCK, w->cols), cw = c1 - c0;
-    const unsigned char *base = w->data;
-    if (w->dtype == LM_DTYPE_F32 && ((uintptr_t)base % sizeof(float)) == 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)j->n_tok, (int)cw, (int)w->rows, 1.0f,
-                    j->dy, (int)j->ldy, (const float *)(const void *)base + c0, (int)w->cols,
-                    j->accumulate ? 1.0f : 0.0f, j->dx + c0, (int)j->ldx);
-        return;
-    }
-    size_t esz = lm_dtype_size(w->dtype);
-    float *blk = j->m->worker_block[worker];
-    int64_t chunk = LM_MAX((int64_t)1, LM_MIN((int64_t)BWD_CONVERT_ROWS, j->m->worker_block_elems / cw));
-    for (int64_t r0 = 0; r0 < w->rows; r0 += chunk) {
-        int64_t r1 = LM_MIN(r0 + chunk, w->rows);
-        for (int64_t r = r0; r < r1; r++)
-            lm_convert_to_f32(blk + (r - r0) * cw, base + ((size_t)r * (size_t)w->cols + (size_t)c0) * esz,
-                              w->dtype, (size_t)cw);
-        float beta = r0 == 0 && !j->accumulate ? 0.0f : 1.0f;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)j->n_tok, (int)cw, (int)(r1 - r0), 1.0f,
-                    j->dy + r0, (int)j->ldy, blk, (int)cw, beta, j->dx + c0, (int)j->ldx);
-    }
+    int64_t c0 = index * BWD_COL_BLOCK, c1 = LM_MIN(c0 + BWD_COL_BLOCK, w->cols);
+    const unsigned char *rows = (const unsigned char *)w->data + (size_t)j->k0 * lm_dtype_bytes(w->dtype, (size_t)w->cols);
+    kernel_gemm_nn(j->dx + j->t0 * j->ldx, j->ldx, rows, w->dtype, j->nk, w->cols, j->m->xpack, j->nt, c0, c1,
+                   j->accumulate || j->k0 > 0, j->m->worker_panel[worker]);
 }
 
 static void back_x(struct lg *g, const float *dy, int64_t ldy, int64_t n_tok, const struct model_matrix *w,
                    float *dx, int64_t ldx, bool accumulate)
 {
-    struct dx_job j = { g->m, w, dy, ldy, dx, ldx, n_tok, accumulate };
-    pool_for(g->m->pool, (w->cols + BWD_COL_BLOCK - 1) / BWD_COL_BLOCK, dx_run, &j);
+    struct model *m = g->m;
+    struct dx_job j = { m, w, dy, ldy, dx, ldx, accumulate, 0, 0, 0, 0 };
+    for (j.t0 = 0; j.t0 < n_tok; j.t0 += MODEL_GEMM_CHUNK) {
+        j.nt = LM_MIN((int64_t)MODEL_GEMM_CHUNK, n_tok - j.t0);
+        int64_t groups = (j.nt + KERNEL_GEMM_MR - 1) / KERNEL_GEMM_MR;
+        /* rows per segment: what the buffer holds, in whole panel passes */
+        int64_t seg = MODEL_GEMM_CHUNK * m->xpack_cols / (groups * KERNEL_GEMM_MR);
+        seg = LM_MAX((int64_t)KERNEL_GEMM_KC, seg / KERNEL_GEMM_KC * KERNEL_GEMM_KC);
+        for (j.k0 = 0; j.k0 < w->rows; j.k0 += seg) {
+            j.nk = LM_MIN(seg, w->rows - j.k0);
+            pool_for(m->pool, groups, dx_pack, &j);
+            pool_for(m->pool, (w->cols + BWD_COL_BLOCK - 1) / BWD_COL_BLOCK, dx_run, &j);
+        }
+    }
 }
 
 /* dw (rows, cols) = dy^T (rows, n_tok) x (n_tok, cols), or += when accumulate. */

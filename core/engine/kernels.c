@@ -21,45 +21,69 @@
 
 /* ===== Dispatch ===== */
 
-static atomic_int kernel_scalar_forced;
-static atomic_int kernel_cpu_ok = -1; /* -1: not checked yet */
+static atomic_int kernel_path_cap = KERNEL_PATH_AVX512;
+static atomic_int kernel_cpu_path = -1; /* -1: not checked yet */
 
-/* AVX2 and FMA through __builtin_cpu_supports; F16C from CPUID leaf 1 (not
- * every compiler knows it as a __builtin_cpu_supports name). */
-static int cpu_has_avx2_fma_f16c(void)
+/* The best path the CPU (and the OS, for the wide registers) supports:
+ * AVX2 and FMA through __builtin_cpu_supports, F16C from CPUID leaf 1 (not
+ * every compiler knows it as a __builtin_cpu_supports name), AVX-512F
+ * through __builtin_cpu_supports (which checks that the OS saves the
+ * registers). */
+static int cpu_best_path(void)
 {
 #if KERNEL_X86
     unsigned eax, ebx, ecx, edx;
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
-        return 0;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
-        return 0;
-    return (ecx & (1u << 29)) != 0;
+        return KERNEL_PATH_PORTABLE;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 29)))
+        return KERNEL_PATH_PORTABLE;
+    return __builtin_cpu_supports("avx512f") ? KERNEL_PATH_AVX512 : KERNEL_PATH_AVX2;
 #else
-    return 0;
+    return KERNEL_PATH_PORTABLE;
 #endif
+}
+
+enum kernel_path kernel_path_active(void)
+{
+    int best = atomic_load_explicit(&kernel_cpu_path, memory_order_relaxed);
+    if (best < 0) {
+        best = cpu_best_path();
+        atomic_store_explicit(&kernel_cpu_path, best, memory_order_relaxed);
+    }
+    int cap = atomic_load_explicit(&kernel_path_cap, memory_order_relaxed);
+    return (enum kernel_path)LM_MIN(best, cap);
 }
 
 static int use_vector(void)
 {
-    if (atomic_load_explicit(&kernel_scalar_forced, memory_order_relaxed))
-        return 0;
-    int ok = atomic_load_explicit(&kernel_cpu_ok, memory_order_relaxed);
-    if (ok < 0) {
-        ok = cpu_has_avx2_fma_f16c();
-        atomic_store_explicit(&kernel_cpu_ok, ok, memory_order_relaxed);
+    return kernel_path_active() >= KERNEL_PATH_AVX2;
+}
+
+const char *kernel_path_name(enum kernel_path p)
+{
+    switch (p) {
+    case KERNEL_PATH_AVX512:
+        return "avx512f";
+    case KERNEL_PATH_AVX2:
+        return "avx2+fma+f16c";
+    default:
+        return "scalar";
     }
-    return ok;
 }
 
 const char *kernel_impl_name(void)
 {
-    return use_vector() ? "avx2+fma+f16c" : "scalar";
+    return kernel_path_name(kernel_path_active());
+}
+
+enum kernel_path kernel_force_path(enum kernel_path max)
+{
+    return (enum kernel_path)atomic_exchange(&kernel_path_cap, (int)max);
 }
 
 int kernel_force_scalar(int on)
 {
-    return atomic_exchange(&kernel_scalar_forced, on ? 1 : 0);
+    return kernel_force_path(on ? KERNEL_PATH_PORTABLE : KERNEL_PATH_AVX512) == KERNEL_PATH_PORTABLE;
 }
 
 bool kernel_weight_type_ok(enum lm_dtype t, int64_t cols)

@@ -5,7 +5,8 @@
  * read in place (views on a mmap or on merged buffers, possibly unaligned).
  * Each kernel has an AVX2/FMA/F16C path, chosen once at run time from the
  * CPU's feature bits, and a scalar path (the fallback on other CPUs, and
- * what kernel_force_scalar() selects for tests). A *_ref version of each is
+ * what kernel_force_scalar() selects for tests); the batched products also
+ * have an AVX-512 path (enum kernel_path). A *_ref version of each is
  * the plain textbook loop, kept for the tests to compare against.
  *
  * The vector and scalar paths sum in different orders, so they agree to
@@ -20,11 +21,30 @@
 
 #include "dtype.h"
 
-/* "avx2+fma+f16c" or "scalar". */
+/* The code paths, from the most portable up. The AVX-512 path differs
+ * from the AVX2 one only in the batched products (kernel_gemm_*); every
+ * other kernel runs its AVX2 code there. */
+enum kernel_path {
+    KERNEL_PATH_PORTABLE, /* plain C */
+    KERNEL_PATH_AVX2,     /* AVX2 + FMA + F16C */
+    KERNEL_PATH_AVX512,   /* AVX-512F on top of the AVX2 set */
+};
+
+/* The path in use: the best the CPU has, capped by kernel_force_path(). */
+enum kernel_path kernel_path_active(void);
+
+/* "avx512f", "avx2+fma+f16c" or "scalar". */
+const char *kernel_path_name(enum kernel_path p);
+
+/* The name of the active path (kernel_path_name(kernel_path_active())). */
 const char *kernel_impl_name(void);
 
-/* Forces the scalar path (on != 0) for every kernel; returns the previous
- * setting. Meant for tests and benchmarks. */
+/* Caps the path at `max` (KERNEL_PATH_AVX512: no cap); returns the previous
+ * cap. Meant for tests and benchmarks, between products, not during one. */
+enum kernel_path kernel_force_path(enum kernel_path max);
+
+/* kernel_force_path(KERNEL_PATH_PORTABLE) when on != 0, no cap otherwise;
+ * returns 1 when the previous cap was the portable path. */
 int kernel_force_scalar(int on);
 
 /* ===== Matrix products ===== */
@@ -42,6 +62,54 @@ void kernel_matmul_rows(float *out, int64_t ldo, const void *w, enum lm_dtype wt
                         const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1);
 void kernel_matmul_rows_ref(float *out, int64_t ldo, const void *w, enum lm_dtype wtype, int64_t cols,
                             const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1);
+
+/* ===== Batched products (prefill, calibration, gradients) =====
+ *
+ * out = X W^T and out = X W for a batch X of n_tok float32 rows and a
+ * weight matrix W (rows, cols) read in place in its own type: F32, F16,
+ * BF16 or Q8_0 (kernel_weight_type_ok). Weights are converted to float32
+ * a cache-sized panel at a time (KERNEL_GEMM_NR weight vectors by up to
+ * KERNEL_GEMM_KC products) into caller scratch, never as whole blocks;
+ * activations stay float32 (no bf16 rounding of X).
+ *
+ * X is first packed (kernel_gemm_pack_x) into groups of KERNEL_GEMM_MR
+ * tokens, the layout shared by every path. Each output element is one
+ * sequential multiply-add chain over k = 0 .. K-1, so its bits depend on
+ * neither the blocking, the thread count nor the batch it came in: the
+ * AVX-512 and AVX2 paths (fused multiply-add) give identical bits; the
+ * portable path (separate multiply and add) agrees to rounding. */
+
+#define KERNEL_GEMM_MR 12  /* tokens per packed group */
+#define KERNEL_GEMM_NR 32  /* weight vectors (output columns) per panel */
+#define KERNEL_GEMM_KC 256 /* products per panel pass */
+
+/* Floats kernel_gemm_pack_x writes for n_tok rows of k values. */
+int64_t kernel_gemm_xpack_size(int64_t n_tok, int64_t k);
+
+/* Floats of scratch one kernel_gemm_* call needs (one weight panel, plus
+ * room to put it on a cache-line boundary). */
+#define KERNEL_GEMM_SCRATCH (KERNEL_GEMM_NR * KERNEL_GEMM_KC + 16)
+
+/* Packs tokens [g0 * MR, min(g1 * MR, n_tok)) of x (n_tok rows of k
+ * values, row stride ldx), that is groups [g0, g1), into xp (sized by
+ * kernel_gemm_xpack_size(n_tok, k)); tokens past n_tok are zeros. Groups
+ * are independent: workers may pack disjoint ranges at once. */
+void kernel_gemm_pack_x(float *xp, const float *x, int64_t ldx, int64_t n_tok, int64_t k,
+                        int64_t g0, int64_t g1);
+
+/* Rows [r0, r1) of out = X W^T (X packed, k = cols):
+ *   out[t * ldo + r] = sum_c W[r][c] * x[t][c]
+ * Any split of the rows between calls gives the same bits. */
+void kernel_gemm_nt(float *out, int64_t ldo, const void *w, enum lm_dtype wtype, int64_t cols,
+                    const float *xp, int64_t n_tok, int64_t r0, int64_t r1, float *scratch);
+
+/* Columns [c0, c1) of out = X W (X packed, k = rows; W (rows, cols)):
+ *   out[t * ldo + c] (+)= sum_r x[t][r] * W[r][c]
+ * accumulating onto out when `accumulate`. For Q8_0, c0 must be a
+ * multiple of the group (32). */
+void kernel_gemm_nn(float *out, int64_t ldo, const void *w, enum lm_dtype wtype, int64_t rows,
+                    int64_t cols, const float *xp, int64_t n_tok, int64_t c0, int64_t c1,
+                    bool accumulate, float *scratch);
 
 /* sum_i a[i] * b[i]. */
 float kernel_dot(const float *a, const float *b, int64_t n);

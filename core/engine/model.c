@@ -20,8 +20,9 @@
 #include "pool.h"
 #include "safetensors.h"
 
-/* Batches at least this long go through sgemm; shorter ones (decoding is
- * one token) read each weight row once with kernel_matmul_rows. */
+/* Batches at least this long go through the batched product
+ * (kernel_gemm_nt); shorter ones (decoding is one token) read each weight
+ * row once with kernel_matmul_rows. */
 #define MODEL_GEMM_MIN_TOKENS 4
 #define MODEL_DEFAULT_BATCH 128
 /* Sanity bounds on config sizes, so that products of them fit easily. */
@@ -337,10 +338,11 @@ void model_free(struct model *m)
     if (!m)
         return;
     free_cache(m);
-    if (m->worker_block)
+    if (m->worker_panel)
         for (int w = 0; w < m->n_workers; w++)
-            free(m->worker_block[w]);
-    free(m->worker_block);
+            free(m->worker_panel[w]);
+    free(m->worker_panel);
+    free(m->xpack);
     free(m->worker_scores);
     if (m->own_pool)
         pool_free(m->pool);
@@ -475,12 +477,14 @@ struct model *model_load(const struct hf_config *cfg, const struct model_source 
     }
     m->n_workers = pool_n_workers(m->pool);
     m->info.n_threads = m->n_workers;
+    /* OpenBLAS is left with the float32-by-float32 products of the
+     * gradient (backward.c), on the pool's threads: never its own. */
     openblas_set_num_threads(1);
 
     /* Scratch for one batch. */
     size_t B = (size_t)m->n_batch;
     int64_t max_cols = LM_MAX(LM_MAX(dim, info.n_ff), q_dim);
-    m->worker_block_elems = LM_MAX((int64_t)MODEL_GEMM_BLOCK_ELEMS, 8 * max_cols);
+    m->xpack_cols = LM_MAX(max_cols, (int64_t)KERNEL_GEMM_KC);
     if (!(m->x = lm_malloc_array(B * (size_t)dim, sizeof(float))) ||
         !(m->xb = lm_malloc_array(B * (size_t)dim, sizeof(float))) ||
         !(m->q = lm_malloc_array(B * (size_t)q_dim, sizeof(float))) ||
@@ -490,10 +494,11 @@ struct model *model_load(const struct hf_config *cfg, const struct model_source 
         !(m->rope_cos = lm_malloc_array(B * (size_t)(hd / 2), sizeof(float))) ||
         !(m->rope_sin = lm_malloc_array(B * (size_t)(hd / 2), sizeof(float))) ||
         !(m->worker_scores = lm_calloc((size_t)m->n_workers, sizeof(float *))) ||
-        !(m->worker_block = lm_calloc((size_t)m->n_workers, sizeof(float *))))
+        !(m->xpack = lm_malloc_array((size_t)(MODEL_GEMM_CHUNK * m->xpack_cols), sizeof(float))) ||
+        !(m->worker_panel = lm_calloc((size_t)m->n_workers, sizeof(float *))))
         goto fail;
     for (int w = 0; w < m->n_workers; w++)
-        if (!(m->worker_block[w] = lm_malloc_array((size_t)m->worker_block_elems, sizeof(float))))
+        if (!(m->worker_panel[w] = lm_malloc_array(KERNEL_GEMM_SCRATCH, sizeof(float))))
             goto fail;
     return m;
 fail:
@@ -572,32 +577,31 @@ static void mm_run(void *ud, int64_t index, int worker)
         kernel_matmul_rows(t->out, t->ldo, w->data, w->dtype, w->cols, job->x, job->ldx, job->n_tok, r0, r1);
         return;
     }
-    /* sgemm wants float32 rows on a float boundary: use the weights in
-     * place when they are, else convert this block into worker scratch. */
-    const unsigned char *src = (const unsigned char *)w->data + (size_t)r0 * lm_dtype_bytes(w->dtype, (size_t)w->cols);
-    const float *wf;
-    if (w->dtype == LM_DTYPE_F32 && ((uintptr_t)src % sizeof(float)) == 0) {
-        wf = (const float *)(const void *)src;
-    } else {
-        float *blk = job->m->worker_block[worker];
-        LM_ASSERT((r1 - r0) * w->cols <= job->m->worker_block_elems);
-        lm_convert_to_f32(blk, src, w->dtype, (size_t)((r1 - r0) * w->cols));
-        wf = blk;
-    }
-    /* out[t][r0 + j] = sum_c x[t][c] * W[r0 + j][c] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)job->n_tok, (int)(r1 - r0), (int)w->cols,
-                1.0f, job->x, (int)job->ldx, wf, (int)w->cols, 0.0f, t->out + r0, (int)t->ldo);
+    /* out[t0 + t][r] = sum_c x[t0 + t][c] * W[r][c] for the chunk */
+    kernel_gemm_nt(t->out + job->t0 * t->ldo, t->ldo, w->data, w->dtype, w->cols, job->m->xpack, job->nt,
+                   r0, r1, job->m->worker_panel[worker]);
+}
+
+/* Packs token group `index` of the chunk for kernel_gemm_nt. */
+static void mm_pack(void *ud, int64_t index, int worker)
+{
+    (void)worker;
+    struct model_mm_job *job = ud;
+    kernel_gemm_pack_x(job->m->xpack, job->x + job->t0 * job->ldx, job->ldx, job->nt, job->task[0].w->cols,
+                       index, index + 1);
 }
 
 void model_mm_add(struct model_mm_job *job, const struct model_matrix *w, float *out, int64_t ldo)
 {
     LM_ASSERT(job->n_task < (int)LM_ARRAY_SIZE(job->task));
+    LM_ASSERT(job->n_task == 0 || job->task[0].w->cols == w->cols);
+    LM_ASSERT(w->cols <= job->m->xpack_cols);
     struct model_mm_task *t = &job->task[job->n_task++];
     t->w = w;
     t->out = out;
     t->ldo = ldo;
     if (job->gemm) {
-        t->block_rows = LM_MAX((int64_t)8, LM_MIN((int64_t)2048, MODEL_GEMM_BLOCK_ELEMS / w->cols));
+        t->block_rows = MODEL_GEMM_BLOCK_ROWS;
     } else {
         /* about eight blocks per worker, for balance */
         t->block_rows = w->rows / (8 * job->m->n_workers);
@@ -622,7 +626,15 @@ void model_mm_run(struct model_mm_job *job)
     int64_t n = 0;
     for (int k = 0; k < job->n_task; k++)
         n += job->task[k].n_blocks;
-    pool_for(job->m->pool, n, mm_run, job);
+    if (!job->gemm) {
+        pool_for(job->m->pool, n, mm_run, job);
+        return;
+    }
+    for (job->t0 = 0; job->t0 < job->n_tok; job->t0 += MODEL_GEMM_CHUNK) {
+        job->nt = LM_MIN((int64_t)MODEL_GEMM_CHUNK, job->n_tok - job->t0);
+        pool_for(job->m->pool, (job->nt + KERNEL_GEMM_MR - 1) / KERNEL_GEMM_MR, mm_pack, job);
+        pool_for(job->m->pool, n, mm_run, job);
+    }
 }
 
 /* out[t] += bias for each of n_tok rows. */

@@ -25,11 +25,13 @@
  *
  * Speed: decoding (one token) and short batches use kernel_matmul_rows,
  * which reads each weight row once in its stored dtype, with the rows split
- * across the thread pool. Longer batches (prefill) use OpenBLAS sgemm: each
- * pool worker converts a block of weight rows to float32 in its own scratch
- * and multiplies the whole batch by it. OpenBLAS is set to one thread, so
- * the pool is the only source of parallelism and the two never
- * oversubscribe the CPUs. Results do not depend on the number of threads.
+ * across the thread pool. Longer batches (prefill) use the batched product
+ * kernel_gemm_nt (kernels.h): the batch is packed once, then each pool
+ * worker takes blocks of weight rows and converts them a cache-sized panel
+ * at a time in its own scratch while it multiplies the whole batch by
+ * them. The pool is the only source of parallelism (OpenBLAS, left with
+ * the gradient's float32 products, is set to one thread). Results do not
+ * depend on the number of threads.
  *
  * A model is not thread-safe: one forward pass (or model_loss_grad, see
  * backward.h) at a time. */

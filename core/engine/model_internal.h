@@ -11,16 +11,17 @@
 #include <stdint.h>
 
 #include "dtype.h"
+#include "kernels.h"
 #include "model.h"
 
 struct pool;
 
-/* Float32 elements of one worker's converted weight block for sgemm
- * (512 KiB: the block stays in L2 while the batch streams past it). On a
- * 16-core machine this beat 2 and 4 MiB blocks, and beat converting whole
- * matrices for one OpenBLAS-threaded sgemm (whose spinning threads also
- * slowed the decoding that followed). */
-#define MODEL_GEMM_BLOCK_ELEMS (128 * 1024)
+/* Batched products (kernel_gemm_*) take the batch's activations packed in
+ * chunks of at most MODEL_GEMM_CHUNK tokens (a multiple of the kernels'
+ * token group), and split a matrix's output rows into tasks of
+ * MODEL_GEMM_BLOCK_ROWS (whole panels). Neither changes any bits. */
+#define MODEL_GEMM_CHUNK (11 * KERNEL_GEMM_MR)
+#define MODEL_GEMM_BLOCK_ROWS (2 * KERNEL_GEMM_NR)
 
 /* A weight matrix W (rows, cols), row-major, read in place. */
 struct model_matrix {
@@ -74,19 +75,20 @@ struct model {
     float *gate, *up;              /* (n_batch, n_ff) */
     float *rope_cos, *rope_sin;    /* (n_batch, head_dim / 2) */
     float **worker_scores;         /* per worker: (cache_cap) attention weights */
-    float **worker_block;          /* per worker: converted weight block for sgemm;
-                                      at least MODEL_GEMM_BLOCK_ELEMS and 8 rows of
-                                      any layer matrix */
-    int64_t worker_block_elems;
+    float **worker_panel;          /* per worker: KERNEL_GEMM_SCRATCH floats, the
+                                      weight panel of kernel_gemm_* */
+    float *xpack;                  /* activations packed for kernel_gemm_*: up to
+                                      MODEL_GEMM_CHUNK tokens of xpack_cols */
+    int64_t xpack_cols;            /* >= every matrix's cols and KERNEL_GEMM_KC */
 };
 
 /* ===== Matrix products on the pool =====
  *
  * out[t][r] = sum_c x[t][c] * W[r][c] for up to three matrices sharing one
- * input, run as one pool_for over blocks of weight rows. Each output
- * element is computed by one kernel call whatever the blocking, and the
- * sgemm blocks depend on the matrix shapes only: results do not depend on
- * the thread count. */
+ * input, run as one pool_for over blocks of weight rows (after one that
+ * packs the input, for batched products). Each output element is computed
+ * by one fixed chain of operations whatever the blocking and the batch:
+ * results do not depend on the thread count. */
 
 struct model_mm_task {
     const struct model_matrix *w;
@@ -101,13 +103,14 @@ struct model_mm_job {
     const float *x;     /* (n_tok, ldx) */
     int64_t ldx;
     int64_t n_tok;
-    bool gemm;          /* sgemm on converted blocks; else kernel_matmul_rows */
+    bool gemm;          /* kernel_gemm_nt on packed input; else kernel_matmul_rows */
     struct model_mm_task task[3];
     int n_task;
+    int64_t t0, nt;     /* the token chunk being run (gemm) */
 };
 
-/* Starts a job over n_tok input rows of x. `gemm` picks sgemm (for batches)
- * over reading each weight row once (decoding). */
+/* Starts a job over n_tok input rows of x. `gemm` picks the batched
+ * product (for batches) over reading each weight row once (decoding). */
 void model_mm_begin(struct model_mm_job *job, struct model *m, const float *x, int64_t ldx,
                     int64_t n_tok, bool gemm);
 /* Adds W's product, written to out with row stride ldo (at most three). */
