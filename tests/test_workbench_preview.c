@@ -80,6 +80,65 @@ static void check_sizes(struct workspace *ws)
               ws_preview_dtype_parse("out") == WS_PREVIEW_OUTPUT && ws_preview_dtype_parse("q4") < 0);
 }
 
+/* The demo's TIES recipe with `density` and long's `weight`. */
+static struct recipe *ties_recipe(const char *demo, double density, double weight)
+{
+    char text[1024];
+    snprintf(text, sizeof text,
+             "{\"format\": \"mergescope-recipe/1\", \"base\": \"quick\","
+             " \"models\": [{\"name\": \"long\", \"path\": \"long\", \"weight\": %g}],"
+             " \"method\": \"ties\", \"params\": {\"density\": %g, \"normalize\": false},"
+             " \"output\": {\"dtype\": \"f32\", \"config_from\": \"long\", \"tokenizer_from\": \"long\"}}",
+             weight, density);
+    return recipe_parse(text, strlen(text), "edited.json", demo);
+}
+
+/* Layer 2 of `ws` and of a fresh workspace on `r` hold the same bytes;
+ * counts the tensors compared. */
+static bool same_layer2(struct workspace *ws, const struct recipe *r, size_t *compared)
+{
+    struct workspace *fresh = ws_open(r, ws_default_params());
+    bool ok = fresh && ws_merge_layer(fresh, 2, NULL, NULL) == 0;
+    for (size_t i = 0; ok && i < ws_n_tensors(ws); i++) {
+        const struct ws_tensor *t = ws_tensor(ws, i);
+        if (t->info.layer != 2)
+            continue;
+        ok = ws_merged(ws, i) && ws_merged(fresh, i) &&
+             memcmp(ws_merged(ws, i), ws_merged(fresh, i), (size_t)t->n_elements * 4) == 0;
+        (*compared)++;
+    }
+    ws_free(fresh);
+    return ok;
+}
+
+/* Re-merges after edits reuse the cuts found before (merge_cut_memo): a
+ * density stepped away and back, then a weight change at the same density,
+ * each give exactly the bytes a fresh workspace merges. */
+static void check_remerge_memo(const char *demo)
+{
+    struct recipe *r04 = ties_recipe(demo, 0.4, 1.0), *r06 = ties_recipe(demo, 0.6, 1.0);
+    struct recipe *r04w = ties_recipe(demo, 0.4, 0.7);
+    struct workspace *ws = r04 ? ws_open(r04, ws_default_params()) : NULL;
+    size_t compared = 0;
+    bool ok = ws && r06 && r04w && ws_merge_layer(ws, 2, NULL, NULL) == 0 &&
+              ws_set_recipe(ws, r06, NULL) == 0 && ws_merge_layer(ws, 2, NULL, NULL) == 0 &&
+              same_layer2(ws, r06, &compared) &&
+              ws_set_recipe(ws, r04, NULL) == 0 && ws_merge_layer(ws, 2, NULL, NULL) == 0 &&
+              same_layer2(ws, r04, &compared) &&
+              ws_set_recipe(ws, r04w, NULL) == 0 && ws_merge_layer(ws, 2, NULL, NULL) == 0 &&
+              same_layer2(ws, r04w, &compared);
+    char descr[200];
+    snprintf(descr, sizeof descr, "re-merges of layer 2 after density 0.4 -> 0.6 -> 0.4 and weight 1 -> 0.7 "
+             "each equal a fresh merge, byte for byte (%zu tensors)", compared);
+    TEST_COND(descr, ok && compared >= 21);
+    if (!ok && lm_last_error()[0])
+        printf("      %s\n", lm_last_error());
+    ws_free(ws);
+    recipe_free(r04);
+    recipe_free(r06);
+    recipe_free(r04w);
+}
+
 int main(void)
 {
     const char *src = getenv("MS_SOURCE_DIR");
@@ -93,6 +152,9 @@ int main(void)
         return test_report();
     }
     check_sizes(ws);
+    char demo[1024];
+    snprintf(demo, sizeof demo, "%s/demo", src ? src : ".");
+    check_remerge_memo(demo);
 
     int64_t nv = 0, nv8 = 0;
     bool qa = true, qb = false;

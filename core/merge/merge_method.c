@@ -205,7 +205,9 @@ bool merge_method_uses(const struct merge_method *m, int on, enum merge_param_id
 
 int merge_inner_tensor(const struct merge_tensor_job *job)
 {
-    return merge_inner_method(job->params)->merge_tensor(job);
+    struct merge_tensor_job in = *job;
+    in.cut_memo = NULL; /* a wrapper may have changed the inputs */
+    return merge_inner_method(job->params)->merge_tensor(&in);
 }
 
 const struct merge_method *merge_method_find(const char *name)

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "select.h"
+
 #define MERGE_MAX_MODELS 16
 
 /* Every parameter any method understands. A method lists the ones it takes. */
@@ -113,6 +115,24 @@ struct merge_context {
 
 /* One tensor to merge. `base` and `models[i]` hold n float32 values each and
  * are read-only; `out` receives n values (it may alias nothing). */
+/* Top-k cuts remembered across merges of one tensor. A cut of model i's
+ * task vector |x_i - b| to its top k entries depends on the inputs, i and
+ * k alone, so a caller that merges the same tensor again (the workbench
+ * after an edit of a weight, lambda or a density it had before) can skip
+ * the pass that finds it. The caller zero-initialises one per tensor and
+ * keeps it only while the tensor's inputs stay the same; one thread uses
+ * it at a time. */
+#define MERGE_CUT_MEMO 4
+struct merge_cut_memo {
+    struct {
+        bool used;
+        int model;
+        uint64_t k;
+        struct topk_cut cut;
+    } e[MERGE_CUT_MEMO];
+    unsigned next;
+};
+
 struct merge_tensor_job {
     const char  *name;      /* full tensor name: part of the DARE/della mask seed */
     uint64_t     n;
@@ -126,6 +146,7 @@ struct merge_tensor_job {
     const struct merge_tensor_params *params;
     float       *out;
     struct merge_scratch *scratch;
+    struct merge_cut_memo *cut_memo; /* NULL: find every cut (wrapping methods pass NULL on) */
 };
 
 struct merge_stream_job;

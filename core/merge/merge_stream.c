@@ -17,7 +17,7 @@ void merge_stream_whole_job(const struct merge_stream_job *sj, const float **mod
     *job = (struct merge_tensor_job){
         .name = sj->name, .n = sj->n, .rows = sj->rows, .cols = sj->cols,
         .base = placeholder_in, .models = models, .n_models = sj->n_models, .params = sj->params,
-        .out = placeholder_out, .scratch = sj->scratch,
+        .out = placeholder_out, .scratch = sj->scratch, .cut_memo = sj->cut_memo,
     };
 }
 

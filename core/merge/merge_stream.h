@@ -41,6 +41,7 @@ struct merge_stream_job {
     merge_read_fn read;      /* for the whole-tensor pass of begin */
     void        *ud;
     struct merge_scratch *scratch; /* top-k work space (slot 0) */
+    struct merge_cut_memo *cut_memo; /* as in merge_tensor_job, or NULL */
 };
 
 struct merge_stream {

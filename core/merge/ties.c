@@ -196,11 +196,25 @@ static void task_vector(float *d, const float *x, const float *b, uint64_t n)
 static int gta_cut(const struct merge_tensor_job *job, const struct merge_stream_job *sj, int i,
                    uint64_t k, uint32_t *work, size_t wlen, struct topk_cut *cut)
 {
-    if (!sj) {
+    struct merge_cut_memo *memo = job->cut_memo;
+    for (int e = 0; memo && e < MERGE_CUT_MEMO; e++)
+        if (memo->e[e].used && memo->e[e].model == i && memo->e[e].k == k) {
+            *cut = memo->e[e].cut;
+            return 0;
+        }
+    int rc = 0;
+    if (!sj)
         *cut = topk_find_diff(job->models[i], job->base, job->n, k, work, wlen);
-        return 0;
+    else
+        rc = merge_read_cut(sj->read, sj->ud, i, job->n, k, work, wlen, cut);
+    if (!rc && memo) {
+        unsigned slot = memo->next++ % MERGE_CUT_MEMO;
+        memo->e[slot].used = true;
+        memo->e[slot].model = i;
+        memo->e[slot].k = k;
+        memo->e[slot].cut = *cut;
     }
-    return merge_read_cut(sj->read, sj->ud, i, job->n, k, work, wlen, cut);
+    return rc;
 }
 
 /* breadcrumbs (mergekit's magnitude_outliers) for n entries at density

@@ -386,9 +386,10 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
     ws->merged = lm_calloc(ws->n_tensors, sizeof(*ws->merged));
     ws->preview = WS_PREVIEW_OUTPUT;
     ws->spare = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->spare));
+    ws->cut_memo = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->cut_memo));
     ws->nonfinite = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->nonfinite));
     ws->pool = pool_new(params.n_threads);
-    if (!ws->stats || !ws->stats_done || !ws->merged || !ws->spare || !ws->nonfinite || !ws->pool)
+    if (!ws->stats || !ws->stats_done || !ws->merged || !ws->spare || !ws->cut_memo || !ws->nonfinite || !ws->pool)
         goto fail;
     ws->scratch = lm_calloc((size_t)pool_n_workers(ws->pool), sizeof(*ws->scratch));
     if (!ws->scratch)
@@ -411,6 +412,7 @@ void ws_free(struct workspace *ws)
     ws_drop_merged(ws);
     free(ws->merged);
     free(ws->spare);
+    free(ws->cut_memo);
     free(ws->stats);
     free(ws->nonfinite);
     free(ws->stats_done);

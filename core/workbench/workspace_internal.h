@@ -55,6 +55,7 @@ struct workspace {
     void **merged;                  /* ws_cache_dtype bytes per tensor, or NULL */
     enum ws_preview_dtype preview;  /* the cache's form, never AUTO */
     void **spare;                   /* buffers of invalidated merges, reused by the next */
+    struct merge_cut_memo *cut_memo; /* per tensor: top-k cuts found before (the inputs never change) */
     /* Calibration results (aim, sens), each with the key of the settings
      * that produced it; NULL = not computed. The results are published
      * whole through atomic pointers, because the workbench's UI thread

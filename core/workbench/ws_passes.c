@@ -90,6 +90,7 @@ int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratc
         .rows = t->ndim == 2 ? (uint64_t)t->shape[0] : 1,
         .cols = t->ndim == 2 ? (uint64_t)t->shape[1] : t->n_elements,
         .ctx = needs ? &ctx : NULL,
+        .cut_memo = &ws->cut_memo[i],
     };
     if (needs & MERGE_NEEDS_ACTIVATIONS)
         ctx.channel_importance = calib_activations_for(act, t->name, &t->info, job.cols,
@@ -374,6 +375,7 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
         .rows = t->ndim == 2 ? (uint64_t)t->shape[0] : 1,
         .cols = t->ndim == 2 ? (uint64_t)t->shape[1] : t->n_elements,
         .n_models = nm, .params = &p, .read = stream_read, .ud = &ctx, .scratch = &sc->method,
+        .cut_memo = &ws->cut_memo[i],
     };
     struct merge_stream *st = NULL;
     int rc = merge_stream_begin(ws->plan.method, &sj, &st);
