@@ -176,6 +176,7 @@ int cli_calibrate(struct workspace *ws, bool quiet);
 int cmd_stats(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_import(int argc, char **argv);
 int cmd_calibrate(int argc, char **argv);
 
 #endif

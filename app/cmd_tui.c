@@ -11,10 +11,11 @@
 #include "fsutil.h"
 #include "lm_error.h"
 #include "merge_method.h"
+#include "mergekit_import.h"
 #include "tui.h"
 
 static const char tui_usage[] =
-    "usage: mergescope [RECIPE.json | --base DIR --model DIR [--model DIR ...]] [options]\n"
+    "usage: mergescope [RECIPE.json|CONFIG.yml | --base DIR --model DIR [--model DIR ...]] [options]\n"
     "\n"
     "Opens the workbench: per-layer task-vector statistics of the models (norms,\n"
     "relative change, cosine and sign conflicts between task vectors) as numbers\n"
@@ -82,6 +83,7 @@ int cmd_tui(int argc, char **argv)
             return rc;
     }
     struct recipe *r = NULL;
+    char *json_path = NULL;
     if (optind == argc && !base && n_models == 0) {
         /* No models named: the bundled demo's long-to-short TIES recipe.
          * `s` then saves to ./recipe.json, never over the bundled file. */
@@ -112,6 +114,17 @@ int cmd_tui(int argc, char **argv)
         if (!r)
             return CLI_EXIT_BAD_INPUT;
         opt.recipe_path = argv[optind];
+        /* A mergekit YAML file opens as the recipe it means; `s` saves
+         * that recipe beside it as JSON, never over the YAML. */
+        if (recipe_path_is_yaml(argv[optind])) {
+            const char *dot = strrchr(argv[optind], '.');
+            json_path = lm_asprintf("%.*s.json", (int)(dot - argv[optind]), argv[optind]);
+            if (!json_path) {
+                recipe_free(r);
+                return cli_fail(LM_ENOMEM);
+            }
+            opt.recipe_path = json_path;
+        }
     } else {
         if (!base || n_models == 0)
             return cli_usage_error(NULL, "expected a RECIPE, or --base DIR and at least one --model DIR");
@@ -124,5 +137,6 @@ int cmd_tui(int argc, char **argv)
     if (!(rc = cli_check_recipe_models(r)))
         rc = tui_run(r, &opt);
     recipe_free(r);
+    free(json_path);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include "cmd_tui.h"
 #include "fault.h"
 #include "merge_method.h"
+#include "mergekit_import.h"
 
 #define MS_VERSION "0.1.0"
 
@@ -27,6 +28,7 @@ static const struct cli_command commands[] = {
     { "stats",    cmd_stats,    "per-tensor, per-layer and per-module task-vector statistics" },
     { "merge",    cmd_merge,    "merge the models a recipe names and write an HF model directory" },
     { "export",   cmd_export,   "print a recipe as mergekit YAML" },
+    { "import",   cmd_import,   "read a mergekit YAML configuration as a recipe" },
     { "calibrate", cmd_calibrate, "run and show a recipe's calibration (aim, sens): cost, importance, sensitivity" },
     { "generate", cmd_generate, "stream a model's (or a recipe's merged model's) continuation of a prompt" },
     { "logits",   cmd_logits,   "write prefill logits as float32 [n_tokens x vocab]" },
@@ -38,7 +40,7 @@ static const struct cli_command commands[] = {
 static void print_help(FILE *out)
 {
     fprintf(out,
-            "usage: mergescope [RECIPE.json | --base DIR --model DIR [--model DIR ...]] [--theme NAME]\n"
+            "usage: mergescope [RECIPE.json|CONFIG.yml | --base DIR --model DIR [--model DIR ...]] [--theme NAME]\n"
             "       mergescope COMMAND [ARGS...]\n"
             "\n"
             "mergescope opens a base model and models fine-tuned from it (Hugging Face\n"
@@ -87,7 +89,7 @@ int main(int argc, char **argv)
         if (strcmp(cmd, commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);
     /* A recipe file or --base/--model: the workbench. */
-    if (cmd[0] == '-' || strstr(cmd, ".json") || strchr(cmd, '/'))
+    if (cmd[0] == '-' || strstr(cmd, ".json") || recipe_path_is_yaml(cmd) || strchr(cmd, '/'))
         return cmd_tui(argc, argv);
     fprintf(stderr, "mergescope: error: unknown command '%s'\n", cmd);
     print_help(stderr);

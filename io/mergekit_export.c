@@ -95,6 +95,7 @@ static const struct mk_method mk_methods[] = {
     { "breadcrumbs_ties", "breadcrumbs_ties", MK_BASE | MK_WEIGHT | MK_RANKED },
     { "nearswap",        "nearswap",        MK_BASE | MK_T },
     { "della_linear",    "della_linear",    MK_BASE | MK_WEIGHT | MK_RANDOM | MK_RESCALE | MK_RANKED | MK_PROB },
+    { "model_stock",     "model_stock",     MK_BASE },
 };
 
 /* Parameters with the same name and meaning in mergekit; `per_model` ones
@@ -838,6 +839,20 @@ const char *mergekit_method_name(const char *method)
 {
     const struct mk_method *m = mk_method_find(method);
     return m ? m->mergekit : NULL;
+}
+
+const char *mergekit_method_ours(const char *mergekit, bool *uses_base, bool *rescales)
+{
+    for (size_t i = 0; mergekit && i < LM_ARRAY_SIZE(mk_methods); i++) {
+        if (strcmp(mergekit, mk_methods[i].mergekit) != 0)
+            continue;
+        if (uses_base)
+            *uses_base = (mk_methods[i].flags & MK_BASE) != 0;
+        if (rescales)
+            *rescales = (mk_methods[i].flags & MK_RESCALE) != 0;
+        return mk_methods[i].name;
+    }
+    return NULL;
 }
 
 static int export_all(struct mk_ctx *x, struct lm_strbuf *y)

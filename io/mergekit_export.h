@@ -7,10 +7,21 @@
 #ifndef MS_IO_MERGEKIT_EXPORT_H
 #define MS_IO_MERGEKIT_EXPORT_H
 
+#include <stdbool.h>
+
 /* The merge_method mergekit uses for mergescope's method `method` ("ties"
  * -> "ties", "average" -> "linear"), or NULL when mergekit has no
  * equivalent (lore, twin, aim, sens) or `method` is unknown or NULL. */
 const char *mergekit_method_name(const char *method);
+
+/* The other way, for YAML import: mergescope's method for mergekit's
+ * merge_method `mergekit` (the first in the table: "linear" -> "linear",
+ * not "average"), or NULL when mergescope has none. `*uses_base` (may be
+ * NULL) says whether mergekit's method takes the base model's tensors as
+ * the base of its task vectors or interpolation (so a base_model listed
+ * among the models is not one of the models merged); `*rescales` whether
+ * mergekit rescales kept entries by default (rescale: true). */
+const char *mergekit_method_ours(const char *mergekit, bool *uses_base, bool *rescales);
 
 struct recipe;
 

@@ -26,6 +26,7 @@
 #include "dtype.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "mergekit_import.h"
 #include "numfmt.h"
 #include "output_policy.h"
 #include "strbuf.h"
@@ -1380,7 +1381,10 @@ struct recipe *recipe_load(const char *path)
     if (!text)
         return NULL;
     char *dir = lm_path_dirname(path);
-    struct recipe *r = dir ? recipe_parse(text, len, path, dir) : NULL;
+    /* mergekit YAML is read as the recipe it means (mergekit_import.h). */
+    struct recipe *r = !dir ? NULL
+                       : recipe_path_is_yaml(path) ? recipe_from_mergekit_yaml(text, len, path, dir, NULL)
+                                                   : recipe_parse(text, len, path, dir);
     free(text);
     free(dir);
     if (r && dup_str(&r->source_path, path) != 0) {

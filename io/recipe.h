@@ -127,7 +127,9 @@ struct recipe {
     struct recipe_calibration calibration;
 };
 
-/* Reads and parses a recipe file. NULL with an error naming the file and key. */
+/* Reads and parses a recipe file: JSON, or mergekit YAML for a .yml/.yaml
+ * path (read as the recipe it means, see mergekit_import.h). NULL with an
+ * error naming the file and key. */
 struct recipe *recipe_load(const char *path);
 /* Parses recipe text; `label` names it in messages; `dir` is where relative
  * paths resolve (NULL = "."). */

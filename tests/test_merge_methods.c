@@ -76,13 +76,14 @@ static void test_registry(void)
 {
     static const char *const want[] = {
         "linear", "average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp",
-        "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "nearswap", "lore", "twin", "aim", "sens",
+        "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "nearswap", "model_stock", "lore", "twin",
+        "aim", "sens",
     };
     int n = 0;
     int names_ok = 1, fields_ok = 1;
     while (merge_methods[n])
         n++;
-    TEST_COND("registry lists 16 methods", n == (int)LM_ARRAY_SIZE(want));
+    TEST_COND("registry lists 17 methods", n == (int)LM_ARRAY_SIZE(want));
     for (int i = 0; i < n && i < (int)LM_ARRAY_SIZE(want); i++) {
         const struct merge_method *m = merge_methods[i];
         if (strcmp(m->name, want[i]) != 0)
@@ -104,7 +105,8 @@ static void test_registry(void)
             names_ok = 0;
     }
     TEST_COND("registry order: linear, average, task_arithmetic, ties, dare_linear, dare_ties, "
-              "slerp, breadcrumbs, breadcrumbs_ties, della, della_linear, nearswap, lore, twin, aim, sens", names_ok);
+              "slerp, breadcrumbs, breadcrumbs_ties, della, della_linear, nearswap, model_stock, lore, twin, aim, sens",
+              names_ok);
     TEST_COND("every method has a summary, a model range, a params list, and a mergekit name "
               "exactly when it wraps no other method", fields_ok);
     TEST_COND("merge_method_find(\"nope\") is NULL", merge_method_find("nope") == NULL);
@@ -1102,6 +1104,48 @@ static void test_nearswap(void)
               rc == LM_EFORMAT && strstr(lm_last_error(), "model.norm.weight"));
 }
 
+/* model_stock: t = N cos / (1 + (N - 1) cos), out = t avg(x) + (1 - t) b. */
+static void test_model_stock(void)
+{
+    /* d1 = (1, 0, 1, 0), d2 = (1, 1, 0, 0): cos = 1 / (sqrt 2 sqrt 2) = 0.5,
+     * t = 2 x 0.5 / (1 + 0.5) = 2/3; avg = (2, 1.5, 1.5, 1), so
+     * out = 2/3 avg + 1/3 b = (5/3, 4/3, 4/3, 1). */
+    const float b[4] = { 1, 1, 1, 1 }, x1[4] = { 2, 1, 2, 1 }, x2[4] = { 2, 2, 1, 1 };
+    const float *xs[2] = { x1, x2 };
+    float out[4];
+    struct merge_tensor_params p = params_for(&merge_method_model_stock, 2);
+    int rc = run(&merge_method_model_stock, "ms", b, xs, 2, 4, &p, out);
+    const double want[4] = { 5.0 / 3, 4.0 / 3, 4.0 / 3, 1 };
+    TEST_COND("model_stock, two models at cos 0.5: t = 2/3, hand-computed entries",
+              rc == 0 && all_near(out, want, 4, 1e-6));
+    /* Three orthogonal task vectors: cos 0, t 0: the base, exactly. */
+    const float y1[3] = { 2, 1, 1 }, y2[3] = { 1, 3, 1 }, y3[3] = { 1, 1, 0.5f }, c[3] = { 1, 1, 1 };
+    const float *ys[3] = { y1, y2, y3 };
+    p = params_for(&merge_method_model_stock, 3);
+    rc = run(&merge_method_model_stock, "ms", c, ys, 3, 3, &p, out);
+    TEST_COND("model_stock, orthogonal task vectors: t = 0 gives the base bit for bit",
+              rc == 0 && out[0] == 1 && out[1] == 1 && out[2] == 1);
+    /* Parallel task vectors d and 2d (cos 1): t = 1, the average 1.5 d + b. */
+    const float z1[2] = { 2, 3 }, z2[2] = { 3, 5 }, e[2] = { 1, 1 };
+    const float *zs[2] = { z1, z2 };
+    p = params_for(&merge_method_model_stock, 2);
+    rc = run(&merge_method_model_stock, "ms", e, zs, 2, 2, &p, out);
+    const double want3[2] = { 2.5, 4 };
+    TEST_COND("model_stock, parallel task vectors: t = 1 gives the models' average",
+              rc == 0 && all_near(out, want3, 2, 1e-6));
+    /* Opposed task vectors d, -d: cos -1, t = -2 / 0: mergekit's division
+     * by zero gives infinities and NaN; so does this, canonically. */
+    const float w1[1] = { 2 }, w2[1] = { 0 }, f[1] = { 1 };
+    const float *ws[2] = { w1, w2 };
+    rc = run(&merge_method_model_stock, "ms", f, ws, 2, 1, &p, out);
+    TEST_COND("model_stock, opposed task vectors: the degenerate t is not hidden",
+              rc == 0 && !isfinite(out[0]));
+    const float *one[1] = { x1 };
+    p = params_for(&merge_method_model_stock, 1);
+    rc = run(&merge_method_model_stock, "ms", b, one, 1, 4, &p, out);
+    TEST_COND("model_stock with one model: an error (mergekit needs the base and two more)", rc != 0);
+}
+
 /* Breadcrumbs on data with many equal magnitudes against mergekit's rule
  * written out plainly: sort the entries by ascending |d| (a stable sort:
  * equal magnitudes by index), keep positions [n_bot, n - n_top). */
@@ -1478,6 +1522,7 @@ int main(void)
     test_breadcrumbs_reference();
     test_gta_variants();
     test_nearswap();
+    test_model_stock();
     test_della();
     test_paths_agree();
     test_dare_boundary();

@@ -168,6 +168,7 @@ const struct merge_method *const merge_methods[] = {
     &merge_method_della,
     &merge_method_della_linear,
     &merge_method_nearswap,
+    &merge_method_model_stock,
     &merge_method_lore,
     &merge_method_twin,
     &merge_method_aim,

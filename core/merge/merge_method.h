@@ -243,6 +243,7 @@ extern const struct merge_method merge_method_della;
 extern const struct merge_method merge_method_breadcrumbs_ties;
 extern const struct merge_method merge_method_della_linear;
 extern const struct merge_method merge_method_nearswap;
+extern const struct merge_method merge_method_model_stock;
 extern const struct merge_method merge_method_lore;
 extern const struct merge_method merge_method_twin;
 extern const struct merge_method merge_method_aim;
