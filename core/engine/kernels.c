@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "convert.h"
+#include "kernels_internal.h"
 #include "lm_error.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
@@ -91,27 +92,6 @@ bool kernel_weight_type_ok(enum lm_dtype t, int64_t cols)
     return lm_dtype_is_float_supported(t) || (t == LM_DTYPE_Q8_0 && cols % LM_Q8_GROUP == 0);
 }
 
-/* One weight element as float; w may be unaligned. */
-static inline float weight_at(const unsigned char *w, enum lm_dtype t, int64_t i)
-{
-    uint16_t h;
-    float f;
-    switch (t) {
-    case LM_DTYPE_BF16:
-        memcpy(&h, w + 2 * i, sizeof h);
-        return lm_bf16_to_f32(h);
-    case LM_DTYPE_F16:
-        memcpy(&h, w + 2 * i, sizeof h);
-        return lm_f16_to_f32(h);
-    case LM_DTYPE_Q8_0: {
-        const unsigned char *g = w + (size_t)(i / LM_Q8_GROUP) * LM_Q8_GROUP_BYTES;
-        return lm_f16_to_f32((uint16_t)(g[0] | g[1] << 8)) * (float)(int8_t)g[2 + i % LM_Q8_GROUP];
-    }
-    default:
-        memcpy(&f, w + 4 * i, sizeof f);
-        return f;
-    }
-}
 
 /* ===== Reference versions (the definitions the tests check against) ===== */
 

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "convert.h"
+#include "kernels_internal.h"
 #include "lm_error.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
@@ -37,28 +38,6 @@
 
 /* ===== Shared helpers ===== */
 
-/* One weight element as float (the definition every path packs to); w may
- * be unaligned. */
-static inline float weight_at(const unsigned char *w, enum lm_dtype t, int64_t i)
-{
-    uint16_t h;
-    float f;
-    switch (t) {
-    case LM_DTYPE_BF16:
-        memcpy(&h, w + 2 * i, sizeof h);
-        return lm_bf16_to_f32(h);
-    case LM_DTYPE_F16:
-        memcpy(&h, w + 2 * i, sizeof h);
-        return lm_f16_to_f32(h);
-    case LM_DTYPE_Q8_0: {
-        const unsigned char *g = w + (size_t)(i / LM_Q8_GROUP) * LM_Q8_GROUP_BYTES;
-        return lm_f16_to_f32((uint16_t)(g[0] | g[1] << 8)) * (float)(int8_t)g[2 + i % LM_Q8_GROUP];
-    }
-    default:
-        memcpy(&f, w + 4 * i, sizeof f);
-        return f;
-    }
-}
 
 /* The panel inside caller scratch, on a 64-byte boundary. */
 static float *panel_of(float *scratch)
