@@ -72,6 +72,8 @@ enum {
     MK_RESCALE = 1 << 5, /* mergekit rescales kept entries to the L1 norm by default */
     MK_RANKED  = 1 << 6, /* cuts or ranks by magnitude (mergekit's unstable argsort) */
     MK_PROB    = 1 << 7, /* mergescope's "inverse" rescale is 1/p per entry (della) */
+    MK_SAMPLED = 1 << 8, /* mergekit's quantiles of large tensors come from a random sample */
+    MK_VARIANCE = 1 << 9, /* cuts by variance across models (sce's top-k) */
 };
 
 struct mk_method {
@@ -96,6 +98,13 @@ static const struct mk_method mk_methods[] = {
     { "nearswap",        "nearswap",        MK_BASE | MK_T },
     { "della_linear",    "della_linear",    MK_BASE | MK_WEIGHT | MK_RANDOM | MK_RESCALE | MK_RANKED | MK_PROB },
     { "model_stock",     "model_stock",     MK_BASE },
+    { "sce",             "sce",             MK_BASE | MK_VARIANCE },
+    { "karcher",         "karcher",         0 },
+    { "nuslerp",         "nuslerp",         MK_BASE | MK_WEIGHT },
+    { "multislerp",      "multislerp",      MK_BASE | MK_WEIGHT },
+    { "arcee_fusion",    "arcee_fusion",    MK_BASE | MK_SAMPLED },
+    { "ram",             "ram",             MK_BASE },
+    { "ramplus_tl",      "ramplus_tl",      MK_BASE },
 };
 
 /* Parameters with the same name and meaning in mergekit; `per_model` ones
@@ -106,6 +115,9 @@ static const struct {
 } mk_params[] = {
     { "weight", true }, { "density", true }, { "gamma", true }, { "epsilon", true },
     { "lambda", false }, { "normalize", false }, { "t", false }, { "rescale", false },
+    { "select_topk", false }, { "max_iter", false }, { "tol", false },
+    { "nuslerp_row_wise", false }, { "nuslerp_flatten", false }, { "normalize_weights", false },
+    { "eps", false }, { "r", false }, { "alpha", false },
 };
 
 /* Module names that can be tied to a layer: the part after "layers.N.". */
@@ -917,6 +929,16 @@ static int export_all(struct mk_ctx *x, struct lm_strbuf *y)
               "orders them as a stable sort does (%s)",
               strncmp(x->m->mergekit, "breadcrumbs", 11) == 0 ? "ascending: the lower index counts as smaller"
                                                          : "the lower index counts as larger");
+    if (flags & MK_VARIANCE) {
+        const struct recipe_param *st = recipe_find_param(r->params, r->n_params, "select_topk");
+        if (st || r->n_overrides > 0)
+            warnf(x, "equal variances: mergekit's top-k keeps whichever the sort puts first where "
+                  "equal values straddle the cut; mergescope keeps the lower index");
+    }
+    if (flags & MK_SAMPLED)
+        warnf(x, "tensors of more than 1,000,000 entries: mergekit estimates the threshold's "
+              "quantiles from a random, unseeded sample of a million entries; mergescope uses "
+              "exact quantiles, so such tensors can differ");
     free(names);
 
     export_output(x, y);

@@ -76,14 +76,14 @@ static void test_registry(void)
 {
     static const char *const want[] = {
         "linear", "average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp",
-        "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "nearswap", "model_stock", "lore", "twin",
-        "aim", "sens",
+        "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "nearswap", "model_stock", "sce", "karcher",
+        "nuslerp", "multislerp", "arcee_fusion", "ram", "ramplus_tl", "lore", "twin", "aim", "sens",
     };
     int n = 0;
     int names_ok = 1, fields_ok = 1;
     while (merge_methods[n])
         n++;
-    TEST_COND("registry lists 17 methods", n == (int)LM_ARRAY_SIZE(want));
+    TEST_COND("registry lists 24 methods", n == (int)LM_ARRAY_SIZE(want));
     for (int i = 0; i < n && i < (int)LM_ARRAY_SIZE(want); i++) {
         const struct merge_method *m = merge_methods[i];
         if (strcmp(m->name, want[i]) != 0)
@@ -105,7 +105,8 @@ static void test_registry(void)
             names_ok = 0;
     }
     TEST_COND("registry order: linear, average, task_arithmetic, ties, dare_linear, dare_ties, "
-              "slerp, breadcrumbs, breadcrumbs_ties, della, della_linear, nearswap, model_stock, lore, twin, aim, sens",
+              "slerp, breadcrumbs, breadcrumbs_ties, della, della_linear, nearswap, model_stock, sce, karcher, nuslerp, multislerp, "
+              "arcee_fusion, ram, ramplus_tl, lore, twin, aim, sens",
               names_ok);
     TEST_COND("every method has a summary, a model range, a params list, and a mergekit name "
               "exactly when it wraps no other method", fields_ok);
@@ -156,6 +157,8 @@ static void test_param_specs(void)
     static const char *const names[] = {
         "weight", "density", "lambda", "normalize", "t", "gamma", "epsilon", "seed", "rescale",
         "on", "mu", "iterations", "rank", "energy", "omega", "alpha", "temperature", "importance",
+        "select_topk", "max_iter", "tol", "nuslerp_row_wise", "nuslerp_flatten", "normalize_weights",
+        "eps", "r",
     };
     _Static_assert(sizeof(names) / sizeof(names[0]) == MERGE_PARAM_COUNT, "one name per parameter");
     int names_ok = 1;
@@ -163,7 +166,8 @@ static void test_param_specs(void)
         if (strcmp(merge_param_specs[i].name, names[i]) != 0)
             names_ok = 0;
     TEST_COND("param names are weight, density, lambda, normalize, t, gamma, epsilon, seed, rescale, "
-              "on, mu, iterations, rank, energy, omega, alpha, temperature, importance", names_ok);
+              "on, mu, iterations, rank, energy, omega, alpha, temperature, importance, select_topk, "
+              "max_iter, tol, nuslerp_row_wise, nuslerp_flatten, normalize_weights, eps, r", names_ok);
     TEST_COND("merge_param_find(\"nope\") is NULL", merge_param_find("nope") == NULL);
     const struct merge_param_spec *w = merge_param_find("weight");
     TEST_COND("weight allows any finite value, negative included",
@@ -1104,6 +1108,214 @@ static void test_nearswap(void)
               rc == LM_EFORMAT && strstr(lm_last_error(), "model.norm.weight"));
 }
 
+/* A job over a rows x cols matrix (run() merges vectors). */
+static int run_matrix(const struct merge_method *m, const float *base, const float *const *models,
+                      int nm, uint64_t rows, uint64_t cols, const struct merge_tensor_params *p,
+                      float *out)
+{
+    struct merge_tensor_job job = {
+        .name = "model.layers.0.mlp.up_proj.weight", .n = rows * cols, .rows = rows, .cols = cols,
+        .base = base, .models = models, .n_models = nm, .params = p, .out = out,
+        .scratch = &scratch,
+    };
+    return m->merge_tensor(&job);
+}
+
+/* sce: select by variance, weights by mean square, erase minority signs. */
+static void test_sce(void)
+{
+    /* d1 = (1, 2, -1, 0), d2 = (3, -2, -1, 0) over b = 1. Mean squares
+     * 6/4 = 1.5 and 14/4 = 3.5: w = (0.3, 0.7). Entry 0: both +, 0.3 + 2.1
+     * = 2.4; entry 1: sum 0 counts as +, only d1: 0.3 x 2 / 0.3 = 2;
+     * entry 2: both -, -1; entry 3: zeros never agree, divisor 1, 0. */
+    const float b[4] = { 1, 1, 1, 1 }, x1[4] = { 2, 3, 0, 1 }, x2[4] = { 4, -1, 0, 1 };
+    const float *xs[2] = { x1, x2 };
+    float out[4];
+    struct merge_tensor_params p = params_for(&merge_method_sce, 2);
+    TEST_COND("sce takes select_topk (default 1) and no weight",
+              p.select_topk == 1.0 && merge_method_takes(&merge_method_sce, MERGE_PARAM_SELECT_TOPK) &&
+              !merge_method_takes(&merge_method_sce, MERGE_PARAM_WEIGHT));
+    int rc = run(&merge_method_sce, "sce", b, xs, 2, 4, &p, out);
+    const double want[4] = { 3.4, 3, 0, 1 };
+    TEST_COND("sce, select_topk 1: weights 0.3/0.7 from mean squares, minority signs erased",
+              rc == 0 && all_near(out, want, 4, 1e-6));
+    /* Variances over the models: 1, 4, 0, 0; two non-zero, int(0.5 x 2)
+     * = 1 kept: entry 1 alone. Then w = (0.5, 0.5) and entry 1 is
+     * 0.5 x 2 / 0.5 = 2 over the base. */
+    p.select_topk = 0.5;
+    rc = run(&merge_method_sce, "sce", b, xs, 2, 4, &p, out);
+    const double want2[4] = { 1, 3, 1, 1 };
+    TEST_COND("sce, select_topk 0.5: only the highest-variance entry survives",
+              rc == 0 && all_near(out, want2, 4, 1e-6));
+}
+
+/* karcher: the spherical mean of the models, scaled by their mean norm. */
+static void test_karcher(void)
+{
+    /* Unit vectors at angles 0, 0 and 90 degrees: the Karcher mean on the
+     * circle is the mean angle, 30 degrees (one exp-map step from the
+     * Euclidean mean at atan(1/2) lands there); the mean norm is 1. */
+    const float b[2] = { 5, 5 }, x1[2] = { 1, 0 }, x2[2] = { 1, 0 }, x3[2] = { 0, 1 };
+    const float *xs[3] = { x1, x2, x3 };
+    float out[2];
+    struct merge_tensor_params p = params_for(&merge_method_karcher, 3);
+    TEST_COND("karcher defaults: max_iter 10, tol 1e-5", p.max_iter == 10 && p.tol == 1e-5);
+    int rc = run(&merge_method_karcher, "k", b, xs, 3, 2, &p, out);
+    const double want[2] = { 0.86602540378, 0.5 };
+    TEST_COND("karcher of angles 0, 0, 90 degrees: the 30-degree unit vector (base not used)",
+              rc == 0 && all_near(out, want, 2, 1e-6));
+    /* max_iter 0: the normalised Euclidean mean (2, 1) / sqrt 5 stays. */
+    p.max_iter = 0;
+    rc = run(&merge_method_karcher, "k", b, xs, 3, 2, &p, out);
+    const double want0[2] = { 2 / sqrt(5.0), 1 / sqrt(5.0) };
+    TEST_COND("karcher with max_iter 0: the normalised Euclidean mean of the directions",
+              rc == 0 && all_near(out, want0, 2, 1e-6));
+    /* Orthogonal (2, 0) and (0, 4): direction 45 degrees, scale (2 + 4) / 2. */
+    const float y1[2] = { 2, 0 }, y2[2] = { 0, 4 };
+    const float *ys[2] = { y1, y2 };
+    p = params_for(&merge_method_karcher, 2);
+    rc = run(&merge_method_karcher, "k", b, ys, 2, 2, &p, out);
+    const double want2[2] = { 3 / sqrt(2.0), 3 / sqrt(2.0) };
+    TEST_COND("karcher of (2, 0) and (0, 4): 3 (cos 45, sin 45)", rc == 0 && all_near(out, want2, 2, 1e-6));
+}
+
+/* nuslerp: slerp between two task vectors, whole, by rows or by columns. */
+static void test_nuslerp(void)
+{
+    /* Over b = 1: v0 = (1, 0), v1 = (0, 1), weights 1 and 3: t = 0.75,
+     * theta = 90 degrees: (sin 22.5, sin 67.5) + b. */
+    const float b[2] = { 1, 1 }, x1[2] = { 2, 1 }, x2[2] = { 1, 2 };
+    const float *xs[2] = { x1, x2 };
+    float out[4];
+    struct merge_tensor_params p = params_for(&merge_method_nuslerp, 2);
+    TEST_COND("nuslerp defaults: nuslerp_flatten true, nuslerp_row_wise false",
+              p.flatten && !p.row_wise);
+    p.weight[1] = 3;
+    int rc = run(&merge_method_nuslerp, "nu", b, xs, 2, 2, &p, out);
+    const double want[2] = { 1 + sin(M_PI / 8), 1 + sin(3 * M_PI / 8) };
+    TEST_COND("nuslerp, weights 1 and 3: t = 0.75 on orthogonal task vectors",
+              rc == 0 && all_near(out, want, 2, 1e-6));
+    /* 2x2, b = 0: v0 = [[1, 0], [0, 1]], v1 = [[0, 1], [0, 1]], t = 0.5.
+     * Whole: cos = 1/2, theta = 60 degrees, each v scaled by
+     * sin 30 / sin 60 = 1/sqrt 3. Rows: row 0 at 90 degrees, sin 45 each;
+     * row 1 parallel: the lerp (0, 1). Columns: column 0 against a zero
+     * vector (norm clamped, cos 0): sin 45 (1, 0); column 1, (0, 1) and
+     * (1, 1) at 45 degrees: sin 22.5 / sin 45 ((0, 1) + (1, 1)). */
+    const float z[4] = { 0, 0, 0, 0 }, m1[4] = { 1, 0, 0, 1 }, m2[4] = { 0, 1, 0, 1 };
+    const float *ms[2] = { m1, m2 };
+    p = params_for(&merge_method_nuslerp, 2);
+    rc = run_matrix(&merge_method_nuslerp, z, ms, 2, 2, 2, &p, out);
+    const double k = 1 / sqrt(3.0);
+    const double whole[4] = { k, k, 0, 2 * k };
+    TEST_COND("nuslerp, flattened: one angle for the whole matrix", rc == 0 && all_near(out, whole, 4, 1e-6));
+    p.flatten = false;
+    rc = run_matrix(&merge_method_nuslerp, z, ms, 2, 2, 2, &p, out);
+    const double rows[4] = { sqrt(0.5), sqrt(0.5), 0, 1 };
+    TEST_COND("nuslerp, row by row: parallel rows fall back to the lerp",
+              rc == 0 && all_near(out, rows, 4, 1e-6));
+    p.row_wise = true;
+    rc = run_matrix(&merge_method_nuslerp, z, ms, 2, 2, 2, &p, out);
+    const double c = sin(M_PI / 8) / sin(M_PI / 4);
+    const double cols[4] = { sqrt(0.5), c, 0, 2 * c };
+    TEST_COND("nuslerp, nuslerp_row_wise: column by column (mergekit's dim 0)",
+              rc == 0 && all_near(out, cols, 4, 1e-6));
+}
+
+/* multislerp: normalised weighted mean direction times the weighted mean norm. */
+static void test_multislerp(void)
+{
+    /* Over b = (1, -1): d = (2, 0), (2, 0), (0, 1), weights 1 each
+     * (normalised: 1/3). Directions' mean (2, 1)/3, normalised (2, 1)/sqrt 5;
+     * the tangent sum is zero there; mean norm (2 + 2 + 1)/3 = 5/3. */
+    const float b[2] = { 1, -1 }, x1[2] = { 3, -1 }, x2[2] = { 3, -1 }, x3[2] = { 1, 0 };
+    const float *xs[3] = { x1, x2, x3 };
+    float out[2];
+    struct merge_tensor_params p = params_for(&merge_method_multislerp, 3);
+    TEST_COND("multislerp defaults: normalize_weights true, eps 1e-8",
+              p.normalize_weights && p.eps == 1e-8);
+    int rc = run(&merge_method_multislerp, "ms", b, xs, 3, 2, &p, out);
+    const double s5 = sqrt(5.0);
+    const double want[2] = { 1 + 5.0 / 3 * 2 / s5, -1 + 5.0 / 3 / s5 };
+    TEST_COND("multislerp of three task vectors: direction (2, 1)/sqrt 5, norm 5/3",
+              rc == 0 && all_near(out, want, 2, 1e-6));
+    p.normalize_weights = false;
+    rc = run(&merge_method_multislerp, "ms", b, xs, 3, 2, &p, out);
+    const double want2[2] = { 1 + 5 * 2 / s5, -1 + 5 / s5 };
+    TEST_COND("multislerp without normalize_weights: the norm is the weighted sum, 5",
+              rc == 0 && all_near(out, want2, 2, 1e-5));
+    /* Opposite task vectors with equal weights: two models take the lerp
+     * (here b), three are an error naming the tensor. */
+    const float y1[2] = { 2, -1 }, y2[2] = { 0, -1 };
+    const float *ys[3] = { y1, y2, b };
+    p = params_for(&merge_method_multislerp, 2);
+    rc = run(&merge_method_multislerp, "ms", b, ys, 2, 2, &p, out);
+    TEST_COND("multislerp, two opposite task vectors: the lerp, the base",
+              rc == 0 && out[0] == 1 && out[1] == -1);
+    p = params_for(&merge_method_multislerp, 3);
+    rc = run(&merge_method_multislerp, "model.norm.weight", b, ys, 3, 2, &p, out);
+    TEST_COND("multislerp, three task vectors summing to no direction: an error naming the tensor",
+              rc == LM_EFORMAT && strstr(lm_last_error(), "model.norm.weight"));
+}
+
+/* arcee_fusion: keep the model's entries whose importance is an outlier. */
+static void test_arcee_fusion(void)
+{
+    /* b = 0 (2 x 8). Row 0 of x: d = (0, 1, 2, 3, 4, 5, 6, 30), KL K > 0,
+     * scores |d| K. Row 1: x = 1 everywhere, the same softmax as b's: KL 0,
+     * scores 0 (a whole-tensor KL would not give 0). Sorted, 16 scores:
+     * nine 0, then K .. 6K, 30K; indices int(q 15) = 3, 7, 11: q1 = 0,
+     * median 0, q3 = 3K; threshold 4.5 K: entries 5, 6, 7 of row 0 are
+     * the model's, all else the base's. */
+    float b[16] = { 0 }, x[16];
+    for (int j = 0; j < 8; j++) {
+        x[j] = (float)j;
+        x[8 + j] = 1;
+    }
+    x[7] = 30;
+    const float *xs[1] = { x };
+    float out[16];
+    struct merge_tensor_params p = params_for(&merge_method_arcee_fusion, 1);
+    int rc = run_matrix(&merge_method_arcee_fusion, b, xs, 1, 2, 8, &p, out);
+    double want[16] = { 0 };
+    want[5] = 5;
+    want[6] = 6;
+    want[7] = 30;
+    TEST_COND("arcee_fusion: median + 1.5 IQR of |d| x row KL; a shifted row has KL 0",
+              rc == 0 && all_near(out, want, 16, 0));
+}
+
+/* ram, ramplus_tl: unique changes whole, shared ones averaged. */
+static void test_ram(void)
+{
+    /* b = 0, epsilon 1e-5: entry 0 changed by both (1, 3): mean 2;
+     * entries 1, 2 by model 1 only: 2, 4; entry 3's 1e-6 does not count. */
+    const float b[4] = { 0, 0, 0, 0 }, x1[4] = { 1, 2, 4, 1e-6f }, x2[4] = { 3, 0, 0, 0 };
+    const float *xs[2] = { x1, x2 };
+    float out[4];
+    struct merge_tensor_params p = params_for(&merge_method_ram, 2);
+    TEST_COND("ram default epsilon 1e-5", p.epsilon == 1e-5);
+    int rc = run(&merge_method_ram, "ram", b, xs, 2, 4, &p, out);
+    const double want[4] = { 2, 2, 4, 0 };
+    TEST_COND("ram: shared entries averaged over the models changing them, unique ones whole",
+              rc == 0 && all_near(out, want, 4, 0));
+    /* Model 1: 1 shared, 2 unique, rho 0.5, clamped to alpha 0.2:
+     * lambda 1 + 0.1 x 0.2 = 1.02 on its unique entries. */
+    p = params_for(&merge_method_ramplus_tl, 2);
+    TEST_COND("ramplus_tl defaults: r 0.1, alpha 0.2, epsilon 1e-5",
+              p.r == 0.1 && p.alpha == 0.2 && p.epsilon == 1e-5);
+    rc = run(&merge_method_ramplus_tl, "ram", b, xs, 2, 4, &p, out);
+    const double want2[4] = { 2, 2.04, 4.08, 0 };
+    TEST_COND("ramplus_tl: unique entries x 1.02 (rho 0.5 clamped to 0.2)",
+              rc == 0 && all_near(out, want2, 4, 1e-6));
+    /* r 1, alpha 1: lambda 1 + 0.5. */
+    p.r = 1;
+    p.alpha = 1;
+    rc = run(&merge_method_ramplus_tl, "ram", b, xs, 2, 4, &p, out);
+    const double want3[4] = { 2, 3, 6, 0 };
+    TEST_COND("ramplus_tl, r 1, alpha 1: unique entries x 1.5 (shared/unique = 1/2)",
+              rc == 0 && all_near(out, want3, 4, 1e-6));
+}
+
 /* model_stock: t = N cos / (1 + (N - 1) cos), out = t avg(x) + (1 - t) b. */
 static void test_model_stock(void)
 {
@@ -1523,6 +1735,12 @@ int main(void)
     test_gta_variants();
     test_nearswap();
     test_model_stock();
+    test_sce();
+    test_karcher();
+    test_nuslerp();
+    test_multislerp();
+    test_arcee_fusion();
+    test_ram();
     test_della();
     test_paths_agree();
     test_dare_boundary();

@@ -77,6 +77,39 @@ JSON
 check "model_stock: round trip bytes" roundtrip "$m/stock.json" stock
 check "model_stock merges differently from the plain average (the check can fail)" \
     bash -c "sed 's/model_stock/linear/' '$m/stock.json' >'$m/avg.json' && run 0 '$ms' merge '$m/avg.json' -o '$tmp/avg' && ! cmp -s '$tmp/avg/model.safetensors' '$tmp/rt-a-stock/model.safetensors'"
+# The methods after model_stock, each with a non-default parameter, so
+# that an export or import that lost it would merge to other bytes.
+newrt() { # newrt NAME METHOD PARAMS-JSON MODEL-FIELDS
+    cat >"$m/$1.json" <<JSON
+{ "format": "mergescope-recipe/1", "base": "base",
+  "models": [ { "name": "quick", "path": "quick"$4 }, { "name": "long", "path": "long" } ],
+  "method": "$2", "params": $3, "output": { "dtype": "f32" } }
+JSON
+}
+newrt sce sce '{ "select_topk": 0.4 }' ''
+check "sce with select_topk: round trip bytes" roundtrip "$m/sce.json" sce
+check "sce: the exported YAML names select_topk" grep -q "select_topk: 0.4" "$m/sce.rt.yml"
+newrt karcher karcher '{ "max_iter": 3, "tol": 1e-4 }' ''
+check "karcher with max_iter and tol: round trip bytes" roundtrip "$m/karcher.json" karcher
+newrt nuslerp nuslerp '{ "nuslerp_flatten": false, "nuslerp_row_wise": true }' ', "weight": 0.3'
+check "nuslerp with weights, row_wise, no flatten: round trip bytes" roundtrip "$m/nuslerp.json" nuslerp
+check "nuslerp: the exported YAML names both weights and its switches" \
+    bash -c "grep -q 'weight: 0.3' '$m/nuslerp.rt.yml' && grep -q 'nuslerp_row_wise: true' '$m/nuslerp.rt.yml' && grep -q 'nuslerp_flatten: false' '$m/nuslerp.rt.yml'"
+newrt mslerp multislerp '{ "normalize_weights": false, "eps": 1e-6 }' ', "weight": 0.4'
+check "multislerp with weights, normalize_weights false: round trip bytes" roundtrip "$m/mslerp.json" mslerp
+cat >"$m/fusion.json" <<'JSON'
+{ "format": "mergescope-recipe/1", "base": "base", "models": [ { "name": "long", "path": "long" } ],
+  "method": "arcee_fusion", "output": { "dtype": "bf16" } }
+JSON
+check "arcee_fusion: round trip bytes" roundtrip "$m/fusion.json" fusion
+newrt ram ram '{ "epsilon": 0.001 }' ''
+check "ram with epsilon: round trip bytes" roundtrip "$m/ram.json" ram
+newrt ramplus ramplus_tl '{ "r": 0.5, "alpha": 0.3, "epsilon": 0.0001 }' ''
+check "ramplus_tl with r, alpha, epsilon: round trip bytes" roundtrip "$m/ramplus.json" ramplus
+check "ramplus_tl merges differently from ram (the check can fail)" \
+    bash -c "! cmp -s '$tmp/rt-a-ram/model.safetensors' '$tmp/rt-a-ramplus/model.safetensors'"
+check "import refuses nuslerp without base_model (mergekit's base-less form is not offered)" \
+    bash -c "printf 'merge_method: nuslerp\nmodels:\n  - model: $m/quick\n    parameters: {weight: 1}\n  - model: $m/long\n    parameters: {weight: 1}\n' >'$m/nobase.yml' && run 3 '$ms' import '$m/nobase.yml' -o '$m/nobase.json' && grep -q 'needs base_model' '$tmp/err'"
 
 # ---- import: the recipe it writes ----
 cat >"$m/prec.yml" <<'YAML'

@@ -310,6 +310,14 @@ double tune_param_value(const struct merge_tensor_params *p, enum merge_param_id
     case MERGE_PARAM_ALPHA: return p->alpha;
     case MERGE_PARAM_TEMPERATURE: return p->temperature;
     case MERGE_PARAM_IMPORTANCE: return p->importance;
+    case MERGE_PARAM_SELECT_TOPK: return p->select_topk;
+    case MERGE_PARAM_MAX_ITER: return p->max_iter;
+    case MERGE_PARAM_TOL: return p->tol;
+    case MERGE_PARAM_ROW_WISE: return p->row_wise ? 1 : 0;
+    case MERGE_PARAM_FLATTEN: return p->flatten ? 1 : 0;
+    case MERGE_PARAM_NORMALIZE_WEIGHTS: return p->normalize_weights ? 1 : 0;
+    case MERGE_PARAM_EPS: return p->eps;
+    case MERGE_PARAM_R: return p->r;
     case MERGE_PARAM_COUNT: break;
     }
     return 0;

@@ -58,7 +58,8 @@ const struct merge_param_spec merge_param_specs[MERGE_PARAM_COUNT] = {
     [MERGE_PARAM_EPSILON] = {
         .id = MERGE_PARAM_EPSILON, .name = "epsilon", .kind = MERGE_PARAM_KIND_NUMBER,
         .per_model = false, .min = 0.0, .max = 1.0,
-        .help = "keep probabilities range over density +/- epsilon by magnitude rank",
+        .help = "della: keep probabilities range over density +/- epsilon by magnitude rank; "
+                "ram: changes of at most epsilon count as none",
     },
     [MERGE_PARAM_SEED] = {
         .id = MERGE_PARAM_SEED, .name = "seed", .kind = MERGE_PARAM_KIND_INT,
@@ -103,7 +104,8 @@ const struct merge_param_spec merge_param_specs[MERGE_PARAM_COUNT] = {
     [MERGE_PARAM_ALPHA] = {
         .id = MERGE_PARAM_ALPHA, .name = "alpha", .kind = MERGE_PARAM_KIND_NUMBER,
         .per_model = false, .min = 0.0, .max = 100.0,
-        .help = "how strongly layer sensitivity shapes the per-layer coefficients (0: uniform)",
+        .help = "sens: how strongly layer sensitivity shapes the per-layer coefficients (0: uniform); "
+                "ramplus_tl: cap of the shared/unique ratio",
     },
     [MERGE_PARAM_TEMPERATURE] = {
         .id = MERGE_PARAM_TEMPERATURE, .name = "temperature", .kind = MERGE_PARAM_KIND_NUMBER,
@@ -114,6 +116,46 @@ const struct merge_param_spec merge_param_specs[MERGE_PARAM_COUNT] = {
         .id = MERGE_PARAM_IMPORTANCE, .name = "importance", .kind = MERGE_PARAM_KIND_CHOICE,
         .per_model = false, .min = 0.0, .max = 1.0, .choices = importance_choices,
         .help = "channel importance from mean |activation|: \"minmax\" per layer, or \"max\" (divided by the largest)",
+    },
+    [MERGE_PARAM_SELECT_TOPK] = {
+        .id = MERGE_PARAM_SELECT_TOPK, .name = "select_topk", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "fraction of entries kept, those whose task-vector values vary most across the models (1 keeps all)",
+    },
+    [MERGE_PARAM_MAX_ITER] = {
+        .id = MERGE_PARAM_MAX_ITER, .name = "max_iter", .kind = MERGE_PARAM_KIND_INT,
+        .per_model = false, .min = 0.0, .max = 10000.0,
+        .help = "at most this many iterations of the Karcher mean",
+    },
+    [MERGE_PARAM_TOL] = {
+        .id = MERGE_PARAM_TOL, .name = "tol", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "Karcher mean: stop when the step is shorter; norms below it count as zero",
+    },
+    [MERGE_PARAM_ROW_WISE] = {
+        .id = MERGE_PARAM_ROW_WISE, .name = "nuslerp_row_wise", .kind = MERGE_PARAM_KIND_BOOL,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "without nuslerp_flatten: interpolate column vectors (mergekit's dim 0) instead of rows",
+    },
+    [MERGE_PARAM_FLATTEN] = {
+        .id = MERGE_PARAM_FLATTEN, .name = "nuslerp_flatten", .kind = MERGE_PARAM_KIND_BOOL,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "interpolate the whole tensor as one vector (false: row by row)",
+    },
+    [MERGE_PARAM_NORMALIZE_WEIGHTS] = {
+        .id = MERGE_PARAM_NORMALIZE_WEIGHTS, .name = "normalize_weights", .kind = MERGE_PARAM_KIND_BOOL,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "divide the weights by their sum",
+    },
+    [MERGE_PARAM_EPS] = {
+        .id = MERGE_PARAM_EPS, .name = "eps", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = 0.0, .max = 1.0,
+        .help = "small constant added to norms (multislerp)",
+    },
+    [MERGE_PARAM_R] = {
+        .id = MERGE_PARAM_R, .name = "r", .kind = MERGE_PARAM_KIND_NUMBER,
+        .per_model = false, .min = -DBL_MAX, .max = DBL_MAX,
+        .help = "ramplus_tl: entries only one model changes are scaled by 1 + r min(max(rho, 0), alpha)",
     },
 };
 
@@ -151,6 +193,14 @@ void merge_tensor_params_default(struct merge_tensor_params *p, int n_models)
     p->omega = 0.4;
     p->alpha = 0.4;
     p->temperature = 3.0;
+    p->select_topk = 1.0;
+    p->max_iter = 10;
+    p->tol = 1e-5;
+    p->row_wise = false;
+    p->flatten = true;
+    p->normalize_weights = true;
+    p->eps = 1e-8;
+    p->r = 0.1;
 }
 
 /* ===== Registry ===== */
@@ -169,6 +219,13 @@ const struct merge_method *const merge_methods[] = {
     &merge_method_della_linear,
     &merge_method_nearswap,
     &merge_method_model_stock,
+    &merge_method_sce,
+    &merge_method_karcher,
+    &merge_method_nuslerp,
+    &merge_method_multislerp,
+    &merge_method_arcee_fusion,
+    &merge_method_ram,
+    &merge_method_ramplus_tl,
     &merge_method_lore,
     &merge_method_twin,
     &merge_method_aim,
@@ -315,7 +372,15 @@ int merge_job_check(const struct merge_method *m, const struct merge_tensor_job 
                 rc = lm_err(LM_EINVAL, "tensor '%s': importance is %d, not 0 (minmax) or 1 (max)",
                             name, p->importance);
             break;
+        case MERGE_PARAM_SELECT_TOPK: rc = check_value(job, s, -1, p->select_topk); break;
+        case MERGE_PARAM_MAX_ITER:    rc = check_value(job, s, -1, p->max_iter); break;
+        case MERGE_PARAM_TOL:         rc = check_value(job, s, -1, p->tol); break;
+        case MERGE_PARAM_EPS:         rc = check_value(job, s, -1, p->eps); break;
+        case MERGE_PARAM_R:           rc = check_value(job, s, -1, p->r); break;
         case MERGE_PARAM_NORMALIZE:
+        case MERGE_PARAM_ROW_WISE:
+        case MERGE_PARAM_FLATTEN:
+        case MERGE_PARAM_NORMALIZE_WEIGHTS:
         case MERGE_PARAM_SEED:
         case MERGE_PARAM_COUNT:
             break;

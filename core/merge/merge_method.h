@@ -39,6 +39,14 @@ enum merge_param_id {
     MERGE_PARAM_ALPHA,      /* sens: weight of sensitivity in the layer coefficients */
     MERGE_PARAM_TEMPERATURE,/* sens: softmax temperature */
     MERGE_PARAM_IMPORTANCE, /* aim: how mean |activation| is scaled to [0, 1] */
+    MERGE_PARAM_SELECT_TOPK,/* sce: fraction of entries (by variance across models) kept */
+    MERGE_PARAM_MAX_ITER,   /* karcher: at most this many iterations */
+    MERGE_PARAM_TOL,        /* karcher: convergence tolerance */
+    MERGE_PARAM_ROW_WISE,   /* nuslerp: interpolate column vectors (nuslerp_row_wise) */
+    MERGE_PARAM_FLATTEN,    /* nuslerp: interpolate the whole tensor as one vector */
+    MERGE_PARAM_NORMALIZE_WEIGHTS, /* multislerp: weights divided by their sum */
+    MERGE_PARAM_EPS,        /* multislerp: stabilising constant */
+    MERGE_PARAM_R,          /* ramplus_tl: strength of the unique-entry boost */
     MERGE_PARAM_COUNT
 };
 
@@ -84,6 +92,14 @@ struct merge_tensor_params {
     double   alpha;
     double   temperature;
     int      importance;  /* enum calib_norm: 0 min-max, 1 divided by the largest */
+    double   select_topk;
+    int      max_iter;
+    double   tol;
+    bool     row_wise;
+    bool     flatten;
+    bool     normalize_weights;
+    double   eps;
+    double   r;
 };
 
 /* Reusable per-thread buffers, so that merging thousands of tensors does not
@@ -200,7 +216,9 @@ bool merge_method_takes(const struct merge_method *m, enum merge_param_id id);
  * normalize false, t 0.5, gamma 0.01, epsilon 0.15, seed 0, rescale 0,
  * on task_arithmetic, mu 0.1, iterations 3, rank 0, energy 0.9, omega 0.4,
  * alpha 0.4, temperature 3 (the paper's 1.5B/7B AIM and 1.5B Sens values),
- * importance min-max. */
+ * importance min-max, select_topk 1, max_iter 10, tol 1e-5, row_wise
+ * false, flatten true, normalize_weights true, eps 1e-8, r 0.1 (mergekit's
+ * defaults for sce, karcher, nuslerp, multislerp and ramplus_tl). */
 void merge_tensor_params_default(struct merge_tensor_params *p, int n_models);
 
 /* The DARE/della keep decision for element `index` of tensor `name`: a pure
@@ -244,6 +262,13 @@ extern const struct merge_method merge_method_breadcrumbs_ties;
 extern const struct merge_method merge_method_della_linear;
 extern const struct merge_method merge_method_nearswap;
 extern const struct merge_method merge_method_model_stock;
+extern const struct merge_method merge_method_sce;
+extern const struct merge_method merge_method_karcher;
+extern const struct merge_method merge_method_nuslerp;
+extern const struct merge_method merge_method_multislerp;
+extern const struct merge_method merge_method_arcee_fusion;
+extern const struct merge_method merge_method_ram;
+extern const struct merge_method merge_method_ramplus_tl;
 extern const struct merge_method merge_method_lore;
 extern const struct merge_method merge_method_twin;
 extern const struct merge_method merge_method_aim;

@@ -322,6 +322,14 @@ static void apply_number(struct merge_tensor_params *out, enum merge_param_id id
     case MERGE_PARAM_ALPHA:       out->alpha = x; break;
     case MERGE_PARAM_TEMPERATURE: out->temperature = x; break;
     case MERGE_PARAM_IMPORTANCE:  out->importance = (int)x; break;
+    case MERGE_PARAM_SELECT_TOPK: out->select_topk = x; break;
+    case MERGE_PARAM_MAX_ITER:    out->max_iter = (int)x; break;
+    case MERGE_PARAM_TOL:         out->tol = x; break;
+    case MERGE_PARAM_ROW_WISE:    out->row_wise = x != 0; break;
+    case MERGE_PARAM_FLATTEN:     out->flatten = x != 0; break;
+    case MERGE_PARAM_NORMALIZE_WEIGHTS: out->normalize_weights = x != 0; break;
+    case MERGE_PARAM_EPS:         out->eps = x; break;
+    case MERGE_PARAM_R:           out->r = x; break;
     case MERGE_PARAM_COUNT:     break;
     }
 }
