@@ -56,7 +56,10 @@ check "NO_COLOR=1: no colour codes anywhere, attributes only" \
 open mono 120 32 "" --base base --model long --threads 2 --theme mono
 check "--theme mono: no colour codes either" \
     bash -c "! tmux -L $sock capture-pane -e -p -t mono | grep -aqE '\[(3[0-7]|4[0-7]|38;5;[0-9]+)m'"
-T kill-session -t light; T kill-session -t hc; T kill-session -t nocolor; T kill-session -t mono
+open eight 120 32 "TERM=xterm" --base base --model long --threads 2
+check "8-colour terminal (TERM=xterm): the heat bars in basic colours, no 256-colour codes" \
+    bash -c "rows=\$(tmux -L $sock capture-pane -e -p -t eight | grep -a 'layer [0-9]'); echo \"\$rows\" | grep -aqE '\[(3[1-7]|9[1-7])m' && ! echo \"\$rows\" | grep -aqE '38;5;[0-9]+m'"
+T kill-session -t light; T kill-session -t hc; T kill-session -t nocolor; T kill-session -t mono; T kill-session -t eight
 
 # The essentials at 80x24: bars, whole column titles, the legend, F10.
 open tui 80 24 "" --base base --model quick --model long --threads 2
