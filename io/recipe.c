@@ -94,6 +94,7 @@ void recipe_free(struct recipe *r)
     if (!r)
         return;
     free(r->source_path);
+    free(r->load_notes);
     free(r->dir);
     free(r->description);
     free(r->base);
@@ -197,7 +198,7 @@ static int params_clone(struct recipe_param **dst, size_t *n_dst,
 
 static int recipe_clone_into(struct recipe *d, const struct recipe *r)
 {
-    if (dup_str(&d->source_path, r->source_path) || dup_str(&d->description, r->description) ||
+    if (dup_str(&d->source_path, r->source_path) || dup_str(&d->load_notes, r->load_notes) || dup_str(&d->description, r->description) ||
         dup_str(&d->base, r->base) || dup_str(&d->method, r->method))
         return LM_ENOMEM;
     if (r->n_models > 0 && r->models) {
@@ -1382,11 +1383,16 @@ struct recipe *recipe_load(const char *path)
         return NULL;
     char *dir = lm_path_dirname(path);
     /* mergekit YAML is read as the recipe it means (mergekit_import.h). */
+    char *notes = NULL;
     struct recipe *r = !dir ? NULL
-                       : recipe_path_is_yaml(path) ? recipe_from_mergekit_yaml(text, len, path, dir, NULL)
+                       : recipe_path_is_yaml(path) ? recipe_from_mergekit_yaml(text, len, path, dir, &notes)
                                                    : recipe_parse(text, len, path, dir);
     free(text);
     free(dir);
+    if (r && notes && *notes)
+        r->load_notes = notes;
+    else
+        free(notes);
     if (r && dup_str(&r->source_path, path) != 0) {
         recipe_free(r);
         return NULL;

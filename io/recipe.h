@@ -113,6 +113,8 @@ struct recipe_calibration {
 };
 struct recipe {
     char *source_path;     /* file it was loaded from, or NULL */
+    char *load_notes;      /* what reading it noted (mergekit YAML's warnings), one per line, or
+                              NULL; not part of what the recipe means (not compared, not saved) */
     char *dir;             /* directory relative paths are resolved against ("." default) */
     char *description;     /* optional */
     char *base;            /* base model path, as written; may be NULL */

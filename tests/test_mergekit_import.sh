@@ -133,6 +133,9 @@ out_dtype: bfloat16
 YAML
 check "import prints the recipe: global default, model value, filtered entry for the models without their own" \
     bash -c "run 0 '$ms' import '$m/prec.yml' && out_has '\"weight\": 0.6' && out_has '\"weight\": 0.3' && out_has '\"modules\": \"mlp\"' && out_has '\"long\": 0.8' && ! grep -q '\"quick\": 0.8' '$tmp/out' && ! grep -q ': 5' '$tmp/out' && out_has '\"dtype\": \"bf16\"' && out_has '\"lambda\": 0.9'"
+sed 's/^dtype: float32$/dtype: bfloat16/' "$m/prec.yml" >"$m/prec-bf16.yml"
+check "a command opening the YAML directly shows import's warnings (here the dtype one)" \
+    bash -c "run 0 '$ms' stats '$m/prec-bf16.yml' --threads 1 && err_has 'mergekit computes in bfloat16, mergescope in float32'"
 cat >"$m/prec.json" <<'JSON'
 { "format": "mergescope-recipe/1", "base": "base",
   "models": [ { "name": "quick", "path": "quick", "weight": 0.3 }, { "name": "long", "path": "long", "weight": 0.6 } ],

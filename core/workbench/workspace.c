@@ -375,6 +375,10 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
     ws->plan.n_layers = ws->n_layers;
     if (check_selection(ws, &ws->plan))
         goto fail;
+    /* what reading the recipe noted (mergekit YAML's warnings) */
+    const char *ln = r->load_notes;
+    if (ln && *ln && add_note(ws, "%.*s", (int)(strlen(ln) - (ln[strlen(ln) - 1] == '\n')), ln))
+        goto fail;
     if (!ws->notes && !(ws->notes = lm_strdup("")))
         goto fail;
 
