@@ -207,7 +207,17 @@ T send-keys -t q8 e
 T send-keys -t q8 -l "What is 2+3?"
 T send-keys -t q8 Enter
 check "... and a preview streams tokens from them" wait_q8 "tok/s"
-T send-keys -t q8 Escape q q
+T send-keys -t q8 q
+wait_q8 "F5Detail" >/dev/null
+T send-keys -t q8 w C-u
+mkdir -p "$tmp/tui" "$tmp/cli"
+T send-keys -t q8 -l "$tmp/tui/demo.gguf"
+T send-keys -t q8 Enter
+check "w with a .gguf name writes one GGUF file" wait_q8 "wrote the merged model to $tmp/tui/demo.gguf"
+"$ms" merge "$MS_SOURCE_DIR/demo/l2s-ties.json" -o "$tmp/cli/demo.gguf" --threads 1 >/dev/null 2>&1
+check "... the same bytes as merge -o FILE.gguf (same name), GGUF magic first" \
+    bash -c "[ \"\$(head -c 4 '$tmp/tui/demo.gguf')\" = GGUF ] && cmp '$tmp/tui/demo.gguf' '$tmp/cli/demo.gguf'"
+T send-keys -t q8 q
 
 # A terminal that cannot move the cursor is refused before anything is drawn.
 T new-session -d -s dumb -x 80 -y 24 "cd '$tmp/m' && TERM=dumb '$ms' --base base --model long 2>'$tmp/dumb.err'; echo \$? >'$tmp/dumb.status'; sleep 30"

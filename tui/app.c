@@ -207,11 +207,21 @@ struct write_job {
 };
 static struct write_job write_args;
 
+/* A name ending in .gguf is one GGUF file for llama.cpp, as `merge -o`
+ * takes it; anything else a Hugging Face directory. */
+static bool is_gguf_name(const char *path)
+{
+    size_t n = strlen(path);
+    return n > 5 && strcmp(path + n - 5, ".gguf") == 0;
+}
+
 static int write_job_fn(struct job *j, void *ud)
 {
     struct write_job *w = ud;
     struct ws_write_params wp = ws_default_write_params();
     wp.force = w->force;
+    if (is_gguf_name(w->dir))
+        wp.format = WS_FORMAT_GGUF;
     return ws_write(w->ws, w->dir, wp, job_progress_cb, j);
 }
 
@@ -278,7 +288,7 @@ void ui_start_write(struct ui_app *a, const char *dir, bool force)
 {
     /* The output policy first, as a question where `force` would do. */
     bool forceable = false;
-    if (ws_check_output(a->ws, dir, false, force, &forceable) != 0) {
+    if (ws_check_output(a->ws, dir, is_gguf_name(dir), force, &forceable) != 0) {
         ui_status(a, true, "%s", lm_last_error());
         if (forceable) {
             snprintf(a->pending_write, sizeof(a->pending_write), "%s", dir);
@@ -363,7 +373,7 @@ static void draw_bottom(struct ui_app *a, int h, int w)
     if (a->input_kind != UI_INPUT_NONE) {
         static const char *const labels[] = {
             "", "search: ", "value: ", "gradient from,to: ", "save recipe to: ",
-            "save mergekit YAML to: ", "write merged model to: ",
+            "save mergekit YAML to: ", "write merged model to (DIR, or FILE.gguf): ",
             "unsaved changes: quit anyway? (y/n) ",
             "",
         };
