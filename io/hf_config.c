@@ -364,6 +364,12 @@ static int set_item(cJSON *obj, const char *key, cJSON *value)
 int hf_config_write_output(const char *src, const char *dst, bool tie_word_embeddings,
                            const char *torch_dtype, int64_t vocab_size)
 {
+    return hf_config_write_output_layers(src, dst, tie_word_embeddings, torch_dtype, vocab_size, 0);
+}
+
+int hf_config_write_output_layers(const char *src, const char *dst, bool tie_word_embeddings,
+                                  const char *torch_dtype, int64_t vocab_size, int64_t num_layers)
+{
     cJSON *root = parse_json_file(src);
     if (!root)
         return LM_EFORMAT;
@@ -379,6 +385,8 @@ int hf_config_write_output(const char *src, const char *dst, bool tie_word_embed
     }
     if (!rc && vocab_size > 0)
         rc = set_item(root, "vocab_size", cJSON_CreateNumber((double)vocab_size));
+    if (!rc && num_layers > 0)
+        rc = set_item(root, "num_hidden_layers", cJSON_CreateNumber((double)num_layers));
     if (!rc) {
         char *text = cJSON_Print(root);
         if (!text) {

@@ -73,6 +73,10 @@ char *hf_config_diff(const char *path_a, const char *label_a,
  * vocab_size; every other key is kept as it was. */
 int hf_config_write_output(const char *src, const char *dst, bool tie_word_embeddings,
                            const char *torch_dtype, int64_t vocab_size);
+/* hf_config_write_output, also setting num_hidden_layers when
+ * `num_layers` > 0 (a merge that stacks layers). */
+int hf_config_write_output_layers(const char *src, const char *dst, bool tie_word_embeddings,
+                                  const char *torch_dtype, int64_t vocab_size, int64_t num_layers);
 
 /* Reads eos_token_id (number or list) and bos_token_id from
  * generation_config.json, overriding what config.json said; absent file -> 0

@@ -105,6 +105,7 @@ static const struct mk_method mk_methods[] = {
     { "arcee_fusion",    "arcee_fusion",    MK_BASE | MK_SAMPLED },
     { "ram",             "ram",             MK_BASE },
     { "ramplus_tl",      "ramplus_tl",      MK_BASE },
+    { "passthrough",     "passthrough",     0 },
 };
 
 /* Parameters with the same name and meaning in mergekit; `per_model` ones
@@ -962,6 +963,16 @@ char *recipe_to_mergekit_yaml_models(const struct recipe *r, const struct mergek
     const char *label = r->source_path ? r->source_path : "recipe";
     if (!r->method) {
         lm_err(LM_EINVAL, "%s: no merge method", label);
+        return NULL;
+    }
+    if (r->n_slices > 0) {
+        lm_err(LM_EUNSUPPORTED, "%s: slices: exporting layer stacking to mergekit is not supported yet",
+               label);
+        return NULL;
+    }
+    if (strcmp(r->method, "passthrough") == 0) {
+        lm_err(LM_EUNSUPPORTED, "%s: method 'passthrough': exporting it to mergekit is not supported yet",
+               label);
         return NULL;
     }
     const struct mk_method *m = mk_method_find(r->method);

@@ -978,7 +978,7 @@ static int import_root(struct mi *x, const yaml_node_t *root, cJSON *json)
     if ((rc = get_string(x, mm, "merge_method", &mk)) != 0)
         return rc;
     x->method = mergekit_method_ours(mk, &x->uses_base, &x->rescales);
-    if (!x->method && strcmp(mk, "passthrough") == 0)
+    if (strcmp(mk, "passthrough") == 0)
         return ierr(x, mm, "merge_method: passthrough (layer stacking with slices) is not supported yet");
     if (!x->method)
         return ierr(x, mm, "merge_method: '%s' is not a method mergescope has", mk);

@@ -122,6 +122,12 @@ void recipe_free(struct recipe *r)
     free(r->output.shard_size);
     free(r->calibration.file);
     free(r->calibration.chat);
+    for (size_t i = 0; i < r->n_slices; i++) {
+        for (size_t k = 0; k < r->slices[i].n_sources; k++)
+            free(r->slices[i].sources[k].model);
+        free(r->slices[i].sources);
+    }
+    free(r->slices);
     free(r);
 }
 
@@ -255,6 +261,26 @@ static int recipe_clone_into(struct recipe *d, const struct recipe *r)
         return LM_ENOMEM;
     d->calibration.samples = r->calibration.samples;
     d->calibration.max_tokens = r->calibration.max_tokens;
+    if (r->n_slices > 0) {
+        d->slices = lm_calloc(r->n_slices, sizeof(*d->slices));
+        if (!d->slices)
+            return LM_ENOMEM;
+        d->n_slices = r->n_slices;
+        for (size_t i = 0; i < r->n_slices; i++) {
+            const struct recipe_slice *s = &r->slices[i];
+            struct recipe_slice *o = &d->slices[i];
+            o->sources = lm_calloc(s->n_sources ? s->n_sources : 1, sizeof(*o->sources));
+            if (!o->sources)
+                return LM_ENOMEM;
+            o->n_sources = s->n_sources;
+            for (size_t k = 0; k < s->n_sources; k++) {
+                o->sources[k] = s->sources[k];
+                o->sources[k].model = NULL;
+                if (dup_str(&o->sources[k].model, s->sources[k].model))
+                    return LM_ENOMEM;
+            }
+        }
+    }
     return 0;
 }
 
@@ -423,6 +449,17 @@ bool recipe_equal(const struct recipe *a, const struct recipe *b)
                 return false;
         for (size_t k = 0; k < x->n_modules; k++)
             if (!str_eq(x->modules[k], y->modules[k]))
+                return false;
+    }
+    if (a->n_slices != b->n_slices)
+        return false;
+    for (size_t i = 0; i < a->n_slices; i++) {
+        const struct recipe_slice *x = &a->slices[i], *y = &b->slices[i];
+        if (x->n_sources != y->n_sources)
+            return false;
+        for (size_t k = 0; k < x->n_sources; k++)
+            if (!str_eq(x->sources[k].model, y->sources[k].model) ||
+                x->sources[k].start != y->sources[k].start || x->sources[k].end != y->sources[k].end)
                 return false;
     }
     return str_eq(a->output.dtype, b->output.dtype) &&
@@ -1254,11 +1291,103 @@ static int parse_calibration(const struct parse_ctx *c, const cJSON *j)
     return 0;
 }
 
+/* slices[i].sources[k].layers: [start, end), end > start >= 0, as
+ * mergekit's layer_range. */
+static int parse_slice_layers(const struct parse_ctx *c, const char *path, const cJSON *j,
+                              struct recipe_slice_source *src)
+{
+    if (!j)
+        return perr(c, path, "missing (a layer range [start, end))");
+    double v[2];
+    if (!cJSON_IsArray(j) || json_count(j) != 2 || !cJSON_IsNumber(j->child) ||
+        !cJSON_IsNumber(j->child->next))
+        return perr(c, path, "expected [start, end] (layers start to end - 1), got %s",
+                    cJSON_IsArray(j) ? "a list that is not two numbers" : json_type(j));
+    v[0] = j->child->valuedouble;
+    v[1] = j->child->next->valuedouble;
+    for (int k = 0; k < 2; k++)
+        if (!(v[k] >= 0 && v[k] <= 1e6) || v[k] != (double)(int)v[k])
+            return perr(c, path, "layer %s must be an integer in [0, 1000000]", k ? "end" : "start");
+    if (v[1] <= v[0])
+        return perr(c, path, "[%d, %d] is empty (the end is excluded)", (int)v[0], (int)v[1]);
+    src->start = (int)v[0];
+    src->end = (int)v[1];
+    return 0;
+}
+
+static int parse_slices(const struct parse_ctx *c, const cJSON *j)
+{
+    struct recipe *r = c->r;
+    if (!j)
+        return 0;
+    if (!cJSON_IsArray(j))
+        return perr(c, "slices", "expected a list of slices, got %s", json_type(j));
+    size_t n = json_count(j);
+    if (n == 0)
+        return perr(c, "slices", "empty list (leave the key out to keep every layer)");
+    r->slices = lm_calloc(n, sizeof(*r->slices));
+    if (!r->slices)
+        return LM_ENOMEM;
+    r->n_slices = n;
+    size_t i = 0;
+    int rc;
+    for (const cJSON *it = j->child; it; it = it->next, i++) {
+        static const char *const keys[] = { "sources" };
+        static const char *const src_keys[] = { "model", "layers" };
+        char path[RECIPE_PATH_MAX], sub[RECIPE_PATH_MAX];
+        snprintf(path, sizeof(path), "slices[%zu]", i);
+        if (!cJSON_IsObject(it))
+            return perr(c, path, "expected an object with \"sources\", got %s", json_type(it));
+        if ((rc = check_unique_keys(c, path, it)) != 0 ||
+            (rc = check_known_keys(c, path, it, keys, LM_ARRAY_SIZE(keys))) != 0)
+            return rc;
+        const cJSON *sources = cJSON_GetObjectItemCaseSensitive(it, "sources");
+        subpath(sub, "%s.sources", path);
+        if (!sources)
+            return perr(c, path, "missing key 'sources'");
+        if (!cJSON_IsArray(sources) || json_count(sources) == 0)
+            return perr(c, sub, "expected a non-empty list of {\"model\", \"layers\"}, got %s",
+                        cJSON_IsArray(sources) ? "an empty list" : json_type(sources));
+        struct recipe_slice *sl = &r->slices[i];
+        sl->sources = lm_calloc(json_count(sources), sizeof(*sl->sources));
+        if (!sl->sources)
+            return LM_ENOMEM;
+        sl->n_sources = json_count(sources);
+        size_t k = 0;
+        for (const cJSON *s = sources->child; s; s = s->next, k++) {
+            char spath[RECIPE_PATH_MAX], key[RECIPE_PATH_MAX];
+            subpath(spath, "%s[%zu]", sub, k);
+            if (!cJSON_IsObject(s))
+                return perr(c, spath, "expected an object with \"model\" and \"layers\", got %s",
+                            json_type(s));
+            if ((rc = check_unique_keys(c, spath, s)) != 0 ||
+                (rc = check_known_keys(c, spath, s, src_keys, LM_ARRAY_SIZE(src_keys))) != 0)
+                return rc;
+            const cJSON *m = cJSON_GetObjectItemCaseSensitive(s, "model");
+            subpath(key, "%s.model", spath);
+            if (!m)
+                return perr(c, spath, "missing key 'model'");
+            if ((rc = parse_model_ref(c, key, m, &sl->sources[k].model)) != 0)
+                return rc;
+            subpath(key, "%s.layers", spath);
+            if ((rc = parse_slice_layers(c, key, cJSON_GetObjectItemCaseSensitive(s, "layers"),
+                                         &sl->sources[k])) != 0)
+                return rc;
+            const struct recipe_slice_source *first = &sl->sources[0];
+            if (k > 0 && first->end - first->start != sl->sources[k].end - sl->sources[k].start)
+                return perr(c, key, "%d layers, but sources[0] gives %d (every source of a slice "
+                            "gives the same number)", sl->sources[k].end - sl->sources[k].start,
+                            first->end - first->start);
+        }
+    }
+    return 0;
+}
+
 static int parse_root(struct parse_ctx *c, const cJSON *root)
 {
     static const char *const keys[] = {
         "format", "description", "base", "models", "method", "params", "overrides", "output",
-        "calibration",
+        "calibration", "slices",
     };
     struct recipe *r = c->r;
     int rc;
@@ -1298,7 +1427,9 @@ static int parse_root(struct parse_ctx *c, const cJSON *root)
         return rc;
     if ((rc = parse_output(c, cJSON_GetObjectItemCaseSensitive(root, "output"))) != 0)
         return rc;
-    return parse_calibration(c, cJSON_GetObjectItemCaseSensitive(root, "calibration"));
+    if ((rc = parse_calibration(c, cJSON_GetObjectItemCaseSensitive(root, "calibration"))) != 0)
+        return rc;
+    return parse_slices(c, cJSON_GetObjectItemCaseSensitive(root, "slices"));
 }
 
 /* 1-based line and column (in bytes) of offset `off`. */
@@ -1674,6 +1805,24 @@ static int write_recipe(struct lm_strbuf *b, const struct recipe *r)
         lm_strbuf_puts(b, "\n");
         sb_indent(b, 1);
         lm_strbuf_puts(b, "}");
+    }
+    if (r->n_slices > 0) {
+        lm_strbuf_puts(b, ",\n");
+        sb_indent(b, 1);
+        lm_strbuf_puts(b, "\"slices\": [\n");
+        for (size_t i = 0; i < r->n_slices; i++) {
+            const struct recipe_slice *sl = &r->slices[i];
+            sb_indent(b, 2);
+            lm_strbuf_puts(b, "{ \"sources\": [");
+            for (size_t k = 0; k < sl->n_sources; k++) {
+                lm_strbuf_puts(b, k ? ", { \"model\": " : " { \"model\": ");
+                lm_strbuf_json_string(b, sl->sources[k].model);
+                lm_strbuf_printf(b, ", \"layers\": [%d, %d] }", sl->sources[k].start, sl->sources[k].end);
+            }
+            lm_strbuf_puts(b, i + 1 < r->n_slices ? " ] },\n" : " ] }\n");
+        }
+        sb_indent(b, 1);
+        lm_strbuf_puts(b, "]");
     }
     lm_strbuf_puts(b, "\n}\n");
     return 0;

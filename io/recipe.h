@@ -16,8 +16,14 @@
  *     "output": { "dtype": "bf16", "config_from": "long", "tokenizer_from": "long",
  *                 "vocab": "error" },
  *     "calibration": { "file": "calib.jsonl", "samples": 64, "max_tokens": 1024,
- *                      "chat": "auto" }
+ *                      "chat": "auto" },
+ *     "slices": [ { "sources": [ { "model": "base", "layers": [0, 2] } ] },
+ *                 { "sources": [ { "model": "long", "layers": [1, 3] } ] } ]
  *   }
+ *
+ * "slices" stacks layers (mergekit's layer stacking, method passthrough):
+ * each slice's sources take layers [start, end) of a model ("base" or a
+ * model name), and the output's layers are the slices' in order.
  *
  * "calibration" feeds the activation-based methods (aim, sens): a JSONL file
  * of {"prompt": ..., "response": ...} lines, how many of them to use (absent
@@ -111,6 +117,20 @@ struct recipe_calibration {
     int64_t max_tokens;    /* 0 = default */
     char   *chat;          /* NULL = "auto" */
 };
+/* One source of an output slice: layers [start, end) of a model ("base"
+ * or a model name). */
+struct recipe_slice_source {
+    char *model;
+    int start, end;
+};
+
+/* An output slice: its sources give the same number of layers, stacked in
+ * the output after the previous slices' (mergekit's `slices`). */
+struct recipe_slice {
+    struct recipe_slice_source *sources;
+    size_t n_sources;
+};
+
 struct recipe {
     char *source_path;     /* file it was loaded from, or NULL */
     char *load_notes;      /* what reading it noted (mergekit YAML's warnings), one per line, or
@@ -127,6 +147,9 @@ struct recipe {
     size_t n_overrides;
     struct recipe_output output;
     struct recipe_calibration calibration;
+    /* Layer stacking: none = every model's layers line up with the base's. */
+    struct recipe_slice *slices;
+    size_t n_slices;
 };
 
 /* Reads and parses a recipe file: JSON, or mergekit YAML for a .yml/.yaml

@@ -77,13 +77,13 @@ static void test_registry(void)
     static const char *const want[] = {
         "linear", "average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp",
         "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "nearswap", "model_stock", "sce", "karcher",
-        "nuslerp", "multislerp", "arcee_fusion", "ram", "ramplus_tl", "lore", "twin", "aim", "sens",
+        "nuslerp", "multislerp", "arcee_fusion", "ram", "ramplus_tl", "passthrough", "lore", "twin", "aim", "sens",
     };
     int n = 0;
     int names_ok = 1, fields_ok = 1;
     while (merge_methods[n])
         n++;
-    TEST_COND("registry lists 24 methods", n == (int)LM_ARRAY_SIZE(want));
+    TEST_COND("registry lists 25 methods", n == (int)LM_ARRAY_SIZE(want));
     for (int i = 0; i < n && i < (int)LM_ARRAY_SIZE(want); i++) {
         const struct merge_method *m = merge_methods[i];
         if (strcmp(m->name, want[i]) != 0)
@@ -106,7 +106,7 @@ static void test_registry(void)
     }
     TEST_COND("registry order: linear, average, task_arithmetic, ties, dare_linear, dare_ties, "
               "slerp, breadcrumbs, breadcrumbs_ties, della, della_linear, nearswap, model_stock, sce, karcher, nuslerp, multislerp, "
-              "arcee_fusion, ram, ramplus_tl, lore, twin, aim, sens",
+              "arcee_fusion, ram, ramplus_tl, passthrough, lore, twin, aim, sens",
               names_ok);
     TEST_COND("every method has a summary, a model range, a params list, and a mergekit name "
               "exactly when it wraps no other method", fields_ok);

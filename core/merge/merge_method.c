@@ -226,6 +226,7 @@ const struct merge_method *const merge_methods[] = {
     &merge_method_arcee_fusion,
     &merge_method_ram,
     &merge_method_ramplus_tl,
+    &merge_method_passthrough,
     &merge_method_lore,
     &merge_method_twin,
     &merge_method_aim,

@@ -187,6 +187,9 @@ struct merge_method {
     /* Starts a block by block merge (merge_stream.h); NULL: whole tensors
      * only. */
     int (*stream_begin)(const struct merge_stream_job *job, struct merge_stream **out);
+    /* The layer stacking method: it copies the one source a recipe's
+     * "slices" name for each output tensor (and only it takes slices). */
+    bool stacks;
 };
 
 #define MERGE_NEEDS_ACTIVATIONS 1u  /* ctx->channel_importance (aim) */
@@ -269,6 +272,7 @@ extern const struct merge_method merge_method_multislerp;
 extern const struct merge_method merge_method_arcee_fusion;
 extern const struct merge_method merge_method_ram;
 extern const struct merge_method merge_method_ramplus_tl;
+extern const struct merge_method merge_method_passthrough;
 extern const struct merge_method merge_method_lore;
 extern const struct merge_method merge_method_twin;
 extern const struct merge_method merge_method_aim;

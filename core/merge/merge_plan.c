@@ -156,6 +156,17 @@ int merge_plan_init(struct merge_plan *plan, const struct recipe *r)
                       label, m->name, m->min_models, r->n_models);
     }
 
+    if (r->n_slices > 0 && !m->stacks)
+        return lm_err(LM_EFORMAT, "%s: slices: method '%s' does not stack layers; slices take the "
+                      "method passthrough (merging several sources per slice is not supported)",
+                      label, m->name);
+    if (m->stacks && r->n_slices == 0 && r->n_models != 1)
+        return lm_err(LM_EFORMAT, "%s: method '%s' without slices copies one model: needs exactly 1 "
+                      "model besides the base, got %zu", label, m->name, r->n_models);
+    for (size_t i = 0; m->stacks && i < r->n_slices; i++)
+        if (r->slices[i].n_sources != 1)
+            return lm_err(LM_EFORMAT, "%s: slices[%zu].sources: method '%s' takes exactly one source "
+                          "per slice, got %zu", label, i, m->name, r->slices[i].n_sources);
     char path[512];
     for (size_t i = 0; i < r->n_params; i++) {
         snprintf(path, sizeof(path), "%s: params.%s", label, r->params[i].name);

@@ -278,6 +278,146 @@ static int line_up(struct workspace *ws)
     return 0;
 }
 
+/* ===== Layer stacking ("slices", passthrough) =====
+ *
+ * Output layer L of a slice is input layer l = start + offset of the one
+ * source the slice names. Its tensors are renamed to layer L and line up,
+ * in the base's place, the base's tensor of the same input layer l (so the
+ * statistics say how far the stacked layer is from the base's layer it
+ * stands for; zero where the source is the base) and, in every model's
+ * place, the source's tensor, which passthrough copies. Tensors outside the
+ * layer stack come, as mergekit plans them, from the first slice's source
+ * (embeddings) or the last slice's (the final norm, lm_head). */
+
+/* `name` of layer `from` renamed to layer `to`. */
+static char *rename_layer(const char *name, int from, int to)
+{
+    char pat[32];
+    snprintf(pat, sizeof(pat), ".layers.%d.", from);
+    const char *p = strstr(name, pat);
+    if (!p) {
+        lm_err(LM_EUNSUPPORTED, "tensor '%s': layer %d is not named '...%s...'; cannot stack it",
+               name, from, pat);
+        return NULL;
+    }
+    return lm_asprintf("%.*s.layers.%d.%s", (int)(p - name), name, to, p + strlen(pat));
+}
+
+/* Points every model's place of `t` at what source `k` holds there. */
+static void take_source(struct workspace *ws, struct ws_tensor *t, const struct ws_tensor *from, int k)
+{
+    for (int s = 1; s < ws->n_sources; s++) {
+        t->src[s] = from->src[k];
+        t->src_rows[s] = from->src_rows[k];
+    }
+}
+
+static int stack_layers(struct workspace *ws)
+{
+    const struct recipe *r = ws->recipe;
+    const char *label = r->source_path ? r->source_path : "recipe";
+    if (r->n_slices == 0)
+        return 0;
+    int in_layers = ws->n_layers;
+    size_t per_layer = 0, out_layers = 0;
+    for (size_t i = 0; i < ws->n_tensors; i++)
+        per_layer += ws->tensors[i].info.layer == 0;
+    int first = 0, last = 0;
+    for (size_t i = 0; i < r->n_slices; i++) {
+        const struct recipe_slice_source *src = &r->slices[i].sources[0];
+        int k = source_index(ws, src->model, -1);
+        if (k < 0)
+            return lm_err(LM_EFORMAT, "%s: slices[%zu].sources[0].model: unknown model '%s'",
+                          label, i, src->model);
+        if (src->end > in_layers)
+            return lm_err(LM_EFORMAT, "%s: slices[%zu].sources[0].layers: [%d, %d] reaches beyond "
+                          "model '%s''s %d layers (0-%d)", label, i, src->start, src->end,
+                          src->model, in_layers, in_layers - 1);
+        if (i == 0)
+            first = k;
+        last = k;
+        out_layers += (size_t)(src->end - src->start);
+    }
+    if (out_layers > 100000)
+        return lm_err(LM_EFORMAT, "%s: slices: %zu output layers, too many", label, out_layers);
+    size_t n_out = ws->n_tensors - (size_t)in_layers * per_layer + out_layers * per_layer;
+    struct ws_tensor *out = lm_calloc(n_out ? n_out : 1, sizeof(*out));
+    if (!out)
+        return LM_ENOMEM;
+    size_t n = 0;
+    int rc = 0;
+    for (size_t i = 0; !rc && i < ws->n_tensors; i++) {
+        const struct ws_tensor *t = &ws->tensors[i];
+        if (t->info.layer >= 0)
+            continue;
+        out[n] = *t;
+        out[n].name = lm_strdup(t->name);
+        if (!out[n].name) {
+            rc = LM_ENOMEM;
+            break;
+        }
+        take_source(ws, &out[n], t, t->info.group == TN_GROUP_EMBED ? first : last);
+        n++;
+    }
+    int L = 0;
+    for (size_t si = 0; !rc && si < r->n_slices; si++) {
+        const struct recipe_slice_source *src = &r->slices[si].sources[0];
+        int k = source_index(ws, src->model, 0);
+        for (int l = src->start; !rc && l < src->end; l++, L++) {
+            for (size_t i = 0; !rc && i < ws->n_tensors; i++) {
+                const struct ws_tensor *t = &ws->tensors[i];
+                if (t->info.layer != l)
+                    continue;
+                if (n >= n_out) {
+                    rc = lm_err(LM_EMISMATCH, "%s: slices: layer %d of the models has more tensors "
+                                "than layer 0", label, l);
+                    break;
+                }
+                out[n] = *t;
+                out[n].name = rename_layer(t->name, l, L);
+                if (!out[n].name) {
+                    rc = LM_EUNSUPPORTED;
+                    break;
+                }
+                tn_classify(out[n].name, &out[n].info);
+                take_source(ws, &out[n], t, k);
+                n++;
+            }
+        }
+    }
+    if (rc) {
+        for (size_t i = 0; i < n; i++)
+            free(out[i].name);
+        free(out);
+        return rc;
+    }
+    for (size_t i = 0; i < ws->n_tensors; i++)
+        free(ws->tensors[i].name);
+    free(ws->tensors);
+    ws->tensors = out;
+    ws->n_tensors = n;
+    ws->n_layers = (int)out_layers;
+    qsort(ws->tensors, ws->n_tensors, sizeof(*ws->tensors), compare_tensors);
+    return 0;
+}
+
+/* Whether two recipes stack the same layers (the tensor list follows). */
+static bool same_slices(const struct recipe *a, const struct recipe *b)
+{
+    if (a->n_slices != b->n_slices)
+        return false;
+    for (size_t i = 0; i < a->n_slices; i++) {
+        if (a->slices[i].n_sources != b->slices[i].n_sources)
+            return false;
+        for (size_t k = 0; k < a->slices[i].n_sources; k++) {
+            const struct recipe_slice_source *x = &a->slices[i].sources[k], *y = &b->slices[i].sources[k];
+            if (strcmp(x->model, y->model) != 0 || x->start != y->start || x->end != y->end)
+                return false;
+        }
+    }
+    return true;
+}
+
 /* Records config.json differences between the output's config source and
  * every other model, so that the user hears about them. */
 static int compare_configs(struct workspace *ws)
@@ -370,7 +510,7 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
     }
     ws->config_from = source_index(ws, r->output.config_from, 0);
     ws->tokenizer_from = source_index(ws, r->output.tokenizer_from, ws->config_from);
-    if (line_up(ws) || compare_configs(ws))
+    if (line_up(ws) || stack_layers(ws) || compare_configs(ws))
         goto fail;
     ws->plan.n_layers = ws->n_layers;
     if (check_selection(ws, &ws->plan))
@@ -492,6 +632,8 @@ int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed)
                       strcmp(r->models[i].path, old->models[i].path) == 0;
     if (!same_models)
         return lm_err(LM_EINVAL, "the new recipe names other models; open it in a new workspace");
+    if (!same_slices(r, old))
+        return lm_err(LM_EINVAL, "the new recipe stacks other layers (slices); open it in a new workspace");
     struct recipe *copy = recipe_clone(r);
     if (!copy)
         return LM_ENOMEM;

@@ -839,6 +839,8 @@ int ws_output_config(const struct workspace *ws, struct hf_config *out)
     out->has_tie_word_embeddings = true;
     if (ws->out_vocab > 0)
         out->vocab_size = ws->out_vocab;
+    if (ws->recipe->n_slices > 0)
+        out->num_hidden_layers = ws->n_layers;
     return 0;
 }
 

@@ -151,7 +151,9 @@ static int write_extras(struct workspace *ws, const char *staging, const char *t
         int64_t vocab = 0;
         if (ws->out_vocab > 0 && cfg->config.vocab_size != ws->out_vocab)
             vocab = ws->out_vocab;
-        rc = hf_config_write_output(cfg->config.path, dst, ws->output_tied, torch_dtype, vocab);
+        int64_t layers = ws->recipe->n_slices > 0 ? ws->n_layers : 0;
+        rc = hf_config_write_output_layers(cfg->config.path, dst, ws->output_tied, torch_dtype,
+                                           vocab, layers);
         free(dst);
         if (rc)
             return rc;
