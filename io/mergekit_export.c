@@ -946,6 +946,61 @@ static int export_all(struct mk_ctx *x, struct lm_strbuf *y)
     return 0;
 }
 
+/* The path of a slice source: "base" is the recipe's base, else the model
+ * of that name; NULL when there is none. */
+static const char *stack_path(const struct recipe *r, const char *name)
+{
+    if (strcmp(name, "base") == 0)
+        return r->base;
+    for (size_t i = 0; i < r->n_models; i++)
+        if (r->models[i].name && strcmp(r->models[i].name, name) == 0)
+            return r->models[i].path;
+    return NULL;
+}
+
+/* Layer stacking as mergekit writes it: merge_method passthrough and one
+ * slice per output slice, each with its one source's layer_range. */
+static char *stack_yaml(const struct recipe *r, const char *label)
+{
+    if (r->n_slices == 0 || strcmp(r->method, "passthrough") != 0) {
+        lm_err(LM_EUNSUPPORTED, "%s: %s", label, r->n_slices ? "slices take the method passthrough"
+               : "method 'passthrough' needs slices to export");
+        return NULL;
+    }
+    struct lm_strbuf y = { 0 };
+    lm_strbuf_puts(&y, "# mergekit configuration exported by mergescope from ");
+    sb_put_clean(&y, label, strlen(label));
+    lm_strbuf_puts(&y, "\n# Layer stacking: embeddings from the first slice's model, the final norm and "
+                   "lm_head from the last's.\nslices:\n");
+    for (size_t i = 0; i < r->n_slices; i++) {
+        const struct recipe_slice *sl = &r->slices[i];
+        lm_strbuf_puts(&y, "  - sources:\n");
+        for (size_t k = 0; k < sl->n_sources; k++) {
+            const char *path = stack_path(r, sl->sources[k].model);
+            if (!path) {
+                lm_strbuf_finish(&y);
+                lm_err(LM_EINVAL, "%s: slices[%zu].sources[%zu]: no model named '%s'", label, i, k,
+                       sl->sources[k].model);
+                return NULL;
+            }
+            lm_strbuf_puts(&y, "      - model: ");
+            yaml_string(&y, path);
+            lm_strbuf_printf(&y, "\n        layer_range: [%d, %d]\n", sl->sources[k].start, sl->sources[k].end);
+        }
+    }
+    lm_strbuf_puts(&y, "merge_method: passthrough\n");
+    int t = r->output.dtype ? lm_dtype_from_user_name(r->output.dtype) : -1;
+    if (t >= 0) {
+        lm_strbuf_puts(&y, "dtype: ");
+        lm_strbuf_puts(&y, lm_dtype_torch_name((enum lm_dtype)t));
+        lm_strbuf_puts(&y, "\n");
+    }
+    char *text = lm_strbuf_finish(&y);
+    if (!text)
+        lm_err(LM_ENOMEM, "%s: out of memory", label);
+    return text;
+}
+
 char *recipe_to_mergekit_yaml(const struct recipe *r, char **warnings)
 {
     return recipe_to_mergekit_yaml_models(r, NULL, warnings);
@@ -965,16 +1020,8 @@ char *recipe_to_mergekit_yaml_models(const struct recipe *r, const struct mergek
         lm_err(LM_EINVAL, "%s: no merge method", label);
         return NULL;
     }
-    if (r->n_slices > 0) {
-        lm_err(LM_EUNSUPPORTED, "%s: slices: exporting layer stacking to mergekit is not supported yet",
-               label);
-        return NULL;
-    }
-    if (strcmp(r->method, "passthrough") == 0) {
-        lm_err(LM_EUNSUPPORTED, "%s: method 'passthrough': exporting it to mergekit is not supported yet",
-               label);
-        return NULL;
-    }
+    if (r->n_slices > 0 || strcmp(r->method, "passthrough") == 0)
+        return stack_yaml(r, label);
     const struct mk_method *m = mk_method_find(r->method);
     if (!m) {
         lm_err(LM_EUNSUPPORTED, "%s: method '%s' has no mergekit equivalent", label, r->method);

@@ -957,6 +957,150 @@ static int import_output(struct mi *x, const yaml_node_t *root, cJSON *out)
 
 /* ===== The document ===== */
 
+/* The recipe's name for the stacked model at `path`: "base" for the first
+ * slice's model, else its entry in x->models (added when new). */
+static int stack_ref(struct mi *x, const char *path, const yaml_node_t *node, const char *where,
+                     const char **name)
+{
+    if (x->base && strcmp(path, x->base) == 0) {
+        *name = "base";
+        return 0;
+    }
+    for (size_t i = 0; i < x->n_models; i++)
+        if (strcmp(path, x->models[i].path) == 0) {
+            *name = x->models[i].name;
+            return 0;
+        }
+    struct mi_model *mm = &x->models[x->n_models];
+    memset(mm, 0, sizeof(*mm));
+    mm->path = path;
+    mm->node = node;
+    snprintf(mm->where, sizeof(mm->where), "%s", where);
+    if (!(mm->name = model_name(x, path)))
+        return LM_ENOMEM;
+    x->n_models++;
+    *name = mm->name;
+    return 0;
+}
+
+/* One output slice of passthrough: exactly one {model, layer_range}. */
+static int stack_slice(struct mi *x, const yaml_node_t *s, size_t i, cJSON *jslices)
+{
+    static const char *const slice_keys[] = { "sources" };
+    static const char *const source_keys[] = { "model", "layer_range" };
+    static const char *const source_later[] = { "parameters" };
+    char where[64], sub[MI_PATH_MAX];
+    snprintf(where, sizeof(where), "slices[%zu]", i);
+    if (s->type != YAML_MAPPING_NODE)
+        return ierr(x, s, "%s: expected a mapping with 'sources', got %s", where, node_kind(s));
+    int rc = check_keys(x, s, where, slice_keys, LM_ARRAY_SIZE(slice_keys), NULL, 0);
+    if (rc)
+        return rc;
+    const yaml_node_t *src = map_get(x, s, "sources");
+    if (!src || src->type != YAML_SEQUENCE_NODE || seq_len(src) != 1)
+        return ierr(x, src ? src : s, "%s.sources: passthrough takes exactly one {model, layer_range} per "
+                    "slice", where);
+    const yaml_node_t *it = seq_item(x, src, 0);
+    snprintf(where, sizeof(where), "slices[%zu].sources[0]", i);
+    if (it->type != YAML_MAPPING_NODE)
+        return ierr(x, it, "%s: expected a mapping with 'model', got %s", where, node_kind(it));
+    if ((rc = check_keys(x, it, where, source_keys, LM_ARRAY_SIZE(source_keys), source_later,
+                         LM_ARRAY_SIZE(source_later))) != 0)
+        return rc;
+    const yaml_node_t *mn = map_get(x, it, "model"), *lr = map_get(x, it, "layer_range");
+    if (!mn || !lr)
+        return ierr(x, it, "%s: missing key '%s'", where, mn ? "layer_range" : "model");
+    const char *path, *name;
+    long a = 0, b = 0;
+    snprintf(sub, sizeof(sub), "%s.model", where);
+    if ((rc = check_ref(x, mn, sub, &path)) != 0)
+        return rc;
+    snprintf(sub, sizeof(sub), "%s.layer_range", where);
+    if ((rc = read_range(x, lr, sub, &a, &b)) != 0)
+        return rc;
+    if (!x->base)
+        x->base = path;
+    if ((rc = stack_ref(x, path, it, where, &name)) != 0)
+        return rc;
+    cJSON *js = cJSON_CreateObject(), *jsrc = js ? cJSON_AddArrayToObject(js, "sources") : NULL;
+    cJSON *one = cJSON_CreateObject();
+    int range[2] = { (int)a, (int)b };
+    cJSON *jr = cJSON_CreateIntArray(range, 2);
+    bool ok = js && cJSON_AddItemToArray(jslices, js) && jsrc && one && cJSON_AddItemToArray(jsrc, one) &&
+              cJSON_AddStringToObject(one, "model", name) && jr && cJSON_AddItemToObject(one, "layers", jr);
+    return ok ? 0 : LM_ENOMEM; /* out of memory, a node may leak */
+}
+
+/* passthrough with slices, mergekit's layer stacking: every output slice
+ * takes layer_range of one model. The recipe's base is the first slice's
+ * model (statistics compare against a base); every other model is a
+ * model, and a stack of one model's own layers lists it once more. */
+static int import_stack(struct mi *x, const yaml_node_t *root, const yaml_node_t *mm, cJSON *json)
+{
+    const yaml_node_t *n = map_get(x, root, "slices");
+    if (map_get(x, root, "models"))
+        return ierr(x, map_get(x, root, "models"), "models: passthrough stacks layers from 'slices'; "
+                    "give slices, not models");
+    if (!n)
+        return ierr(x, mm, "merge_method passthrough needs 'slices' (a list of {sources: [{model, "
+                    "layer_range}]})");
+    const yaml_node_t *bm = map_get(x, root, "base_model");
+    if (bm && !is_null(bm))
+        return ierr(x, bm, "base_model: passthrough takes no base model (the embeddings come from the "
+                    "first slice's model, the final norm and lm_head from the last's)");
+    const yaml_node_t *gp = map_get(x, root, "parameters");
+    if (gp && !is_null(gp))
+        return ierr(x, gp, "parameters: passthrough's parameters (scale) are not supported");
+    if (n->type != YAML_SEQUENCE_NODE || seq_len(n) == 0)
+        return ierr(x, n, "slices: expected a list of output slices, got %s", node_kind(n));
+    x->models = lm_calloc(seq_len(n) + 1, sizeof(*x->models));
+    cJSON *jslices = cJSON_CreateArray();
+    if (!x->models || !jslices) {
+        cJSON_Delete(jslices);
+        return LM_ENOMEM;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < seq_len(n) && !rc; i++)
+        rc = stack_slice(x, seq_item(x, n, i), i, jslices);
+    if (!rc && x->n_models == 0) {
+        const char *unused;
+        x->base = NULL; /* not "base" this once: the model entry repeats it */
+        const char *first = scalar_text(map_get(x, seq_item(x, map_get(x, seq_item(x, n, 0), "sources"), 0),
+                                                "model"));
+        rc = stack_ref(x, first, n, "slices[0].sources[0]", &unused);
+        x->base = first;
+    }
+    cJSON *jmodels = rc ? NULL : cJSON_AddArrayToObject(json, "models");
+    if (!rc && !jmodels)
+        rc = LM_ENOMEM;
+    for (size_t i = 0; !rc && i < x->n_models; i++) {
+        cJSON *m = cJSON_CreateObject();
+        if (!m || !cJSON_AddItemToArray(jmodels, m) || !cJSON_AddStringToObject(m, "name", x->models[i].name) ||
+            !cJSON_AddStringToObject(m, "path", x->models[i].path))
+            rc = LM_ENOMEM;
+    }
+    if (!rc && (!cJSON_AddStringToObject(json, "method", "passthrough") ||
+                !cJSON_AddItemToObject(json, "slices", jslices)))
+        rc = LM_ENOMEM;
+    else if (!rc)
+        jslices = NULL;
+    cJSON_Delete(jslices);
+    if (rc)
+        return rc;
+    cJSON *out = cJSON_CreateObject();
+    if (!out)
+        return LM_ENOMEM;
+    if ((rc = import_output(x, root, out)) != 0) {
+        cJSON_Delete(out);
+        return rc;
+    }
+    if (cJSON_GetArraySize(out) > 0)
+        cJSON_AddItemToObject(json, "output", out);
+    else
+        cJSON_Delete(out);
+    return 0;
+}
+
 static int import_root(struct mi *x, const yaml_node_t *root, cJSON *json)
 {
     static const char *const keys[] = {
@@ -979,7 +1123,7 @@ static int import_root(struct mi *x, const yaml_node_t *root, cJSON *json)
         return rc;
     x->method = mergekit_method_ours(mk, &x->uses_base, &x->rescales);
     if (strcmp(mk, "passthrough") == 0)
-        return ierr(x, mm, "merge_method: passthrough (layer stacking with slices) is not supported yet");
+        return import_stack(x, root, mm, json);
     if (!x->method)
         return ierr(x, mm, "merge_method: '%s' is not a method mergescope has", mk);
 

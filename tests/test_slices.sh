@@ -105,8 +105,14 @@ check "slices with another method" bad '[{"sources": [{"model": "long", "layers"
 check "an unknown key in a source" bad '[{"sources": [{"model": "long", "layer_range": [0, 1]}]}]' \
     "slices[0].sources[0]: unknown key 'layer_range'"
 
-check "export refuses slices instead of dropping them" \
-    bash -c "run 3 '$ms' export '$tmp/stack.json' --to mergekit && err_has 'slices: exporting layer stacking to mergekit is not supported yet'"
+check "export writes mergekit's slices: passthrough, one source and layer_range per slice" \
+    bash -c "run 0 '$ms' export '$tmp/stack.json' --to mergekit && out_has 'merge_method: passthrough' && out_has 'layer_range: [0, 2]' && out_has 'layer_range: [1, 3]' && [ \$(grep -c '^  - sources:' '$tmp/out') = 2 ]"
+"$ms" export "$tmp/stack.json" --to mergekit >"$tmp/stack-rt.yml" 2>/dev/null
+check "... and the YAML merges to the same bytes (import(export(r)) = r)" \
+    bash -c "run 0 '$ms' merge '$tmp/stack-rt.yml' -o '$tmp/rt' && run 0 '$ms' merge '$tmp/stack.json' -o '$tmp/rt0' && cmp '$tmp/rt/model.safetensors' '$tmp/rt0/model.safetensors'"
+printf 'merge_method: passthrough\nslices:\n  - sources:\n      - model: quick\n        layer_range: [0, 2]\n      - model: long\n        layer_range: [0, 2]\n' >"$tmp/two.yml"
+check "import: passthrough with two sources in a slice is refused, naming the key" \
+    bash -c "run 3 '$ms' import '$tmp/two.yml' && err_has 'slices[0].sources: passthrough takes exactly one {model, layer_range} per slice'"
 
 # The demo models have a tokenizer: generate runs a stacked demo recipe.
 demo="$MS_SOURCE_DIR/demo"

@@ -156,9 +156,9 @@ parameters:
 dtype: float16
 YAML
 
-# examples/orcamini-platy-44layer.yml: layer stacking.
-cat >"$out/reject-passthrough-stack.yml" <<'YAML'
-# expect: merge_method: passthrough (layer stacking with slices) is not supported yet
+# examples/orcamini-platy-44layer.yml: layer stacking (passthrough), on the
+# fixture's 3-layer models.
+cat >"$out/accept-passthrough-stack.yml" <<'YAML'
 slices:
   - sources:
     - model: quick
