@@ -43,7 +43,8 @@ static const char merge_usage[] =
     "  --dtype bf16|f16|f32|q8_0\n"
     "                         output dtype (default: output.dtype, else the base's;\n"
     "                         q8_0 with --format gguf only)\n"
-    "  --shard-size SIZE      largest shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
+    "  --shard-size SIZE      largest shard, e.g. 5GB, 500MB, 2GiB (default 5GB;\n"
+    "                         safetensors only: a GGUF is one file)\n"
     "  --threads N            worker threads (default: one per CPU)\n"
     "  --force                write into a non-empty directory that is not a previous\n"
     "                         mergescope output (never into or around an input)\n"
@@ -115,6 +116,8 @@ int cmd_merge(int argc, char **argv)
     wp.format = (enum ws_format)format;
     if (wp.format != WS_FORMAT_GGUF && wp.out_dtype == LM_DTYPE_Q8_0)
         return cli_usage_error("merge", "--dtype q8_0 needs --format gguf");
+    if (wp.format == WS_FORMAT_GGUF && wp.shard_size)
+        return cli_usage_error("merge", "--shard-size applies to safetensors output; a GGUF is one file");
 
     struct recipe *r = cli_load_recipe(argv[optind]);
     if (!r)

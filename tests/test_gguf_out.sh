@@ -65,6 +65,8 @@ check "-o NAME.gguf writes GGUF without --format" run 0 "$bin" merge "$recipe" -
 check "inferred: GGUF bytes" gguf_magic "$tmp/inferred.gguf"
 check "--dtype q8_0 without GGUF is a usage error" run 2 "$bin" merge "$recipe" -o "$tmp/dir" --dtype q8_0
 check "  saying why" err_has "--dtype q8_0 needs --format gguf"
+check "--shard-size with GGUF is a usage error, saying why" \
+    bash -c "run 2 '$bin' merge '$recipe' -o '$tmp/s.gguf' --shard-size 1GB && err_has 'a GGUF is one file' && [ ! -e '$tmp/s.gguf' ]"
 check "--format onnx is a usage error" run 2 "$bin" merge "$recipe" -o "$tmp/x.gguf" --format onnx
 check "a GGUF file inside an input is refused" run 3 "$bin" merge "$recipe" -o "$long/x.gguf"
 check "  naming the input" err_has "lies inside the input"
