@@ -1,7 +1,8 @@
 /* Forward-pass kernels against their reference loops: matmul rows for F32,
  * F16, BF16 and Q8_0 weights (odd sizes, unaligned rows, several tokens),
  * the batched products X W^T and X W on each path (AVX-512, AVX2,
- * portable) with their bit-for-bit promises, dot,
+ * portable) with their bit-for-bit promises, batched causal attention
+ * (against its reference, and split between calls), dot,
  * axpy, RMSNorm, softmax, SiLU-gating and RoPE, on the vector path and on
  * the forced scalar path. Also the sampler's greedy / top-k / top-p rules
  * and its seeded reproducibility. */
@@ -374,6 +375,89 @@ static void check_gemm_paths_agree(void)
     free(base);
 }
 
+/* ===== Batched attention ===== */
+
+/* One head of kernel_attention (keys and values strided as in a cache of
+ * two heads, this one second) against kernel_attention_ref; then the same
+ * queries in two calls split at `cut` must give the same bits. Returns the
+ * output through `keep` (n_q * hd floats) when it is not NULL. */
+static void check_attention(int64_t hd, int64_t pos0, int64_t n_q, int64_t cut, float *keep)
+{
+    int64_t ldkv = 2 * hd + 3, ldq = 3 * hd, ldo = hd + 5, n_keys = pos0 + n_q;
+    float *q = malloc((size_t)(n_q * ldq) * sizeof(float));
+    float *kv = malloc((size_t)(2 * n_keys * ldkv) * sizeof(float));
+    float *got = calloc((size_t)(n_q * ldo), sizeof(float)), *want = calloc((size_t)(n_q * ldo), sizeof(float));
+    float *split = calloc((size_t)(n_q * ldo), sizeof(float));
+    float *scratch = malloc((size_t)kernel_attention_scratch_size(n_q, n_keys, hd) * sizeof(float));
+    float *panel = malloc(KERNEL_GEMM_SCRATCH * sizeof(float)), *scores = malloc((size_t)n_keys * sizeof(float));
+    fill(q, n_q * ldq, 2.0);
+    fill(kv, 2 * n_keys * ldkv, 2.0);
+    const float *k = kv + hd + 1, *v = kv + n_keys * ldkv + hd + 2, *qh = q + hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    kernel_attention(got, ldo, qh, ldq, n_q, k, v, ldkv, pos0, hd, scale, scratch, panel);
+    kernel_attention_ref(want, ldo, qh, ldq, n_q, k, v, ldkv, pos0, hd, scale, scores);
+    double d = 0.0;
+    for (int64_t i = 0; i < n_q; i++)
+        d = fmax(d, max_abs_diff(got + i * ldo, want + i * ldo, hd));
+    char descr[200];
+    snprintf(descr, sizeof descr, "attention %s hd %lld, %lld queries after %lld keys: max diff %.2e",
+             kernel_impl_name(), (long long)hd, (long long)n_q, (long long)pos0, d);
+    TEST_COND(descr, d < 2e-5);
+    kernel_attention(split, ldo, qh, ldq, cut, k, v, ldkv, pos0, hd, scale, scratch, panel);
+    kernel_attention(split + cut * ldo, ldo, qh + cut * ldq, ldq, n_q - cut, k, v, ldkv, pos0 + cut, hd,
+                     scale, scratch, panel);
+    bool same = true;
+    for (int64_t i = 0; i < n_q; i++)
+        same &= memcmp(got + i * ldo, split + i * ldo, (size_t)hd * sizeof(float)) == 0;
+    snprintf(descr, sizeof descr, "attention %s hd %lld: queries split at %lld give the same bits",
+             kernel_impl_name(), (long long)hd, (long long)cut);
+    TEST_COND(descr, same);
+    if (keep)
+        for (int64_t i = 0; i < n_q; i++)
+            memcpy(keep + i * hd, got + i * ldo, (size_t)hd * sizeof(float));
+    free(q);
+    free(kv);
+    free(got);
+    free(want);
+    free(split);
+    free(scratch);
+    free(panel);
+    free(scores);
+}
+
+static void check_all_attention(void)
+{
+    check_attention(64, 0, 89, 48, NULL);    /* a prompt: the 0.5B head size */
+    check_attention(128, 37, 50, 13, NULL);  /* a batch after a cached prefix */
+    check_attention(40, 300, 13, 12, NULL);  /* head not a multiple of 32, keys past KC */
+    check_attention(64, 5, 1, 0, NULL);      /* one query */
+    check_attention(16, 0, 4, 1, NULL);
+}
+
+/* AVX-512 and AVX2 run the same chains: the same bits. */
+static void check_attention_paths_agree(void)
+{
+    enum kernel_path prev = kernel_force_path(KERNEL_PATH_AVX512);
+    bool both = kernel_path_active() == KERNEL_PATH_AVX512;
+    if (!both) {
+        kernel_force_path(prev);
+        printf("# no AVX-512 here: the attention path comparison is skipped\n");
+        return;
+    }
+    int64_t hd = 64, n_q = 29;
+    float *a = malloc((size_t)(n_q * hd) * sizeof(float)), *b = malloc((size_t)(n_q * hd) * sizeof(float));
+    uint64_t seed = rng_state;
+    check_attention(hd, 20, n_q, 7, a);
+    kernel_force_path(KERNEL_PATH_AVX2);
+    rng_state = seed;
+    check_attention(hd, 20, n_q, 7, b);
+    kernel_force_path(prev);
+    TEST_COND("attention: the AVX-512 and AVX2 paths give identical bits",
+              memcmp(a, b, (size_t)(n_q * hd) * sizeof(float)) == 0);
+    free(a);
+    free(b);
+}
+
 /* ===== Sampler ===== */
 
 static void check_sampler(void)
@@ -483,13 +567,15 @@ int main(void)
     static const enum kernel_path paths[] = { KERNEL_PATH_AVX512, KERNEL_PATH_AVX2, KERNEL_PATH_PORTABLE };
     for (size_t i = 0; i < LM_ARRAY_SIZE(paths); i++) {
         enum kernel_path was = kernel_force_path(paths[i]);
-        if (kernel_path_active() == paths[i])
+        if (kernel_path_active() == paths[i]) {
             check_all_gemm();
-        else
+            check_all_attention();
+        } else
             printf("# path %s: not on this CPU\n", kernel_path_name(paths[i]));
         kernel_force_path(was);
     }
     check_gemm_paths_agree();
+    check_attention_paths_agree();
     check_sampler();
     return test_report();
 }

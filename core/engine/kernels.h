@@ -111,6 +111,28 @@ void kernel_gemm_nn(float *out, int64_t ldo, const void *w, enum lm_dtype wtype,
                     int64_t cols, const float *xp, int64_t n_tok, int64_t c0, int64_t c1,
                     bool accumulate, float *scratch);
 
+/* Causal attention of one head for a batch of n_q queries (prefill):
+ * query i, at position pos0 + i, sees keys and values 0 .. pos0 + i:
+ *   out[i * ldo + c] = sum_j p_ij v[j * ldkv + c],
+ *   p_i = softmax_j(scale * sum_c q[i * ldq + c] k[j * ldkv + c])
+ * (HF's eager attention with the causal mask). k and v point at the head's
+ * first key and value; rows are ldkv floats apart (the cache's kv_dim).
+ * The two products run through the batched product above (q k^T as X W^T,
+ * p v as X W, float32 weights) and each group of KERNEL_GEMM_MR queries
+ * stops at its last query's keys. Every score and every output is one
+ * fixed chain of operations, so the bits do not depend on how a batch's
+ * queries are split between calls or threads. scratch holds
+ * kernel_attention_scratch_size(n_q, pos0 + n_q, hd) floats, panel
+ * KERNEL_GEMM_SCRATCH. */
+int64_t kernel_attention_scratch_size(int64_t n_q, int64_t n_keys, int64_t hd);
+void kernel_attention(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t n_q,
+                      const float *k, const float *v, int64_t ldkv, int64_t pos0, int64_t hd,
+                      float scale, float *scratch, float *panel);
+/* The textbook loops (sums in double); scores holds pos0 + n_q floats. */
+void kernel_attention_ref(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t n_q,
+                          const float *k, const float *v, int64_t ldkv, int64_t pos0, int64_t hd,
+                          float scale, float *scores);
+
 /* sum_i a[i] * b[i]. */
 float kernel_dot(const float *a, const float *b, int64_t n);
 float kernel_dot_ref(const float *a, const float *b, int64_t n);

@@ -97,12 +97,12 @@ static void micro_scalar(float *c, int64_t ldc, const float *wp, const float *xg
                          int nc, bool load)
 {
     float acc[MR][NR];
-    for (int t = 0; t < MR; t++)
+    for (int t = 0; t < nt; t++)
         for (int j = 0; j < NR; j++)
-            acc[t][j] = load && t < nt && j < nc ? c[t * ldc + j] : 0.0f;
+            acc[t][j] = load && j < nc ? c[t * ldc + j] : 0.0f;
     for (int64_t kk = 0; kk < kc; kk++) {
         const float *wk = wp + kk * NR, *xk = xg + kk * MR;
-        for (int t = 0; t < MR; t++) {
+        for (int t = 0; t < nt; t++) {
             float xv = xk[t];
             for (int j = 0; j < NR; j++)
                 acc[t][j] += wk[j] * xv;
@@ -245,23 +245,25 @@ static void pack_nn_avx2(float *wp, const unsigned char *w, enum lm_dtype t, siz
     }
 }
 
-/* micro_scalar for 6 tokens (xg's columns t6 .. t6 + 5) by 16 panel
- * columns (j16 .. j16 + 15), with fused multiply-adds. */
-GEMM_TARGET
-static void micro_avx2_6x16(float *c, int64_t ldc, const float *wp, const float *xg, int64_t kc,
-                            int nt, int nc, bool load)
+/* micro_scalar for ROWS (<= 6) tokens (xg's columns t6 .. t6 + ROWS - 1)
+ * by 16 panel columns (j16 .. j16 + 15), with fused multiply-adds. ROWS is
+ * a constant in each copy (micro_avx2_6x16 picks one), so that a short
+ * last group of tokens costs only its own rows. */
+GEMM_TARGET __attribute__((always_inline))
+static inline void micro_avx2_rows(float *c, int64_t ldc, const float *wp, const float *xg, int64_t kc,
+                                   const int ROWS, int nc, bool load)
 {
     __m256 a[6][2];
-    bool full = nt == 6 && nc == 16;
+    bool full = nc == 16;
     float tmp[6][16];
     if (load && !full) {
         memset(tmp, 0, sizeof tmp);
-        for (int t = 0; t < nt; t++)
+        for (int t = 0; t < ROWS; t++)
             for (int j = 0; j < nc; j++)
                 tmp[t][j] = c[t * ldc + j];
     }
 #define GEMM_INIT(t)                                                                        \
-    if (!load) {                                                                            \
+    if ((t) >= ROWS || !load) {                                                             \
         a[t][0] = _mm256_setzero_ps();                                                      \
         a[t][1] = _mm256_setzero_ps();                                                      \
     } else if (full) {                                                                      \
@@ -277,7 +279,7 @@ static void micro_avx2_6x16(float *c, int64_t ldc, const float *wp, const float 
         const float *wk = wp + kk * NR, *xk = xg + kk * MR;
         __m256 w0 = _mm256_load_ps(wk), w1 = _mm256_load_ps(wk + 8);
 #define GEMM_FMA(t)                                                                         \
-    {                                                                                       \
+    if ((t) < ROWS) {                                                                       \
         __m256 b = _mm256_broadcast_ss(xk + (t));                                           \
         a[t][0] = _mm256_fmadd_ps(w0, b, a[t][0]);                                          \
         a[t][1] = _mm256_fmadd_ps(w1, b, a[t][1]);                                          \
@@ -287,7 +289,8 @@ static void micro_avx2_6x16(float *c, int64_t ldc, const float *wp, const float 
     }
     /* (constant indices throughout, so that a[][] stays in registers) */
 #define GEMM_STORE(t)                                                                       \
-    if (full) {                                                                             \
+    if ((t) >= ROWS) {                                                                      \
+    } else if (full) {                                                                      \
         _mm256_storeu_ps(c + (t) * ldc, a[t][0]);                                           \
         _mm256_storeu_ps(c + (t) * ldc + 8, a[t][1]);                                       \
     } else {                                                                                \
@@ -298,9 +301,30 @@ static void micro_avx2_6x16(float *c, int64_t ldc, const float *wp, const float 
 #undef GEMM_STORE
     if (full)
         return;
-    for (int t = 0; t < nt; t++)
+    for (int t = 0; t < ROWS; t++)
         for (int j = 0; j < nc; j++)
             c[t * ldc + j] = tmp[t][j];
+}
+
+#define GEMM_ROWS_AVX2(r)                                                                   \
+    GEMM_TARGET static void micro_avx2_r##r(float *c, int64_t ldc, const float *wp,          \
+                                             const float *xg, int64_t kc, int nc, bool load) \
+    {                                                                                       \
+        micro_avx2_rows(c, ldc, wp, xg, kc, r, nc, load);                                   \
+    }
+GEMM_ROWS_AVX2(1) GEMM_ROWS_AVX2(2) GEMM_ROWS_AVX2(3)
+GEMM_ROWS_AVX2(4) GEMM_ROWS_AVX2(5) GEMM_ROWS_AVX2(6)
+#undef GEMM_ROWS_AVX2
+
+/* micro_avx2_rows for nt (1 .. 6) tokens. */
+GEMM_TARGET
+static void micro_avx2_6x16(float *c, int64_t ldc, const float *wp, const float *xg, int64_t kc,
+                            int nt, int nc, bool load)
+{
+    typedef void (*fn)(float *, int64_t, const float *, const float *, int64_t, int, bool);
+    static const fn by_rows[6] = { micro_avx2_r1, micro_avx2_r2, micro_avx2_r3,
+                                   micro_avx2_r4, micro_avx2_r5, micro_avx2_r6 };
+    by_rows[nt - 1](c, ldc, wp, xg, kc, nc, load);
 }
 
 /* The 12 x 32 tile as four 6 x 16 ones (xg and wp offset, strides kept). */
@@ -316,17 +340,20 @@ static void micro_avx2(float *c, int64_t ldc, const float *wp, const float *xg, 
 
 /* ===== AVX-512 path ===== */
 
-/* micro_scalar for the whole 12 x 32 tile: 24 accumulators, two panel
- * vectors and one broadcast per k; partial tiles through lane masks. */
-GEMM_TARGET512
-static void micro_avx512(float *c, int64_t ldc, const float *wp, const float *xg, int64_t kc, int nt,
-                         int nc, bool load)
+/* micro_scalar for ROWS (<= 12) tokens by 32 panel columns: up to 24
+ * accumulators, two panel vectors and one broadcast per k; partial column
+ * ranges through lane masks. ROWS is a constant in each copy
+ * (micro_avx512 picks one), so that a short last group of tokens costs
+ * only its own rows. */
+GEMM_TARGET512 __attribute__((always_inline))
+static inline void micro_avx512_rows(float *c, int64_t ldc, const float *wp, const float *xg, int64_t kc,
+                                     const int ROWS, int nc, bool load)
 {
     __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xFFFF : (1u << nc) - 1);
     __mmask16 m1 = (__mmask16)(nc >= 32 ? 0xFFFF : nc > 16 ? (1u << (nc - 16)) - 1 : 0);
     __m512 a[MR][2];
 #define GEMM_INIT(t)                                                                        \
-    if (load && (t) < nt) {                                                                 \
+    if (load && (t) < ROWS) {                                                               \
         a[t][0] = _mm512_maskz_loadu_ps(m0, c + (t) * ldc);                                 \
         a[t][1] = _mm512_maskz_loadu_ps(m1, c + (t) * ldc + 16);                            \
     } else {                                                                                \
@@ -340,7 +367,7 @@ static void micro_avx512(float *c, int64_t ldc, const float *wp, const float *xg
         const float *wk = wp + kk * NR, *xk = xg + kk * MR;
         __m512 w0 = _mm512_load_ps(wk), w1 = _mm512_load_ps(wk + 16);
 #define GEMM_FMA(t)                                                                         \
-    {                                                                                       \
+    if ((t) < ROWS) {                                                                       \
         __m512 b = _mm512_set1_ps(xk[t]);                                                   \
         a[t][0] = _mm512_fmadd_ps(w0, b, a[t][0]);                                          \
         a[t][1] = _mm512_fmadd_ps(w1, b, a[t][1]);                                          \
@@ -350,13 +377,38 @@ static void micro_avx512(float *c, int64_t ldc, const float *wp, const float *xg
 #undef GEMM_FMA
     }
 #define GEMM_STORE(t)                                                                       \
-    if ((t) < nt) {                                                                         \
+    if ((t) < ROWS) {                                                                       \
         _mm512_mask_storeu_ps(c + (t) * ldc, m0, a[t][0]);                                  \
         _mm512_mask_storeu_ps(c + (t) * ldc + 16, m1, a[t][1]);                             \
     }
     GEMM_STORE(0) GEMM_STORE(1) GEMM_STORE(2) GEMM_STORE(3) GEMM_STORE(4) GEMM_STORE(5)
     GEMM_STORE(6) GEMM_STORE(7) GEMM_STORE(8) GEMM_STORE(9) GEMM_STORE(10) GEMM_STORE(11)
 #undef GEMM_STORE
+}
+
+#define GEMM_ROWS_AVX512(r)                                                                 \
+    GEMM_TARGET512 static void micro_avx512_r##r(float *c, int64_t ldc, const float *wp,     \
+                                                  const float *xg, int64_t kc, int nc,       \
+                                                  bool load)                                 \
+    {                                                                                       \
+        micro_avx512_rows(c, ldc, wp, xg, kc, r, nc, load);                                 \
+    }
+GEMM_ROWS_AVX512(1) GEMM_ROWS_AVX512(2) GEMM_ROWS_AVX512(3) GEMM_ROWS_AVX512(4)
+GEMM_ROWS_AVX512(5) GEMM_ROWS_AVX512(6) GEMM_ROWS_AVX512(7) GEMM_ROWS_AVX512(8)
+GEMM_ROWS_AVX512(9) GEMM_ROWS_AVX512(10) GEMM_ROWS_AVX512(11) GEMM_ROWS_AVX512(12)
+#undef GEMM_ROWS_AVX512
+
+/* micro_avx512_rows for nt (1 .. 12) tokens. */
+GEMM_TARGET512
+static void micro_avx512(float *c, int64_t ldc, const float *wp, const float *xg, int64_t kc, int nt,
+                         int nc, bool load)
+{
+    typedef void (*fn)(float *, int64_t, const float *, const float *, int64_t, int, bool);
+    static const fn by_rows[MR] = { micro_avx512_r1, micro_avx512_r2,  micro_avx512_r3,
+                                    micro_avx512_r4, micro_avx512_r5,  micro_avx512_r6,
+                                    micro_avx512_r7, micro_avx512_r8,  micro_avx512_r9,
+                                    micro_avx512_r10, micro_avx512_r11, micro_avx512_r12 };
+    by_rows[nt - 1](c, ldc, wp, xg, kc, nc, load);
 }
 #endif
 
@@ -424,10 +476,17 @@ static void prefetch_rows(const unsigned char *w, enum lm_dtype t, size_t row_by
 }
 
 /* Columns [n0_begin, n0_end) of out = X B over K products, B[k][n] being
- * W[n][k] (trans) or W[k][n]; onto out's values when accumulate. */
+ * W[n][k] (trans) or W[k][n]; onto out's values when accumulate.
+ *
+ * With causal >= 0, token t only needs the first causal + t + 1 keys (the
+ * columns n of X W^T, the products k of X W), and its other entries may be
+ * left undefined (X W^T) or are zeros in X (X W). Each group of tokens
+ * then skips the panels past its last token's keys (X W^T) or stops its
+ * chains there (X W: the products dropped are exact zeros), which changes
+ * no bits of the entries that are defined. */
 static void gemm_run(float *out, int64_t ldo, const unsigned char *w, enum lm_dtype wtype,
                      size_t row_bytes, bool trans, int64_t K, const float *xp, int64_t n_tok,
-                     int64_t n_begin, int64_t n_end, bool accumulate, float *scratch)
+                     int64_t n_begin, int64_t n_end, bool accumulate, float *scratch, int64_t causal)
 {
     enum kernel_path p = kernel_path_active();
     micro_fn micro = micro_for(p);
@@ -445,7 +504,15 @@ static void gemm_run(float *out, int64_t ldo, const unsigned char *w, enum lm_dt
             for (int64_t g = 0; g < n_groups; g++) {
                 prefetch_rows(w, wtype, row_bytes, trans, pn0, pnc, pk0, pkc, g * p_rows / n_groups,
                               (g + 1) * p_rows / n_groups);
-                micro(out + g * MR * ldo + n0, ldo, wp, xp + g * MR * K + k0 * MR, kc,
+                int64_t kg = kc;
+                if (causal >= 0) {
+                    int64_t keys = causal + LM_MIN((g + 1) * MR, n_tok);
+                    if (trans ? n0 >= keys : k0 >= keys)
+                        continue;
+                    if (!trans)
+                        kg = LM_MIN(kc, keys - k0);
+                }
+                micro(out + g * MR * ldo + n0, ldo, wp, xp + g * MR * K + k0 * MR, kg,
                       (int)LM_MIN((int64_t)MR, n_tok - g * MR), nc, k0 > 0 || accumulate);
             }
         }
@@ -460,7 +527,7 @@ void kernel_gemm_nt(float *out, int64_t ldo, const void *w, enum lm_dtype wtype,
 {
     LM_ASSERT(kernel_weight_type_ok(wtype, cols));
     gemm_run(out, ldo, w, wtype, lm_dtype_bytes(wtype, (size_t)cols), true, cols, xp, n_tok, r0, r1,
-             false, scratch);
+             false, scratch, -1);
 }
 
 void kernel_gemm_nn(float *out, int64_t ldo, const void *w, enum lm_dtype wtype, int64_t rows,
@@ -470,5 +537,65 @@ void kernel_gemm_nn(float *out, int64_t ldo, const void *w, enum lm_dtype wtype,
     LM_ASSERT(kernel_weight_type_ok(wtype, cols));
     LM_ASSERT(wtype != LM_DTYPE_Q8_0 || c0 % LM_Q8_GROUP == 0);
     gemm_run(out, ldo, w, wtype, lm_dtype_bytes(wtype, (size_t)cols), false, rows, xp, n_tok, c0, c1,
-             accumulate, scratch);
+             accumulate, scratch, -1);
+}
+
+/* ===== Attention ===== */
+
+int64_t kernel_attention_scratch_size(int64_t n_q, int64_t n_keys, int64_t hd)
+{
+    int64_t padded = (n_q + MR - 1) / MR * MR;
+    return padded * hd + n_q * n_keys + padded * n_keys;
+}
+
+void kernel_attention(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t n_q,
+                      const float *k, const float *v, int64_t ldkv, int64_t pos0, int64_t hd,
+                      float scale, float *scratch, float *panel)
+{
+    int64_t n_keys = pos0 + n_q, groups = (n_q + MR - 1) / MR;
+    float *qp = scratch, *s = qp + groups * MR * hd, *pp = s + n_q * n_keys;
+    size_t kv_bytes = (size_t)ldkv * sizeof(float);
+
+    /* s = q k^T: query i against keys 0 .. pos0 + i (each score one chain
+     * over the head's dimensions) */
+    kernel_gemm_pack_x(qp, q, ldq, n_q, hd, 0, groups);
+    gemm_run(s, n_keys, (const unsigned char *)k, LM_DTYPE_F32, kv_bytes, true, hd, qp, n_q, 0, n_keys,
+             false, panel, pos0);
+
+    /* p = softmax(s * scale) over the keys each query sees, zeros after */
+    for (int64_t i = 0; i < n_q; i++) {
+        float *row = s + i * n_keys;
+        int64_t len = pos0 + i + 1;
+        for (int64_t j = 0; j < len; j++)
+            row[j] *= scale;
+        kernel_softmax(row, len);
+        memset(row + len, 0, (size_t)(n_keys - len) * sizeof(float));
+    }
+
+    /* out = p v (each output one chain over the keys, in order) */
+    kernel_gemm_pack_x(pp, s, n_keys, n_q, n_keys, 0, groups);
+    gemm_run(out, ldo, (const unsigned char *)v, LM_DTYPE_F32, kv_bytes, false, n_keys, pp, n_q, 0, hd,
+             false, panel, pos0);
+}
+
+void kernel_attention_ref(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t n_q,
+                          const float *k, const float *v, int64_t ldkv, int64_t pos0, int64_t hd,
+                          float scale, float *scores)
+{
+    for (int64_t i = 0; i < n_q; i++) {
+        int64_t len = pos0 + i + 1;
+        for (int64_t j = 0; j < len; j++) {
+            double d = 0.0;
+            for (int64_t c = 0; c < hd; c++)
+                d += (double)q[i * ldq + c] * (double)k[j * ldkv + c];
+            scores[j] = (float)d * scale;
+        }
+        kernel_softmax_ref(scores, len);
+        for (int64_t c = 0; c < hd; c++) {
+            double o = 0.0;
+            for (int64_t j = 0; j < len; j++)
+                o += (double)scores[j] * (double)v[j * ldkv + c];
+            out[i * ldo + c] = (float)o;
+        }
+    }
 }

@@ -25,6 +25,9 @@
  * row once with kernel_matmul_rows. */
 #define MODEL_GEMM_MIN_TOKENS 4
 #define MODEL_DEFAULT_BATCH 128
+/* Batched attention (kernel_attention) takes a head's queries this many at
+ * a time: its scratch grows with this times the cache. */
+#define MODEL_ATTN_CHUNK (4 * KERNEL_GEMM_MR)
 /* Sanity bounds on config sizes, so that products of them fit easily. */
 #define MODEL_MAX_DIM (1 << 24)
 #define MODEL_MAX_LAYERS 4096
@@ -330,6 +333,11 @@ static void free_cache(struct model *m)
             free(m->worker_scores[w]);
             m->worker_scores[w] = NULL;
         }
+    if (m->worker_attn)
+        for (int w = 0; w < m->n_workers; w++) {
+            free(m->worker_attn[w]);
+            m->worker_attn[w] = NULL;
+        }
     m->cache_cap = 0;
 }
 
@@ -344,6 +352,7 @@ void model_free(struct model *m)
     free(m->worker_panel);
     free(m->xpack);
     free(m->worker_scores);
+    free(m->worker_attn);
     if (m->own_pool)
         pool_free(m->pool);
     free(m->x);
@@ -494,6 +503,7 @@ struct model *model_load(const struct hf_config *cfg, const struct model_source 
         !(m->rope_cos = lm_malloc_array(B * (size_t)(hd / 2), sizeof(float))) ||
         !(m->rope_sin = lm_malloc_array(B * (size_t)(hd / 2), sizeof(float))) ||
         !(m->worker_scores = lm_calloc((size_t)m->n_workers, sizeof(float *))) ||
+        !(m->worker_attn = lm_calloc((size_t)m->n_workers, sizeof(float *))) ||
         !(m->xpack = lm_malloc_array((size_t)(MODEL_GEMM_CHUNK * m->xpack_cols), sizeof(float))) ||
         !(m->worker_panel = lm_calloc((size_t)m->n_workers, sizeof(float *))))
         goto fail;
@@ -554,6 +564,11 @@ static int reserve_cache(struct model *m, int64_t need)
         if (!s)
             return LM_ENOMEM;
         m->worker_scores[w] = s;
+        int64_t n_attn = kernel_attention_scratch_size(MODEL_ATTN_CHUNK, cap, m->info.head_dim);
+        float *a = lm_realloc_array(m->worker_attn[w], (size_t)n_attn, sizeof(float));
+        if (!a)
+            return LM_ENOMEM;
+        m->worker_attn[w] = a;
     }
     m->cache_cap = cap;
     return 0;
@@ -680,6 +695,25 @@ static void attn_run(void *ud, int64_t index, int worker)
         kernel_axpy(out, scores[j], vc + j * kv_dim, hd);
 }
 
+/* One (chunk of MODEL_ATTN_CHUNK queries, head) of a batch through
+ * kernel_attention, the longest chunks first. The bits are those of any
+ * other split of the queries (kernel_attention), so neither the chunk
+ * size nor the thread count changes them. */
+static void attn_batch_run(void *ud, int64_t index, int worker)
+{
+    const struct attn_job *job = ud;
+    struct model *m = job->m;
+    const struct model_info *in = &m->info;
+    int64_t hd = in->head_dim, q_dim = in->n_head * hd, kv_dim = in->n_kv_head * hd;
+    int64_t n_chunks = (job->n_tok + MODEL_ATTN_CHUNK - 1) / MODEL_ATTN_CHUNK;
+    int64_t c = n_chunks - 1 - index / in->n_head, h = index % in->n_head;
+    int64_t kvh = h / (in->n_head / in->n_kv_head);
+    int64_t t0 = c * MODEL_ATTN_CHUNK, nq = LM_MIN((int64_t)MODEL_ATTN_CHUNK, job->n_tok - t0);
+    kernel_attention(m->att + t0 * q_dim + h * hd, q_dim, m->q + t0 * q_dim + h * hd, q_dim, nq,
+                     job->L->k_cache + kvh * hd, job->L->v_cache + kvh * hd, kv_dim, job->pos0 + t0, hd,
+                     m->attn_scale, m->worker_attn[worker], m->worker_panel[worker]);
+}
+
 /* ===== Forward ===== */
 
 /* One batch of n_tok <= n_batch tokens at positions n_past.. The logits
@@ -756,7 +790,10 @@ static void forward_batch(struct model *m, const int32_t *tokens, int64_t n_tok,
 
         /* attn_output = softmax(q k^T * scaling + causal_mask) v */
         struct attn_job aj = { m, L, pos0, n_tok };
-        pool_for(m->pool, n_tok * n_head, attn_run, &aj);
+        if (n_tok >= MODEL_GEMM_MIN_TOKENS)
+            pool_for(m->pool, (n_tok + MODEL_ATTN_CHUNK - 1) / MODEL_ATTN_CHUNK * n_head, attn_batch_run, &aj);
+        else
+            pool_for(m->pool, n_tok * n_head, attn_run, &aj);
 
         if (m->probe)
             m->probe(m->probe_ud, (int)l, MODEL_PROBE_ATTN_OUT, m->att, n_tok, q_dim);

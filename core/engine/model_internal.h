@@ -75,6 +75,8 @@ struct model {
     float *gate, *up;              /* (n_batch, n_ff) */
     float *rope_cos, *rope_sin;    /* (n_batch, head_dim / 2) */
     float **worker_scores;         /* per worker: (cache_cap) attention weights */
+    float **worker_attn;           /* per worker: kernel_attention's scratch for a
+                                      chunk of queries against cache_cap keys */
     float **worker_panel;          /* per worker: KERNEL_GEMM_SCRATCH floats, the
                                       weight panel of kernel_gemm_* */
     float *xpack;                  /* activations packed for kernel_gemm_*: up to
