@@ -798,6 +798,20 @@ static int read_range(const struct mi *x, const yaml_node_t *n, const char *path
     return 0;
 }
 
+/* A `parameters` mapping at `path` (absent or null: *out unchanged),
+ * checked and kept in *out. */
+static int read_params_node(struct mi *x, const yaml_node_t *n, const char *path, const yaml_node_t **out)
+{
+    if (!n || is_null(n))
+        return 0;
+    if (n->type != YAML_MAPPING_NODE)
+        return ierr(x, n, "%s: expected a mapping, got %s", path, node_kind(n));
+    int rc = check_params_map(x, n, path);
+    if (!rc)
+        *out = n;
+    return rc;
+}
+
 /* slices: the one form that means the same as `models` (one output slice,
  * every source taking every layer); anything else stacks layers. */
 static int read_slices(struct mi *x, const yaml_node_t *n)
@@ -820,14 +834,8 @@ static int read_slices(struct mi *x, const yaml_node_t *n)
     const yaml_node_t *src = map_get(x, s, "sources");
     if (!src || src->type != YAML_SEQUENCE_NODE || seq_len(src) == 0)
         return ierr(x, src ? src : s, "slices[0].sources: expected a list of {model, layer_range}");
-    const yaml_node_t *sp = map_get(x, s, "parameters");
-    if (sp && !is_null(sp)) {
-        if (sp->type != YAML_MAPPING_NODE)
-            return ierr(x, sp, "slices[0].parameters: expected a mapping, got %s", node_kind(sp));
-        if ((rc = check_params_map(x, sp, "slices[0].parameters")) != 0)
-            return rc;
-        x->slice_params = sp;
-    }
+    if ((rc = read_params_node(x, map_get(x, s, "parameters"), "slices[0].parameters", &x->slice_params)) != 0)
+        return rc;
     x->models = lm_calloc(seq_len(src), sizeof(*x->models));
     if (!x->models)
         return LM_ENOMEM;
@@ -1133,14 +1141,8 @@ static int import_root(struct mi *x, const yaml_node_t *root, cJSON *json)
     if (x->uses_base && !x->base)
         return ierr(x, mm, "merge_method %s needs base_model", mk);
 
-    const yaml_node_t *gp = map_get(x, root, "parameters");
-    if (gp && !is_null(gp)) {
-        if (gp->type != YAML_MAPPING_NODE)
-            return ierr(x, gp, "parameters: expected a mapping, got %s", node_kind(gp));
-        if ((rc = check_params_map(x, gp, "parameters")) != 0)
-            return rc;
-        x->global = gp;
-    }
+    if ((rc = read_params_node(x, map_get(x, root, "parameters"), "parameters", &x->global)) != 0)
+        return rc;
 
     const yaml_node_t *models = map_get(x, root, "models");
     const yaml_node_t *slices = map_get(x, root, "slices");
