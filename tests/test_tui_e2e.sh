@@ -217,6 +217,19 @@ check "w with a .gguf name writes one GGUF file" wait_q8 "wrote the merged model
 "$ms" merge "$MS_SOURCE_DIR/demo/l2s-ties.json" -o "$tmp/cli/demo.gguf" --threads 1 >/dev/null 2>&1
 check "... the same bytes as merge -o FILE.gguf (same name), GGUF magic first" \
     bash -c "[ \"\$(head -c 4 '$tmp/tui/demo.gguf')\" = GGUF ] && cmp '$tmp/tui/demo.gguf' '$tmp/cli/demo.gguf'"
+# The recipe screen's method list passes over methods needing more models
+# than are open, and says so.
+T send-keys -t q8 F2
+passed_over() {
+    for i in $(seq 1 40); do
+        T capture-pane -p -t q8 | grep -qF "passed over model_stock: not for 1 model" && return 0
+        T send-keys -t q8 Right
+        sleep 0.2
+    done
+    T capture-pane -p -t q8 | sed 's/^/      | /'
+    return 1
+}
+check "Recipe screen: stepping the method names the methods it passes over (model_stock needs 2 models)" passed_over
 T send-keys -t q8 q
 
 # A terminal that cannot move the cursor is refused before anything is drawn.

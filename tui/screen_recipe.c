@@ -371,16 +371,28 @@ int screen_recipe_adjust(struct ui_app *a, int dir)
                 cur = n;
             n++;
         }
-        /* Skip methods that cannot take this many models. */
+        /* Skip methods that cannot take this many models, and say which. */
+        char skipped[256] = "";
+        int nm = ws_n_models(a->ws);
         for (size_t k = 1; k < n; k++) {
             size_t i = (cur + (dir > 0 ? k : n - k)) % n;
-            int nm = ws_n_models(a->ws);
-            if (nm < merge_methods[i]->min_models || nm > merge_methods[i]->max_models)
+            const struct merge_method *m = merge_methods[i];
+            if (nm < m->min_models || nm > m->max_models) {
+                size_t l = strlen(skipped);
+                snprintf(skipped + l, sizeof(skipped) - l, "%s%s", l ? ", " : "", m->name);
                 continue;
+            }
             struct recipe *r = recipe_clone(ws_recipe(a->ws));
             if (!r)
                 return UI_REACT_NONE;
-            return apply_edit(a, r, tune_set_method(r, merge_methods[i]->name));
+            int react = apply_edit(a, r, tune_set_method(r, m->name));
+            if (skipped[0]) {
+                char done[512];
+                snprintf(done, sizeof(done), "%s", a->status);
+                ui_status(a, false, "%s | passed over %s: not for %d model%s (open more with --model)", done,
+                          skipped, nm, nm == 1 ? "" : "s");
+            }
+            return react;
         }
         return UI_REACT_NONE;
     }
