@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "clock.h"
+#include "gguf.h"
 #include "lm_error.h"
 #include "units.h"
 #include "workspace.h"
@@ -109,10 +110,8 @@ int cmd_merge(int argc, char **argv)
         return cli_usage_error("merge", "expected exactly one RECIPE");
     if (!out)
         return cli_usage_error("merge", "missing -o OUTDIR");
-    if (format < 0) {
-        size_t n = strlen(out);
-        format = n > 5 && strcmp(out + n - 5, ".gguf") == 0 ? WS_FORMAT_GGUF : WS_FORMAT_SAFETENSORS;
-    }
+    if (format < 0)
+        format = gguf_is_path(out) ? WS_FORMAT_GGUF : WS_FORMAT_SAFETENSORS;
     wp.format = (enum ws_format)format;
     if (wp.format != WS_FORMAT_GGUF && wp.out_dtype == LM_DTYPE_Q8_0)
         return cli_usage_error("merge", "--dtype q8_0 needs --format gguf");

@@ -187,6 +187,18 @@ static void q8_to_f32_scalar(float *dst, const unsigned char *src, size_t n)
     }
 }
 
+/* Entries of x[0..n) whose exponent bits are all set (NaN, +-Inf). */
+static uint64_t count_nonfinite_scalar(const float *x, size_t n)
+{
+    uint64_t c = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &x[j], sizeof u);
+        c += (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return c;
+}
+
 /* ===== AVX2 + F16C loops ===== */
 
 #if CONVERT_X86
@@ -332,12 +344,7 @@ static uint64_t count_nonfinite_avx2(const float *x, size_t n)
     uint64_t c = 0;
     for (int k = 0; k < 8; k++)
         c += lanes[k];
-    for (; j < n; j++) {
-        uint32_t u;
-        memcpy(&u, &x[j], sizeof u);
-        c += (u & 0x7f800000u) == 0x7f800000u;
-    }
-    return c;
+    return c + count_nonfinite_scalar(x + j, n - j);
 }
 #endif
 
@@ -386,13 +393,7 @@ uint64_t lm_count_nonfinite(const float *x, size_t n)
         return c;
     }
 #endif
-    uint64_t c = 0;
-    for (size_t j = 0; j < n; j++) {
-        uint32_t u;
-        memcpy(&u, &x[j], sizeof u);
-        c += (u & 0x7f800000u) == 0x7f800000u;
-    }
-    return c;
+    return count_nonfinite_scalar(x, n);
 }
 
 const char *lm_convert_impl_name(void)

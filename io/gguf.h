@@ -59,6 +59,10 @@ enum gguf_value_type {
  * LM_DTYPE_Q8_0's layout. */
 int gguf_ggml_type(enum lm_dtype t);
 
+/* True when `path` names a GGUF file (ends in ".gguf"): what `merge -o`
+ * and the workbench's `w` write as one GGUF rather than a directory. */
+bool gguf_is_path(const char *path);
+
 struct gguf_writer;
 
 /* Creates (or truncates) `path`. alignment 0 means 32; any other value

@@ -41,6 +41,12 @@ struct gguf_writer {
     atomic_uint_fast64_t written;
 };
 
+bool gguf_is_path(const char *path)
+{
+    size_t n = strlen(path);
+    return n > 5 && strcmp(path + n - 5, ".gguf") == 0;
+}
+
 int gguf_ggml_type(enum lm_dtype t)
 {
     switch (t) {

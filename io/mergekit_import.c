@@ -1071,10 +1071,9 @@ static int import_stack(struct mi *x, const yaml_node_t *root, const yaml_node_t
     for (size_t i = 0; i < seq_len(n) && !rc; i++)
         rc = stack_slice(x, seq_item(x, n, i), i, jslices);
     if (!rc && x->n_models == 0) {
-        const char *unused;
-        x->base = NULL; /* not "base" this once: the model entry repeats it */
-        const char *first = scalar_text(map_get(x, seq_item(x, map_get(x, seq_item(x, n, 0), "sources"), 0),
-                                                "model"));
+        /* one model's own layers: it is the base and, once more, the model */
+        const char *first = x->base, *unused;
+        x->base = NULL;
         rc = stack_ref(x, first, n, "slices[0].sources[0]", &unused);
         x->base = first;
     }

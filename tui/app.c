@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "draw.h"
+#include "gguf.h"
 #include "lm_error.h"
 #include "numfmt.h"
 #include "output_policy.h"
@@ -207,20 +208,12 @@ struct write_job {
 };
 static struct write_job write_args;
 
-/* A name ending in .gguf is one GGUF file for llama.cpp, as `merge -o`
- * takes it; anything else a Hugging Face directory. */
-static bool is_gguf_name(const char *path)
-{
-    size_t n = strlen(path);
-    return n > 5 && strcmp(path + n - 5, ".gguf") == 0;
-}
-
 static int write_job_fn(struct job *j, void *ud)
 {
     struct write_job *w = ud;
     struct ws_write_params wp = ws_default_write_params();
     wp.force = w->force;
-    if (is_gguf_name(w->dir))
+    if (gguf_is_path(w->dir))
         wp.format = WS_FORMAT_GGUF;
     return ws_write(w->ws, w->dir, wp, job_progress_cb, j);
 }
@@ -288,7 +281,7 @@ void ui_start_write(struct ui_app *a, const char *dir, bool force)
 {
     /* The output policy first, as a question where `force` would do. */
     bool forceable = false;
-    if (ws_check_output(a->ws, dir, is_gguf_name(dir), force, &forceable) != 0) {
+    if (ws_check_output(a->ws, dir, gguf_is_path(dir), force, &forceable) != 0) {
         ui_status(a, true, "%s", lm_last_error());
         if (forceable) {
             snprintf(a->pending_write, sizeof(a->pending_write), "%s", dir);
@@ -350,9 +343,10 @@ void ui_draw_header(struct ui_app *a, int w)
     const struct recipe *r = ws_recipe(a->ws);
     char line[1024], dir[512];
     display_dir(ws_model(a->ws, -1)->dir, dir, sizeof(dir));
+    bool exact = ws_preview_exact(a->ws);
     int n = snprintf(line, sizeof(line), " mergescope%s%s%s | base %s", ui_unsaved(a) ? " [modified]" : "",
-                     ws_preview_exact(a->ws) ? "" : " | preview ",
-                     ws_preview_exact(a->ws) ? "" : ws_preview_dtype_name(ws_get_preview_dtype(a->ws)), dir);
+                     exact ? "" : " | preview ", exact ? "" : ws_preview_dtype_name(ws_get_preview_dtype(a->ws)),
+                     dir);
     for (int i = 0; i < ws_n_models(a->ws) && n < (int)sizeof(line) - 40; i++) {
         display_dir(ws_model(a->ws, i)->dir, dir, sizeof(dir));
         n += snprintf(line + n, sizeof(line) - (size_t)n, " | %s %s", ws_model(a->ws, i)->name, dir);

@@ -141,9 +141,7 @@ static char *model_name(const char *target)
     const char *base = strrchr(target, '/');
     base = base ? base + 1 : target;
     size_t n = strlen(base);
-    if (n > 5 && strcmp(base + n - 5, ".gguf") == 0)
-        n -= 5;
-    return lm_strndup(base, n);
+    return lm_strndup(base, gguf_is_path(base) ? n - 5 : n);
 }
 
 /* Everything in the file: metadata, tensors, data. */
