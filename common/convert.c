@@ -209,6 +209,7 @@ static void bf16_to_f32_avx2(float *dst, const unsigned char *src, size_t n)
 {
     size_t i = 0;
     for (; i + 16 <= n; i += 16) {
+        _mm_prefetch((const char *)(src + 2 * i + 4096), _MM_HINT_T0);
         __m128i h0 = _mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i));
         __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i + 16));
         __m256i w0 = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h0), 16);

@@ -461,7 +461,9 @@ void topk_mask(uint8_t *mask, const float *x, uint64_t n, const struct topk_cut 
 }
 
 /* ===== Selection on a difference (topk_find_diff) =====
- * A sample of the keys, taken at fixed positions, brackets the k-th largest
+ * A sample of the keys, taken in 256 runs of consecutive entries spread
+ * evenly over the tensor (a reader then reads 256 short pieces, not one
+ * entry at a time), brackets the k-th largest
  * key: [lo, hi] spans the sample ranks around k/n of the sample size by six
  * standard deviations of a sampled rank. One pass then counts the keys above
  * hi and the NaNs and gathers the keys inside [lo, hi] into a list in
@@ -478,6 +480,7 @@ void topk_mask(uint8_t *mask, const float *x, uint64_t n, const struct topk_cut 
 #define SAMPLE_MIN_N   ((uint64_t)1 << 16) /* smaller inputs: two passes */
 #define SAMPLE_MAX     32768u
 #define SAMPLE_MIN     4096u
+#define SAMPLE_RUNS    256u  /* the sample: this many runs of consecutive entries, spread evenly */
 #define GATHER_CHUNK   8192u               /* entries between flushes */
 #define GATHER_SLACK   (GATHER_CHUNK + 64u)
 #define BUCKETS        65536u
@@ -541,32 +544,50 @@ static uint32_t *sort_keys(uint32_t *s, uint32_t *tmp, size_t len)
 
 /* Where the difference x - b comes from: float32 arrays in memory (b may
  * be NULL), or, when `read` is set, a reader (topk_find_diff_read) filling
- * two buffers of GATHER_CHUNK entries. */
+ * two buffers of READ_WINDOW entries: the passes in index order read a
+ * window at a time and take GATHER_CHUNK entries from it per step (fewer,
+ * larger reads), the sample reads its short runs one by one. */
 struct diff_src {
     const float *x, *b;
     topk_read_fn read;
     void        *ud;
     float       *rx, *rb;
     int         *err;      /* with `read`: its first error; the passes stop at it */
+    uint64_t     n;        /* with `read`: the entries there are */
+    uint64_t    *win;      /* with `read`: the window the buffers hold, [win[0], win[1]) */
 };
 
+#define READ_WINDOW ((size_t)1 << 16)
+
 /* Points *x and *b at entries [e0, e0 + len) (len <= GATHER_CHUNK); *b is
- * NULL when the difference is x alone. Nonzero when the reader failed (or
- * was stopped): the buffers are zeros, *s->err holds the error and the
- * caller's pass stops. */
-static int src_chunk(const struct diff_src *s, uint64_t e0, size_t len, const float **x,
+ * NULL when the difference is x alone. `ahead`: the caller goes on in
+ * index order, so a read may fill the whole window. Nonzero when the
+ * reader failed (or was stopped): the buffers are zeros, *s->err holds the
+ * error and the caller's pass stops. */
+static int src_chunk(const struct diff_src *s, uint64_t e0, size_t len, bool ahead, const float **x,
                      const float **b)
 {
     if (s->read) {
-        *x = s->rx;
-        *b = s->rb;
-        int rc = *s->err ? *s->err : s->read(s->ud, e0, len, s->rx, s->rb);
-        if (rc) {
-            *s->err = rc;
-            memset(s->rx, 0, len * sizeof(float));
-            memset(s->rb, 0, len * sizeof(float));
+        uint64_t *w = s->win;
+        if (!(e0 >= w[0] && e0 + len <= w[1])) {
+            size_t want = ahead ? (size_t)LM_SELECT_MIN((uint64_t)READ_WINDOW, s->n - e0) : len;
+            want = want > len ? want : len;
+            int rc = *s->err ? *s->err : s->read(s->ud, e0, want, s->rx, s->rb);
+            if (rc) {
+                *s->err = rc;
+                memset(s->rx, 0, len * sizeof(float));
+                memset(s->rb, 0, len * sizeof(float));
+                w[0] = w[1] = 0;
+                *x = s->rx;
+                *b = s->rb;
+                return rc;
+            }
+            w[0] = e0;
+            w[1] = e0 + want;
         }
-        return rc;
+        *x = s->rx + (e0 - w[0]);
+        *b = s->rb + (e0 - w[0]);
+        return 0;
     }
     *x = s->x + e0;
     *b = s->b ? s->b + e0 : NULL;
@@ -580,7 +601,7 @@ static struct topk_cut src_keep_non_nan(const struct diff_src *s, uint64_t n)
     for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
         const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
         const float *x, *b;
-        if (src_chunk(s, e0, len, &x, &b))
+        if (src_chunk(s, e0, len, true, &x, &b))
             break;
         for (size_t j = 0; j < len; j++) {
             const uint32_t a = diff_key(x, b, j);
@@ -597,16 +618,18 @@ static struct topk_cut src_keep_non_nan(const struct diff_src *s, uint64_t n)
 static bool bracket_from_sample(const struct diff_src *src, uint64_t n, uint64_t k,
                                 uint32_t *work, uint32_t *lo, uint32_t *hi)
 {
-    const size_t s = sample_size(n);
-    const uint64_t stride = n / s;
-    for (size_t j = 0; j < s; j++) {
+    const size_t s = sample_size(n), run = s / SAMPLE_RUNS;
+    const uint64_t stride = n / SAMPLE_RUNS;
+    for (size_t r = 0; r < SAMPLE_RUNS; r++) {
         const float *x, *b;
-        if (src_chunk(src, (uint64_t)j * stride + stride / 2, 1, &x, &b))
+        if (src_chunk(src, (uint64_t)r * stride + (stride - run) / 2, run, false, &x, &b))
             return false;
-        uint32_t key = diff_key(x, b, 0);
-        if (key > KEY_INF)
-            return false;
-        work[j] = key;
+        for (size_t j = 0; j < run; j++) {
+            uint32_t key = diff_key(x, b, j);
+            if (key > KEY_INF)
+                return false;
+            work[r * run + j] = key;
+        }
     }
     const uint32_t *sorted = sort_keys(work, work + s, s);
     /* rank from the top, 0-based, of the k-th largest in the sample */
@@ -935,7 +958,7 @@ static bool find_bracketed(const struct diff_src *src, uint64_t n, uint64_t k, u
     for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
         const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
         const float *x, *b;
-        if (src_chunk(src, e0, len, &x, &b))
+        if (src_chunk(src, e0, len, true, &x, &b))
             return false;
         gather_chunk(x, b, len, avx2, &g);
     }
@@ -1000,7 +1023,7 @@ static struct topk_cut find_exact_read(const struct diff_src *src, uint64_t n, u
         for (uint64_t e0 = 0; e0 < n; e0 += GATHER_CHUNK) {
             const size_t len = (size_t)LM_SELECT_MIN(n - e0, (uint64_t)GATHER_CHUNK);
             const float *x, *b;
-            if (src_chunk(src, e0, len, &x, &b))
+            if (src_chunk(src, e0, len, true, &x, &b))
                 return cut_make(0, KEY_INF, 0);
             for (size_t j = 0; j < len; j++) {
                 const uint32_t a = diff_key(x, b, j);
@@ -1037,12 +1060,14 @@ int topk_find_diff_read(topk_read_fn read, void *ud, uint64_t n, uint64_t k, uin
         *cut = cut_make(0, KEY_INF, 0);
         return 0;
     }
-    float *buf = malloc(2 * (size_t)GATHER_CHUNK * sizeof(float));
+    float *buf = malloc(2 * READ_WINDOW * sizeof(float));
     if (!buf)
         return lm_err(LM_ENOMEM, "top-k selection: %zu bytes of buffers",
-                      2 * (size_t)GATHER_CHUNK * sizeof(float));
+                      2 * READ_WINDOW * sizeof(float));
     int err = 0;
-    const struct diff_src src = { .read = read, .ud = ud, .rx = buf, .rb = buf + GATHER_CHUNK, .err = &err };
+    uint64_t win[2] = { 0, 0 };
+    const struct diff_src src = { .read = read, .ud = ud, .rx = buf, .rb = buf + READ_WINDOW,
+                                  .err = &err, .n = n, .win = win };
     if (!find_diff_quick(&src, n, k, work, work_len, cut) && !err)
         *cut = find_exact_read(&src, n, k);
     free(buf);

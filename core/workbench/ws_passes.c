@@ -28,23 +28,47 @@
 
 /* ===== Merging one tensor ===== */
 
+/* Room for the raw bytes read_source reads before converting them, in
+ * scratch slot WS_STAGE_SLOT of the inputs (after the inputs, the merged
+ * block and the writers' conversion block). */
+#define WS_STAGE_BYTES ((size_t)1 << 18)
+#define WS_STAGE_SLOT (WS_MAX_SOURCES + 2)
+
 /* Entries [e0, e0 + len) of source s of tensor t as float32: rows the
- * source lacks are the base's (zero past the base's own rows). */
-static void read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst)
+ * source lacks are the base's (zero past the base's own rows). The bytes
+ * are read from the file (st_tensor_read) into sc's staging room a piece
+ * at a time and converted from there: the passes read every input byte
+ * once or twice in order, and reading beats touching the mapping. 0 or an
+ * error naming the file and the tensor. */
+static int read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst,
+                       struct ws_scratch *sc)
 {
     const struct st_tensor *src = t->src[s];
     uint64_t rows = t->ndim > 0 ? (uint64_t)t->shape[0] : 1;
     uint64_t row_len = rows ? t->n_elements / rows : 0;
     uint64_t have = LM_MIN((uint64_t)t->src_rows[s], rows) * row_len;
     size_t n1 = e0 >= have ? 0 : (size_t)LM_MIN((uint64_t)len, have - e0);
-    if (n1)
-        lm_convert_to_f32(dst, (const char *)src->data + e0 * lm_dtype_size(src->dtype), src->dtype, n1);
-    if (n1 < len) {
+    int rc = 0;
+    if (n1) {
+        const size_t es = lm_dtype_size(src->dtype);
+        void *stage = merge_scratch_get(&sc->inputs, WS_STAGE_SLOT, WS_STAGE_BYTES / sizeof(float));
+        if (!stage)
+            return lm_err_context(LM_ENOMEM, "tensor '%s'", t->name);
+        const size_t piece = WS_STAGE_BYTES / es;
+        for (size_t o = 0; o < n1 && !rc; o += piece) {
+            const size_t m = LM_MIN(piece, n1 - o);
+            rc = st_tensor_read(src, (e0 + o) * es, stage, m * es);
+            if (!rc)
+                lm_convert_to_f32(dst + o, stage, src->dtype, m);
+        }
+    }
+    if (!rc && n1 < len) {
         if (s == 0)
             memset(dst + n1, 0, (len - n1) * sizeof(float));
         else
-            read_source(t, 0, e0 + n1, len - n1, dst + n1);
+            rc = read_source(t, 0, e0 + n1, len - n1, dst + n1, sc);
     }
+    return rc;
 }
 
 /* Loads base and models of tensor i as float32 into scratch slots. */
@@ -57,7 +81,9 @@ static int load_inputs(const struct workspace *ws, size_t i, struct ws_scratch *
         float *buf = merge_scratch_get(&sc->inputs, s, n);
         if (!buf)
             return lm_err_context(LM_ENOMEM, "tensor '%s'", t->name);
-        read_source(t, s, 0, n, buf);
+        int rc = read_source(t, s, 0, n, buf, sc);
+        if (rc)
+            return rc;
         if (s == 0)
             *base = buf;
         else
@@ -259,8 +285,7 @@ static int stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst
         pass_report(c->p, 0, 0);
     if (atomic_load_explicit(&c->p->cancel, memory_order_relaxed))
         return LM_ECANCELED;
-    read_source(c->t, source, e0, len, dst);
-    return 0;
+    return read_source(c->t, source, e0, len, dst, &c->p->ws->scratch[c->worker]);
 }
 
 /* Blocks between progress reports inside a tensor: 16 x 64 Ki entries,
@@ -412,9 +437,10 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
                 break;
             }
         }
-        for (int s = 0; s < ws->n_sources; s++)
-            read_source(t, s, e0, len, in[s]);
-        rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
+        for (int s = 0; s < ws->n_sources && !rc; s++)
+            rc = read_source(t, s, e0, len, in[s], sc);
+        if (!rc)
+            rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
         if (!rc)
             tally_nonfinite(nf, ws->n_sources, in, out, e0, len);
         if (!rc && nf->created && sink && sink_writes(sink)) {
@@ -618,6 +644,44 @@ static int by_layer_then_size(const void *a, const void *b, void *ctx)
     return by_size_desc(a, b, ctx);
 }
 
+/* Layer order leaves the tensors outside the stack for last. When fewer
+ * large ones than there are workers end the pass, each is merged by one
+ * worker while the others have nothing left (at 0.5B the tied embedding
+ * is a quarter of the work). Such a tensor (a quarter of a worker's share
+ * or more) moves back to where the work after it keeps the other workers
+ * busy as long as it takes: its size times (workers - 1) in other tensors,
+ * sizes counted in entries. The first rows still come first. */
+static void balance_tail(const struct workspace *ws, size_t *todo, size_t n, int workers)
+{
+    if (workers < 2 || n < 2)
+        return;
+    uint64_t total = 0;
+    for (size_t k = 0; k < n; k++)
+        total += ws->tensors[todo[k]].n_elements;
+    size_t first_tail = n;
+    while (first_tail > 0 && ws->tensors[todo[first_tail - 1]].info.layer < 0)
+        first_tail--;
+    size_t big[8], n_big = 0;
+    for (size_t k = first_tail; k < n && n_big < LM_ARRAY_SIZE(big); k++)
+        if (ws->tensors[todo[k]].n_elements * 4 * (uint64_t)workers >= total)
+            big[n_big++] = todo[k];
+    if (n_big == 0 || n_big >= (size_t)workers)
+        return;
+    for (size_t j = 0; j < n_big; j++) {
+        size_t at = 0;
+        while (todo[at] != big[j])
+            at++;
+        memmove(todo + at, todo + at + 1, (n - at - 1) * sizeof(*todo));
+        const uint64_t need = ws->tensors[big[j]].n_elements * (uint64_t)(workers - 1);
+        uint64_t after = 0;
+        size_t pos = n - 1;
+        while (pos > 0 && after < need)
+            after += ws->tensors[todo[--pos]].n_elements;
+        memmove(todo + pos + 1, todo + pos, (n - 1 - pos) * sizeof(*todo));
+        todo[pos] = big[j];
+    }
+}
+
 /* Sets up a pass over the tensors todo[0 .. n_todo), which it sorts with
  * `order`. */
 static void pass_init(struct pass *p, struct workspace *ws, size_t *todo, size_t n_todo,
@@ -660,6 +724,7 @@ int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
             todo[n++] = i;
     struct pass p;
     pass_init(&p, ws, todo, n, by_layer_then_size, progress, ud, "statistics");
+    balance_tail(ws, todo, n, pool_n_workers(ws->pool));
     p.stats = true;
     pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
     release_scratch(ws);
