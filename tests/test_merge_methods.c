@@ -1589,22 +1589,29 @@ static int paths_agree(const struct merge_method *m, const char *name, const flo
     int old = merge_simd_force_portable(1);
     int rc1 = run(m, name, b, x, nm, n, p, o1);
     merge_simd_force_portable(0);
-    int rc2 = run(m, name, b, x, nm, n, p, o2);
-    merge_simd_force_portable(old);
-    if (rc1 != rc2)
-        return 0;
-    if (rc1 != 0)
-        return 1;
-    for (uint64_t e = 0; e < n; e++) {
-        if (memcmp(&o1[e], &o2[e], sizeof(float)) != 0) {
-            uint32_t a, c;
-            memcpy(&a, &o1[e], sizeof a);
-            memcpy(&c, &o2[e], sizeof c);
-            printf("      %s, %d models, n %llu: entry %llu portable %08x avx2 %08x\n", m->name, nm,
-                   (unsigned long long)n, (unsigned long long)e, (unsigned)a, (unsigned)c);
+    /* the AVX2 path, then the widest the CPU has (AVX-512 where it can) */
+    for (int widest = 0; widest < 2; widest++) {
+        int old_avx2 = merge_simd_force_avx2(!widest);
+        const char *path = merge_simd_name();
+        int rc2 = run(m, name, b, x, nm, n, p, o2);
+        merge_simd_force_avx2(old_avx2);
+        if (rc1 != rc2) {
+            merge_simd_force_portable(old);
             return 0;
         }
+        for (uint64_t e = 0; rc1 == 0 && e < n; e++) {
+            if (memcmp(&o1[e], &o2[e], sizeof(float)) != 0) {
+                uint32_t a, c;
+                memcpy(&a, &o1[e], sizeof a);
+                memcpy(&c, &o2[e], sizeof c);
+                printf("      %s, %d models, n %llu: entry %llu portable %08x %s %08x\n", m->name, nm,
+                       (unsigned long long)n, (unsigned long long)e, (unsigned)a, path, (unsigned)c);
+                merge_simd_force_portable(old);
+                return 0;
+            }
+        }
     }
+    merge_simd_force_portable(old);
     return 1;
 }
 

@@ -522,7 +522,31 @@ int merge_simd_force_portable(int on)
     return atomic_exchange(&simd_forced_portable, on ? 1 : 0);
 }
 
+static atomic_int simd_forced_avx2;
+static atomic_int simd_cpu_avx512 = -1; /* -1: not checked yet */
+
+bool merge_simd_avx512(void)
+{
+    if (!merge_simd_avx2() || atomic_load_explicit(&simd_forced_avx2, memory_order_relaxed))
+        return false;
+    int ok = atomic_load_explicit(&simd_cpu_avx512, memory_order_relaxed);
+    if (ok < 0) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+        ok = __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+        ok = 0;
+#endif
+        atomic_store_explicit(&simd_cpu_avx512, ok, memory_order_relaxed);
+    }
+    return ok != 0;
+}
+
+int merge_simd_force_avx2(int on)
+{
+    return atomic_exchange(&simd_forced_avx2, on ? 1 : 0);
+}
+
 const char *merge_simd_name(void)
 {
-    return merge_simd_avx2() ? "avx2" : "portable";
+    return merge_simd_avx512() ? "avx512" : merge_simd_avx2() ? "avx2" : "portable";
 }

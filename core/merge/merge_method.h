@@ -334,10 +334,17 @@ void merge_della_probs(float *p, const float *d, uint64_t n, double density, dou
 /* Forces the portable path everywhere (tests, benchmarks) when `on`;
  * returns the previous setting. */
 int merge_simd_force_portable(int on);
-/* "avx2" or "portable": the path the kernels take now. */
+/* The task-arithmetic, TIES and breadcrumbs kernels also have an AVX-512
+ * path (eight doubles a vector, the same operations lane by lane, no FMA:
+ * the same bits again). Forces AVX2 at most when `on`; returns the
+ * previous setting. */
+int merge_simd_force_avx2(int on);
+/* "avx512", "avx2" or "portable": the path the kernels take now. */
 const char *merge_simd_name(void);
 /* For the implementations: whether to take the AVX2 path. */
 bool merge_simd_avx2(void);
+/* For the implementations: whether to take the AVX-512 path where there is one. */
+bool merge_simd_avx512(void);
 
 /* Every merge writes a NaN result as the quiet NaN 0x7fc00000: which NaN
  * an operation passes on when both operands are NaN depends on the order

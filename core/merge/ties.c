@@ -53,6 +53,11 @@
 #include <immintrin.h>
 #define GTA_X86 1
 #define GTA_AVX2 __attribute__((target("avx2")))
+#define GTA_AVX512 __attribute__((target("avx2,avx512f")))
+#if defined(__clang__)
+/* AVX-512F brings FMA: no product may be fused into a sum here. */
+#pragma clang fp contract(off)
+#endif
 #define GTA_INLINE inline __attribute__((always_inline))
 /* Loops over models: those with a constant count of 1 or 2 unroll
  * completely (the models' values then stay in registers). */
@@ -782,6 +787,131 @@ GTA_AVX2 static GTA_INLINE void gta_avx2_run(const enum gta_kind kind, const int
     }
 }
 
+/* ===== The AVX-512 kernel =====
+ * gta_group for the kinds without random draws (task arithmetic, TIES,
+ * breadcrumbs): the eight entries of a group in one vector of eight
+ * doubles where the AVX2 kernel takes two of four, lane masks as mask
+ * registers; every lane sees the same IEEE operations in the same order,
+ * so the bits are the AVX2 kernel's (and the portable one's). */
+GTA_AVX512 static GTA_INLINE void gta_group512(const enum gta_kind kind, const int nm,
+                                              const struct vmodel *vm, const struct lane_cut *lo,
+                                              const struct lane_cut *hi, const float *const *xs,
+                                              const float *bp, float *op, __m256i pos,
+                                              const struct gta_combine *c)
+{
+    const __m512d zero = _mm512_setzero_pd();
+    const __m256 bf = _mm256_loadu_ps(bp);
+    const __m512d b = _mm512_cvtps_pd(bf);
+    __m512d v[MERGE_MAX_MODELS];
+    __m512d s = zero;
+    GTA_UNROLL
+    for (int i = 0; i < nm; i++) {
+        const __m256 xf = _mm256_loadu_ps(xs[i]);
+        const __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(xf), b);
+        v[i] = _mm512_mul_pd(_mm512_set1_pd(vm[i].weight), d);
+        if (kind == GTA_KIND_TOPK || kind == GTA_KIND_BAND) {
+            const __m256i key = _mm256_and_si256(_mm256_castps_si256(_mm256_sub_ps(xf, bf)),
+                                                 _mm256_set1_epi32(0x7fffffff));
+            __m256i keep = lanes_in(&lo[i], key, pos);
+            if (kind == GTA_KIND_BAND)
+                keep = _mm256_andnot_si256(lanes_in(&hi[i], key, pos), keep);
+            v[i] = _mm512_maskz_mov_pd((__mmask8)_mm256_movemask_ps(_mm256_castsi256_ps(keep)), v[i]);
+        }
+        s = _mm512_add_pd(s, v[i]);
+    }
+    __m512d mixed = s, div = zero;
+    if (c->consensus) {
+        const __mmask8 plus = _mm512_cmp_pd_mask(s, zero, _CMP_GE_OQ);
+        GTA_UNROLL
+        for (int i = 0; i < nm; i++) {
+            const __m512d w = _mm512_set1_pd(vm[i].weight);
+            const __mmask8 a = (__mmask8)((plus & _mm512_cmp_pd_mask(v[i], zero, _CMP_GT_OQ)) |
+                                          (~plus & _mm512_cmp_pd_mask(v[i], zero, _CMP_LT_OQ)));
+            if (i == 0) {
+                mixed = _mm512_maskz_mov_pd(a, v[i]);
+                div = _mm512_maskz_mov_pd(a, w);
+            } else {
+                mixed = _mm512_add_pd(mixed, _mm512_maskz_mov_pd(a, v[i]));
+                div = _mm512_add_pd(div, _mm512_maskz_mov_pd(a, w));
+            }
+        }
+        div = _mm512_mask_mov_pd(div, _mm512_cmp_pd_mask(div, zero, _CMP_EQ_OQ), _mm512_set1_pd(1.0));
+    } else {
+        div = _mm512_set1_pd(c->div_all);
+    }
+    if (c->normalize)
+        mixed = _mm512_div_pd(mixed, div);
+    const __m512d r = _mm512_add_pd(b, _mm512_mul_pd(_mm512_set1_pd(c->lambda), mixed));
+    _mm256_storeu_ps(op, nan_canonical8(_mm512_cvtpd_ps(r)));
+}
+
+/* gta_avx2_run's loop over gta_group512 (kinds ALL, TOPK and BAND). */
+GTA_AVX512 static GTA_INLINE void gta_avx512_run(const enum gta_kind kind, const int nm,
+                                                 struct gta_model *m, const float *b, uint64_t n,
+                                                 float *out, const struct gta_combine *c)
+{
+    struct vmodel vm[MERGE_MAX_MODELS];
+    for (int i = 0; i < nm; i++)
+        vm[i].weight = m[i].weight;
+    struct lane_cut lo[MERGE_MAX_MODELS], hi[MERGE_MAX_MODELS];
+    const float *xs[MERGE_MAX_MODELS];
+    const __m256i lane_pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (uint64_t e0 = 0; e0 < n; e0 += GTA_VBLOCK) {
+        const size_t len = (size_t)LM_MIN((uint64_t)GTA_VBLOCK, n - e0);
+        for (int i = 0; kind != GTA_KIND_ALL && i < nm; i++) {
+            if (m[i].mode == KEEP_TOPK || m[i].mode == KEEP_BAND)
+                lo[i] = lane_cut_walk(&m[i].walk_lo, m[i].flip_lo, m[i].x + e0, b + e0, len);
+            else
+                lo[i] = lane_cut_all();
+            if (m[i].mode == KEEP_BAND)
+                hi[i] = lane_cut_walk(&m[i].walk_hi, m[i].flip_hi, m[i].x + e0, b + e0, len);
+            else
+                hi[i] = lane_cut_none();
+        }
+        size_t j = 0;
+        __m256i pos = lane_pos;
+        for (; j + 8 <= len; j += 8) {
+            GTA_UNROLL
+            for (int i = 0; i < nm; i++)
+                xs[i] = m[i].x + e0 + j;
+            gta_group512(kind, nm, vm, lo, hi, xs, b + e0 + j, out + e0 + j, pos, c);
+            pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));
+        }
+        if (j < len) {
+            /* The last few entries, through zero-padded copies. */
+            const size_t r = len - j;
+            float pb[8] = { 0 }, po[8], px[MERGE_MAX_MODELS][8];
+            memcpy(pb, b + e0 + j, r * sizeof(float));
+            for (int i = 0; i < nm; i++) {
+                memset(px[i], 0, sizeof px[i]);
+                memcpy(px[i], m[i].x + e0 + j, r * sizeof(float));
+                xs[i] = px[i];
+            }
+            gta_group512(kind, nm, vm, lo, hi, xs, pb, po, pos, c);
+            memcpy(out + e0 + j, po, r * sizeof(float));
+        }
+    }
+}
+
+#define GTA_AVX512_VARIANT(name, kind, nm_expr)                                                \
+    GTA_AVX512 static void name(int nm, struct gta_model *m, const float *b, uint64_t n,     \
+                                float *out, const struct gta_combine *c, uint64_t idx0)     \
+    {                                                                                       \
+        (void)nm;                                                                           \
+        (void)idx0;                                                                         \
+        gta_avx512_run(kind, nm_expr, m, b, n, out, c);                                     \
+    }
+
+GTA_AVX512_VARIANT(gta_avx512_all_1, GTA_KIND_ALL, 1)
+GTA_AVX512_VARIANT(gta_avx512_all_2, GTA_KIND_ALL, 2)
+GTA_AVX512_VARIANT(gta_avx512_all_n, GTA_KIND_ALL, nm)
+GTA_AVX512_VARIANT(gta_avx512_topk_1, GTA_KIND_TOPK, 1)
+GTA_AVX512_VARIANT(gta_avx512_topk_2, GTA_KIND_TOPK, 2)
+GTA_AVX512_VARIANT(gta_avx512_topk_n, GTA_KIND_TOPK, nm)
+GTA_AVX512_VARIANT(gta_avx512_band_1, GTA_KIND_BAND, 1)
+GTA_AVX512_VARIANT(gta_avx512_band_2, GTA_KIND_BAND, 2)
+GTA_AVX512_VARIANT(gta_avx512_band_n, GTA_KIND_BAND, nm)
+
 #define GTA_AVX2_VARIANT(name, kind, nm_expr)                                                  \
     GTA_AVX2 static void name(int nm, struct gta_model *m, const float *b, uint64_t n,       \
                               float *out, const struct gta_combine *c, uint64_t idx0)       \
@@ -834,17 +964,24 @@ static void gta_avx2(struct gta_model *m, int nm, const float *b, uint64_t n, fl
         { gta_avx2_random_1, gta_avx2_random_2, gta_avx2_random_n },
         { gta_avx2_band_1, gta_avx2_band_2, gta_avx2_band_n },
     };
+    static const gta_avx2_fn table512[4][3] = {
+        { gta_avx512_all_1, gta_avx512_all_2, gta_avx512_all_n },
+        { gta_avx512_topk_1, gta_avx512_topk_2, gta_avx512_topk_n },
+        { gta_avx2_random_1, gta_avx2_random_2, gta_avx2_random_n },
+        { gta_avx512_band_1, gta_avx512_band_2, gta_avx512_band_n },
+    };
+    const gta_avx2_fn (*tab)[3] = merge_simd_avx512() ? table512 : table;
     const int kinds = any_topk + any_band + any_random + any_other;
     const int col = nl == 1 ? 0 : (nl == 2 ? 1 : 2);
     gta_avx2_fn fn = gta_avx2_any_n;
     if (kinds == 0)
-        fn = table[0][col];
+        fn = tab[0][col];
     else if (kinds == 1 && any_topk)
-        fn = table[1][col];
+        fn = tab[1][col];
     else if (kinds == 1 && any_random)
-        fn = table[2][col];
+        fn = tab[2][col];
     else if (kinds == 1 && any_band)
-        fn = table[3][col];
+        fn = tab[3][col];
     fn(nl, live, b, n, out, c, idx0);
     /* the walks go on where this run left them (block by block merges) */
     for (int k = 0; k < nl; k++) {
