@@ -443,20 +443,25 @@ static void test_paths_agree(void)
                     int old = merge_simd_force_portable(1);
                     struct stats_raw sp = run(b, (const float *const *)x, m, merged, sizes[si], dens, w);
                     merge_simd_force_portable(0);
-                    struct stats_raw sv = run(b, (const float *const *)x, m, merged, sizes[si], dens, w);
-                    merge_simd_force_portable(old);
-                    if (!same_raw(&sp, &sv)) {
-                        printf("      differ: %d models, n %llu, variant %d, special %d\n", m,
-                               (unsigned long long)sizes[si], variant, special);
-                        ok = 0;
+                    /* the AVX2 path, then the widest the CPU has */
+                    for (int widest = 0; widest < 2; widest++) {
+                        int old_avx2 = merge_simd_force_avx2(!widest);
+                        struct stats_raw sv = run(b, (const float *const *)x, m, merged, sizes[si], dens, w);
+                        if (!same_raw(&sp, &sv)) {
+                            printf("      differ: %d models, n %llu, variant %d, special %d, %s\n", m,
+                                   (unsigned long long)sizes[si], variant, special, merge_simd_name());
+                            ok = 0;
+                        }
+                        merge_simd_force_avx2(old_avx2);
                     }
+                    merge_simd_force_portable(old);
                     runs++;
                 }
             }
         }
     }
     char descr[200];
-    snprintf(descr, sizeof descr, "AVX2 and portable kernels give the same raw sums and counts "
+    snprintf(descr, sizeof descr, "AVX-512, AVX2 and portable kernels give the same raw sums and counts "
              "(%d runs: NaN/inf/zeros/ties, 0-5 models, with and without merged, sizes 1..70001)", runs);
     TEST_COND(descr, ok);
     free(b);

@@ -538,6 +538,11 @@ static void merged_block(struct stats_acc *acc, const float *mg, const float *b,
 #include <immintrin.h>
 #define STATS_X86 1
 #define STATS_AVX2 __attribute__((target("avx2")))
+#define STATS_AVX512 __attribute__((target("avx2,avx512f")))
+#if defined(__clang__)
+/* AVX-512F brings FMA: no product may be fused into a sum here. */
+#pragma clang fp contract(off)
+#endif
 #define STATS_INLINE inline __attribute__((always_inline))
 #define STATS_UNROLL _Pragma("GCC unroll 2")
 #else
@@ -669,6 +674,91 @@ STATS_AVX2 static STATS_INLINE void stats_group(const int m, struct vacc *a, con
     }
 }
 
+/* Adds the eight lanes of v (entries e..e+7) to a double accumulator whose
+ * lane l takes the entries with index % 4 == l: e..e+3 first, then
+ * e+4..e+7, as stats_group adds its two halves. */
+STATS_AVX512 static STATS_INLINE void vlanes_add8(__m256d *acc, __m512d v)
+{
+    *acc = _mm256_add_pd(*acc, _mm512_castpd512_pd256(v));
+    *acc = _mm256_add_pd(*acc, _mm512_extractf64x4_pd(v, 1));
+}
+
+/* Eight lane mask bits to eight 32-bit lane masks. */
+STATS_AVX512 static STATS_INLINE __m256i widen_bits8(unsigned bits)
+{
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), sel), sel);
+}
+
+/* stats_group with the double work on eight lanes at once: the products,
+ * differences and comparisons of a group in one vector of eight doubles
+ * where stats_group takes two of four, and the sums still added half by
+ * half into the same four-lane accumulators (vlanes_add8), so that every
+ * sum sees the same operations in the same order: the same bits. */
+STATS_AVX512 static STATS_INLINE void stats_group512(const int m, struct vacc *a,
+                                                     const float *const *xs, const float *bp,
+                                                     const float *mp, const double *weight,
+                                                     const struct vtrim *tr, __m256i pos)
+{
+    const __m512d zd = _mm512_setzero_pd();
+    const __m256 zf = _mm256_setzero_ps();
+    const __m256 bf = _mm256_loadu_ps(bp);
+    const __m512d b = _mm512_cvtps_pd(bf);
+    vlanes_add8(&a->base_sq, _mm512_mul_pd(b, b));
+
+    __m512d d[MERGE_MAX_MODELS];
+    __mmask8 vp[MERGE_MAX_MODELS], vn[MERGE_MAX_MODELS];
+    __m256i nz[MERGE_MAX_MODELS], ps[MERGE_MAX_MODELS], knz[MERGE_MAX_MODELS];
+    __m512d vs = zd;
+    STATS_UNROLL
+    for (int i = 0; i < m; i++) {
+        const __m256 xf = _mm256_loadu_ps(xs[i]);
+        const __m256 fd = _mm256_sub_ps(xf, bf);
+        d[i] = _mm512_sub_pd(_mm512_cvtps_pd(xf), b);
+        const __m256i key = _mm256_and_si256(_mm256_castps_si256(fd), _mm256_set1_epi32(0x7fffffff));
+        const __m256i lo1 = _mm256_sub_epi32(tr[i].thr_m1, _mm256_cmpgt_epi32(pos, tr[i].c));
+        const __m256i kept = _mm256_andnot_si256(_mm256_cmpgt_epi32(key, tr[i].limit),
+                                                 _mm256_cmpgt_epi32(key, lo1));
+        const __m512d kd = _mm512_maskz_mov_pd((__mmask8)_mm256_movemask_ps(_mm256_castsi256_ps(kept)), d[i]);
+        const __m512d v = _mm512_mul_pd(_mm512_set1_pd(weight[i]), kd);
+        vlanes_add8(&a->delta_sq[i], _mm512_mul_pd(d[i], d[i]));
+        vlanes_add8(&a->topk_sq[i], _mm512_mul_pd(kd, kd));
+        vs = _mm512_add_pd(vs, v);
+        const __m256 pos_f = _mm256_cmp_ps(fd, zf, _CMP_GT_OQ);
+        ps[i] = _mm256_castps_si256(pos_f);
+        nz[i] = _mm256_castps_si256(_mm256_or_ps(pos_f, _mm256_cmp_ps(fd, zf, _CMP_LT_OQ)));
+        knz[i] = _mm256_and_si256(kept, nz[i]);
+        vp[i] = _mm512_cmp_pd_mask(v, zd, _CMP_GT_OQ);
+        vn[i] = _mm512_cmp_pd_mask(v, zd, _CMP_LT_OQ);
+        STATS_UNROLL
+        for (int j = 0; j < i; j++) {
+            vlanes_add8(&a->dot[j][i], _mm512_mul_pd(d[j], d[i]));
+            const __m256i both = _mm256_and_si256(nz[j], nz[i]);
+            a->both[j][i] = _mm256_sub_epi32(a->both[j][i], both);
+            a->opp[j][i] = _mm256_sub_epi32(a->opp[j][i],
+                                            _mm256_and_si256(both, _mm256_xor_si256(ps[j], ps[i])));
+        }
+    }
+    /* sign election: + where the weighted sum is >= 0 (NaN elects -) */
+    const __mmask8 ep = _mm512_cmp_pd_mask(vs, zd, _CMP_GE_OQ);
+    STATS_UNROLL
+    for (int i = 0; i < m; i++) {
+        const __m256i agree = widen_bits8((unsigned)((ep & vp[i]) | (~ep & vn[i])) & 0xffu);
+        a->kept = _mm256_sub_epi32(a->kept, knz[i]);
+        a->disagree = _mm256_sub_epi32(a->disagree, _mm256_andnot_si256(agree, knz[i]));
+    }
+    if (mp) {
+        const __m256 mf = _mm256_loadu_ps(mp);
+        const __m512d e = _mm512_sub_pd(_mm512_cvtps_pd(mf), b);
+        vlanes_add8(&a->merged_sq, _mm512_mul_pd(e, e));
+        const __m256 dp = _mm256_xor_ps(_mm256_cmp_ps(mf, zf, _CMP_GT_OQ),
+                                        _mm256_cmp_ps(bf, zf, _CMP_GT_OQ));
+        const __m256 dn = _mm256_xor_ps(_mm256_cmp_ps(mf, zf, _CMP_LT_OQ),
+                                        _mm256_cmp_ps(bf, zf, _CMP_LT_OQ));
+        a->flips = _mm256_sub_epi32(a->flips, _mm256_castps_si256(_mm256_or_ps(dp, dn)));
+    }
+}
+
 /* Adds a block's counts to `acc` and clears them. */
 STATS_AVX2 static STATS_INLINE void vacc_flush_counts(const int m, struct vacc *a, struct stats_acc *acc)
 {
@@ -685,73 +775,79 @@ STATS_AVX2 static STATS_INLINE void vacc_flush_counts(const int m, struct vacc *
     a->kept = a->disagree = a->flips = z;
 }
 
-STATS_AVX2 static STATS_INLINE void stats_avx2_run(const int m, struct stats_acc *acc,
-                                                   struct trim_state *trim, const float *base,
-                                                   const float *const *models, const float *merged,
-                                                   uint64_t n, const double *weight)
-{
-    struct vacc a;
-    memset(&a, 0, sizeof a);
-    /* go on from the sums so far (a tensor given block by block) */
-    a.base_sq = _mm256_loadu_pd(acc->base_sq.l);
-    a.merged_sq = _mm256_loadu_pd(acc->merged_sq.l);
-    for (int i = 0; i < m; i++) {
-        a.delta_sq[i] = _mm256_loadu_pd(acc->delta_sq[i].l);
-        a.topk_sq[i] = _mm256_loadu_pd(acc->topk_sq[i].l);
-        for (int j = 0; j < i; j++)
-            a.dot[j][i] = _mm256_loadu_pd(acc->dot[j][i].l);
-    }
-    struct vtrim tr[MERGE_MAX_MODELS];
-    const float *xs[MERGE_MAX_MODELS];
-    const __m256i lane_pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (uint64_t e0 = 0; e0 < n; e0 += STATS_VBLOCK) {
-        const size_t len = (size_t)(n - e0 < STATS_VBLOCK ? n - e0 : STATS_VBLOCK);
-        for (int i = 0; i < m; i++) {
-            struct trim_state *t = &trim[i];
-            if (t->mode == TRIM_CUT) {
-                const int64_t c = topk_walk_block(&t->walk, models[i] + e0, base + e0, len);
-                tr[i].thr_m1 = _mm256_set1_epi32((int)t->walk.thr - 1);
-                tr[i].c = _mm256_set1_epi32((int)c);
-            } else {
-                /* every non-NaN key, or none */
-                tr[i].thr_m1 = _mm256_set1_epi32(t->mode == TRIM_ALL ? -1 : (int)KEY_INF);
-                tr[i].c = _mm256_set1_epi32(STATS_VBLOCK);
-            }
-            tr[i].limit = _mm256_set1_epi32((int)KEY_INF);
-        }
-        size_t j = 0;
-        __m256i pos = lane_pos;
-        for (; j + 8 <= len; j += 8) {
-            STATS_UNROLL
-            for (int i = 0; i < m; i++)
-                xs[i] = models[i] + e0 + j;
-            stats_group(m, &a, xs, base + e0 + j, merged ? merged + e0 + j : NULL, weight, tr, pos);
-            pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));
-        }
-        if (j < len) {
-            const size_t r = len - j;
-            float pb[8] = { 0 }, pm[8] = { 0 }, px[MERGE_MAX_MODELS][8];
-            memcpy(pb, base + e0 + j, r * sizeof(float));
-            if (merged)
-                memcpy(pm, merged + e0 + j, r * sizeof(float));
-            for (int i = 0; i < m; i++) {
-                memset(px[i], 0, sizeof px[i]);
-                memcpy(px[i], models[i] + e0 + j, r * sizeof(float));
-                xs[i] = px[i];
-            }
-            stats_group(m, &a, xs, pb, merged ? pm : NULL, weight, tr, pos);
-        }
-        vacc_flush_counts(m, &a, acc);
-    }
-    vlanes_store(&acc->base_sq, a.base_sq);
-    vlanes_store(&acc->merged_sq, a.merged_sq);
-    for (int i = 0; i < m; i++) {
-        vlanes_store(&acc->delta_sq[i], a.delta_sq[i]);
-        vlanes_store(&acc->topk_sq[i], a.topk_sq[i]);
-        for (int j = 0; j < i; j++)
-            vlanes_store(&acc->dot[j][i], a.dot[j][i]);
-    }
+/* The loop over a tensor's groups, for a group function (stats_group,
+ * stats_group512) compiled for its instruction set. */
+#define STATS_DEFINE_RUN(name, target, group)                                                   \
+    target static STATS_INLINE void name(const int m, struct stats_acc *acc,                   \
+                                         struct trim_state *trim, const float *base,           \
+                                         const float *const *models, const float *merged,      \
+                                         uint64_t n, const double *weight)                     \
+{                                                                                               \
+    struct vacc a;                                                                              \
+    memset(&a, 0, sizeof a);                                                                    \
+    /* go on from the sums so far (a tensor given block by block) */                            \
+    a.base_sq = _mm256_loadu_pd(acc->base_sq.l);                                                \
+    a.merged_sq = _mm256_loadu_pd(acc->merged_sq.l);                                            \
+    for (int i = 0; i < m; i++) {                                                               \
+        a.delta_sq[i] = _mm256_loadu_pd(acc->delta_sq[i].l);                                    \
+        a.topk_sq[i] = _mm256_loadu_pd(acc->topk_sq[i].l);                                      \
+        for (int j = 0; j < i; j++)                                                             \
+            a.dot[j][i] = _mm256_loadu_pd(acc->dot[j][i].l);                                    \
+    }                                                                                           \
+    struct vtrim tr[MERGE_MAX_MODELS];                                                          \
+    const float *xs[MERGE_MAX_MODELS];                                                          \
+    const __m256i lane_pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                         \
+    for (uint64_t e0 = 0; e0 < n; e0 += STATS_VBLOCK) {                                         \
+        const size_t len = (size_t)(n - e0 < STATS_VBLOCK ? n - e0 : STATS_VBLOCK);             \
+        for (int i = 0; i < m; i++) {                                                           \
+            struct trim_state *t = &trim[i];                                                    \
+            if (t->mode == TRIM_CUT) {                                                          \
+                const int64_t c = topk_walk_block(&t->walk, models[i] + e0, base + e0, len);    \
+                tr[i].thr_m1 = _mm256_set1_epi32((int)t->walk.thr - 1);                         \
+                tr[i].c = _mm256_set1_epi32((int)c);                                            \
+            } else {                                                                            \
+                /* every non-NaN key, or none */                                                \
+                tr[i].thr_m1 = _mm256_set1_epi32(t->mode == TRIM_ALL ? -1 : (int)KEY_INF);      \
+                tr[i].c = _mm256_set1_epi32(STATS_VBLOCK);                                      \
+            }                                                                                   \
+            tr[i].limit = _mm256_set1_epi32((int)KEY_INF);                                      \
+        }                                                                                       \
+        size_t j = 0;                                                                           \
+        __m256i pos = lane_pos;                                                                 \
+        for (; j + 8 <= len; j += 8) {                                                          \
+            STATS_UNROLL                                                                        \
+            for (int i = 0; i < m; i++)                                                         \
+                xs[i] = models[i] + e0 + j;                                                     \
+            group(m, &a, xs, base + e0 + j, merged ? merged + e0 + j : NULL, weight, tr, pos);  \
+            pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));                                  \
+        }                                                                                       \
+        if (j < len) {                                                                          \
+            const size_t r = len - j;                                                           \
+            float pb[8] = { 0 }, pm[8] = { 0 }, px[MERGE_MAX_MODELS][8];                        \
+            memcpy(pb, base + e0 + j, r * sizeof(float));                                       \
+            if (merged)                                                                         \
+                memcpy(pm, merged + e0 + j, r * sizeof(float));                                 \
+            for (int i = 0; i < m; i++) {                                                       \
+                memset(px[i], 0, sizeof px[i]);                                                 \
+                memcpy(px[i], models[i] + e0 + j, r * sizeof(float));                           \
+                xs[i] = px[i];                                                                  \
+            }                                                                                   \
+            group(m, &a, xs, pb, merged ? pm : NULL, weight, tr, pos);                          \
+        }                                                                                       \
+        vacc_flush_counts(m, &a, acc);                                                          \
+    }                                                                                           \
+    vlanes_store(&acc->base_sq, a.base_sq);                                                     \
+    vlanes_store(&acc->merged_sq, a.merged_sq);                                                 \
+    for (int i = 0; i < m; i++) {                                                               \
+        vlanes_store(&acc->delta_sq[i], a.delta_sq[i]);                                         \
+        vlanes_store(&acc->topk_sq[i], a.topk_sq[i]);                                           \
+        for (int j = 0; j < i; j++)                                                             \
+            vlanes_store(&acc->dot[j][i], a.dot[j][i]);                                         \
+    }                                                                                           \
 }
+
+STATS_DEFINE_RUN(stats_avx2_run, STATS_AVX2, stats_group)
+STATS_DEFINE_RUN(stats_avx512_run, STATS_AVX512, stats_group512)
 
 STATS_AVX2 static void stats_avx2_1(struct stats_acc *acc, struct trim_state *trim, const float *base,
                                     const float *const *models, int m, const float *merged,
@@ -774,6 +870,29 @@ STATS_AVX2 static void stats_avx2_any(struct stats_acc *acc, struct trim_state *
                                       const float *merged, uint64_t n, const double *weight)
 {
     stats_avx2_run(m, acc, trim, base, models, merged, n, weight);
+}
+
+STATS_AVX512 static void stats_avx512_1(struct stats_acc *acc, struct trim_state *trim,
+                                        const float *base, const float *const *models, int m,
+                                        const float *merged, uint64_t n, const double *weight)
+{
+    (void)m;
+    stats_avx512_run(1, acc, trim, base, models, merged, n, weight);
+}
+
+STATS_AVX512 static void stats_avx512_2(struct stats_acc *acc, struct trim_state *trim,
+                                        const float *base, const float *const *models, int m,
+                                        const float *merged, uint64_t n, const double *weight)
+{
+    (void)m;
+    stats_avx512_run(2, acc, trim, base, models, merged, n, weight);
+}
+
+STATS_AVX512 static void stats_avx512_any(struct stats_acc *acc, struct trim_state *trim,
+                                          const float *base, const float *const *models, int m,
+                                          const float *merged, uint64_t n, const double *weight)
+{
+    stats_avx512_run(m, acc, trim, base, models, merged, n, weight);
 }
 #endif
 
@@ -842,6 +961,15 @@ static int acc_run(struct stats_acc *acc, struct trim_state *trim, const float *
                    const double *weight, struct merge_scratch *scratch)
 {
 #if STATS_X86
+    if (merge_simd_avx512() && n > 0) {
+        if (m == 1)
+            stats_avx512_1(acc, trim, base, models, m, merged, n, weight);
+        else if (m == 2)
+            stats_avx512_2(acc, trim, base, models, m, merged, n, weight);
+        else
+            stats_avx512_any(acc, trim, base, models, m, merged, n, weight);
+        return 0;
+    }
     if (merge_simd_avx2() && n > 0) {
         if (m == 1)
             stats_avx2_1(acc, trim, base, models, m, merged, n, weight);
