@@ -538,7 +538,7 @@ static void merged_block(struct stats_acc *acc, const float *mg, const float *b,
 #include <immintrin.h>
 #define STATS_X86 1
 #define STATS_AVX2 __attribute__((target("avx2")))
-#define STATS_AVX512 __attribute__((target("avx2,avx512f")))
+#define STATS_AVX512 __attribute__((target("avx2,avx512f,popcnt")))
 #if defined(__clang__)
 /* AVX-512F brings FMA: no product may be fused into a sum here. */
 #pragma clang fp contract(off)
@@ -560,6 +560,7 @@ struct vacc {
     __m256d dot[MERGE_MAX_MODELS][MERGE_MAX_MODELS];
     __m256i both[MERGE_MAX_MODELS][MERGE_MAX_MODELS], opp[MERGE_MAX_MODELS][MERGE_MAX_MODELS];
     __m256i kept, disagree, flips;
+    uint64_t kept_n, disagree_n;  /* the same counts, as stats_group512 keeps them */
 };
 
 /* A trim's rule for the lanes of one block: key in (lo1, limit], lo1 being
@@ -683,13 +684,6 @@ STATS_AVX512 static STATS_INLINE void vlanes_add8(__m256d *acc, __m512d v)
     *acc = _mm256_add_pd(*acc, _mm512_extractf64x4_pd(v, 1));
 }
 
-/* Eight lane mask bits to eight 32-bit lane masks. */
-STATS_AVX512 static STATS_INLINE __m256i widen_bits8(unsigned bits)
-{
-    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), sel), sel);
-}
-
 /* stats_group with the double work on eight lanes at once: the products,
  * differences and comparisons of a group in one vector of eight doubles
  * where stats_group takes two of four, and the sums still added half by
@@ -740,12 +734,13 @@ STATS_AVX512 static STATS_INLINE void stats_group512(const int m, struct vacc *a
         }
     }
     /* sign election: + where the weighted sum is >= 0 (NaN elects -) */
-    const __mmask8 ep = _mm512_cmp_pd_mask(vs, zd, _CMP_GE_OQ);
+    const unsigned ep = _mm512_cmp_pd_mask(vs, zd, _CMP_GE_OQ);
     STATS_UNROLL
     for (int i = 0; i < m; i++) {
-        const __m256i agree = widen_bits8((unsigned)((ep & vp[i]) | (~ep & vn[i])) & 0xffu);
-        a->kept = _mm256_sub_epi32(a->kept, knz[i]);
-        a->disagree = _mm256_sub_epi32(a->disagree, _mm256_andnot_si256(agree, knz[i]));
+        const unsigned agree = (ep & vp[i]) | (~ep & vn[i]);
+        const unsigned kb = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(knz[i]));
+        a->kept_n += (uint64_t)__builtin_popcount(kb);
+        a->disagree_n += (uint64_t)__builtin_popcount(kb & ~agree & 0xffu);
     }
     if (mp) {
         const __m256 mf = _mm256_loadu_ps(mp);
@@ -769,10 +764,11 @@ STATS_AVX2 static STATS_INLINE void vacc_flush_counts(const int m, struct vacc *
             acc->opp[j][i] += vcount(a->opp[j][i]);
             a->both[j][i] = a->opp[j][i] = z;
         }
-    acc->ties_kept += vcount(a->kept);
-    acc->ties_disagree += vcount(a->disagree);
+    acc->ties_kept += vcount(a->kept) + a->kept_n;
+    acc->ties_disagree += vcount(a->disagree) + a->disagree_n;
     acc->sign_flips += vcount(a->flips);
     a->kept = a->disagree = a->flips = z;
+    a->kept_n = a->disagree_n = 0;
 }
 
 /* The loop over a tensor's groups, for a group function (stats_group,
