@@ -37,9 +37,10 @@
 /* Entries [e0, e0 + len) of source s of tensor t as float32: rows the
  * source lacks are the base's (zero past the base's own rows). The bytes
  * are read from the file (st_tensor_read) into sc's staging room a piece
- * at a time and converted from there: the passes read every input byte
- * once or twice in order, and reading beats touching the mapping. 0 or an
- * error naming the file and the tensor. */
+ * at a time and converted from there: a pass over the model reads every
+ * input byte once or twice in order, and reading beats touching the
+ * mapping. With sc->from_map, they are converted from the mapping. 0 or
+ * an error naming the file and the tensor. */
 static int read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst,
                        struct ws_scratch *sc)
 {
@@ -49,7 +50,9 @@ static int read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len
     uint64_t have = LM_MIN((uint64_t)t->src_rows[s], rows) * row_len;
     size_t n1 = e0 >= have ? 0 : (size_t)LM_MIN((uint64_t)len, have - e0);
     int rc = 0;
-    if (n1) {
+    if (n1 && sc->from_map) {
+        lm_convert_to_f32(dst, (const char *)src->data + e0 * lm_dtype_size(src->dtype), src->dtype, n1);
+    } else if (n1) {
         const size_t es = lm_dtype_size(src->dtype);
         void *stage = merge_scratch_get(&sc->inputs, WS_STAGE_SLOT, WS_STAGE_BYTES / sizeof(float));
         if (!stage)
@@ -538,6 +541,7 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     size_t i = p->todo[k];
     const struct ws_tensor *t = &ws->tensors[i];
     struct ws_scratch *sc = &ws->scratch[worker];
+    sc->from_map = p->keep_merged;
     prefetch_next(p, k);
     size_t n = (size_t)t->n_elements;
     /* Where the merged tensor goes: the writer's tensor i, the cache (in
