@@ -179,6 +179,55 @@ int main(void)
     }
     TEST_COND("topk_find_diff_read finds topk_find_diff's cuts (sampled and exact passes)", cuts_ok);
 
+    /* ---- topk_find_diffs_read: several differences, one base, the same cuts ---- */
+    {
+        uint32_t *works[3];
+        bool ok = true;
+        for (int j = 0; j < 3; j++)
+            ok = ok && (works[j] = malloc(wlen * sizeof(uint32_t))) != NULL;
+        struct arrays a = { .src = { b, x0, x1 } };
+        int runs = 0;
+        for (int off = 0; ok && off < 2; off++) {
+            int old = topk_test_bracket_off(off);
+            for (size_t d = 0; d < sizeof dens / sizeof dens[0]; d++) {
+                for (size_t d2 = 0; d2 < sizeof dens / sizeof dens[0]; d2++) {
+                    const int src[3] = { 1, 2, 1 };
+                    const uint64_t k[3] = { topk_count(dens[d], n), topk_count(dens[d2], n),
+                                            topk_count(0.3, n) };
+                    struct topk_cut got[3];
+                    ok = ok && topk_find_diffs_read(read_arrays, &a, n, 3, src, k, works, wlen, got) == 0;
+                    for (int j = 0; ok && j < 3; j++) {
+                        struct topk_cut one = topk_find_diff(xs[src[j] - 1], b, n, k[j], work, wlen);
+                        ok = same_cut(&one, &got[j]);
+                    }
+                    runs++;
+                }
+            }
+            topk_test_bracket_off(old);
+        }
+        /* a NaN in one difference's sample sends that one to the exact passes alone */
+        uint64_t at = 0;
+        while (at < n && !topk_test_sampled(n, at))
+            at++;
+        float keep = x0[at];
+        x0[at] = NAN;
+        const int src[2] = { 1, 2 };
+        const uint64_t k[2] = { topk_count(0.2, n), topk_count(0.2, n) };
+        struct topk_cut got[2];
+        ok = ok && at < n && topk_find_diffs_read(read_arrays, &a, n, 2, src, k, works, wlen, got) == 0;
+        for (int j = 0; ok && j < 2; j++) {
+            struct topk_cut one = topk_find_diff(xs[j], b, n, k[j], work, wlen);
+            ok = same_cut(&one, &got[j]);
+        }
+        x0[at] = keep;
+        char descr[160];
+        snprintf(descr, sizeof descr, "topk_find_diffs_read finds each difference's own cut (%d triples "
+                 "of densities, sampled and exact; a NaN in one sample)", runs);
+        TEST_COND(descr, ok && runs == 72);
+        for (int j = 0; j < 3; j++)
+            free(works[j]);
+    }
+
     /* ---- every streamable method, both kernel paths, several block sizes ---- */
     const struct merge_method *methods[] = {
         &merge_method_ties, &merge_method_dare_ties, &merge_method_dare_linear,

@@ -1074,6 +1074,82 @@ int topk_find_diff_read(topk_read_fn read, void *ud, uint64_t n, uint64_t k, uin
     return err;
 }
 
+/* ===== Several differences against one b (topk_find_diffs_read) ===== */
+
+/* One difference of a topk_source_fn, as a topk_read_fn. */
+struct one_diff {
+    topk_source_fn read;
+    void *ud;
+    int src;
+};
+
+static int read_one_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
+{
+    const struct one_diff *o = ud;
+    int rc = o->read(o->ud, o->src, e0, len, x);
+    return rc ? rc : o->read(o->ud, 0, e0, len, b);
+}
+
+int topk_find_diffs_read(topk_source_fn read, void *ud, uint64_t n, int m, const int *src,
+                         const uint64_t *k, uint32_t *const *work, size_t work_len,
+                         struct topk_cut *cut)
+{
+    LM_ASSERT(m >= 0 && m <= TOPK_MAX_DIFFS);
+    struct one_diff od[TOPK_MAX_DIFFS];
+    struct gather g[TOPK_MAX_DIFFS];
+    bool gathering[TOPK_MAX_DIFFS], done[TOPK_MAX_DIFFS];
+    uint64_t kk[TOPK_MAX_DIFFS], win[TOPK_MAX_DIFFS][2];
+    float *buf = malloc((size_t)(1 + m) * READ_WINDOW * sizeof(float));
+    if (!buf)
+        return lm_err(LM_ENOMEM, "top-k selection: %zu bytes of buffers",
+                      (size_t)(1 + m) * READ_WINDOW * sizeof(float));
+    float *rb = buf;
+    int err = 0, n_gathering = 0;
+    /* each difference's sample and bracket; k = 0 needs no look */
+    for (int j = 0; j < m && !err; j++) {
+        od[j] = (struct one_diff){ .read = read, .ud = ud, .src = src[j] };
+        kk[j] = k[j] < n ? k[j] : n;
+        gathering[j] = done[j] = false;
+        if (kk[j] == 0) {
+            cut[j] = cut_make(0, KEY_INF, 0);
+            done[j] = true;
+            continue;
+        }
+        if (kk[j] == n)
+            continue;
+        win[j][0] = win[j][1] = 0;
+        const struct diff_src one = { .read = read_one_diff, .ud = &od[j],
+                                      .rx = buf + (size_t)(1 + j) * READ_WINDOW, .rb = rb,
+                                      .err = &err, .n = n, .win = win[j] };
+        gathering[j] = bracket_begin(&one, n, kk[j], work[j], work_len, &g[j]);
+        n_gathering += gathering[j];
+    }
+    /* one gathering pass for all: b's window once, then each x's */
+    const bool avx2 = merge_simd_avx2();
+    for (uint64_t w0 = 0; n_gathering > 0 && !err && w0 < n; w0 += READ_WINDOW) {
+        const size_t wl = (size_t)LM_SELECT_MIN((uint64_t)READ_WINDOW, n - w0);
+        err = read(ud, 0, w0, wl, rb);
+        for (int j = 0; j < m && !err; j++)
+            if (gathering[j])
+                err = read(ud, src[j], w0, wl, buf + (size_t)(1 + j) * READ_WINDOW);
+        for (size_t o = 0; !err && o < wl; o += GATHER_CHUNK) {
+            const size_t len = LM_SELECT_MIN(wl - o, (size_t)GATHER_CHUNK);
+            for (int j = 0; j < m; j++)
+                if (gathering[j])
+                    gather_chunk(buf + (size_t)(1 + j) * READ_WINDOW + o, rb + o, len, avx2, &g[j]);
+        }
+    }
+    for (int j = 0; j < m && !err; j++)
+        if (gathering[j])
+            done[j] = bracket_end(&g[j], n, kk[j], &cut[j]);
+    /* the rest (k = n, a misleading sample) one at a time, as alone */
+    for (int j = 0; j < m && !err; j++)
+        if (!done[j])
+            err = topk_find_diff_read(read_one_diff, &od[j], n, k[j], work[j], work_len, &cut[j]);
+    free(buf);
+    return err;
+}
+
 /* ===== Walking a cut a block at a time ===== */
 
 void topk_walk_init(struct topk_walk *w, const struct topk_cut *cut)
@@ -1194,7 +1270,11 @@ bool topk_test_bracketed(const float *x, const float *b, uint64_t n, uint64_t k,
     return find_bracketed(&src, n, k, work, work_len, cut);
 }
 
-size_t topk_test_sample_size(uint64_t n)
+bool topk_test_sampled(uint64_t n, uint64_t e)
 {
-    return sample_size(n);
+    if (n < SAMPLE_MIN_N)
+        return false;
+    const size_t run = sample_size(n) / SAMPLE_RUNS;
+    const uint64_t stride = n / SAMPLE_RUNS, r = e / stride, start = r * stride + (stride - run) / 2;
+    return r < SAMPLE_RUNS && e >= start && e < start + run;
 }

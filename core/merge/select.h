@@ -53,7 +53,7 @@ struct topk_cut topk_find_diff(const float *x, const float *b, uint64_t n, uint6
                                uint32_t *work, size_t work_len);
 
 /* Reads entries [e0, e0 + len) of x and of b as float32 into x[0..len) and
- * b[0..len) (len <= 8192): how topk_find_diff_read sees a difference held
+ * b[0..len) (len <= 65536): how topk_find_diff_read sees a difference held
  * in another form (bf16 weights in mapped files). 0, or an LM_E* code
  * (LM_ECANCELED: the caller was asked to stop) that ends the search. */
 typedef int (*topk_read_fn)(void *ud, uint64_t e0, size_t len, float *x, float *b);
@@ -64,6 +64,21 @@ typedef int (*topk_read_fn)(void *ud, uint64_t e0, size_t len, float *x, float *
  * LM_ENOMEM (64 KiB of buffers), or the reader's error. */
 int topk_find_diff_read(topk_read_fn read, void *ud, uint64_t n, uint64_t k, uint32_t *work,
                         size_t work_len, struct topk_cut *cut);
+
+/* Reads entries [e0, e0 + len) of source `source` (0: b, else one of the
+ * x) as float32 into dst[0..len) (len <= 65536); errors as topk_read_fn. */
+typedef int (*topk_source_fn)(void *ud, int source, uint64_t e0, size_t len, float *dst);
+
+#define TOPK_MAX_DIFFS 16
+
+/* The cuts of m <= TOPK_MAX_DIFFS differences x_j - b at once: x_j is
+ * source src[j], cut[j] keeps its top k[j], with work[j] of work_len
+ * entries as work space. The same cuts as topk_find_diff_read on each,
+ * with b read once for all of them in the gathering pass. 0, LM_ENOMEM, or
+ * the reader's error. */
+int topk_find_diffs_read(topk_source_fn read, void *ud, uint64_t n, int m, const int *src,
+                         const uint64_t *k, uint32_t *const *work, size_t work_len,
+                         struct topk_cut *cut);
 
 /* An index-order walk over a cut for kernels that decide a block of entries
  * at once: topk_walk_init starts it, and each topk_walk_block call covers
@@ -89,12 +104,12 @@ uint64_t topk_count_equal_diff(const float *x, const float *b, uint64_t n, uint3
  * taken (2^32 by default) and topk_test_bracket_off makes topk_find_diff
  * skip the sampled bracket; each returns the old setting. topk_test_bracketed
  * runs the sampled bracket alone: true when it found the cut of x - b.
- * topk_test_sample_size is the number of entries the bracket samples, at
- * positions spread evenly over n. */
+ * topk_test_sampled says whether the bracket's sample of n entries takes
+ * entry e. */
 uint64_t topk_test_wide_from(uint64_t n);
 int topk_test_bracket_off(int off);
 bool topk_test_bracketed(const float *x, const float *b, uint64_t n, uint64_t k, uint32_t *work,
                          size_t work_len, struct topk_cut *cut);
-size_t topk_test_sample_size(uint64_t n);
+bool topk_test_sampled(uint64_t n, uint64_t e);
 
 #endif

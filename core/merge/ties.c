@@ -262,6 +262,55 @@ static int gta_cut_skip(const struct merge_tensor_job *job, const struct merge_s
     return 0;
 }
 
+/* TIES read block by block: the cuts of every model that needs one and
+ * has none remembered, found in one pass that reads the base once for all
+ * of them (select.h's topk_find_diffs_read), and remembered, so that
+ * gta_find_cuts then finds them in the memo. Nothing to do without a memo
+ * or with fewer than two such models. */
+static int gta_read_cuts_together(const struct merge_tensor_job *job,
+                                  const struct merge_stream_job *sj, struct topk_cut *cuts)
+{
+    struct merge_cut_memo *memo = job->cut_memo;
+    const uint64_t n = job->n;
+    const size_t wlen = topk_work_len(n);
+    int src[TOPK_MAX_DIFFS];
+    uint64_t k[TOPK_MAX_DIFFS];
+    uint32_t *work[TOPK_MAX_DIFFS];
+    struct topk_cut found[TOPK_MAX_DIFFS];
+    int m = 0;
+    for (int i = 0; memo && i < job->n_models && m < TOPK_MAX_DIFFS; i++) {
+        const double density = job->params->density[i];
+        const uint64_t keep = topk_count(density, n);
+        if (!(density > 0.0) || density >= 1.0 || keep == 0)
+            continue;
+        bool known = false;
+        for (int e = 0; e < MERGE_CUT_MEMO && !known; e++)
+            known = memo->e[e].used && memo->e[e].model == i && memo->e[e].k == keep;
+        if (known)
+            continue;
+        src[m] = 1 + i;
+        k[m++] = keep;
+    }
+    if (m < 2 || m > MERGE_CUT_MEMO || wlen == 0)
+        return 0;
+    for (int j = 0; j < m; j++) {
+        float *w = merge_scratch_get(job->scratch, j, wlen);
+        if (!w)
+            return lm_err_context(LM_ENOMEM, "tensor '%s'", job->name ? job->name : "?");
+        work[j] = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
+    }
+    int rc = topk_find_diffs_read(sj->read, sj->ud, n, m, src, k, work, wlen, found);
+    for (int j = 0; j < m && !rc; j++) {
+        unsigned slot = memo->next++ % MERGE_CUT_MEMO;
+        memo->e[slot].used = true;
+        memo->e[slot].model = src[j] - 1;
+        memo->e[slot].k = k[j];
+        memo->e[slot].cut = found[j];
+        cuts[2 * (src[j] - 1)] = found[j];
+    }
+    return rc;
+}
+
 /* The top-k cuts that ties (one per model: its top int(density n)) and
  * breadcrumbs (two per model, see outlier_counts: its top n - n_bot and
  * its top n_top) need, for the models with 0 < density < 1 that keep
@@ -282,6 +331,9 @@ static int gta_find_cuts(const struct merge_tensor_job *job, const struct merge_
     const uint64_t n = job->n;
     const size_t wlen = topk_work_len(n);
     uint32_t *work = NULL;
+    int rc = sj && sparsify == MERGE_SPARSIFY_MAGNITUDE ? gta_read_cuts_together(job, sj, cuts) : 0;
+    if (rc)
+        return rc;
     for (int i = 0; i < job->n_models; i++) {
         const double density = p->density[i];
         uint64_t keep = topk_count(density, n), top = 0;
@@ -295,7 +347,7 @@ static int gta_find_cuts(const struct merge_tensor_job *job, const struct merge_
                 return lm_err_context(LM_ENOMEM, "tensor '%s'", job->name ? job->name : "?");
             work = (uint32_t *)(void *)w; /* heap memory, only ever used as uint32 */
         }
-        int rc = gta_cut(job, sj, i, keep + top, work, wlen, &cuts[2 * i]);
+        rc = gta_cut(job, sj, i, keep + top, work, wlen, &cuts[2 * i]);
         if (!rc && sparsify == MERGE_SPARSIFY_OUTLIERS)
             rc = gta_cut(job, sj, i, top, work, wlen, &cuts[2 * i + 1]);
         if (!rc && sparsify == MERGE_SPARSIFY_OUTLIERS)
