@@ -585,6 +585,7 @@ static int file_open(const char *path, struct st_file **out)
         return lm_err(LM_EIO, "%s: cannot map %" PRIu64 " bytes: %s", path, size, strerror(map_errno));
     }
     madvise(map, (size_t)size, MADV_SEQUENTIAL);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* st_tensor_read's reads: a larger read-ahead */
 
     struct st_file *f = lm_calloc(1, sizeof(*f));
     if (!f) {
