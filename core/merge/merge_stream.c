@@ -29,25 +29,11 @@ int merge_stream_check(const struct merge_method *m, const struct merge_stream_j
     return merge_job_check(m, &j);
 }
 
-/* A model's task vector as topk_find_diff_read reads it. */
-struct diff_reader {
-    merge_read_fn read;
-    void *ud;
-    int model;
-};
-
-static int read_diff(void *ud, uint64_t e0, size_t len, float *x, float *b)
-{
-    const struct diff_reader *r = ud;
-    int rc = r->read(r->ud, 1 + r->model, e0, len, x);
-    return rc ? rc : r->read(r->ud, 0, e0, len, b);
-}
-
 int merge_read_cut(merge_read_fn read, void *ud, int model, uint64_t n, uint64_t k,
                    uint32_t *work, size_t work_len, struct topk_cut *cut)
 {
-    struct diff_reader r = { .read = read, .ud = ud, .model = model };
-    return topk_find_diff_read(read_diff, &r, n, k, work, work_len, cut);
+    const int src = 1 + model;
+    return topk_find_diffs_read(read, ud, n, 1, &src, &k, &work, work_len, cut);
 }
 
 int merge_stream_begin(const struct merge_method *m, const struct merge_stream_job *job,

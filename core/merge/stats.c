@@ -845,51 +845,23 @@ STATS_AVX2 static STATS_INLINE void vacc_flush_counts(const int m, struct vacc *
 STATS_DEFINE_RUN(stats_avx2_run, STATS_AVX2, stats_group)
 STATS_DEFINE_RUN(stats_avx512_run, STATS_AVX512, stats_group512)
 
-STATS_AVX2 static void stats_avx2_1(struct stats_acc *acc, struct trim_state *trim, const float *base,
-                                    const float *const *models, int m, const float *merged,
-                                    uint64_t n, const double *weight)
-{
-    (void)m;
-    stats_avx2_run(1, acc, trim, base, models, merged, n, weight);
-}
+/* The entry points, for one, two and any number of models (the loops over
+ * models unroll for the first two). */
+#define STATS_DEFINE_ENTRY(name, target, run, m_expr)                                          \
+    target static void name(struct stats_acc *acc, struct trim_state *trim, const float *base, \
+                            const float *const *models, int m, const float *merged,            \
+                            uint64_t n, const double *weight)                                  \
+    {                                                                                          \
+        (void)m;                                                                               \
+        run(m_expr, acc, trim, base, models, merged, n, weight);                               \
+    }
 
-STATS_AVX2 static void stats_avx2_2(struct stats_acc *acc, struct trim_state *trim, const float *base,
-                                    const float *const *models, int m, const float *merged,
-                                    uint64_t n, const double *weight)
-{
-    (void)m;
-    stats_avx2_run(2, acc, trim, base, models, merged, n, weight);
-}
-
-STATS_AVX2 static void stats_avx2_any(struct stats_acc *acc, struct trim_state *trim,
-                                      const float *base, const float *const *models, int m,
-                                      const float *merged, uint64_t n, const double *weight)
-{
-    stats_avx2_run(m, acc, trim, base, models, merged, n, weight);
-}
-
-STATS_AVX512 static void stats_avx512_1(struct stats_acc *acc, struct trim_state *trim,
-                                        const float *base, const float *const *models, int m,
-                                        const float *merged, uint64_t n, const double *weight)
-{
-    (void)m;
-    stats_avx512_run(1, acc, trim, base, models, merged, n, weight);
-}
-
-STATS_AVX512 static void stats_avx512_2(struct stats_acc *acc, struct trim_state *trim,
-                                        const float *base, const float *const *models, int m,
-                                        const float *merged, uint64_t n, const double *weight)
-{
-    (void)m;
-    stats_avx512_run(2, acc, trim, base, models, merged, n, weight);
-}
-
-STATS_AVX512 static void stats_avx512_any(struct stats_acc *acc, struct trim_state *trim,
-                                          const float *base, const float *const *models, int m,
-                                          const float *merged, uint64_t n, const double *weight)
-{
-    stats_avx512_run(m, acc, trim, base, models, merged, n, weight);
-}
+STATS_DEFINE_ENTRY(stats_avx2_1, STATS_AVX2, stats_avx2_run, 1)
+STATS_DEFINE_ENTRY(stats_avx2_2, STATS_AVX2, stats_avx2_run, 2)
+STATS_DEFINE_ENTRY(stats_avx2_any, STATS_AVX2, stats_avx2_run, m)
+STATS_DEFINE_ENTRY(stats_avx512_1, STATS_AVX512, stats_avx512_run, 1)
+STATS_DEFINE_ENTRY(stats_avx512_2, STATS_AVX512, stats_avx512_run, 2)
+STATS_DEFINE_ENTRY(stats_avx512_any, STATS_AVX512, stats_avx512_run, m)
 #endif
 
 /* The block loops over one tensor, into `acc`. 0 or an error. */

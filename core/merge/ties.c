@@ -770,74 +770,79 @@ GTA_AVX2 static GTA_INLINE void gta_group(const enum gta_kind kind, const int nm
     _mm256_storeu_ps(op, nan_canonical8(_mm256_insertf128_ps(_mm256_castps128_ps256(r0), r1, 1)));
 }
 
-/* The kernel over a whole tensor for models m[0 .. nm) (none KEEP_NONE). */
-GTA_AVX2 static GTA_INLINE void gta_avx2_run(const enum gta_kind kind, const int nm,
-                                             struct gta_model *m, const float *b, uint64_t n,
-                                             float *out, const struct gta_combine *c, uint64_t idx0)
-{
-    struct vmodel vm[MERGE_MAX_MODELS];
-    for (int i = 0; i < nm; i++) {
-        vm[i].mode = m[i].mode;
-        vm[i].inv_prob = m[i].inv_prob;
-        vm[i].weight = m[i].weight;
-        vm[i].scale = m[i].scale;
-        vm[i].density = m[i].mode == KEEP_ALL ? 1.0 : m[i].density; /* RANDOM: u < 1 keeps all */
-        vm[i].key = m[i].key;
-        vm[i].keep_bound_flipped = 0;
-        if (kind == GTA_KIND_RANDOM || (kind == GTA_KIND_ANY && m[i].mode == KEEP_RANDOM))
-            vm[i].keep_bound_flipped = mask_keep_bound(vm[i].density) ^ UINT64_C(0x8000000000000000);
-    }
-    struct lane_cut lo[MERGE_MAX_MODELS], hi[MERGE_MAX_MODELS];
-    const float *xs[MERGE_MAX_MODELS], *ps[MERGE_MAX_MODELS];
-    const __m256i lane_pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (uint64_t e0 = 0; e0 < n; e0 += GTA_VBLOCK) {
-        const size_t len = (size_t)LM_MIN((uint64_t)GTA_VBLOCK, n - e0);
-        for (int i = 0; i < nm; i++) {
-            ps[i] = NULL;
-            if (kind == GTA_KIND_TOPK || kind == GTA_KIND_BAND || kind == GTA_KIND_ANY) {
-                if (m[i].mode == KEEP_TOPK || m[i].mode == KEEP_BAND)
-                    lo[i] = lane_cut_walk(&m[i].walk_lo, m[i].flip_lo, m[i].x + e0, b + e0, len);
-                else
-                    lo[i] = lane_cut_all();
-                if (m[i].mode == KEEP_BAND)
-                    hi[i] = lane_cut_walk(&m[i].walk_hi, m[i].flip_hi, m[i].x + e0, b + e0, len);
-                else
-                    hi[i] = lane_cut_none();
-            }
-        }
-        size_t j = 0;
-        __m256i pos = lane_pos;
-        for (; j + 8 <= len; j += 8) {
-            GTA_UNROLL
-            for (int i = 0; i < nm; i++) {
-                xs[i] = m[i].x + e0 + j;
-                if (kind == GTA_KIND_ANY && m[i].mode == KEEP_DELLA)
-                    ps[i] = m[i].prob + e0 + j;
-            }
-            gta_group(kind, nm, vm, lo, hi, xs, ps, b + e0 + j, out + e0 + j, idx0 + e0 + j, pos, c);
-            pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));
-        }
-        if (j < len) {
-            /* The last few entries, through zero-padded copies. */
-            const size_t r = len - j;
-            float pb[8] = { 0 }, po[8], px[MERGE_MAX_MODELS][8], pp[MERGE_MAX_MODELS][8];
-            memcpy(pb, b + e0 + j, r * sizeof(float));
-            for (int i = 0; i < nm; i++) {
-                memset(px[i], 0, sizeof px[i]);
-                memcpy(px[i], m[i].x + e0 + j, r * sizeof(float));
-                xs[i] = px[i];
-                if (kind == GTA_KIND_ANY && m[i].mode == KEEP_DELLA) {
-                    for (int l = 0; l < 8; l++)
-                        pp[i][l] = 1.0f;
-                    memcpy(pp[i], m[i].prob + e0 + j, r * sizeof(float));
-                    ps[i] = pp[i];
-                }
-            }
-            gta_group(kind, nm, vm, lo, hi, xs, ps, pb, po, idx0 + e0 + j, pos, c);
-            memcpy(out + e0 + j, po, r * sizeof(float));
-        }
-    }
+/* The kernel over a whole tensor for models m[0 .. nm) (none KEEP_NONE),
+ * for a group function (gta_group, gta_group512) compiled for its
+ * instruction set. */
+#define GTA_DEFINE_RUN(name, target, group)                                                         \
+    target static GTA_INLINE void name(const enum gta_kind kind, const int nm, struct gta_model *m, \
+                                       const float *b, uint64_t n, float *out,                      \
+                                       const struct gta_combine *c, uint64_t idx0)                  \
+{                                                                                                   \
+    struct vmodel vm[MERGE_MAX_MODELS];                                                             \
+    for (int i = 0; i < nm; i++) {                                                                  \
+        vm[i].mode = m[i].mode;                                                                     \
+        vm[i].inv_prob = m[i].inv_prob;                                                             \
+        vm[i].weight = m[i].weight;                                                                 \
+        vm[i].scale = m[i].scale;                                                                   \
+        vm[i].density = m[i].mode == KEEP_ALL ? 1.0 : m[i].density; /* RANDOM: u < 1 keeps all */   \
+        vm[i].key = m[i].key;                                                                       \
+        vm[i].keep_bound_flipped = 0;                                                               \
+        if (kind == GTA_KIND_RANDOM || (kind == GTA_KIND_ANY && m[i].mode == KEEP_RANDOM))          \
+            vm[i].keep_bound_flipped = mask_keep_bound(vm[i].density) ^ UINT64_C(0x8000000000000000);\
+    }                                                                                               \
+    struct lane_cut lo[MERGE_MAX_MODELS], hi[MERGE_MAX_MODELS];                                     \
+    const float *xs[MERGE_MAX_MODELS], *ps[MERGE_MAX_MODELS];                                       \
+    const __m256i lane_pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                             \
+    for (uint64_t e0 = 0; e0 < n; e0 += GTA_VBLOCK) {                                               \
+        const size_t len = (size_t)LM_MIN((uint64_t)GTA_VBLOCK, n - e0);                            \
+        for (int i = 0; i < nm; i++) {                                                              \
+            ps[i] = NULL;                                                                           \
+            if (kind == GTA_KIND_TOPK || kind == GTA_KIND_BAND || kind == GTA_KIND_ANY) {           \
+                if (m[i].mode == KEEP_TOPK || m[i].mode == KEEP_BAND)                               \
+                    lo[i] = lane_cut_walk(&m[i].walk_lo, m[i].flip_lo, m[i].x + e0, b + e0, len);   \
+                else                                                                                \
+                    lo[i] = lane_cut_all();                                                         \
+                if (m[i].mode == KEEP_BAND)                                                         \
+                    hi[i] = lane_cut_walk(&m[i].walk_hi, m[i].flip_hi, m[i].x + e0, b + e0, len);   \
+                else                                                                                \
+                    hi[i] = lane_cut_none();                                                        \
+            }                                                                                       \
+        }                                                                                           \
+        size_t j = 0;                                                                               \
+        __m256i pos = lane_pos;                                                                     \
+        for (; j + 8 <= len; j += 8) {                                                              \
+            GTA_UNROLL                                                                              \
+            for (int i = 0; i < nm; i++) {                                                          \
+                xs[i] = m[i].x + e0 + j;                                                            \
+                if (kind == GTA_KIND_ANY && m[i].mode == KEEP_DELLA)                                \
+                    ps[i] = m[i].prob + e0 + j;                                                     \
+            }                                                                                       \
+            group(kind, nm, vm, lo, hi, xs, ps, b + e0 + j, out + e0 + j, idx0 + e0 + j, pos, c);   \
+            pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));                                      \
+        }                                                                                           \
+        if (j < len) {                                                                              \
+            /* The last few entries, through zero-padded copies. */                                 \
+            const size_t r = len - j;                                                               \
+            float pb[8] = { 0 }, po[8], px[MERGE_MAX_MODELS][8], pp[MERGE_MAX_MODELS][8];           \
+            memcpy(pb, b + e0 + j, r * sizeof(float));                                              \
+            for (int i = 0; i < nm; i++) {                                                          \
+                memset(px[i], 0, sizeof px[i]);                                                     \
+                memcpy(px[i], m[i].x + e0 + j, r * sizeof(float));                                  \
+                xs[i] = px[i];                                                                      \
+                if (kind == GTA_KIND_ANY && m[i].mode == KEEP_DELLA) {                              \
+                    for (int l = 0; l < 8; l++)                                                     \
+                        pp[i][l] = 1.0f;                                                            \
+                    memcpy(pp[i], m[i].prob + e0 + j, r * sizeof(float));                           \
+                    ps[i] = pp[i];                                                                  \
+                }                                                                                   \
+            }                                                                                       \
+            group(kind, nm, vm, lo, hi, xs, ps, pb, po, idx0 + e0 + j, pos, c);                     \
+            memcpy(out + e0 + j, po, r * sizeof(float));                                            \
+        }                                                                                           \
+    }                                                                                               \
 }
+
+GTA_DEFINE_RUN(gta_avx2_run, GTA_AVX2, gta_group)
 
 /* ===== The AVX-512 kernel =====
  * gta_group for the kinds without random draws (task arithmetic, TIES,
@@ -848,9 +853,11 @@ GTA_AVX2 static GTA_INLINE void gta_avx2_run(const enum gta_kind kind, const int
 GTA_AVX512 static GTA_INLINE void gta_group512(const enum gta_kind kind, const int nm,
                                               const struct vmodel *vm, const struct lane_cut *lo,
                                               const struct lane_cut *hi, const float *const *xs,
-                                              const float *bp, float *op, __m256i pos,
-                                              const struct gta_combine *c)
+                                              const float *const *ps, const float *bp, float *op,
+                                              uint64_t e, __m256i pos, const struct gta_combine *c)
 {
+    (void)ps; /* della's, which this kernel does not take */
+    (void)e;
     const __m512d zero = _mm512_setzero_pd();
     const __m256 bf = _mm256_loadu_ps(bp);
     const __m512d b = _mm512_cvtps_pd(bf);
@@ -897,61 +904,14 @@ GTA_AVX512 static GTA_INLINE void gta_group512(const enum gta_kind kind, const i
     _mm256_storeu_ps(op, nan_canonical8(_mm512_cvtpd_ps(r)));
 }
 
-/* gta_avx2_run's loop over gta_group512 (kinds ALL, TOPK and BAND). */
-GTA_AVX512 static GTA_INLINE void gta_avx512_run(const enum gta_kind kind, const int nm,
-                                                 struct gta_model *m, const float *b, uint64_t n,
-                                                 float *out, const struct gta_combine *c)
-{
-    struct vmodel vm[MERGE_MAX_MODELS];
-    for (int i = 0; i < nm; i++)
-        vm[i].weight = m[i].weight;
-    struct lane_cut lo[MERGE_MAX_MODELS], hi[MERGE_MAX_MODELS];
-    const float *xs[MERGE_MAX_MODELS];
-    const __m256i lane_pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (uint64_t e0 = 0; e0 < n; e0 += GTA_VBLOCK) {
-        const size_t len = (size_t)LM_MIN((uint64_t)GTA_VBLOCK, n - e0);
-        for (int i = 0; kind != GTA_KIND_ALL && i < nm; i++) {
-            if (m[i].mode == KEEP_TOPK || m[i].mode == KEEP_BAND)
-                lo[i] = lane_cut_walk(&m[i].walk_lo, m[i].flip_lo, m[i].x + e0, b + e0, len);
-            else
-                lo[i] = lane_cut_all();
-            if (m[i].mode == KEEP_BAND)
-                hi[i] = lane_cut_walk(&m[i].walk_hi, m[i].flip_hi, m[i].x + e0, b + e0, len);
-            else
-                hi[i] = lane_cut_none();
-        }
-        size_t j = 0;
-        __m256i pos = lane_pos;
-        for (; j + 8 <= len; j += 8) {
-            GTA_UNROLL
-            for (int i = 0; i < nm; i++)
-                xs[i] = m[i].x + e0 + j;
-            gta_group512(kind, nm, vm, lo, hi, xs, b + e0 + j, out + e0 + j, pos, c);
-            pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));
-        }
-        if (j < len) {
-            /* The last few entries, through zero-padded copies. */
-            const size_t r = len - j;
-            float pb[8] = { 0 }, po[8], px[MERGE_MAX_MODELS][8];
-            memcpy(pb, b + e0 + j, r * sizeof(float));
-            for (int i = 0; i < nm; i++) {
-                memset(px[i], 0, sizeof px[i]);
-                memcpy(px[i], m[i].x + e0 + j, r * sizeof(float));
-                xs[i] = px[i];
-            }
-            gta_group512(kind, nm, vm, lo, hi, xs, pb, po, pos, c);
-            memcpy(out + e0 + j, po, r * sizeof(float));
-        }
-    }
-}
+GTA_DEFINE_RUN(gta_avx512_run, GTA_AVX512, gta_group512)
 
 #define GTA_AVX512_VARIANT(name, kind, nm_expr)                                                \
     GTA_AVX512 static void name(int nm, struct gta_model *m, const float *b, uint64_t n,     \
                                 float *out, const struct gta_combine *c, uint64_t idx0)     \
     {                                                                                       \
         (void)nm;                                                                           \
-        (void)idx0;                                                                         \
-        gta_avx512_run(kind, nm_expr, m, b, n, out, c);                                     \
+        gta_avx512_run(kind, nm_expr, m, b, n, out, c, idx0);                               \
     }
 
 GTA_AVX512_VARIANT(gta_avx512_all_1, GTA_KIND_ALL, 1)
