@@ -37,7 +37,6 @@ struct st_tensor {
     uint64_t      nbytes;
     const void   *data;        /* points into the mmap (NULL for parse-only headers) */
     uint64_t      data_offset; /* from the start of the data region */
-    const struct st_file *file; /* the file st_file_open read it from, else NULL */
 };
 
 struct st_file;
@@ -86,14 +85,6 @@ const struct st_tensor *st_set_find(const struct st_set *s, const char *name);
  * silent), so that a pass can compute on one tensor while the disk reads
  * the next. */
 void st_tensor_prefetch(const struct st_tensor *t);
-/* Copies bytes [byte0, byte0 + len) of t's data into dst. A tensor of a
- * file st_file_open opened is read with pread: a pass that reads each
- * byte once goes through the page cache at copy speed, where the first
- * touch of a mapped page costs several times that on virtual machines
- * that shadow page tables. Other tensors (parsed buffers, merged tensors)
- * are copied from `data`. 0, or LM_EIO naming the file and the tensor when
- * the file cannot be read or ends early (it changed since it was opened). */
-int st_tensor_read(const struct st_tensor *t, uint64_t byte0, void *dst, size_t len);
 /* Total bytes of all weight files (for progress and benchmarks). */
 uint64_t st_set_total_bytes(const struct st_set *s);
 size_t st_set_n_files(const struct st_set *s);

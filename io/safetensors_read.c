@@ -198,8 +198,6 @@ struct st_file {
     char             *label;
     void             *map;       /* owned mapping (st_file_open), else NULL */
     size_t            map_len;
-    int               fd;        /* open while the file is (st_file_open), else -1 */
-    uint64_t          data_start; /* file offset of the data region: 8 + header length */
     struct stat       opened;    /* the file as it was when mapped (size, mtime, inode) */
     uint64_t          size;      /* 8 + N + data size */
     struct st_tensor *tensors;   /* sorted by name */
@@ -208,30 +206,6 @@ struct st_file {
     char            **meta_values;
     size_t            n_meta;
 };
-
-int st_tensor_read(const struct st_tensor *t, uint64_t byte0, void *dst, size_t len)
-{
-    LM_ASSERT(byte0 <= t->nbytes && len <= t->nbytes - byte0);
-    const struct st_file *f = t->file;
-    if (!f || f->fd < 0) {
-        LM_ASSERT(t->data || len == 0);
-        if (len)
-            memcpy(dst, (const char *)t->data + byte0, len);
-        return 0;
-    }
-    uint64_t off = f->data_start + t->data_offset + byte0;
-    for (size_t done = 0; done < len;) {
-        ssize_t got = pread(f->fd, (char *)dst + done, len - done, (off_t)(off + done));
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            return lm_err(LM_EIO, "%s: tensor '%s': cannot read %zu bytes at offset %" PRIu64 ": %s",
-                          f->label, t->name, len - done, off + done,
-                          got < 0 ? strerror(errno) : "the file ends there (it changed after it was opened)");
-        done += (size_t)got;
-    }
-    return 0;
-}
 
 void st_file_close(struct st_file *f)
 {
@@ -250,8 +224,6 @@ void st_file_close(struct st_file *f)
         lm_mapguard_remove(f->map);
         munmap(f->map, f->map_len);
     }
-    if (f->fd >= 0)
-        close(f->fd);
     free(f->label);
     free(f);
 }
@@ -481,7 +453,6 @@ static int parse_header(struct st_file *f, const unsigned char *buf, size_t len,
         return lm_err(LM_EFORMAT, "%s: %zu bytes given, but the header (8 + %" PRIu64 ") and the data "
                       "region (%" PRIu64 ") make %" PRIu64, label, len, n, data_size, total);
     f->size = total;
-    f->data_start = 8 + n;
 
     cJSON *root;
     int rc = json_parse_text((const char *)buf + 8, (size_t)n, label, "header", &root);
@@ -521,7 +492,6 @@ static int parse_header(struct st_file *f, const unsigned char *buf, size_t len,
         if ((rc = parse_tensor_entry(f, c, t, data_size, &end_off)) < 0)
             goto end;
         t->data = data ? data + t->data_offset : NULL;
-        t->file = f;
     }
 
     qsort(f->tensors, f->n_tensors, sizeof(struct st_tensor), cmp_tensor_name);
@@ -542,7 +512,6 @@ struct st_file *st_file_parse(const void *buf, size_t len, uint64_t data_size, c
     struct st_file *f = lm_calloc(1, sizeof(*f));
     if (!f)
         return NULL;
-    f->fd = -1;
     f->label = lm_strdup(label ? label : "(buffer)");
     if (!f->label || parse_header(f, buf, len, data_size) < 0) {
         st_file_close(f);
@@ -580,20 +549,16 @@ static int file_open(const char *path, struct st_file **out)
     }
     void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     int map_errno = errno;
-    if (map == MAP_FAILED) {
-        close(fd);
+    close(fd);
+    if (map == MAP_FAILED)
         return lm_err(LM_EIO, "%s: cannot map %" PRIu64 " bytes: %s", path, size, strerror(map_errno));
-    }
     madvise(map, (size_t)size, MADV_SEQUENTIAL);
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* st_tensor_read's reads: a larger read-ahead */
 
     struct st_file *f = lm_calloc(1, sizeof(*f));
     if (!f) {
         munmap(map, (size_t)size);
-        close(fd);
         return LM_ENOMEM;
     }
-    f->fd = fd; /* kept for st_tensor_read */
     f->map = map;
     f->map_len = (size_t)size;
     f->opened = sb;

@@ -215,11 +215,6 @@ void ws_memory_peak(struct workspace *ws, struct ws_memory *out);
 struct ws_scratch {
     struct merge_scratch inputs;
     struct merge_scratch method;
-    /* Read the inputs through the mapping rather than the files: for the
-     * cache's re-merges, which read the same tensors again after every
-     * edit (a mapped page is slow the first time only); one pass over
-     * everything reads faster from the files (st_tensor_read). */
-    bool from_map;
 };
 void ws_scratch_deinit(struct ws_scratch *s);
 

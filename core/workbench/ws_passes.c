@@ -28,50 +28,26 @@
 
 /* ===== Merging one tensor ===== */
 
-/* Room for the raw bytes read_source reads before converting them, in
- * scratch slot WS_STAGE_SLOT of the inputs (after the inputs, the merged
- * block and the writers' conversion block). */
-#define WS_STAGE_BYTES ((size_t)1 << 18)
-#define WS_STAGE_SLOT (WS_MAX_SOURCES + 2)
-
 /* Entries [e0, e0 + len) of source s of tensor t as float32: rows the
- * source lacks are the base's (zero past the base's own rows). The bytes
- * are read from the file (st_tensor_read) into sc's staging room a piece
- * at a time and converted from there: a pass over the model reads every
- * input byte once or twice in order, and reading beats touching the
- * mapping. With sc->from_map, they are converted from the mapping. 0 or
- * an error naming the file and the tensor. */
-static int read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst,
-                       struct ws_scratch *sc)
+ * source lacks are the base's (zero past the base's own rows). Converted
+ * from the mapping: where the page cache holds the file in large folios
+ * (read from disk), mapping a page costs less than a read copying it, and
+ * a cold file reads faster through the mapping's read-ahead. */
+static void read_source(const struct ws_tensor *t, int s, uint64_t e0, size_t len, float *dst)
 {
     const struct st_tensor *src = t->src[s];
     uint64_t rows = t->ndim > 0 ? (uint64_t)t->shape[0] : 1;
     uint64_t row_len = rows ? t->n_elements / rows : 0;
     uint64_t have = LM_MIN((uint64_t)t->src_rows[s], rows) * row_len;
     size_t n1 = e0 >= have ? 0 : (size_t)LM_MIN((uint64_t)len, have - e0);
-    int rc = 0;
-    if (n1 && sc->from_map) {
+    if (n1)
         lm_convert_to_f32(dst, (const char *)src->data + e0 * lm_dtype_size(src->dtype), src->dtype, n1);
-    } else if (n1) {
-        const size_t es = lm_dtype_size(src->dtype);
-        void *stage = merge_scratch_get(&sc->inputs, WS_STAGE_SLOT, WS_STAGE_BYTES / sizeof(float));
-        if (!stage)
-            return lm_err_context(LM_ENOMEM, "tensor '%s'", t->name);
-        const size_t piece = WS_STAGE_BYTES / es;
-        for (size_t o = 0; o < n1 && !rc; o += piece) {
-            const size_t m = LM_MIN(piece, n1 - o);
-            rc = st_tensor_read(src, (e0 + o) * es, stage, m * es);
-            if (!rc)
-                lm_convert_to_f32(dst + o, stage, src->dtype, m);
-        }
-    }
-    if (!rc && n1 < len) {
+    if (n1 < len) {
         if (s == 0)
             memset(dst + n1, 0, (len - n1) * sizeof(float));
         else
-            rc = read_source(t, 0, e0 + n1, len - n1, dst + n1, sc);
+            read_source(t, 0, e0 + n1, len - n1, dst + n1);
     }
-    return rc;
 }
 
 /* Loads base and models of tensor i as float32 into scratch slots. */
@@ -84,9 +60,7 @@ static int load_inputs(const struct workspace *ws, size_t i, struct ws_scratch *
         float *buf = merge_scratch_get(&sc->inputs, s, n);
         if (!buf)
             return lm_err_context(LM_ENOMEM, "tensor '%s'", t->name);
-        int rc = read_source(t, s, 0, n, buf, sc);
-        if (rc)
-            return rc;
+        read_source(t, s, 0, n, buf);
         if (s == 0)
             *base = buf;
         else
@@ -288,7 +262,8 @@ static int stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst
         pass_report(c->p, 0, 0);
     if (atomic_load_explicit(&c->p->cancel, memory_order_relaxed))
         return LM_ECANCELED;
-    return read_source(c->t, source, e0, len, dst, &c->p->ws->scratch[c->worker]);
+    read_source(c->t, source, e0, len, dst);
+    return 0;
 }
 
 /* Blocks between progress reports inside a tensor: 16 x 64 Ki entries,
@@ -440,10 +415,9 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
                 break;
             }
         }
-        for (int s = 0; s < ws->n_sources && !rc; s++)
-            rc = read_source(t, s, e0, len, in[s], sc);
-        if (!rc)
-            rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
+        for (int s = 0; s < ws->n_sources; s++)
+            read_source(t, s, e0, len, in[s]);
+        rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
         if (!rc)
             tally_nonfinite(nf, ws->n_sources, in, out, e0, len);
         if (!rc && nf->created && sink && sink_writes(sink)) {
@@ -526,7 +500,6 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     size_t i = p->todo[k];
     const struct ws_tensor *t = &ws->tensors[i];
     struct ws_scratch *sc = &ws->scratch[worker];
-    sc->from_map = p->keep_merged;
     prefetch_next(p, k);
     size_t n = (size_t)t->n_elements;
     /* Where the merged tensor goes: the writer's tensor i, the cache (in
