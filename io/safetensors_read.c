@@ -19,6 +19,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,15 +41,25 @@
 
 /* ===== Small helpers ===== */
 
-void st_tensor_prefetch(const struct st_tensor *t)
+void st_tensor_populate(const struct st_tensor *t, uint64_t byte0, uint64_t len)
 {
-    if (!t || !t->data || t->nbytes == 0)
+#ifdef MADV_POPULATE_READ
+    static atomic_bool unsupported;
+    if (!t || !t->data || len == 0 || byte0 >= t->nbytes || atomic_load_explicit(&unsupported, memory_order_relaxed))
         return;
+    if (len > t->nbytes - byte0)
+        len = t->nbytes - byte0;
     long page = sysconf(_SC_PAGESIZE);
     uintptr_t mask = (uintptr_t)(page > 0 ? page : 4096) - 1;
-    uintptr_t start = (uintptr_t)t->data & ~mask;
-    uintptr_t end = (uintptr_t)t->data + (uintptr_t)t->nbytes;
-    madvise((void *)start, (size_t)(end - start), MADV_WILLNEED);
+    uintptr_t start = ((uintptr_t)t->data + (uintptr_t)byte0) & ~mask;
+    uintptr_t end = (uintptr_t)t->data + (uintptr_t)(byte0 + len);
+    if (madvise((void *)start, (size_t)(end - start), MADV_POPULATE_READ) != 0 && errno == EINVAL)
+        atomic_store_explicit(&unsupported, true, memory_order_relaxed); /* kernels before 5.14 */
+#else
+    (void)t;
+    (void)byte0;
+    (void)len;
+#endif
 }
 
 static uint64_t read_le64(const unsigned char *p)

@@ -60,6 +60,7 @@ static int load_inputs(const struct workspace *ws, size_t i, struct ws_scratch *
         float *buf = merge_scratch_get(&sc->inputs, s, n);
         if (!buf)
             return lm_err_context(LM_ENOMEM, "tensor '%s'", t->name);
+        st_tensor_populate(t->src[s], 0, t->src[s]->nbytes);
         read_source(t, s, 0, n, buf);
         if (s == 0)
             *base = buf;
@@ -250,7 +251,29 @@ struct stream_ctx {
     struct pass *p;
     int worker;
     unsigned reads;
+    uint64_t populated[WS_MAX_SOURCES]; /* entries mapped in so far (see read_ahead) */
 };
+
+/* Bytes populated at a time ahead of the reads (st_tensor_populate). */
+#define WS_POPULATE_BYTES ((uint64_t)4 << 20)
+
+/* read_source for a pass that reads source s of its tensor in index order
+ * (the cut's pass, then the merge's): before the reads reach what is not
+ * mapped in yet, the next WS_POPULATE_BYTES are, in one call. Short reads
+ * (the cut's sample, runs spread over the tensor) touch pages as they go;
+ * a later pass over pages mapped in before needs nothing. */
+static void read_ahead(struct stream_ctx *c, int s, uint64_t e0, size_t len, float *dst)
+{
+    const struct st_tensor *src = c->t->src[s];
+    const uint64_t es = lm_dtype_size(src->dtype);
+    if (len >= 4096 && e0 + len > c->populated[s]) {
+        const uint64_t from = LM_MAX(e0, c->populated[s]);
+        const uint64_t to = LM_MAX(e0 + len, from + WS_POPULATE_BYTES / es);
+        st_tensor_populate(src, from * es, (to - from) * es);
+        c->populated[s] = to;
+    }
+    read_source(c->t, s, e0, len, dst);
+}
 
 static int stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst)
 {
@@ -262,7 +285,7 @@ static int stream_read(void *ud, int source, uint64_t e0, size_t len, float *dst
         pass_report(c->p, 0, 0);
     if (atomic_load_explicit(&c->p->cancel, memory_order_relaxed))
         return LM_ECANCELED;
-    read_source(c->t, source, e0, len, dst);
+    read_ahead(c, source, e0, len, dst);
     return 0;
 }
 
@@ -416,7 +439,7 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
             }
         }
         for (int s = 0; s < ws->n_sources; s++)
-            read_source(t, s, e0, len, in[s]);
+            read_ahead(&ctx, s, e0, len, in[s]);
         rc = merge_stream_block(st, e0, len, in[0], (const float *const *)(in + 1), out);
         if (!rc)
             tally_nonfinite(nf, ws->n_sources, in, out, e0, len);
@@ -477,20 +500,6 @@ static int whole_stats(struct workspace *ws, size_t i, struct ws_scratch *sc, co
                             prm.density, prm.weight, &sc->method);
 }
 
-/* Starts the disk on the inputs of the tensor after those the workers
- * hold now (the pool hands tensors out in order), so that on a model
- * larger than the page cache the reading overlaps the merging. */
-static void prefetch_next(const struct pass *p, int64_t k)
-{
-    int64_t next = k + pool_n_workers(p->ws->pool);
-    if (next >= (int64_t)p->n_todo)
-        return;
-    const struct ws_tensor *t = &p->ws->tensors[p->todo[next]];
-    for (int s = 0; s < p->ws->n_sources; s++)
-        if (s == 0 || t->src[s] != t->src[0])
-            st_tensor_prefetch(t->src[s]);
-}
-
 static void pass_tensor(void *ud, int64_t k, int worker)
 {
     struct pass *p = ud;
@@ -500,7 +509,6 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     size_t i = p->todo[k];
     const struct ws_tensor *t = &ws->tensors[i];
     struct ws_scratch *sc = &ws->scratch[worker];
-    prefetch_next(p, k);
     size_t n = (size_t)t->n_elements;
     /* Where the merged tensor goes: the writer's tensor i, the cache (in
      * the output dtype), or nowhere (statistics). */
