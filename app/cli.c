@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "recipe_edit.h"
 #include "sysmem.h"
 #include "workspace.h"
 
@@ -333,17 +334,6 @@ struct recipe *cli_load_recipe(const char *path)
     return r;
 }
 
-static const char *base_name(const char *path)
-{
-    size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/')
-        n--;
-    const char *p = path + n;
-    while (p > path && p[-1] != '/')
-        p--;
-    return p;
-}
-
 struct recipe *cli_recipe_from_dirs(const char *base, const char *const *models, int n_models,
                                     const char *method)
 {
@@ -355,28 +345,13 @@ struct recipe *cli_recipe_from_dirs(const char *base, const char *const *models,
     r->models = lm_calloc((size_t)n_models, sizeof(*r->models));
     if (!r->base || !r->method || !r->models)
         goto oom;
+    /* Unique names from the folders: long, long-2, ... ("base" is reserved). */
     for (int i = 0; i < n_models; i++) {
-        const char *b = base_name(models[i]);
-        size_t len = strcspn(b, "/");
-        char *name = lm_strndup(b, len);
-        if (!name)
-            goto oom;
-        /* Unique names: long, long-2, ... ("base" is reserved). */
-        for (int suffix = 2;; suffix++) {
-            bool clash = strcmp(name, "base") == 0 || name[0] == '\0';
-            for (size_t j = 0; j < r->n_models && !clash; j++)
-                clash = strcmp(r->models[j].name, name) == 0;
-            if (!clash)
-                break;
-            char *next = lm_asprintf("%.*s-%d", (int)len, b, suffix);
-            free(name);
-            if (!(name = next))
-                goto oom;
-        }
+        char *name = recipe_model_name_for(r, models[i]);
         r->models[i].name = name;
         r->models[i].path = lm_strdup(models[i]);
         r->n_models++;
-        if (!r->models[i].path)
+        if (!name || !r->models[i].path)
             goto oom;
     }
     return r;

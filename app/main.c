@@ -56,6 +56,10 @@ static void print_help(FILE *out)
     fprintf(out, "\nMerge methods:\n");
     for (const struct merge_method *const *m = merge_methods; *m; m++)
         fprintf(out, "  %-16s %s\n", (*m)->name, (*m)->summary);
+    char names[128];
+    merge_base_optional_names(names, sizeof(names));
+    fprintf(out, "A recipe without \"base\" (mergekit's base_model left out) merges the models\n"
+            "themselves; only %s take one.\n", names);
     fprintf(out,
             "\n'mergescope COMMAND --help' describes a command's options; --help (or -h)\n"
             "anywhere among them shows the help and runs nothing.\n"

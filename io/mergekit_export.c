@@ -74,6 +74,7 @@ enum {
     MK_PROB    = 1 << 7, /* mergescope's "inverse" rescale is 1/p per entry (della) */
     MK_SAMPLED = 1 << 8, /* mergekit's quantiles of large tensors come from a random sample */
     MK_VARIANCE = 1 << 9, /* cuts by variance across models (sce's top-k) */
+    MK_BASE_OPT = 1 << 10, /* base_model may be left out: the models themselves are merged */
 };
 
 struct mk_method {
@@ -100,8 +101,8 @@ static const struct mk_method mk_methods[] = {
     { "model_stock",     "model_stock",     MK_BASE },
     { "sce",             "sce",             MK_BASE | MK_VARIANCE },
     { "karcher",         "karcher",         0 },
-    { "nuslerp",         "nuslerp",         MK_BASE | MK_WEIGHT },
-    { "multislerp",      "multislerp",      MK_BASE | MK_WEIGHT },
+    { "nuslerp",         "nuslerp",         MK_BASE | MK_BASE_OPT | MK_WEIGHT },
+    { "multislerp",      "multislerp",      MK_BASE | MK_BASE_OPT | MK_WEIGHT },
     { "arcee_fusion",    "arcee_fusion",    MK_BASE | MK_SAMPLED },
     { "ram",             "ram",             MK_BASE },
     { "ramplus_tl",      "ramplus_tl",      MK_BASE },
@@ -868,6 +869,14 @@ const char *mergekit_method_ours(const char *mergekit, bool *uses_base, bool *re
     return NULL;
 }
 
+bool mergekit_method_base_optional(const char *mergekit)
+{
+    for (size_t i = 0; mergekit && i < LM_ARRAY_SIZE(mk_methods); i++)
+        if (strcmp(mergekit, mk_methods[i].mergekit) == 0)
+            return (mk_methods[i].flags & MK_BASE_OPT) != 0;
+    return false;
+}
+
 static int export_all(struct mk_ctx *x, struct lm_strbuf *y)
 {
     const struct recipe *r = x->r;
@@ -884,7 +893,7 @@ static int export_all(struct mk_ctx *x, struct lm_strbuf *y)
             x->yaml_base = r->base;
         } else if ((flags & MK_T) && r->n_models == 2) {
             x->yaml_base = r->models[0].path;
-        } else {
+        } else if (!(flags & MK_BASE_OPT)) {
             warnf(x, "method '%s' needs a base model and the recipe has none", r->method);
         }
     }

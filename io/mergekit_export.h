@@ -23,6 +23,11 @@ const char *mergekit_method_name(const char *method);
  * mergekit rescales kept entries by default (rescale: true). */
 const char *mergekit_method_ours(const char *mergekit, bool *uses_base, bool *rescales);
 
+/* Whether mergekit's merge_method `mergekit` also runs without base_model
+ * (nuslerp, multislerp: the models themselves are then merged), which
+ * mergescope's recipe says by having no "base". */
+bool mergekit_method_base_optional(const char *mergekit);
+
 struct recipe;
 
 /* What the caller read from the models' config.json files, for the

@@ -1137,7 +1137,7 @@ static int import_root(struct mi *x, const yaml_node_t *root, cJSON *json)
     const yaml_node_t *bm = map_get(x, root, "base_model");
     if (bm && !is_null(bm) && (rc = check_ref(x, bm, "base_model", &x->base)) != 0)
         return rc;
-    if (x->uses_base && !x->base)
+    if (x->uses_base && !x->base && !mergekit_method_base_optional(mk))
         return ierr(x, mm, "merge_method %s needs base_model", mk);
 
     if ((rc = read_params_node(x, map_get(x, root, "parameters"), "parameters", &x->global)) != 0)
@@ -1256,9 +1256,12 @@ struct recipe *recipe_from_mergekit_yaml(const char *text, size_t len, const cha
     if (rc == 0 && (rc = import_root(&x, yaml_document_get_root_node(&doc), json)) == 0) {
         /* mergescope measures task vectors against a base even where the
          * method does not use one (linear): without base_model that is the
-         * first model, whose config and tokenizer mergekit copies too. */
+         * first model, whose config and tokenizer mergekit copies too. A
+         * method whose result depends on having a base (nuslerp,
+         * multislerp) keeps its base-less form: no "base". */
+        bool baseless = !x.base && x.uses_base;
         const char *base = x.base ? x.base : x.models[0].path;
-        if (!cJSON_AddStringToObject(json, "base", base))
+        if (!baseless && !cJSON_AddStringToObject(json, "base", base))
             rc = LM_ENOMEM;
     }
     if (rc == 0) {

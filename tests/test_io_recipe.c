@@ -12,6 +12,7 @@
 #include "lm_error.h"
 #include "mergekit_export.h"
 #include "recipe.h"
+#include "recipe_edit.h"
 #include "test.h"
 
 /* The example of recipe.h, written with ' for " to keep it readable. */
@@ -809,6 +810,103 @@ static void test_save_as(void)
         printf("      could not remove %s\n", real_root);
 }
 
+/* The edits of recipe_edit.h: names, models added and removed with what
+ * names them, the base, slices. */
+static void test_edit(void)
+{
+    struct recipe *r = parse_q(rich_json);
+    char *name = r ? recipe_model_name_for(r, "runs/long/") : NULL;
+    TEST_COND("a model's name comes from its folder, made unique: runs/long/ -> long-2", has(name, "long-2") &&
+              strcmp(name, "long-2") == 0);
+    free(name);
+    name = r ? recipe_model_name_for(r, "x/base") : NULL;
+    TEST_COND("... never 'base' (reserved): base-2", name && strcmp(name, "base-2") == 0);
+    free(name);
+    name = r ? recipe_model_name_for(r, "/") : NULL;
+    TEST_COND("... never empty: 'model'", name && strcmp(name, "model") == 0);
+    free(name);
+    TEST_COND("adding a model under a taken name is refused, naming it",
+              r && recipe_add_model(r, "quick", "q2") == LM_EINVAL && has(lm_last_error(), "'quick' is taken"));
+    TEST_COND("... and under 'base'", r && recipe_add_model(r, "base", "q2") == LM_EINVAL &&
+              has(lm_last_error(), "reserved"));
+    TEST_COND("adding one named after its folder appends it with no parameters",
+              r && recipe_add_model(r, NULL, "../more/mid") == 0 && r->n_models == 3 &&
+              strcmp(r->models[2].name, "mid") == 0 && strcmp(r->models[2].path, "../more/mid") == 0 &&
+              r->models[2].n_params == 0);
+
+    /* Removing long: its entry in override 0's per-model weight goes, the
+     * rest stays (quick's entry, normalize, the other overrides). */
+    TEST_COND("removing a model", r && recipe_remove_model(r, 0) == 0 && r->n_models == 2 &&
+              strcmp(r->models[0].name, "quick") == 0 && r->n_overrides == 5);
+    const struct recipe_value *w = r ? param(r->overrides[0].params, r->overrides[0].n_params, "weight") : NULL;
+    TEST_COND("... drops its entry from a per-model value, keeping the others'",
+              w && w->kind == RECIPE_VALUE_PER_MODEL && w->n_per_model == 1 &&
+              strcmp(w->per_model[0].model, "quick") == 0 && w->per_model[0].numbers[0] == 0.25);
+    TEST_COND("... and keeps output references to other models",
+              r && strcmp(r->output.config_from, "base") == 0 && strcmp(r->output.tokenizer_from, "quick") == 0);
+    /* Removing quick too: the weight value is left with no entry and goes;
+     * override 0 keeps normalize; tokenizer_from falls back to its default. */
+    TEST_COND("removing the model a value and tokenizer_from name", r && recipe_remove_model(r, 0) == 0 &&
+              !param(r->overrides[0].params, r->overrides[0].n_params, "weight") &&
+              param(r->overrides[0].params, r->overrides[0].n_params, "normalize") &&
+              r->output.tokenizer_from == NULL && r->n_overrides == 5);
+    char *json = r ? recipe_to_json(r) : NULL;
+    struct recipe *back = json ? recipe_parse(json, strlen(json), "edited", "dir") : NULL;
+    TEST_COND("the edited recipe saves and reads back equal", back && recipe_equal(back, r));
+    recipe_free(back);
+    free(json);
+    TEST_COND("an index past the models is refused", r && recipe_remove_model(r, 5) == LM_EINVAL);
+    recipe_free(r);
+
+    /* An override whose only value names the model goes with it; so does
+     * config_from naming it. */
+    r = parse_q(example_json);
+    TEST_COND("removing the only model an override and config_from name", r && recipe_remove_model(r, 0) == 0 &&
+              r->n_overrides == 1 && r->overrides[0].layers[0].first == 27 && r->output.config_from == NULL &&
+              r->output.tokenizer_from == NULL);
+    recipe_free(r);
+
+    /* Slices. */
+    r = parse_q(example_json);
+    TEST_COND("a slice of an unknown model is refused, naming the key and the models",
+              r && recipe_insert_slice(r, 0, "lng", 0, 2) == LM_EINVAL &&
+              has(lm_last_error(), "slices[0].sources[0].model: unknown model 'lng' (one of base, long)"));
+    TEST_COND("an empty range is refused as recipe_parse refuses it",
+              r && recipe_insert_slice(r, 0, "long", 2, 2) == LM_EINVAL && has(lm_last_error(), "[2, 2] is empty"));
+    TEST_COND("slices insert where asked", r && recipe_insert_slice(r, 0, "base", 0, 2) == 0 &&
+              recipe_insert_slice(r, 1, "long", 1, 3) == 0 && recipe_insert_slice(r, 1, "base", 5, 6) == 0 &&
+              r->n_slices == 3 && strcmp(r->slices[1].sources[0].model, "base") == 0 &&
+              r->slices[1].sources[0].start == 5 && strcmp(r->slices[2].sources[0].model, "long") == 0);
+    TEST_COND("a slice moves up, swapping with the one above", r && recipe_move_slice(r, 2, -1) == 0 &&
+              strcmp(r->slices[1].sources[0].model, "long") == 0 && r->slices[2].sources[0].start == 5);
+    TEST_COND("... not past the first", r && recipe_move_slice(r, 0, -1) == LM_EINVAL &&
+              has(lm_last_error(), "already the first"));
+    TEST_COND("a slice is replaced whole", r && recipe_set_slice(r, 2, "long", 0, 1) == 0 &&
+              strcmp(r->slices[2].sources[0].model, "long") == 0 && r->slices[2].sources[0].end == 1);
+    TEST_COND("a model a slice takes layers from cannot be removed, naming the slice",
+              r && recipe_remove_model(r, 0) == LM_EINVAL && has(lm_last_error(), "slice 2 takes its layers") &&
+              r->n_models == 1);
+    TEST_COND("... nor the base", r && recipe_remove_base(r) == LM_EINVAL && has(lm_last_error(), "slice 1") &&
+              r->base != NULL);
+    json = r ? recipe_to_json(r) : NULL;
+    back = json ? recipe_parse(json, strlen(json), "sliced", "dir") : NULL;
+    TEST_COND("the slices save and read back equal", back && recipe_equal(back, r) && back->n_slices == 3);
+    recipe_free(back);
+    free(json);
+    TEST_COND("removing every slice leaves none", r && recipe_remove_slice(r, 0) == 0 &&
+              recipe_remove_slice(r, 0) == 0 && recipe_remove_slice(r, 0) == 0 && r->n_slices == 0 &&
+              r->slices == NULL && recipe_remove_slice(r, 0) == LM_EINVAL);
+    json = r ? recipe_to_json(r) : NULL;
+    TEST_COND("... and no \"slices\" key", json && !has(json, "slices"));
+    free(json);
+    TEST_COND("the base removed: config_from \"base\" would dangle, so it goes too",
+              r && (free(r->output.config_from), r->output.config_from = strdup("base")) &&
+              recipe_remove_base(r) == 0 && !r->base && !r->output.config_from);
+    TEST_COND("a path set for the base brings one back", r && recipe_set_model_path(r, -1, "b2") == 0 &&
+              strcmp(r->base, "b2") == 0 && recipe_set_model_path(r, 0, "") == LM_EINVAL);
+    recipe_free(r);
+}
+
 int main(void)
 {
     test_example();
@@ -819,5 +917,6 @@ int main(void)
     test_rejections();
     test_mergekit();
     test_mergekit_facts();
+    test_edit();
     return test_report();
 }

@@ -1257,6 +1257,62 @@ static void test_multislerp(void)
               rc == LM_EFORMAT && strstr(lm_last_error(), "model.norm.weight"));
 }
 
+/* Without a base (job->base NULL, mergekit's base_model left out): nuslerp
+ * and multislerp combine the models themselves; methods that take task
+ * vectors refuse it. */
+static void test_baseless(void)
+{
+    /* nuslerp, x0 = (3, 0), x1 = (0, 4), weights 1 and 3: t = 0.75. The
+     * models themselves are the vectors: u0 = (1, 0), u1 = (0, 1), theta =
+     * 90 degrees, out = (sin 22.5 * 3, sin 67.5 * 4) / sin 90, nothing
+     * added. (With the base (1, 1) the vectors would be (2, -1) and
+     * (-1, 3), another angle.) */
+    const float x0[2] = { 3, 0 }, x1[2] = { 0, 4 };
+    const float *xs[2] = { x0, x1 };
+    float out[2];
+    struct merge_tensor_params p = params_for(&merge_method_nuslerp, 2);
+    p.weight[1] = 3;
+    int rc = run(&merge_method_nuslerp, "nu", NULL, xs, 2, 2, &p, out);
+    const double want[2] = { 3 * sin(M_PI / 8), 4 * sin(3 * M_PI / 8) };
+    TEST_COND("nuslerp without a base: between the models, (3 sin 22.5, 4 sin 67.5)",
+              rc == 0 && all_near(out, want, 2, 1e-6));
+    /* Parallel models: cos 1, theta 0, the lerp 0.5 (2, 0) + 0.5 (4, 0). */
+    const float y0[2] = { 2, 0 }, y1[2] = { 4, 0 };
+    const float *ys[2] = { y0, y1 };
+    p = params_for(&merge_method_nuslerp, 2);
+    rc = run(&merge_method_nuslerp, "nu", NULL, ys, 2, 2, &p, out);
+    TEST_COND("nuslerp without a base, parallel models: the lerp (3, 0)", rc == 0 && out[0] == 3 && out[1] == 0);
+
+    /* multislerp over (2, 0), (2, 0), (0, 1), equal weights: the models'
+     * directions' mean (2, 1)/3, normalised (2, 1)/sqrt 5, tangent sum 0,
+     * mean norm (2 + 2 + 1)/3 = 5/3; nothing added. */
+    const float z1[2] = { 2, 0 }, z2[2] = { 2, 0 }, z3[2] = { 0, 1 };
+    const float *zs[3] = { z1, z2, z3 };
+    p = params_for(&merge_method_multislerp, 3);
+    rc = run(&merge_method_multislerp, "ms", NULL, zs, 3, 2, &p, out);
+    const double s5 = sqrt(5.0);
+    const double want3[2] = { 5.0 / 3 * 2 / s5, 5.0 / 3 / s5 };
+    TEST_COND("multislerp without a base: direction (2, 1)/sqrt 5, norm 5/3, no base added",
+              rc == 0 && all_near(out, want3, 2, 1e-6));
+    /* Two opposite models with equal weights: the lerp, 0.5 (1, 2) + 0.5 (-1, -2) = 0. */
+    const float o1[2] = { 1, 2 }, o2[2] = { -1, -2 };
+    const float *os[2] = { o1, o2 };
+    p = params_for(&merge_method_multislerp, 2);
+    rc = run(&merge_method_multislerp, "ms", NULL, os, 2, 2, &p, out);
+    TEST_COND("multislerp without a base, opposite models: the lerp, 0", rc == 0 && out[0] == 0 && out[1] == 0);
+
+    /* ties needs the base's tensor: an error naming the tensor and method. */
+    p = params_for(&merge_method_ties, 2);
+    rc = run(&merge_method_ties, "model.layers.0.mlp.up_proj.weight", NULL, xs, 2, 2, &p, out);
+    TEST_COND("ties without a base: an error naming the tensor and the method",
+              rc == LM_EINVAL && strstr(lm_last_error(), "model.layers.0.mlp.up_proj.weight") &&
+              strstr(lm_last_error(), "'ties' needs the base model's tensor"));
+    char names[128];
+    merge_base_optional_names(names, sizeof(names));
+    TEST_COND("the methods that merge without a base, in registry order",
+              strcmp(names, "linear, average, karcher, nuslerp and multislerp") == 0);
+}
+
 /* arcee_fusion: keep the model's entries whose importance is an outlier. */
 static void test_arcee_fusion(void)
 {
@@ -1746,6 +1802,7 @@ int main(void)
     test_karcher();
     test_nuslerp();
     test_multislerp();
+    test_baseless();
     test_arcee_fusion();
     test_ram();
     test_della();

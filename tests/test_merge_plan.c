@@ -242,5 +242,17 @@ int main(void)
         recipe_free(rg);
     }
 #undef INVALID
+    /* A recipe without a base: only methods that merge without one. */
+    expect_invalid("ties without a base: the base key named, and which methods can do without",
+                   "{\"format\": \"mergescope-recipe/1\", \"models\": [{\"name\": \"a\", \"path\": \"a\"}],"
+                   " \"method\": \"ties\"}",
+                   "base: missing: method 'ties' takes task vectors against a base model (only "
+                   "linear, average, karcher, nuslerp and multislerp merge without one)");
+    struct recipe *nb = parse("{\"format\": \"mergescope-recipe/1\", \"models\": [{\"name\": \"a\", "
+                              "\"path\": \"a\"}, {\"name\": \"b\", \"path\": \"b\", \"weight\": 3}], "
+                              "\"method\": \"nuslerp\"}");
+    struct merge_plan np;
+    TEST_COND("nuslerp without a base is a valid plan", nb && merge_plan_init(&np, nb) == 0 && np.n_models == 2);
+    recipe_free(nb);
     return test_report();
 }

@@ -108,8 +108,28 @@ newrt ramplus ramplus_tl '{ "r": 0.5, "alpha": 0.3, "epsilon": 0.0001 }' ''
 check "ramplus_tl with r, alpha, epsilon: round trip bytes" roundtrip "$m/ramplus.json" ramplus
 check "ramplus_tl merges differently from ram (the check can fail)" \
     bash -c "! cmp -s '$tmp/rt-a-ram/model.safetensors' '$tmp/rt-a-ramplus/model.safetensors'"
-check "import refuses nuslerp without base_model (mergekit's base-less form is not offered)" \
-    bash -c "printf 'merge_method: nuslerp\nmodels:\n  - model: $m/quick\n    parameters: {weight: 1}\n  - model: $m/long\n    parameters: {weight: 1}\n' >'$m/nobase.yml' && run 3 '$ms' import '$m/nobase.yml' -o '$m/nobase.json' && grep -q 'needs base_model' '$tmp/err'"
+# nuslerp and multislerp without base_model: mergekit's base-less form
+# (the models themselves interpolated), a recipe without "base".
+printf 'merge_method: nuslerp\nmodels:\n  - model: %s/quick\n    parameters: {weight: 1}\n  - model: %s/long\n    parameters: {weight: 3}\n' \
+    "$m" "$m" >"$m/nobase.yml"
+check "import reads nuslerp without base_model as a recipe without a base" \
+    bash -c "run 0 '$ms' import '$m/nobase.yml' -o '$m/nobase.json' && ! grep -q '\"base\"' '$m/nobase.json' && grep -q '\"method\": \"nuslerp\"' '$m/nobase.json'"
+check "... which merges, and says it has no base" \
+    bash -c "run 0 '$ms' merge '$m/nobase.json' -o '$tmp/nobase-out' && err_has 'the recipe has no base model: nuslerp merges the models themselves'"
+sed 's#"models"#"base": "base", "models"#' "$m/nobase.json" >"$m/withbase.json"
+check "... to other weights than the same recipe with a base" \
+    bash -c "run 0 '$ms' merge '$m/withbase.json' -o '$tmp/withbase-out' && ! cmp -s '$tmp/nobase-out/model.safetensors' '$tmp/withbase-out/model.safetensors'"
+cat >"$m/ms-nobase.json" <<'JSON'
+{ "format": "mergescope-recipe/1",
+  "models": [ { "name": "first", "path": "base" }, { "name": "quick", "path": "quick", "weight": 2 },
+              { "name": "long", "path": "long" } ],
+  "method": "multislerp", "output": { "dtype": "bf16" } }
+JSON
+check "export of a base-less multislerp writes no base_model and no warning about one" \
+    bash -c "run 0 '$ms' export '$m/ms-nobase.json' --to mergekit && ! grep -q '^base_model' '$tmp/out' && ! grep -q 'needs a base model' '$tmp/err'"
+check "base-less multislerp: round trip bytes" roundtrip "$m/ms-nobase.json" ms-nobase
+check "import still refuses a task-vector method without base_model" \
+    bash -c "sed 's/nuslerp/ties/' '$m/nobase.yml' >'$m/ties-nobase.yml' && run 3 '$ms' import '$m/ties-nobase.yml' && err_has 'needs base_model'"
 
 # ---- import: the recipe it writes ----
 cat >"$m/prec.yml" <<'YAML'

@@ -232,6 +232,85 @@ passed_over() {
 check "Recipe screen: stepping the method names the methods it passes over (model_stock needs 2 models)" passed_over
 T send-keys -t q8 q
 
+# The Recipe screen changes the models: open base + quick, add long by its
+# path (Tab completes it), step to model_stock (it needs two models besides
+# the base), write the model with w and save the recipe with s; both
+# recipes name the two models and the method, and the headless merge of
+# each gives the bytes the workbench wrote. Then slices: the Layers screen
+# follows the output's layer count.
+T new-session -d -s src -x 120 -y 32 "cd '$tmp/m' && TERM=xterm-256color '$ms' --base base --model quick --threads 2 2>'$tmp/src.err'; echo \$? >'$tmp/src.status'; sleep 60"
+wait_src() { for i in $(seq 1 150); do T capture-pane -p -t src | grep -qF -- "$1" && return 0; sleep 0.1; done; echo "      screen lacks '$1':"; T capture-pane -p -t src | sed 's/^/      | /'; return 1; }
+check "sources: base + quick open" wait_src "stats 38/38"
+T send-keys -t src F2
+check "... the Recipe screen lists the base and the model" \
+    bash -c "$(declare -f wait_src T); sock=$sock; wait_src 'base                     base' && wait_src 'model quick              quick'"
+step_until() { # step_until TEXT: Right on the method row until the screen shows TEXT
+    for i in $(seq 1 30); do
+        T capture-pane -p -t src | grep -qF -- "$1" && return 0
+        T send-keys -t src Right
+        sleep 0.2
+    done
+    T capture-pane -p -t src | sed 's/^/      | /'
+    return 1
+}
+check "stepping the method says which key adds a model for model_stock" \
+    step_until "passed over model_stock: not for 1 model (a adds a model)"
+T send-keys -t src a
+T send-keys -t src -l "lo"
+T send-keys -t src Tab
+check "a asks for the model's directory and Tab completes it" wait_src "add model (its directory; Tab completes): long/"
+T send-keys -t src Enter
+check "... the model is added, and the status line says so" wait_src "added model 'long' (long/); 2 models, 39 tensors, 3 layers"
+check "... the header names it" wait_src "| quick quick | long long |"
+check "... and its row is on the Recipe screen" wait_src "model long               long"
+T send-keys -t src F5
+check "the Layers screen follows: statistics of both task vectors" \
+    bash -c "$(declare -f wait_src T); sock=$sock; wait_src 'stats 39/39' && wait_src 'pair quick x long'"
+T send-keys -t src F2
+for i in $(seq 1 12); do T send-keys -t src k; done
+check "model_stock, which needs two models besides the base, is reachable now" step_until "| model_stock"
+T send-keys -t src w C-u
+T send-keys -t src -l "$tmp/out-src"
+T send-keys -t src Enter
+check "w writes the three-model merge" wait_src "wrote the merged model to $tmp/out-src"
+T send-keys -t src s C-u
+T send-keys -t src -l "$tmp/src.json"
+T send-keys -t src Enter
+check "s saves the recipe" wait_src "saved the recipe to $tmp/src.json"
+recipe_is() { # recipe_is FILE: models quick and long, method model_stock
+    /usr/bin/python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+names = [m["name"] for m in r["models"]]
+assert names == ["quick", "long"], names
+assert r["method"] == "model_stock", r["method"]
+assert "base" in r
+PY
+}
+check "the recipe written with the model names quick and long and model_stock" recipe_is "$tmp/out-src/mergescope-recipe.json"
+check "... so does the saved one" recipe_is "$tmp/src.json"
+"$ms" merge "$tmp/out-src/mergescope-recipe.json" -o "$tmp/out-src-cli" --threads 1 >/dev/null 2>"$tmp/src-merge.err"
+check "the headless merge of the written recipe gives the bytes the workbench wrote" \
+    cmp "$tmp/out-src/model.safetensors" "$tmp/out-src-cli/model.safetensors"
+"$ms" merge "$tmp/src.json" -o "$tmp/out-src-cli2" --threads 1 >/dev/null 2>>"$tmp/src-merge.err"
+check "... and so does that of the saved recipe" cmp "$tmp/out-src/model.safetensors" "$tmp/out-src-cli2/model.safetensors"
+T send-keys -t src A
+check "A adds a slice of the base's layers and switches to passthrough" \
+    bash -c "$(declare -f wait_src T); sock=$sock; wait_src 'added slice 1: base layers [0, 3)' && wait_src '| passthrough'"
+T send-keys -t src A Enter C-u
+T send-keys -t src -l "long 1 3"
+T send-keys -t src Enter
+check "a second slice typed as MODEL START END" wait_src "slice 2: long layers [1, 3); 2 models, 63 tensors, 5 layers"
+check "... listed with the output layers it gives" wait_src "long       layers [1, 3)  -> output layers 3-4"
+T send-keys -t src F5
+check "the Layers screen shows the output's 5 layers" \
+    bash -c "$(declare -f wait_src T); sock=$sock; wait_src 'layer 4' && ! T capture-pane -p -t src | grep -q 'layer 5'"
+T send-keys -t src q
+check "quitting asks about the unsaved slices" wait_src "quit anyway"
+T send-keys -t src y
+for i in $(seq 1 50); do [ -f "$tmp/src.status" ] && break; sleep 0.1; done
+check "... and quits with status 0" bash -c "[ \"\$(cat '$tmp/src.status' 2>/dev/null)\" = 0 ]"
+
 # A terminal that cannot move the cursor is refused before anything is drawn.
 T new-session -d -s dumb -x 80 -y 24 "cd '$tmp/m' && TERM=dumb '$ms' --base base --model long 2>'$tmp/dumb.err'; echo \$? >'$tmp/dumb.status'; sleep 30"
 for i in $(seq 1 100); do [ -s "$tmp/dumb.status" ] && break; sleep 0.1; done

@@ -1,20 +1,28 @@
 /* The TUI's logic without a terminal: key bindings, undo/redo, recipe
- * edits for per-layer tuning, theme files, and the layer table's sort and
- * search. */
+ * edits for per-layer tuning, theme files, the layer table's sort and
+ * search, path completion, and the Recipe screen's model list and slice
+ * editor driven on a real workspace of fixture models. */
 #include <curses.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "app.h"
+#include "complete.h"
+#include "fixture.h"
 #include "keymap.h"
 #include "layer_table.h"
 #include "lm_error.h"
 #include "merge_plan.h"
 #include "recipe.h"
+#include "recipe_edit.h"
 #include "test.h"
 #include "theme_json.h"
 #include "tune.h"
 #include "undo.h"
+#include "workspace.h"
 
 static const char recipe_text[] =
     "{\"format\": \"mergescope-recipe/1\", \"base\": \"b\", \"models\": ["
@@ -191,8 +199,266 @@ static void test_table(void)
     lt_free(&t);
 }
 
+static void test_source_keys(void)
+{
+    TEST_COND("a adds a model and A a slice on the Recipe screen",
+              keymap_lookup(UI_SCREEN_RECIPE, 'a') == UI_ACTION_ADD_MODEL &&
+              keymap_lookup(UI_SCREEN_RECIPE, 'A') == UI_ACTION_ADD_SLICE);
+    TEST_COND("K and J (Shift-Up, Shift-Down) move a slice",
+              keymap_lookup(UI_SCREEN_RECIPE, 'K') == UI_ACTION_MOVE_UP &&
+              keymap_lookup(UI_SCREEN_RECIPE, 'J') == UI_ACTION_MOVE_DOWN &&
+              keymap_lookup(UI_SCREEN_RECIPE, KEY_SR) == UI_ACTION_MOVE_UP);
+    TEST_COND("... nowhere else", keymap_lookup(UI_SCREEN_LAYERS, 'a') == UI_ACTION_NONE &&
+              keymap_lookup(UI_SCREEN_LAYERS, 'K') == UI_ACTION_NONE);
+    char buf[32];
+    TEST_COND("Shift-Up has a name for the help screen", strcmp(keymap_key_name(KEY_SR, buf, sizeof(buf)), "Shift-Up") == 0);
+}
+
+static void test_parse_slice(void)
+{
+    char model[32];
+    int a = -1, b = -1;
+    TEST_COND("a slice typed \"quick 0 4\"", tune_parse_slice("quick 0 4", model, sizeof(model), &a, &b) == 0 &&
+              strcmp(model, "quick") == 0 && a == 0 && b == 4);
+    TEST_COND("... \"long-2 1-3\" (a name with a dash, a range with one)",
+              tune_parse_slice("long-2 1-3", model, sizeof(model), &a, &b) == 0 && strcmp(model, "long-2") == 0 &&
+              a == 1 && b == 3);
+    TEST_COND("... \" base [2, 5)\" and \"base 2:5\"",
+              tune_parse_slice(" base [2, 5)", model, sizeof(model), &a, &b) == 0 && a == 2 && b == 5 &&
+              tune_parse_slice("base 2:5", model, sizeof(model), &a, &b) == 0 && strcmp(model, "base") == 0);
+    TEST_COND("one number is not a slice, and the message shows the form",
+              tune_parse_slice("quick 4", model, sizeof(model), &a, &b) == LM_EINVAL &&
+              strstr(lm_last_error(), "MODEL START END"));
+    TEST_COND("three numbers are not either", tune_parse_slice("quick 1 2 3", model, sizeof(model), &a, &b) != 0);
+    TEST_COND("a negative layer is refused", tune_parse_slice("quick -1 2", model, sizeof(model), &a, &b) != 0 &&
+              strstr(lm_last_error(), "no negative layer"));
+    TEST_COND("letters after the model are refused", tune_parse_slice("quick x 2", model, sizeof(model), &a, &b) != 0);
+}
+
+static void test_fit_method(void)
+{
+    struct recipe *r = load();   /* ties over quick and long */
+    char was[32];
+    TEST_COND("a method that takes the models stays", r && tune_fit_method(r, was, sizeof(was)) == 0 &&
+              was[0] == '\0' && strcmp(r->method, "ties") == 0);
+    tune_set_method(r, "model_stock");
+    recipe_remove_model(r, 1);
+    TEST_COND("model_stock with one model: the first method that takes one (linear), and what it was",
+              tune_fit_method(r, was, sizeof(was)) == 0 && strcmp(was, "model_stock") == 0 &&
+              strcmp(r->method, "linear") == 0);
+    tune_set_method(r, "ties");
+    free(r->base);
+    r->base = NULL;
+    TEST_COND("ties without a base: the first method that merges without one",
+              tune_fit_method(r, was, sizeof(was)) == 0 && strcmp(was, "ties") == 0 && strcmp(r->method, "linear") == 0);
+    recipe_free(r);
+}
+
+static void test_complete(const char *dir)
+{
+    char d[600], out[LINEEDIT_MAX], list[256], text[700];
+    snprintf(d, sizeof(d), "%s/c", dir);
+    mkdir(d, 0755);
+    snprintf(text, sizeof(text), "%s/alpha", d);
+    mkdir(text, 0755);
+    snprintf(text, sizeof(text), "%s/alpine.txt", d);
+    fx_write_text(text, "x");
+    snprintf(text, sizeof(text), "%s/beta", d);
+    mkdir(text, 0755);
+    snprintf(text, sizeof(text), "%s/.hidden", d);
+    mkdir(text, 0755);
+    snprintf(text, sizeof(text), "%s/al", d);
+    int n = complete_path(text, out, sizeof(out), list, sizeof(list));
+    char want[700];
+    snprintf(want, sizeof(want), "%s/alp", d);
+    TEST_COND("Tab on \"c/al\": two matches, completed to their common prefix \"c/alp\", both listed",
+              n == 2 && strcmp(out, want) == 0 && strcmp(list, "alpha  alpine.txt") == 0);
+    snprintf(text, sizeof(text), "%s/b", d);
+    n = complete_path(text, out, sizeof(out), list, sizeof(list));
+    snprintf(want, sizeof(want), "%s/beta/", d);
+    TEST_COND("one match that is a directory gets its '/'", n == 1 && strcmp(out, want) == 0);
+    snprintf(text, sizeof(text), "%s/", d);
+    n = complete_path(text, out, sizeof(out), list, sizeof(list));
+    TEST_COND("names starting with '.' only when typed", n == 3 && !strstr(list, "hidden"));
+    snprintf(text, sizeof(text), "%s/z", d);
+    n = complete_path(text, out, sizeof(out), list, sizeof(list));
+    TEST_COND("no match leaves the text as it was", n == 0 && strcmp(out, text) == 0);
+    snprintf(text, sizeof(text), "%s/nope/x", d);
+    TEST_COND("a folder that cannot be read is -1", complete_path(text, out, sizeof(out), list, sizeof(list)) == -1);
+}
+
+/* The Recipe screen's model list and slice editor, through the functions
+ * its keys call, on a workspace of the fixture trio (in `dir`). */
+static void test_recipe_sources(const char *dir)
+{
+    struct fx_model b, q, l;
+    if (fx_make_trio(dir, 11, &b, &q, &l) != 0 || chdir(dir) != 0) {
+        TEST_COND("fixture trio for the Recipe screen", false);
+        return;
+    }
+    TEST_COND("fixture trio for the Recipe screen", fx_find(&l, "lm_head.weight") != NULL);
+    fx_free(&b);
+    fx_free(&q);
+    fx_free(&l);
+    const char *json = "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+                       " \"models\": [{\"name\": \"quick\", \"path\": \"quick\", \"weight\": 0.5}],"
+                       " \"method\": \"task_arithmetic\"}";
+    struct recipe *r = recipe_parse(json, strlen(json), "r.json", ".");
+    struct ws_params wp = ws_default_params();
+    wp.n_threads = 1;
+    static struct ui_app app;
+    struct ui_app *a = &app;
+    memset(a, 0, sizeof(*a));
+    a->ws = r ? ws_open(r, wp) : NULL;
+    recipe_free(r);
+    if (!a->ws) {
+        TEST_COND("a workspace for the Recipe screen", false);
+        return;
+    }
+    a->mark_layer = -1;
+    a->hist.tensor = a->hist_wanted = -1;
+    a->screen = UI_SCREEN_RECIPE;
+    a->saved = recipe_clone(ws_recipe(a->ws));
+    job_init(&a->job);
+    preview_init(&a->preview, a->ws, 1);
+
+    /* task_arithmetic: weight, lambda, normalize */
+    TEST_COND("rows: method, its parameters, the base, then each model with its own parameters",
+              screen_recipe_row(a, UI_ROW_METHOD, 0) == 0 && screen_recipe_row(a, UI_ROW_PARAM, 2) == 3 &&
+              screen_recipe_row(a, UI_ROW_BASE, 0) == 4 && screen_recipe_row(a, UI_ROW_MODEL, 0) == 5 &&
+              screen_recipe_row(a, UI_ROW_MODEL_PARAM, 0) == 6 && screen_recipe_row(a, UI_ROW_SLICE, 0) == -1 &&
+              screen_recipe_n_fields(a) == 7);
+    a->recipe_sel = 0;
+    int steps = 0;
+    while (steps++ < 30 && !strstr(a->status, "passed over"))
+        screen_recipe_adjust(a, 1);
+    TEST_COND("stepping the method passes over those that need more models and says which key adds one",
+              strstr(a->status, "passed over model_stock: not for 1 model (a adds a model)") &&
+              strcmp(ws_method(a->ws)->name, "sce") == 0);
+    if (!strstr(a->status, "model_stock: not for 1 model"))
+        printf("      status: %s\n", a->status);
+    char text[LINEEDIT_MAX];
+    while (steps-- > 1)
+        ui_run_action(a, UI_ACTION_UNDO);
+    TEST_COND("... and undo steps back to task_arithmetic", strcmp(ws_method(a->ws)->name, "task_arithmetic") == 0);
+
+    /* Add long by the path typed after a. */
+    int react = screen_recipe_add_model(a, "long/");
+    TEST_COND("a + a path adds the model, named after its folder, stored without the trailing '/'",
+              (react & UI_REACT_RECIPE) && ws_n_models(a->ws) == 2 &&
+              strcmp(ws_recipe(a->ws)->models[1].name, "long") == 0 &&
+              strcmp(ws_recipe(a->ws)->models[1].path, "long") == 0);
+    TEST_COND("... the status line says so", strstr(a->status, "added model 'long' (long/)") != NULL);
+    TEST_COND("... and the new model's row is selected", (long)a->recipe_sel == screen_recipe_row(a, UI_ROW_MODEL, 1));
+    screen_recipe_value_text(a, text, sizeof(text));
+    TEST_COND("Enter on it offers its path to edit", strcmp(text, "long") == 0 && screen_recipe_edits_path(a));
+    ui_refresh_table(a);
+    TEST_COND("the layer table follows: a pair of task vectors (cos, conflict columns)",
+              a->table.n_cols == 9 && a->table.cols[2].metric == LT_COS);
+    a->recipe_sel = 0;
+    for (int k = 0; k < 20 && strcmp(ws_method(a->ws)->name, "model_stock") != 0; k++)
+        screen_recipe_adjust(a, 1);
+    TEST_COND("model_stock (two models and the base) is reachable now", strcmp(ws_method(a->ws)->name, "model_stock") == 0);
+
+    /* A failed add: nothing changes, the status names the path. */
+    react = screen_recipe_add_model(a, "nowhere");
+    TEST_COND("adding a path that is no model changes nothing and says why, naming it",
+              ws_n_models(a->ws) == 2 && a->status_error && strstr(a->status, "cannot add nowhere") &&
+              strstr(a->status, "nowhere is not a directory") && !(react & UI_REACT_RECIPE));
+
+    /* Remove quick: model_stock cannot take one model, linear can. */
+    a->recipe_sel = (size_t)screen_recipe_row(a, UI_ROW_MODEL, 0);
+    screen_recipe_clear(a);
+    TEST_COND("x on a model removes it; the method moves to one that takes a single model, and says so",
+              ws_n_models(a->ws) == 1 && strcmp(ws_model(a->ws, 0)->name, "long") == 0 &&
+              strcmp(ws_method(a->ws)->name, "linear") == 0 &&
+              strstr(a->status, "removed model 'quick'; model_stock does not take 1 model, so the method is now linear"));
+    a->recipe_sel = (size_t)screen_recipe_row(a, UI_ROW_MODEL, 0);
+    screen_recipe_clear(a);
+    TEST_COND("the only model is not removed", ws_n_models(a->ws) == 1 && a->status_error &&
+              strstr(a->status, "'long' is the only model"));
+    ui_run_action(a, UI_ACTION_UNDO);
+    TEST_COND("undo brings quick back, with its weight and model_stock",
+              ws_n_models(a->ws) == 2 && strcmp(ws_model(a->ws, 0)->name, "quick") == 0 &&
+              strcmp(ws_method(a->ws)->name, "model_stock") == 0 && strstr(a->status, "undone"));
+
+    /* Slices: A adds one over the base's layers, the method becomes passthrough. */
+    react = screen_recipe_add_slice(a);
+    const struct recipe *cur = ws_recipe(a->ws);
+    TEST_COND("A adds a slice of every base layer and switches to passthrough",
+              (react & UI_REACT_RECIPE) && cur->n_slices == 1 && strcmp(cur->slices[0].sources[0].model, "base") == 0 &&
+              cur->slices[0].sources[0].start == 0 && cur->slices[0].sources[0].end == 3 &&
+              strcmp(ws_method(a->ws)->name, "passthrough") == 0);
+    TEST_COND("... and selects it", (long)a->recipe_sel == screen_recipe_row(a, UI_ROW_SLICE, 0));
+    screen_recipe_value_text(a, text, sizeof(text));
+    TEST_COND("Enter on a slice offers \"MODEL START END\"", strcmp(text, "base 0 3") == 0);
+    screen_recipe_set(a, "long 1 3");
+    cur = ws_recipe(a->ws);
+    TEST_COND("typing \"long 1 3\" sets it", cur->n_slices == 1 && strcmp(cur->slices[0].sources[0].model, "long") == 0 &&
+              cur->slices[0].sources[0].start == 1 && ws_n_layers(a->ws) == 2);
+    screen_recipe_add_slice(a);
+    screen_recipe_set(a, "quick 0 3");
+    cur = ws_recipe(a->ws);
+    TEST_COND("a second slice after it: 2 + 3 output layers", cur->n_slices == 2 &&
+              strcmp(cur->slices[1].sources[0].model, "quick") == 0 && ws_n_layers(a->ws) == 5 &&
+              ws_n_input_layers(a->ws) == 3);
+    ui_refresh_table(a);
+    TEST_COND("the layer table follows the output's 5 layers (plus embed, norm, lm_head)", a->table.n_rows == 8);
+    screen_recipe_move(a, -1);
+    cur = ws_recipe(a->ws);
+    TEST_COND("K moves the selected slice up, and the selection goes with it",
+              strcmp(cur->slices[0].sources[0].model, "quick") == 0 && strcmp(cur->slices[1].sources[0].model, "long") == 0 &&
+              (long)a->recipe_sel == screen_recipe_row(a, UI_ROW_SLICE, 0));
+    screen_recipe_move(a, -1);
+    TEST_COND("... not past the first", a->status_error && strstr(a->status, "already the first"));
+    screen_recipe_adjust(a, -1);
+    cur = ws_recipe(a->ws);
+    TEST_COND("Left moves its end down by one: quick [0, 2)", cur->slices[0].sources[0].end == 2 && ws_n_layers(a->ws) == 4);
+    screen_recipe_set(a, "quick 0 9");
+    cur = ws_recipe(a->ws);
+    TEST_COND("a range past the models' layers is refused, naming the slice, and nothing changes",
+              a->status_error && strstr(a->status, "slice 1 unchanged") && strstr(a->status, "reaches beyond model 'quick'") &&
+              cur->slices[0].sources[0].end == 2 && ws_n_layers(a->ws) == 4);
+    screen_recipe_set(a, "lng 0 2");
+    TEST_COND("an unknown model is refused, naming the models there are",
+              a->status_error && strstr(a->status, "unknown model 'lng' (one of base, quick, long)"));
+    a->recipe_sel = (size_t)screen_recipe_row(a, UI_ROW_MODEL, 1);
+    screen_recipe_clear(a);
+    TEST_COND("a model a slice takes layers from is not removed", ws_n_models(a->ws) == 2 &&
+              strstr(a->status, "slice 2 takes its layers"));
+    a->recipe_sel = (size_t)screen_recipe_row(a, UI_ROW_SLICE, 1);
+    screen_recipe_clear(a);
+    TEST_COND("x on a slice removes it", ws_recipe(a->ws)->n_slices == 1 && ws_n_layers(a->ws) == 2);
+    for (int k = 0; k < 20 && ws_recipe(a->ws)->n_slices > 0; k++)
+        ui_run_action(a, UI_ACTION_UNDO);
+    TEST_COND("undo goes back through every slice edit to none", ws_recipe(a->ws)->n_slices == 0 &&
+              ws_n_layers(a->ws) == 3 && strcmp(ws_method(a->ws)->name, "model_stock") == 0);
+
+    job_deinit(&a->job);
+    preview_deinit(&a->preview);
+    undo_deinit(&a->undo);
+    lt_free(&a->table);
+    msglog_free(&a->log);
+    recipe_free(a->saved);
+    ws_free(a->ws);
+}
+
 int main(void)
 {
+    char dir[] = "/tmp/ms-test-tui-logic-XXXXXX";
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_source_keys();
+    test_parse_slice();
+    test_fit_method();
+    test_complete(dir);
+    test_recipe_sources(dir);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        printf("      could not remove %s\n", dir);
     test_keymap();
     test_undo();
     test_tune();

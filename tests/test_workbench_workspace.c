@@ -11,8 +11,10 @@
 #include "fixture.h"
 #include "fsutil.h"
 #include "lm_error.h"
+#include "recipe_edit.h"
 #include "safetensors.h"
 #include "test.h"
+#include "tune.h"
 #include "workspace.h"
 
 static char root[256];
@@ -147,6 +149,296 @@ static double *naive_ties(const float *b, const float *const *x, int m, size_t n
     }
     free(trim);
     return out;
+}
+
+/* Every tensor of `ws` merged, in output order, float32 one after the
+ * other; *n receives the count. NULL when a merge fails. */
+static float *merge_everything(struct workspace *ws, size_t *n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < ws_n_tensors(ws); i++)
+        total += (size_t)ws_tensor(ws, i)->n_elements;
+    float *all = malloc((total ? total : 1) * sizeof(float));
+    struct ws_scratch sc;
+    memset(&sc, 0, sizeof(sc));
+    size_t at = 0;
+    for (size_t i = 0; all && i < ws_n_tensors(ws); i++) {
+        if (ws_merge_tensor(ws, i, all + at, &sc) != 0) {
+            printf("      merge of %s: %s\n", ws_tensor(ws, i)->name, lm_last_error());
+            free(all);
+            all = NULL;
+            break;
+        }
+        at += (size_t)ws_tensor(ws, i)->n_elements;
+    }
+    ws_scratch_deinit(&sc);
+    *n = total;
+    return all;
+}
+
+/* Whether two workspaces hold the same tensors (names, in order) and merge
+ * them to the same bits. */
+static bool same_merge(struct workspace *a, struct workspace *b)
+{
+    if (!a || !b || ws_n_tensors(a) != ws_n_tensors(b))
+        return false;
+    for (size_t i = 0; i < ws_n_tensors(a); i++)
+        if (strcmp(ws_tensor(a, i)->name, ws_tensor(b, i)->name) != 0)
+            return false;
+    size_t na, nb;
+    float *x = merge_everything(a, &na), *y = merge_everything(b, &nb);
+    bool same = x && y && na == nb && memcmp(x, y, na * sizeof(float)) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+static struct workspace *open_recipe(const struct recipe *r)
+{
+    struct ws_params p = ws_default_params();
+    p.n_threads = 2;
+    struct workspace *ws = ws_open(r, p);
+    if (!ws)
+        printf("      open error: %s\n", lm_last_error());
+    return ws;
+}
+
+/* A failed ws_reopen leaves the workspace as it was: the same recipe and
+ * models, the merged cache it held, the same merge. */
+static void expect_failed_reopen(struct workspace *ws, const struct recipe *r, const char *descr,
+                                 const char *const *needles, const float *before, size_t n_before,
+                                 long cached, const void *cached_ptr)
+{
+    const struct recipe *was = ws_recipe(ws);
+    struct recipe *keep = recipe_clone(was);
+    int n_models = ws_n_models(ws);
+    int rc = ws_reopen(ws, r);
+    bool named = rc != 0;
+    for (const char *const *k = needles; named && *k; k++)
+        named = strstr(lm_last_error(), *k) != NULL;
+    TEST_COND(descr, named);
+    if (!named)
+        printf("      rc %d: %s\n", rc, lm_last_error());
+    size_t n;
+    float *after = merge_everything(ws, &n);
+    char d2[300];
+    snprintf(d2, sizeof(d2), "... the workspace is as it was: recipe, models, cached merge, merged values");
+    TEST_COND(d2, recipe_equal(ws_recipe(ws), keep) && ws_n_models(ws) == n_models &&
+              ws_merged(ws, (size_t)cached) == cached_ptr && cached_ptr != NULL &&
+              after && n == n_before && memcmp(after, before, n * sizeof(float)) == 0);
+    free(after);
+    recipe_free(keep);
+}
+
+/* Adding, removing and repointing models and slices in an open workspace
+ * (ws_reopen), against workspaces opened fresh with the same recipe. */
+static void test_sources(const struct fx_model *quick)
+{
+    const char *one =
+        "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+        " \"models\": [{\"name\": \"quick\", \"path\": \"quick\", \"weight\": 0.6}],"
+        " \"method\": \"ties\", \"params\": {\"density\": 0.5, \"lambda\": 0.8},"
+        " \"overrides\": [{\"layers\": \"1\", \"modules\": \"mlp\", \"params\": {\"weight\": {\"quick\": 0.4}}},"
+        "                 {\"layers\": \"2\", \"params\": {\"density\": 0.7}}]}";
+    struct workspace *ws = open_json(one, 2);
+    TEST_COND("sources: base + quick opens (38 tensors, tied)", ws && ws_n_tensors(ws) == 38 && ws_output_tied(ws));
+    if (!ws)
+        return;
+    ws_set_preview_dtype(ws, WS_PREVIEW_BF16);
+    TEST_COND("a merged layer is cached before the change", ws_merge_layer(ws, 0, NULL, NULL) == 0 &&
+              ws_merged(ws, (size_t)ws_find_tensor(ws, "model.layers.0.mlp.up_proj.weight")) != NULL);
+
+    /* ---- add long: the recipe's weights, overrides and method stay ---- */
+    struct recipe *r2 = recipe_clone(ws_recipe(ws));
+    TEST_COND("the recipe takes the new model, named after its folder",
+              r2 && recipe_add_model(r2, NULL, "long") == 0 && strcmp(r2->models[1].name, "long") == 0);
+    TEST_COND("a recipe naming other models is not the same sources", !ws_same_sources(ws, r2));
+    int rc = ws_reopen(ws, r2);
+    TEST_COND("ws_reopen adds the model", rc == 0 && ws_n_models(ws) == 2 &&
+              strcmp(ws_model(ws, 1)->name, "long") == 0);
+    if (rc)
+        printf("      %s\n", lm_last_error());
+    TEST_COND("... the recipe is the one asked for: quick's weight 0.6 and both overrides kept",
+              recipe_equal(ws_recipe(ws), r2) && ws_recipe(ws)->n_overrides == 2 &&
+              ws_recipe(ws)->models[0].params[0].value.numbers[0] == 0.6 && strcmp(ws_method(ws)->name, "ties") == 0);
+    TEST_COND("... the tensors follow: long is untied, so lm_head is materialised (39)",
+              ws_n_tensors(ws) == 39 && !ws_output_tied(ws) && ws_find_tensor(ws, "lm_head.weight") >= 0);
+    TEST_COND("... the merged cache is dropped, its form kept",
+              ws_merged(ws, (size_t)ws_find_tensor(ws, "model.layers.0.mlp.up_proj.weight")) == NULL &&
+              ws_get_preview_dtype(ws) == WS_PREVIEW_BF16);
+    struct workspace *fresh = open_recipe(r2);
+    TEST_COND("... and every merged value equals a fresh workspace opened with the same models", same_merge(ws, fresh));
+    long qi = ws_find_tensor(ws, "model.layers.1.mlp.down_proj.weight");
+    TEST_COND("statistics follow the new set: two task vectors per tensor",
+              ws_stats_compute(ws, NULL, NULL) == 0 && ws_tensor_stats(ws, (size_t)qi) &&
+              ws_tensor_stats(ws, (size_t)qi)->n_models == 2 && ws_tensor_stats(fresh, (size_t)qi) == NULL);
+    ws_stats_compute(fresh, NULL, NULL);
+    TEST_COND("... the same as the fresh workspace's",
+              ws_tensor_stats(fresh, (size_t)qi) &&
+              memcmp(ws_tensor_stats(ws, (size_t)qi), ws_tensor_stats(fresh, (size_t)qi), sizeof(struct stats_raw)) == 0);
+    ws_free(fresh);
+
+    /* ---- adds that fail leave everything as it was ---- */
+    size_t n_before;
+    float *before = merge_everything(ws, &n_before);
+    long cached = ws_find_tensor(ws, "model.layers.1.self_attn.q_proj.weight");
+    ws_merge_layer(ws, 1, NULL, NULL);
+    const void *cached_ptr = ws_merged(ws, (size_t)cached);
+
+    struct fx_model narrow;
+    fx_make_finetune(&narrow, quick, 0.01f, true);
+    for (int k = 0; k < narrow.n; k++)
+        if (strcmp(narrow.t[k].name, "model.layers.1.mlp.up_proj.weight") == 0) {
+            narrow.t[k].shape[0] = FX_INTER / 2;
+            narrow.t[k].n = (size_t)(FX_INTER / 2 * FX_HIDDEN);
+        }
+    char dir[700], path[800];
+    snprintf(dir, sizeof(dir), "%s/narrow", root);
+    fx_write_model_dir(dir, &narrow, 4096);
+    fx_free(&narrow);
+    struct fx_model other;
+    fx_make_finetune(&other, quick, 0.01f, true);
+    snprintf(dir, sizeof(dir), "%s/llama", root);
+    fx_write_model_dir(dir, &other, 4096);
+    fx_free(&other);
+    snprintf(path, sizeof(path), "%s/llama/config.json", root);
+    size_t len;
+    char *cfg = (char *)slurp(path, &len);
+    char *arch = cfg ? strstr(cfg, "Qwen2ForCausalLM") : NULL;
+    if (arch) {
+        char fixed[4096];
+        snprintf(fixed, sizeof(fixed), "%.*sLlamaForCausalLM%s", (int)(arch - cfg), cfg, arch + strlen("Qwen2ForCausalLM"));
+        fx_write_text(path, fixed);
+    }
+    free(cfg);
+    snprintf(dir, sizeof(dir), "%s/empty", root);
+    mkdir(dir, 0755);
+
+    struct { const char *path; const char *descr; const char *needles[4]; } bad[] = {
+        { "nowhere", "adding a path that does not exist fails, naming it",
+          { "model 'nowhere'", "/nowhere is not a directory", NULL } },
+        { "empty", "adding a directory without weights fails, naming it",
+          { "model 'empty'", "/empty", "no .safetensors files", NULL } },
+        { "narrow", "adding a model whose shapes differ from the base fails, naming the tensor, path and shapes",
+          { "tensor 'model.layers.1.mlp.up_proj.weight'", "model 'narrow' (", "/narrow) has shape [8, 8] but the "
+            "base has [16, 8]", NULL } },
+        { "llama", "adding a model of another architecture fails, naming the path and both architectures",
+          { "model 'llama' (", "/llama): architecture LlamaForCausalLM, but the base (", "is Qwen2ForCausalLM", NULL } },
+    };
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        struct recipe *rb = recipe_clone(ws_recipe(ws));
+        recipe_add_model(rb, NULL, bad[k].path);
+        expect_failed_reopen(ws, rb, bad[k].descr, bad[k].needles, before, n_before, cached, cached_ptr);
+        recipe_free(rb);
+    }
+    free(before);
+
+    /* ---- remove quick: the override naming only quick goes with it ---- */
+    struct recipe *r3 = recipe_clone(ws_recipe(ws));
+    TEST_COND("removing quick from the recipe drops the override that named only it",
+              r3 && recipe_remove_model(r3, 0) == 0 && r3->n_overrides == 1 && r3->n_models == 1);
+    rc = ws_reopen(ws, r3);
+    TEST_COND("ws_reopen removes the model", rc == 0 && ws_n_models(ws) == 1 &&
+              strcmp(ws_model(ws, 0)->name, "long") == 0 && ws_n_tensors(ws) == 39);
+    struct workspace *hand = open_json(
+        "{\"format\": \"mergescope-recipe/1\", \"base\": \"base\","
+        " \"models\": [{\"name\": \"long\", \"path\": \"long\"}],"
+        " \"method\": \"ties\", \"params\": {\"density\": 0.5, \"lambda\": 0.8},"
+        " \"overrides\": [{\"layers\": \"2\", \"params\": {\"density\": 0.7}}]}", 2);
+    TEST_COND("... and merges as the hand-written recipe of base and long", same_merge(ws, hand));
+    ws_free(hand);
+    recipe_free(r3);
+
+    /* ---- same sources or not ---- */
+    struct recipe *rp = recipe_clone(ws_recipe(ws));
+    recipe_set_number(&rp->params, &rp->n_params, "lambda", 0.5);
+    TEST_COND("a parameter change keeps the sources (ws_set_recipe takes it)",
+              ws_same_sources(ws, rp) && ws_set_recipe(ws, rp, NULL) == 0);
+    free(rp->output.vocab);
+    rp->output.vocab = strdup("pad");
+    TEST_COND("output.vocab changes how tensors line up: not the same sources", !ws_same_sources(ws, rp));
+    recipe_free(rp);
+
+    /* ---- slices: the layer count follows ---- */
+    struct recipe *rs = recipe_clone(ws_recipe(ws));
+    /* passthrough takes no parameter: the switch drops them (and the
+     * override left empty) as the workbench does */
+    int src = recipe_insert_slice(rs, 0, "base", 0, 3) || recipe_insert_slice(rs, 1, "long", 1, 3) ||
+              tune_set_method(rs, "passthrough") || rs->n_params != 0 || rs->n_overrides != 0;
+    rc = src ? src : ws_reopen(ws, rs);
+    TEST_COND("slices base [0, 3) + long [1, 3): 5 output layers from 3, 63 tensors",
+              rc == 0 && ws_n_layers(ws) == 5 && ws_n_input_layers(ws) == 3 && ws_n_tensors(ws) == 63);
+    if (rc)
+        printf("      %s\n", lm_last_error());
+    struct workspace *fs = open_recipe(rs);
+    TEST_COND("... merged as a fresh workspace with those slices", same_merge(ws, fs));
+    ws_free(fs);
+    recipe_set_slice(rs, 1, "long", 1, 4);
+    rc = ws_reopen(ws, rs);
+    TEST_COND("a slice beyond the models' layers is refused, naming it; the 5 layers stay",
+              rc != 0 && strstr(lm_last_error(), "slices[1].sources[0].layers: [1, 4] reaches beyond model 'long''s 3 layers") &&
+              ws_n_layers(ws) == 5);
+    recipe_free(rs);
+    recipe_free(r2);
+    ws_free(ws);
+}
+
+/* NuSLERP without a base, over quick (weight 1) and long (weight 3): the
+ * two models interpolated whole, checked against the formula in double. */
+static void test_baseless(const struct fx_model *quick, const struct fx_model *lng)
+{
+    const char *nb =
+        "{\"format\": \"mergescope-recipe/1\","
+        " \"models\": [{\"name\": \"quick\", \"path\": \"quick\"}, {\"name\": \"long\", \"path\": \"long\", \"weight\": 3}],"
+        " \"method\": \"nuslerp\", \"output\": {\"dtype\": \"f32\"}}";
+    struct workspace *ws = open_json(nb, 2);
+    TEST_COND("a base-less nuslerp recipe opens", ws != NULL);
+    if (!ws)
+        return;
+    TEST_COND("... without a base: the first model is the reference", !ws_has_base(ws) &&
+              strcmp(ws_model(ws, -1)->name, "quick") == 0 && ws_n_models(ws) == 2);
+    TEST_COND("... and a note says so", strstr(ws_notes(ws), "no base model: nuslerp merges the models themselves"));
+    const char *name = "model.layers.2.mlp.down_proj.weight";
+    const struct fx_tensor *a = fx_find(quick, name), *b = fx_find(lng, name);
+    long ti = ws_find_tensor(ws, name);
+    float *out = malloc(a->n * sizeof(float));
+    struct ws_scratch sc;
+    memset(&sc, 0, sizeof(sc));
+    int rc = ti >= 0 ? ws_merge_tensor(ws, (size_t)ti, out, &sc) : -1;
+    /* t = 3 / 4; theta from the unit vectors; slerp of the raw weights. */
+    double na = 0, nbb = 0, dot = 0;
+    for (size_t e = 0; e < a->n; e++) {
+        na += (double)a->data[e] * a->data[e];
+        nbb += (double)b->data[e] * b->data[e];
+        dot += (double)a->data[e] * b->data[e];
+    }
+    double th = acos(dot / sqrt(na * nbb)), t = 0.75, err = 0;
+    for (size_t e = 0; e < a->n; e++) {
+        double want = (sin((1 - t) * th) * a->data[e] + sin(t * th) * b->data[e]) / sin(th);
+        err = fmax(err, fabs(want - (double)out[e]));
+    }
+    TEST_COND("the merged tensor is slerp(quick, long, 3/4) of the weights themselves (within 1e-5)",
+              rc == 0 && err < 1e-5);
+    if (err >= 1e-5)
+        printf("      max error %g\n", err);
+    free(out);
+    ws_scratch_deinit(&sc);
+
+    struct recipe *ties = recipe_clone(ws_recipe(ws));
+    free(ties->method);
+    ties->method = strdup("ties");
+    TEST_COND("ties is refused without a base, naming the key", ws_set_recipe(ws, ties, NULL) != 0 &&
+              strstr(lm_last_error(), "base: missing: method 'ties'") && strcmp(ws_method(ws)->name, "nuslerp") == 0);
+    recipe_free(ties);
+    struct recipe *withb = recipe_clone(ws_recipe(ws));
+    recipe_set_model_path(withb, -1, "base");
+    rc = ws_reopen(ws, withb);
+    struct workspace *fresh = open_recipe(withb);
+    TEST_COND("a base set through ws_reopen: nuslerp of the task vectors, as a fresh workspace",
+              rc == 0 && ws_has_base(ws) && same_merge(ws, fresh));
+    ws_free(fresh);
+    recipe_free(withb);
+    ws_free(ws);
 }
 
 int main(void)
@@ -566,6 +858,9 @@ int main(void)
         }
         fx_free(&bad);
     }
+
+    test_sources(&quick);
+    test_baseless(&quick, &lng);
 
     parse_keep(NULL);
     fx_free(&base);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "app.h"
+#include "complete.h"
 #include "draw.h"
 #include "fsutil.h"
 #include "lm_error.h"
@@ -80,6 +81,7 @@ static int move_sel(struct ui_app *a, long delta)
 static void begin_input(struct ui_app *a, enum ui_input kind, const char *initial)
 {
     a->input_kind = kind;
+    a->completions[0] = '\0';
     lineedit_set(&a->input, initial);
 }
 
@@ -294,6 +296,13 @@ static int edit_value(struct ui_app *a)
     char buf[LINEEDIT_MAX];
     int first, last;
     if (a->screen == UI_SCREEN_RECIPE) {
+        long none = screen_recipe_row(a, UI_ROW_NO_SLICES, 0);   /* "slices: none": Enter adds one */
+        if (none >= 0 && (size_t)none == a->recipe_sel)
+            return screen_recipe_add_slice(a);
+        if (!screen_recipe_typable(a)) {
+            ui_status(a, false, "overrides are edited from the Layers screen; x deletes this one");
+            return UI_REACT_REDRAW;
+        }
         screen_recipe_value_text(a, buf, sizeof(buf));
         begin_input(a, UI_INPUT_VALUE, buf);
     } else if (ui_tuned_param(a) && selected_range(a, &first, &last)) {
@@ -505,9 +514,36 @@ static int finish_input(struct ui_app *a, enum ui_input kind, const char *text)
         return UI_REACT_REDRAW;
     case UI_INPUT_QUIT:
         return text[0] == 'y' || text[0] == 'Y' ? UI_REACT_QUIT : UI_REACT_REDRAW;
+    case UI_INPUT_ADD_MODEL:
+        return screen_recipe_add_model(a, text) | UI_REACT_REDRAW;
     default:
         return UI_REACT_REDRAW;
     }
+}
+
+/* Whether input `kind` takes a path (Tab completes it). */
+static bool input_takes_path(const struct ui_app *a, enum ui_input kind)
+{
+    return kind == UI_INPUT_ADD_MODEL || kind == UI_INPUT_SAVE || kind == UI_INPUT_SAVE_YAML ||
+           kind == UI_INPUT_WRITE ||
+           (kind == UI_INPUT_VALUE && a->screen == UI_SCREEN_RECIPE && screen_recipe_edits_path(a));
+}
+
+/* Tab: completes the path typed so far, listing the matches above the
+ * input when there are several. */
+static void complete_input(struct ui_app *a)
+{
+    char out[LINEEDIT_MAX], list[sizeof(a->completions) - 32];
+    int n = complete_path(a->input.text, out, sizeof(out), list, sizeof(list));
+    if (n < 0)
+        snprintf(a->completions, sizeof(a->completions), "no folder to complete in");
+    else if (n == 0)
+        snprintf(a->completions, sizeof(a->completions), "nothing matches");
+    else if (n == 1)
+        a->completions[0] = '\0';
+    else
+        snprintf(a->completions, sizeof(a->completions), "%d matches: %s", n, list);
+    lineedit_set(&a->input, out);
 }
 
 int ui_input_key(struct ui_app *a, int key)
@@ -517,6 +553,11 @@ int ui_input_key(struct ui_app *a, int key)
         a->input_kind = UI_INPUT_NONE;
         return UI_REACT_REDRAW;
     }
+    if (key == '\t' && input_takes_path(a, kind)) {
+        complete_input(a);
+        return UI_REACT_REDRAW;
+    }
+    a->completions[0] = '\0';
     if (kind == UI_INPUT_QUIT || kind == UI_INPUT_WRITE_FORCE) {
         a->input_kind = UI_INPUT_NONE;
         char t[2] = { (char)key, 0 };
@@ -679,6 +720,10 @@ int ui_run_action(struct ui_app *a, enum ui_action action)
     case UI_ACTION_MODEL:       return next_model(a);
     case UI_ACTION_MODULE:      return next_module(a);
     case UI_ACTION_CLEAR:       return clear_overrides(a);
+    case UI_ACTION_ADD_MODEL:   begin_input(a, UI_INPUT_ADD_MODEL, ""); return UI_REACT_REDRAW;
+    case UI_ACTION_ADD_SLICE:   return screen_recipe_add_slice(a) | UI_REACT_REDRAW;
+    case UI_ACTION_MOVE_UP:     return screen_recipe_move(a, -1) | UI_REACT_REDRAW;
+    case UI_ACTION_MOVE_DOWN:   return screen_recipe_move(a, 1) | UI_REACT_REDRAW;
     case UI_ACTION_UNDO:        return undo_step(a, true);
     case UI_ACTION_REDO:        return undo_step(a, false);
     case UI_ACTION_SAVE:        return ask_save_path(a, UI_INPUT_SAVE, NULL);

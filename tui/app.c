@@ -155,9 +155,12 @@ int ui_apply_recipe(struct ui_app *a, const struct recipe *r, bool record)
     struct recipe *before = recipe_clone(ws_recipe(a->ws));
     if (!before)
         return LM_ENOMEM;
+    /* Other models, base or slices: the workspace opens them anew (or
+     * stays as it was when it cannot). */
+    bool reopen = !ws_same_sources(a->ws, r);
     size_t n = ws_n_tensors(a->ws);
-    bool *changed = lm_calloc(n ? n : 1, sizeof(bool));
-    int rc = changed ? ws_set_recipe(a->ws, r, changed) : LM_ENOMEM;
+    bool *changed = reopen ? NULL : lm_calloc(n ? n : 1, sizeof(bool));
+    int rc = reopen ? ws_reopen(a->ws, r) : changed ? ws_set_recipe(a->ws, r, changed) : LM_ENOMEM;
     if (rc) {
         ui_status(a, true, "%s", lm_last_error());
         recipe_free(before);
@@ -166,9 +169,22 @@ int ui_apply_recipe(struct ui_app *a, const struct recipe *r, bool record)
     }
     update_recovery(a);
     size_t n_changed = 0;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n && changed; i++)
         n_changed += changed[i];
     free(changed);
+    if (reopen) {
+        /* Everything derived from the old tensors goes: the table is laid
+         * out again (its rows and columns follow the models and layers),
+         * marks and the detail selection start over. */
+        n_changed = ws_n_tensors(a->ws);
+        lt_free(&a->table);
+        a->mark_layer = -1;
+        a->detail_sel = a->detail_top = 0;
+        a->warned_nonfinite = false;
+        a->hist_wanted = -1;
+        if (*ws_notes(a->ws))
+            msglog_add(&a->log, MSGLOG_WARN, ws_notes(a->ws));
+    }
     if (record)
         undo_record(&a->undo, before);
     recipe_free(before);
@@ -178,8 +194,13 @@ int ui_apply_recipe(struct ui_app *a, const struct recipe *r, bool record)
     a->hist.tensor = -1;
     if (was_previewing && a->preview.prompt)
         a->preview_wanted = true;
-    snprintf(a->status, sizeof(a->status), "%zu tensor%s to re-merge%s", n_changed,
-             n_changed == 1 ? "" : "s", a->preview_wanted ? "; preview restarted" : "");
+    if (reopen)
+        snprintf(a->status, sizeof(a->status), "%d model%s, %zu tensors, %d layers: every tensor to "
+                 "re-merge%s", ws_n_models(a->ws), ws_n_models(a->ws) == 1 ? "" : "s", n_changed,
+                 ws_n_layers(a->ws), a->preview_wanted ? "; preview restarted" : "");
+    else
+        snprintf(a->status, sizeof(a->status), "%zu tensor%s to re-merge%s", n_changed,
+                 n_changed == 1 ? "" : "s", a->preview_wanted ? "; preview restarted" : "");
     a->status_error = false;
     return 0;
 }
@@ -303,9 +324,7 @@ void ui_start_write(struct ui_app *a, const char *dir, bool force)
 
 /* ===== Drawing ===== */
 
-/* A model directory as the user would type it: relative to the current
- * directory when it lies below it, else as resolved. */
-static void display_dir(const char *dir, char *buf, size_t size)
+void ui_display_dir(const char *dir, char *buf, size_t size)
 {
     char cwd[1024];
     size_t n = getcwd(cwd, sizeof(cwd)) ? strlen(cwd) : 0;
@@ -342,13 +361,16 @@ void ui_draw_header(struct ui_app *a, int w)
 {
     const struct recipe *r = ws_recipe(a->ws);
     char line[1024], dir[512];
-    display_dir(ws_model(a->ws, -1)->dir, dir, sizeof(dir));
+    if (ws_has_base(a->ws))
+        ui_display_dir(ws_model(a->ws, -1)->dir, dir, sizeof(dir));
+    else
+        snprintf(dir, sizeof(dir), "(none)");
     bool exact = ws_preview_exact(a->ws);
     int n = snprintf(line, sizeof(line), " mergescope%s%s%s | base %s", ui_unsaved(a) ? " [modified]" : "",
                      exact ? "" : " | preview ", exact ? "" : ws_preview_dtype_name(ws_get_preview_dtype(a->ws)),
                      dir);
     for (int i = 0; i < ws_n_models(a->ws) && n < (int)sizeof(line) - 40; i++) {
-        display_dir(ws_model(a->ws, i)->dir, dir, sizeof(dir));
+        ui_display_dir(ws_model(a->ws, i)->dir, dir, sizeof(dir));
         n += snprintf(line + n, sizeof(line) - (size_t)n, " | %s %s", ws_model(a->ws, i)->name, dir);
     }
     n += snprintf(line + n, sizeof(line) - (size_t)n, " | %s", r->method);
@@ -369,14 +391,20 @@ static void draw_bottom(struct ui_app *a, int h, int w)
             "", "search: ", "value: ", "gradient from,to: ", "save recipe to: ",
             "save mergekit YAML to: ", "write merged model to (DIR, or FILE.gguf): ",
             "unsaved changes: quit anyway? (y/n) ",
-            "",
+            "", "add model (its directory; Tab completes): ",
         };
         char label[1200];
         if (a->input_kind == UI_INPUT_WRITE_FORCE)
             snprintf(label, sizeof(label), "%s holds files mergescope did not write: write into it "
                      "anyway? (y/n) ", a->pending_write);
+        else if (a->input_kind == UI_INPUT_VALUE && a->screen == UI_SCREEN_RECIPE)
+            snprintf(label, sizeof(label), "%s", screen_recipe_input_label(a));
         else
             snprintf(label, sizeof(label), "%s", labels[a->input_kind]);
+        if (a->completions[0]) {
+            draw_fill(a->win, y - 1, 0, w, UI_ROLE_STATUS);
+            draw_text(a->win, y - 1, 1, w - 1, UI_ROLE_STATUS, a->completions);
+        }
         int lw = draw_text(a->win, y, 0, w, UI_ROLE_PROMPT, label);
         int used = draw_text(a->win, y, lw, w - lw - 1, UI_ROLE_NORMAL, a->input.text);
         draw_fill(a->win, y, lw + used, w - lw - used, UI_ROLE_NORMAL);

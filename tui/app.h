@@ -33,6 +33,7 @@ enum ui_input {
     UI_INPUT_WRITE,      /* output directory */
     UI_INPUT_QUIT,       /* y/n: quit with unsaved changes */
     UI_INPUT_WRITE_FORCE,/* y/n: write into a directory mergescope did not make */
+    UI_INPUT_ADD_MODEL,  /* path of a model to add (Recipe screen) */
 };
 
 #define UI_MIN_WIDTH 60
@@ -85,6 +86,7 @@ struct ui_app {
     bool status_error;
     struct lineedit input;
     enum ui_input input_kind;
+    char completions[512];       /* what Tab found for a path input, shown above it; "" none */
     char search[LINEEDIT_MAX];
     bool prompt_focus;           /* the Preview prompt has the keys */
 
@@ -114,6 +116,10 @@ const char *ui_tuned_module(const struct ui_app *a);   /* NULL, "self_attn" or "
 /* Why stepping the weight changes nothing, when it does not: with one
  * model and normalize in effect the weight divides out. NULL otherwise. */
 const char *ui_weight_note(const struct ui_app *a);
+
+/* A model directory as the user would type it: relative to the current
+ * directory when it lies below it, else as resolved. */
+void ui_display_dir(const char *dir, char *buf, size_t size);
 
 /* Rebuilds the layer table when dirty. */
 void ui_refresh_table(struct ui_app *a);
@@ -155,12 +161,39 @@ size_t preview_wrap(const char *text, int width, size_t *starts, size_t *lens, s
 size_t screen_help_line(size_t k, char *buf, size_t size, enum ui_role *role, char *key, size_t ksize,
                         char *screens, size_t ssize);
 
-/* The Recipe screen's fields (screen_recipe.c). */
+/* The Recipe screen's rows (screen_recipe.c), in this order: the method,
+ * its global parameters, the base, each model followed by its own
+ * parameters, the slices (or, for the stacking method without any, one
+ * row saying so), the overrides. */
+enum ui_recipe_row {
+    UI_ROW_METHOD,
+    UI_ROW_PARAM,         /* a global parameter */
+    UI_ROW_BASE,
+    UI_ROW_MODEL,         /* a model: its name and directory */
+    UI_ROW_MODEL_PARAM,   /* a model's own parameter */
+    UI_ROW_SLICE,
+    UI_ROW_NO_SLICES,
+    UI_ROW_OVERRIDE,
+};
 size_t screen_recipe_n_fields(const struct ui_app *a);
+/* The row of kind `kind`: for models model i, for slices and overrides
+ * number i, else the i-th of that kind; -1 when there is none. */
+long screen_recipe_row(const struct ui_app *a, enum ui_recipe_row kind, size_t i);
 int screen_recipe_adjust(struct ui_app *a, int dir);        /* Left/Right */
-int screen_recipe_set(struct ui_app *a, const char *text);  /* typed value */
-int screen_recipe_clear(struct ui_app *a);                  /* delete an override */
+int screen_recipe_set(struct ui_app *a, const char *text);  /* typed value, path or slice */
+int screen_recipe_clear(struct ui_app *a);                  /* x: delete an override, model, the base, a slice */
+int screen_recipe_add_model(struct ui_app *a, const char *path);  /* the path typed after a; selects it */
+int screen_recipe_add_slice(struct ui_app *a);              /* A; selects the new slice */
+int screen_recipe_move(struct ui_app *a, int dir);          /* K/J: the selected slice */
+/* The selected row's value as text to edit ("" for rows not typed). */
 void screen_recipe_value_text(const struct ui_app *a, char *buf, size_t size);
+/* Whether the selected row takes typed text, and whether that is a path
+ * (Tab completes it). */
+bool screen_recipe_typable(const struct ui_app *a);
+bool screen_recipe_edits_path(const struct ui_app *a);
+/* The prompt for typing the selected row: "path ...: ", "slice ...: ",
+ * "value: ". */
+const char *screen_recipe_input_label(const struct ui_app *a);
 
 /* Detail rows: tensors of the selected layer row (screen_detail.c). */
 size_t screen_detail_tensors(const struct ui_app *a, size_t *idx, size_t max);

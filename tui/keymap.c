@@ -74,6 +74,12 @@ const struct ui_binding ui_bindings[] = {
     { 'M',           L | D | CH, UI_ACTION_MODULE,     NULL, NULL },
     { 'x',           L | RC,    UI_ACTION_CLEAR,       NULL, NULL },
     { KEY_DC,        L | RC,    UI_ACTION_CLEAR,       NULL, NULL },
+    { 'a',           RC,        UI_ACTION_ADD_MODEL,   NULL, NULL },
+    { 'A',           RC,        UI_ACTION_ADD_SLICE,   NULL, NULL },
+    { 'K',           RC,        UI_ACTION_MOVE_UP,     NULL, NULL },
+    { KEY_SR,        RC,        UI_ACTION_MOVE_UP,     NULL, NULL },
+    { 'J',           RC,        UI_ACTION_MOVE_DOWN,   NULL, NULL },
+    { KEY_SF,        RC,        UI_ACTION_MOVE_DOWN,   NULL, NULL },
     { 'u',           MAIN,      UI_ACTION_UNDO,        NULL, NULL },
     { CTRL('r'),     MAIN,      UI_ACTION_REDO,        NULL, NULL },
     { 's',           MAIN,      UI_ACTION_SAVE,        NULL, NULL },
@@ -136,6 +142,7 @@ const char *keymap_key_name(int key, char *buf, size_t size)
         { KEY_PPAGE, "PgUp" }, { KEY_NPAGE, "PgDn" }, { KEY_HOME, "Home" }, { KEY_END, "End" },
         { '\n', "Enter" }, { '\r', "Enter" }, { KEY_ENTER, "Enter" }, { 27, "Esc" }, { '\t', "Tab" },
         { ' ', "Space" }, { KEY_DC, "Del" }, { KEY_BACKSPACE, "Backspace" },
+        { KEY_SR, "Shift-Up" }, { KEY_SF, "Shift-Down" },
     };
     for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++)
         if (named[i].key == key) {

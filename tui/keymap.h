@@ -30,13 +30,13 @@ const char *ui_screen_name(enum ui_screen s);
     A(END,           "last row") \
     A(DEC,           "decrease the value (selected layers, or the field)") \
     A(INC,           "increase the value (selected layers, or the field)") \
-    A(ENTER,         "open: tensor detail of the layer / edit the field / type the prompt") \
+    A(ENTER,         "open: tensor detail of the layer / edit the field, a path or a slice / type the prompt") \
     A(BACK,          "back to the Layers screen") \
     A(NEXT_SCREEN,   "next screen") \
     A(HELP,          "help") \
     A(LAYERS,        "Layers screen") \
     A(DETAIL,        "tensor detail of the selected layer") \
-    A(RECIPE,        "Recipe screen: method, global and per-model parameters, overrides") \
+    A(RECIPE,        "Recipe screen: method, parameters, the base and models, slices, overrides") \
     A(PREVIEW,       "Preview screen: prompt and streamed generation (e types a prompt)") \
     A(LOG,           "log of warnings and errors") \
     A(SEARCH,        "search rows") \
@@ -49,7 +49,11 @@ const char *ui_screen_name(enum ui_screen s);
     A(PARAM,         "next tuned parameter (weight, density, lambda, ...)") \
     A(MODEL,         "next model (for per-model parameters and statistics)") \
     A(MODULE,        "next module group for tuning (all, attention, MLP)") \
-    A(CLEAR,         "remove the selected layers' overrides of the tuned parameter / delete an override") \
+    A(CLEAR,         "remove the selected layers' overrides of the tuned parameter / delete the override, model, base or slice") \
+    A(ADD_MODEL,     "add a fine-tuned model by path (Tab completes the path)") \
+    A(ADD_SLICE,     "add a slice (layers of a model, stacked by passthrough) after the selected one") \
+    A(MOVE_UP,       "move the selected slice up (earlier in the output)") \
+    A(MOVE_DOWN,     "move the selected slice down (later in the output)") \
     A(UNDO,          "undo the last change") \
     A(REDO,          "redo") \
     A(SAVE,          "save the recipe (JSON)") \

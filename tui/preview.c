@@ -55,6 +55,8 @@ void preview_reset(struct preview *p)
             text[0] = '\0';
         if (i == 0)
             snprintf(pn->title, sizeof(pn->title), "merged (%s)", ws_method(p->ws)->name);
+        else if (i == 1 && !ws_has_base(p->ws))
+            snprintf(pn->title, sizeof(pn->title), "base (none)");
         else if (i < n)
             snprintf(pn->title, sizeof(pn->title), "%s", ws_model(p->ws, i - 2)->name);
     }
@@ -153,7 +155,16 @@ int preview_job(struct job *j, void *ud)
     int rc = ws_gen_set_prompt(p->gen, p->prompt);
     if (!rc)
         rc = run_pane(p, j, 0);
-    for (int i = 1; !rc && i < p->n_panes && !job_should_stop(j); i++)
+    for (int i = 1; !rc && i < p->n_panes && !job_should_stop(j); i++) {
+        if (i == 1 && !ws_has_base(p->ws)) {
+            /* a base-less merge: nothing to run in the base's pane */
+            pthread_mutex_lock(&p->lock);
+            p->panes[1].done = true;
+            snprintf(p->panes[1].error, sizeof(p->panes[1].error), "the recipe has no base model");
+            pthread_mutex_unlock(&p->lock);
+            continue;
+        }
         run_pane(p, j, i);
+    }
     return rc;
 }

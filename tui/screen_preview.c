@@ -149,6 +149,11 @@ static const char *const help_intro[] = {
     "what it touches; u undoes. C draws one statistic across the layers as a chart.",
     "Keys are commands until you ask to type: e or Enter on the Preview screen, = for a value,",
     "/ to search, s to save; Enter finishes, Esc leaves the field.",
+    "Recipe (F2): method, parameters, the base and the models, slices and overrides. a adds a",
+    "model by path (Tab completes), Enter on a model or the base types another path, x removes",
+    "it; methods that need more models become reachable as you add them. Slices (passthrough):",
+    "A adds one, Enter types MODEL START END (layers [START, END)), Left/Right move its end,",
+    "K/J reorder, x removes; the Layers screen follows the output's layers.",
     "",
     "Columns (o sorts by the next one; the line under the table explains the sorted column):",
 };

@@ -1,7 +1,11 @@
-/* The Recipe screen: the method, its global parameters, each model's own
- * parameters and the override list, one field per line. Left/Right step a
- * value (or cycle the method / a choice), Enter or = types one, x deletes an
- * override. Every change goes through ui_apply_recipe (undoable). */
+/* The Recipe screen: the method, its global parameters, the base, each
+ * model with its own parameters, the slices (layer stacking) and the
+ * override list, one field per line. Left/Right step a value (or cycle the
+ * method / a choice, or move a slice's end), Enter or = types one (a path
+ * for the base and a model, "MODEL START END" for a slice), x deletes an
+ * override, a model, the base or a slice, a adds a model, A a slice, K/J
+ * move a slice. Every change goes through ui_apply_recipe (undoable); the
+ * edits of the sources are in recipe_sources.c. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,16 +15,16 @@
 #include "draw.h"
 #include "lm_error.h"
 #include "numfmt.h"
+#include "recipe_sources.h"
 #include "tune.h"
 #include "workspace.h"
 
-enum field_kind { FIELD_METHOD, FIELD_GLOBAL, FIELD_MODEL, FIELD_OVERRIDE };
-
+/* A row of the screen: its kind is the public enum ui_recipe_row. */
 struct field {
-    enum field_kind kind;
-    const struct merge_param_spec *spec;
-    int model;          /* FIELD_MODEL */
-    size_t override;    /* FIELD_OVERRIDE */
+    enum ui_recipe_row kind;
+    const struct merge_param_spec *spec;  /* UI_ROW_PARAM, UI_ROW_MODEL_PARAM */
+    int model;          /* UI_ROW_MODEL, UI_ROW_MODEL_PARAM */
+    size_t index;       /* UI_ROW_OVERRIDE, UI_ROW_SLICE */
 };
 
 static size_t fields(const struct ui_app *a, struct field *out, size_t max)
@@ -35,23 +39,36 @@ static size_t fields(const struct ui_app *a, struct field *out, size_t max)
         ws_tensor_params(a->ws, 0, &gp);
     else
         merge_tensor_params_default(&gp, ws_n_models(a->ws));
-    if (n < max) out[n] = (struct field){ FIELD_METHOD, NULL, -1, 0 };
+    if (n < max) out[n] = (struct field){ UI_ROW_METHOD, NULL, -1, 0 };
     n++;
     for (int id = 0; id < MERGE_PARAM_COUNT; id++) {
         if (!merge_method_uses(m, gp.on, (enum merge_param_id)id))
             continue;
-        if (n < max) out[n] = (struct field){ FIELD_GLOBAL, &merge_param_specs[id], -1, 0 };
+        if (n < max) out[n] = (struct field){ UI_ROW_PARAM, &merge_param_specs[id], -1, 0 };
         n++;
     }
-    for (int k = 0; k < ws_n_models(a->ws); k++)
+    if (n < max) out[n] = (struct field){ UI_ROW_BASE, NULL, -1, 0 };
+    n++;
+    for (int k = 0; k < ws_n_models(a->ws); k++) {
+        if (n < max) out[n] = (struct field){ UI_ROW_MODEL, NULL, k, 0 };
+        n++;
         for (int id = 0; id < MERGE_PARAM_COUNT; id++) {
             if (!merge_method_uses(m, gp.on, (enum merge_param_id)id) || !merge_param_specs[id].per_model)
                 continue;
-            if (n < max) out[n] = (struct field){ FIELD_MODEL, &merge_param_specs[id], k, 0 };
+            if (n < max) out[n] = (struct field){ UI_ROW_MODEL_PARAM, &merge_param_specs[id], k, 0 };
             n++;
         }
+    }
+    for (size_t sl = 0; sl < r->n_slices; sl++) {
+        if (n < max) out[n] = (struct field){ UI_ROW_SLICE, NULL, -1, sl };
+        n++;
+    }
+    if (r->n_slices == 0 && m->stacks) {
+        if (n < max) out[n] = (struct field){ UI_ROW_NO_SLICES, NULL, -1, 0 };
+        n++;
+    }
     for (size_t o = 0; o < r->n_overrides; o++) {
-        if (n < max) out[n] = (struct field){ FIELD_OVERRIDE, NULL, -1, o };
+        if (n < max) out[n] = (struct field){ UI_ROW_OVERRIDE, NULL, -1, o };
         n++;
     }
     return n;
@@ -62,11 +79,29 @@ size_t screen_recipe_n_fields(const struct ui_app *a)
     return fields(a, NULL, 0);
 }
 
+#define MAX_FIELDS 512
+
+long screen_recipe_row(const struct ui_app *a, enum ui_recipe_row kind, size_t i)
+{
+    struct field all[MAX_FIELDS];
+    size_t n = fields(a, all, MAX_FIELDS), seen = 0;
+    for (size_t k = 0; k < n && k < MAX_FIELDS; k++) {
+        if (all[k].kind != kind)
+            continue;
+        bool match = kind == UI_ROW_MODEL ? (size_t)all[k].model == i
+                   : kind == UI_ROW_SLICE || kind == UI_ROW_OVERRIDE ? all[k].index == i
+                   : seen++ == i;
+        if (match)
+            return (long)k;
+    }
+    return -1;
+}
+
 static bool current_field(const struct ui_app *a, struct field *f)
 {
-    struct field all[256];
-    size_t n = fields(a, all, 256);
-    if (a->recipe_sel >= n || a->recipe_sel >= 256)
+    struct field all[MAX_FIELDS];
+    size_t n = fields(a, all, MAX_FIELDS);
+    if (a->recipe_sel >= n || a->recipe_sel >= MAX_FIELDS)
         return false;
     *f = all[a->recipe_sel];
     return true;
@@ -112,9 +147,9 @@ static void value_text(const struct recipe_value *v, char *buf, size_t size)
 static const struct recipe_param *field_param(const struct ui_app *a, const struct field *f)
 {
     const struct recipe *r = ws_recipe(a->ws);
-    if (f->kind == FIELD_GLOBAL)
+    if (f->kind == UI_ROW_PARAM)
         return recipe_find_param(r->params, r->n_params, f->spec->name);
-    if (f->kind == FIELD_MODEL)
+    if (f->kind == UI_ROW_MODEL_PARAM)
         return recipe_find_param(r->models[f->model].params, r->models[f->model].n_params, f->spec->name);
     return NULL;
 }
@@ -152,7 +187,7 @@ static enum value_source base_value(const struct ui_app *a, const struct field *
 {
     const struct recipe *r = ws_recipe(a->ws);
     const char *model = f->model >= 0 ? ws_model(a->ws, f->model)->name : NULL;
-    const struct recipe_param *own = f->kind == FIELD_MODEL ? field_param(a, f) : NULL;
+    const struct recipe_param *own = f->kind == UI_ROW_MODEL_PARAM ? field_param(a, f) : NULL;
     if (own && own->value.n_numbers) {
         *v = own->value.numbers[0];
         return own->value.kind == RECIPE_VALUE_LIST ? SOURCE_GRADIENT : SOURCE_MODEL;
@@ -233,13 +268,13 @@ static void field_value(const struct ui_app *a, const struct field *f, char *val
     static const char *const names[] = { "default", "recipe", "recipe: its own entry", "gradient" };
     const char *why = names[from];
     char global[64];
-    if (f->kind == FIELD_MODEL && from == SOURCE_RECIPE) {
+    if (f->kind == UI_ROW_MODEL_PARAM && from == SOURCE_RECIPE) {
         snprintf(global, sizeof(global), "recipe: the global %s", f->spec->name);
         why = global;
     }
     size_t n = (size_t)snprintf(src, ss, "(%s", why);
     bool per_layer = f->spec->kind == MERGE_PARAM_KIND_NUMBER || f->spec->kind == MERGE_PARAM_KIND_INT;
-    if (per_layer && (f->kind == FIELD_MODEL || !f->spec->per_model)) {
+    if (per_layer && (f->kind == UI_ROW_MODEL_PARAM || !f->spec->per_model)) {
         double lo, hi;
         int k = layers_differing(a, f, v, &lo, &hi);
         if (k > 0 && n < ss) {
@@ -259,13 +294,13 @@ static void field_text(const struct ui_app *a, const struct field *f, char *name
 {
     const struct recipe *r = ws_recipe(a->ws);
     switch (f->kind) {
-    case FIELD_METHOD:
+    case UI_ROW_METHOD:
         snprintf(name, ns, "method");
         snprintf(val, vs, "%s", r->method);
         return;
-    case FIELD_GLOBAL:
-    case FIELD_MODEL: {
-        if (f->kind == FIELD_GLOBAL)
+    case UI_ROW_PARAM:
+    case UI_ROW_MODEL_PARAM: {
+        if (f->kind == UI_ROW_PARAM)
             snprintf(name, ns, "%s", f->spec->name);
         else
             snprintf(name, ns, "%s.%s", ws_model(a->ws, f->model)->name, f->spec->name);
@@ -274,9 +309,48 @@ static void field_text(const struct ui_app *a, const struct field *f, char *name
         snprintf(val, vs, "%-8s %s", v, src);
         return;
     }
-    case FIELD_OVERRIDE: {
-        const struct recipe_override *o = &r->overrides[f->override];
-        size_t len = (size_t)snprintf(name, ns, "override %zu", f->override + 1);
+    case UI_ROW_BASE: {
+        snprintf(name, ns, "base");
+        char dir[512];
+        if (ws_has_base(a->ws)) {
+            ui_display_dir(ws_model(a->ws, -1)->dir, dir, sizeof(dir));
+            snprintf(val, vs, "%s", dir);
+        } else {
+            snprintf(val, vs, "(none: %s merges the models themselves)", r->method);
+        }
+        return;
+    }
+    case UI_ROW_MODEL: {
+        char dir[512];
+        snprintf(name, ns, "model %s", ws_model(a->ws, f->model)->name);
+        ui_display_dir(ws_model(a->ws, f->model)->dir, dir, sizeof(dir));
+        snprintf(val, vs, "%s", dir);
+        return;
+    }
+    case UI_ROW_SLICE: {
+        /* Its place in the output: after the layers of the slices before. */
+        int first = 0;
+        for (size_t i = 0; i < f->index; i++)
+            first += r->slices[i].sources[0].end - r->slices[i].sources[0].start;
+        const struct recipe_slice_source *src = &r->slices[f->index].sources[0];
+        int count = src->end - src->start;
+        snprintf(name, ns, "slice %zu", f->index + 1);
+        if (count == 1)
+            snprintf(val, vs, "%-10s layers [%d, %d)  -> output layer %d", src->model, src->start,
+                     src->end, first);
+        else
+            snprintf(val, vs, "%-10s layers [%d, %d)  -> output layers %d-%d", src->model, src->start,
+                     src->end, first, first + count - 1);
+        return;
+    }
+    case UI_ROW_NO_SLICES:
+        snprintf(name, ns, "slices");
+        snprintf(val, vs, "none: a copy of model %s (A adds a slice: layers to stack)",
+                 r->n_models ? r->models[0].name : "?");
+        return;
+    case UI_ROW_OVERRIDE: {
+        const struct recipe_override *o = &r->overrides[f->index];
+        size_t len = (size_t)snprintf(name, ns, "override %zu", f->index + 1);
         (void)len;
         size_t vl = 0;
         if (o->all_layers)
@@ -306,12 +380,46 @@ void screen_recipe_value_text(const struct ui_app *a, char *buf, size_t size)
     struct field f;
     char src[192];
     buf[0] = '\0';
-    if (!current_field(a, &f) || f.kind == FIELD_OVERRIDE)
+    if (!current_field(a, &f) || f.kind == UI_ROW_OVERRIDE || f.kind == UI_ROW_NO_SLICES)
         return;
-    if (f.kind == FIELD_METHOD)
-        snprintf(buf, size, "%s", ws_recipe(a->ws)->method);
-    else
+    const struct recipe *r = ws_recipe(a->ws);
+    if (f.kind == UI_ROW_METHOD) {
+        snprintf(buf, size, "%s", r->method);
+    } else if (f.kind == UI_ROW_BASE || f.kind == UI_ROW_MODEL) {
+        /* as the user types paths: from the current directory */
+        if (f.kind == UI_ROW_MODEL || ws_has_base(a->ws))
+            ui_display_dir(ws_model(a->ws, f.kind == UI_ROW_BASE ? -1 : f.model)->dir, buf, size);
+    } else if (f.kind == UI_ROW_SLICE) {
+        const struct recipe_slice_source *sl = &r->slices[f.index].sources[0];
+        snprintf(buf, size, "%s %d %d", sl->model, sl->start, sl->end);
+    } else {
         field_value(a, &f, buf, size, src, sizeof(src));
+    }
+}
+
+bool screen_recipe_edits_path(const struct ui_app *a)
+{
+    struct field f;
+    return current_field(a, &f) && (f.kind == UI_ROW_BASE || f.kind == UI_ROW_MODEL);
+}
+
+const char *screen_recipe_input_label(const struct ui_app *a)
+{
+    struct field f;
+    if (!current_field(a, &f))
+        return "value: ";
+    if (f.kind == UI_ROW_BASE || f.kind == UI_ROW_MODEL)
+        return f.kind == UI_ROW_BASE ? "base model directory (Tab completes; empty: no base): "
+                                     : "model directory (Tab completes): ";
+    if (f.kind == UI_ROW_SLICE)
+        return "slice MODEL START END (layers START to END - 1): ";
+    return f.kind == UI_ROW_METHOD ? "method: " : "value: ";
+}
+
+bool screen_recipe_typable(const struct ui_app *a)
+{
+    struct field f;
+    return current_field(a, &f) && f.kind != UI_ROW_OVERRIDE && f.kind != UI_ROW_NO_SLICES;
 }
 
 static int apply_edit(struct ui_app *a, struct recipe *r, int rc)
@@ -348,11 +456,84 @@ static int set_field_number(struct ui_app *a, const struct field *f, double v)
                 rc = LM_ENOMEM;
         }
     } else
-        rc = tune_set_global(r, f->spec->name, f->kind == FIELD_MODEL ? ws_model(a->ws, f->model)->name : NULL, v);
+        rc = tune_set_global(r, f->spec->name, f->kind == UI_ROW_MODEL_PARAM ? ws_model(a->ws, f->model)->name : NULL, v);
     int react = apply_edit(a, r, rc);
     if (weight && ui_weight_note(a))
         ui_status(a, false, "weight %s", ui_weight_note(a));
     return react;
+}
+
+/* Why method `m` cannot take the recipe as it is, for the method stepper,
+ * which passes over such methods and says why (and which key helps). */
+enum skip { SKIP_NONE, SKIP_FEW, SKIP_MANY, SKIP_BASE, SKIP_SLICES, SKIP_STACKED, SKIP_KINDS };
+
+static enum skip skip_reason(const struct merge_method *m, const struct recipe *r)
+{
+    int nm = (int)r->n_models;
+    if (nm < m->min_models)
+        return SKIP_FEW;
+    if (nm > m->max_models)
+        return SKIP_MANY;
+    if (!r->base && !m->base_optional)
+        return SKIP_BASE;
+    if (m->stacks && r->n_slices == 0 && nm != 1)
+        return SKIP_SLICES;
+    if (!m->stacks && r->n_slices > 0)
+        return SKIP_STACKED;
+    return SKIP_NONE;
+}
+
+/* Steps the method to the next (dir > 0) or previous one the recipe fits,
+ * appending to the status line the methods passed over and why. */
+static int step_method(struct ui_app *a, int dir)
+{
+    size_t n = 0, cur = 0;
+    while (merge_methods[n]) {
+        if (merge_methods[n] == ws_method(a->ws))
+            cur = n;
+        n++;
+    }
+    const struct recipe *now = ws_recipe(a->ws);
+    char skipped[SKIP_KINDS][384];
+    for (int k = 0; k < SKIP_KINDS; k++)
+        skipped[k][0] = '\0';
+    for (size_t k = 1; k < n; k++) {
+        size_t i = (cur + (dir > 0 ? k : n - k)) % n;
+        const struct merge_method *m = merge_methods[i];
+        enum skip why = skip_reason(m, now);
+        if (why != SKIP_NONE) {
+            size_t l = strlen(skipped[why]);
+            snprintf(skipped[why] + l, sizeof(skipped[why]) - l, "%s%s", l ? ", " : "", m->name);
+            continue;
+        }
+        struct recipe *r = recipe_clone(now);
+        if (!r)
+            return UI_REACT_NONE;
+        int nm = (int)now->n_models;
+        int react = apply_edit(a, r, tune_set_method(r, m->name));
+        char line[1600];
+        size_t l = (size_t)snprintf(line, sizeof(line), "%s", a->status);
+        if (skipped[SKIP_FEW][0])
+            l += (size_t)snprintf(line + l, sizeof(line) - l, " | passed over %s: not for %d model%s (a adds "
+                                  "a model)", skipped[SKIP_FEW], nm, nm == 1 ? "" : "s");
+        if (skipped[SKIP_MANY][0] && l < sizeof(line))
+            l += (size_t)snprintf(line + l, sizeof(line) - l, " | passed over %s: not for %d models (x on a "
+                                  "model removes it)", skipped[SKIP_MANY], nm);
+        if (skipped[SKIP_BASE][0] && l < sizeof(line))
+            l += (size_t)snprintf(line + l, sizeof(line) - l, " | passed over %s: need a base (Enter on the "
+                                  "base row types one)", skipped[SKIP_BASE]);
+        if (skipped[SKIP_SLICES][0] && l < sizeof(line))
+            l += (size_t)snprintf(line + l, sizeof(line) - l, " | passed over %s: without slices it copies "
+                                  "one model (A adds a slice)", skipped[SKIP_SLICES]);
+        if (skipped[SKIP_STACKED][0] && l < sizeof(line))
+            snprintf(line + l, sizeof(line) - l, " | passed over %s: do not stack layers (x removes "
+                     "the slices)", skipped[SKIP_STACKED]);
+        if (strcmp(line, a->status) != 0)
+            ui_status(a, a->status_error, "%s", line);
+        return react;
+    }
+    ui_status(a, false, "no other method takes these models");
+    return UI_REACT_REDRAW;
 }
 
 int screen_recipe_adjust(struct ui_app *a, int dir)
@@ -360,41 +541,25 @@ int screen_recipe_adjust(struct ui_app *a, int dir)
     struct field f;
     if (!current_field(a, &f))
         return UI_REACT_NONE;
-    if (f.kind == FIELD_OVERRIDE) {
+    switch (f.kind) {
+    case UI_ROW_OVERRIDE:
         ui_status(a, false, "overrides are edited from the Layers screen; x deletes this one");
         return UI_REACT_NONE;
-    }
-    if (f.kind == FIELD_METHOD) {
-        size_t n = 0, cur = 0;
-        while (merge_methods[n]) {
-            if (merge_methods[n] == ws_method(a->ws))
-                cur = n;
-            n++;
-        }
-        /* Skip methods that cannot take this many models, and say which. */
-        char skipped[256] = "";
-        int nm = ws_n_models(a->ws);
-        for (size_t k = 1; k < n; k++) {
-            size_t i = (cur + (dir > 0 ? k : n - k)) % n;
-            const struct merge_method *m = merge_methods[i];
-            if (nm < m->min_models || nm > m->max_models) {
-                size_t l = strlen(skipped);
-                snprintf(skipped + l, sizeof(skipped) - l, "%s%s", l ? ", " : "", m->name);
-                continue;
-            }
-            struct recipe *r = recipe_clone(ws_recipe(a->ws));
-            if (!r)
-                return UI_REACT_NONE;
-            int react = apply_edit(a, r, tune_set_method(r, m->name));
-            if (skipped[0]) {
-                char done[512];
-                snprintf(done, sizeof(done), "%s", a->status);
-                ui_status(a, false, "%s | passed over %s: not for %d model%s (open more with --model)", done,
-                          skipped, nm, nm == 1 ? "" : "s");
-            }
-            return react;
-        }
+    case UI_ROW_BASE:
+    case UI_ROW_MODEL:
+        ui_status(a, false, "Enter types another path, x removes %s, a adds a model",
+                  f.kind == UI_ROW_BASE ? "the base" : "this model");
         return UI_REACT_NONE;
+    case UI_ROW_NO_SLICES:
+        ui_status(a, false, "A adds a slice: layers [start, end) of a model, stacked in order");
+        return UI_REACT_NONE;
+    case UI_ROW_SLICE:
+        return sources_step_slice_end(a, f.index, dir);
+    case UI_ROW_METHOD:
+        return step_method(a, dir);
+    case UI_ROW_PARAM:
+    case UI_ROW_MODEL_PARAM:
+        break;
     }
     double v;   /* steps start from the value in effect, wherever it comes from */
     base_value(a, &f, &v);
@@ -414,13 +579,27 @@ int screen_recipe_adjust(struct ui_app *a, int dir)
 int screen_recipe_set(struct ui_app *a, const char *text)
 {
     struct field f;
-    if (!current_field(a, &f) || f.kind == FIELD_OVERRIDE)
+    if (!current_field(a, &f))
         return UI_REACT_NONE;
-    if (f.kind == FIELD_METHOD) {
+    switch (f.kind) {
+    case UI_ROW_OVERRIDE:
+    case UI_ROW_NO_SLICES:
+        return UI_REACT_NONE;
+    case UI_ROW_BASE:
+        return sources_set_path(a, -1, text);
+    case UI_ROW_MODEL:
+        return sources_set_path(a, f.model, text);
+    case UI_ROW_SLICE:
+        return sources_set_slice(a, f.index, text);
+    case UI_ROW_METHOD: {
         struct recipe *r = recipe_clone(ws_recipe(a->ws));
         if (!r)
             return UI_REACT_NONE;
         return apply_edit(a, r, tune_set_method(r, text));
+    }
+    case UI_ROW_PARAM:
+    case UI_ROW_MODEL_PARAM:
+        break;
     }
     if (f.spec->kind == MERGE_PARAM_KIND_BOOL)
         return set_field_number(a, &f, strcmp(text, "true") == 0 || strcmp(text, "1") == 0);
@@ -443,24 +622,107 @@ int screen_recipe_set(struct ui_app *a, const char *text)
 int screen_recipe_clear(struct ui_app *a)
 {
     struct field f;
-    if (!current_field(a, &f) || f.kind != FIELD_OVERRIDE) {
-        ui_status(a, false, "x deletes an override; select one below the parameters");
+    if (!current_field(a, &f))
+        return UI_REACT_NONE;
+    switch (f.kind) {
+    case UI_ROW_OVERRIDE: {
+        struct recipe *r = recipe_clone(ws_recipe(a->ws));
+        if (!r)
+            return UI_REACT_NONE;
+        return apply_edit(a, r, tune_remove_override(r, f.index));
+    }
+    case UI_ROW_MODEL:
+        return sources_remove_model(a, f.model);
+    case UI_ROW_BASE:
+        return sources_remove_base(a);
+    case UI_ROW_SLICE:
+        return sources_remove_slice(a, f.index);
+    default:
+        ui_status(a, false, "x deletes the selected override, model, base or slice");
         return UI_REACT_NONE;
     }
-    struct recipe *r = recipe_clone(ws_recipe(a->ws));
-    if (!r)
+}
+
+/* Selects row `row` when there is one. */
+static void select_row(struct ui_app *a, long row)
+{
+    if (row >= 0)
+        a->recipe_sel = (size_t)row;
+}
+
+int screen_recipe_add_model(struct ui_app *a, const char *path)
+{
+    int before = ws_n_models(a->ws);
+    int react = sources_add_model(a, path);
+    if (ws_n_models(a->ws) > before)
+        select_row(a, screen_recipe_row(a, UI_ROW_MODEL, (size_t)ws_n_models(a->ws) - 1));
+    return react;
+}
+
+int screen_recipe_add_slice(struct ui_app *a)
+{
+    struct field f;
+    long after = current_field(a, &f) && f.kind == UI_ROW_SLICE ? (long)f.index : -1;
+    size_t before = ws_recipe(a->ws)->n_slices;
+    int react = sources_add_slice(a, after);
+    if (ws_recipe(a->ws)->n_slices > before)
+        select_row(a, screen_recipe_row(a, UI_ROW_SLICE, after >= 0 ? (size_t)after + 1 : before));
+    return react;
+}
+
+int screen_recipe_move(struct ui_app *a, int dir)
+{
+    struct field f;
+    if (!current_field(a, &f) || f.kind != UI_ROW_SLICE) {
+        ui_status(a, false, "K and J move the selected slice up and down; select one");
         return UI_REACT_NONE;
-    return apply_edit(a, r, tune_remove_override(r, f.override));
+    }
+    bool moved = (dir < 0 && f.index > 0) || (dir > 0 && f.index + 1 < ws_recipe(a->ws)->n_slices);
+    int react = sources_move_slice(a, f.index, dir);
+    if (moved && !a->status_error)
+        select_row(a, screen_recipe_row(a, UI_ROW_SLICE, dir < 0 ? f.index - 1 : f.index + 1));
+    return react;
+}
+
+/* One line of help for the selected row (in `buf` where it is made). */
+static const char *field_help(const struct ui_app *a, const struct field *f, char *buf, size_t size)
+{
+    char names[128];
+    switch (f->kind) {
+    case UI_ROW_METHOD:
+        return ws_method(a->ws)->summary;
+    case UI_ROW_OVERRIDE:
+        return "a per-layer / per-module setting; later overrides win";
+    case UI_ROW_BASE:
+        merge_base_optional_names(names, sizeof(names));
+        if (ws_has_base(a->ws))
+            snprintf(buf, size, "the model task vectors are taken against: Enter types another path (Tab "
+                     "completes), x removes it (%s merge without one)", names);
+        else
+            snprintf(buf, size, "no base: Enter types a path to one (methods other than %s need it)", names);
+        return buf;
+    case UI_ROW_MODEL:
+        return "a fine-tuned model: Enter types another path (Tab completes), x removes it, a adds one";
+    case UI_ROW_SLICE:
+        return "layers [start, end) of a model, stacked in order: Enter types MODEL START END, "
+               "Left/Right move the end, K/J reorder, A adds one after it, x removes it";
+    case UI_ROW_NO_SLICES:
+        return "passthrough without slices copies one model; A adds a slice (layers of a model to stack)";
+    case UI_ROW_PARAM:
+    case UI_ROW_MODEL_PARAM:
+        return f->spec->help;
+    }
+    return NULL;
 }
 
 void screen_recipe_draw(struct ui_app *a, int y0, int h, int w)
 {
-    struct field all[256];
-    size_t n = fields(a, all, 256);
-    if (n > 256)
-        n = 256;
+    struct field all[MAX_FIELDS];
+    size_t n = fields(a, all, MAX_FIELDS);
+    if (n > MAX_FIELDS)
+        n = MAX_FIELDS;
     draw_text(a->win, y0, 0, w, UI_ROLE_TITLE,
-              " Recipe: Left/Right change, Enter types a value, x deletes an override, u undoes");
+              " Recipe: Left/Right change, Enter types, a adds a model, A a slice, x deletes, u undoes");
     draw_fill(a->win, y0 + 1, 0, w, UI_ROLE_COLUMN);
     draw_textf(a->win, y0 + 1, 0, w, UI_ROLE_COLUMN, " %-24s %s", "field", "value");
     int list_h = h - 4;
@@ -476,17 +738,17 @@ void screen_recipe_draw(struct ui_app *a, int y0, int h, int w)
         field_text(a, &all[k], name, sizeof(name), val, sizeof(val));
         bool sel = k == a->recipe_sel;
         int y = y0 + 2 + i;
+        bool heading = all[k].kind == UI_ROW_BASE || all[k].kind == UI_ROW_MODEL;
         draw_fill(a->win, y, 0, w, sel ? UI_ROLE_SELECTION : UI_ROLE_NORMAL);
-        draw_textf(a->win, y, 0, 26, sel ? UI_ROLE_SELECTION : all[k].kind == FIELD_OVERRIDE ? UI_ROLE_OVERRIDE
-                   : UI_ROLE_NORMAL, " %-24s", name);
+        draw_textf(a->win, y, 0, 26, sel ? UI_ROLE_SELECTION : all[k].kind == UI_ROW_OVERRIDE ? UI_ROLE_OVERRIDE
+                   : heading ? UI_ROLE_TITLE : UI_ROLE_NORMAL, " %-24s", name);
         draw_text(a->win, y, 26, w - 26, sel ? UI_ROLE_SELECTION : UI_ROLE_VALUE, val);
     }
     /* Help for the selected field. */
     struct field f;
     if (current_field(a, &f)) {
-        const char *help = f.kind == FIELD_METHOD ? ws_method(a->ws)->summary
-                         : f.kind == FIELD_OVERRIDE ? "a per-layer / per-module setting; later overrides win"
-                         : f.spec->help;
+        char buf[256];
+        const char *help = field_help(a, &f, buf, sizeof(buf));
         draw_text(a->win, y0 + h - 1, 1, w - 1, UI_ROLE_DIM, help ? help : "");
     }
 }

@@ -1,6 +1,7 @@
 /* Recipe edits for the tuning screens; see tune.h for the rules. */
 #include "tune.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,6 +121,65 @@ int tune_set_method(struct recipe *r, const char *method)
         if (ov->n_params == 0)
             tune_remove_override(r, o);
     }
+    return 0;
+}
+
+bool tune_method_fits(const struct merge_method *m, const struct recipe *r)
+{
+    int n = (int)r->n_models;
+    return n >= m->min_models && n <= m->max_models && (r->base || m->base_optional);
+}
+
+int tune_fit_method(struct recipe *r, char *was, size_t was_size)
+{
+    was[0] = '\0';
+    const struct merge_method *cur = r->method ? merge_method_find(r->method) : NULL;
+    if (cur && tune_method_fits(cur, r))
+        return 0;
+    for (const struct merge_method *const *m = merge_methods; *m; m++) {
+        if (!tune_method_fits(*m, r) || (*m)->needs || (*m)->stacks)
+            continue;
+        snprintf(was, was_size, "%s", r->method ? r->method : "");
+        return tune_set_method(r, (*m)->name);
+    }
+    return lm_err(LM_EINVAL, "no method takes %zu model%s%s", r->n_models, r->n_models == 1 ? "" : "s",
+                  r->base ? "" : " without a base");
+}
+
+int tune_parse_slice(const char *text, char *model, size_t model_size, int *start, int *end)
+{
+    static const char form[] = "expected MODEL START END (layers START to END - 1), e.g. \"base 0 4\"";
+    while (*text == ' ')
+        text++;
+    size_t len = strcspn(text, " \t");
+    if (len == 0 || len >= model_size)
+        return lm_err(LM_EINVAL, "%s", form);
+    memcpy(model, text, len);
+    model[len] = '\0';
+    /* Two runs of digits, separated by anything of " ,:-[]()". */
+    long v[2];
+    int n = 0;
+    for (const char *p = text + len; *p;) {
+        if (*p >= '0' && *p <= '9') {
+            if (n == 2)
+                return lm_err(LM_EINVAL, "%s", form);
+            char *e;
+            v[n++] = strtol(p, &e, 10);
+            if (v[n - 1] > 1000000)
+                return lm_err(LM_EINVAL, "layer %ld: at most 1000000", v[n - 1]);
+            p = e;
+        } else if (*p == '-' && p[1] >= '0' && p[1] <= '9' && !(p[-1] >= '0' && p[-1] <= '9')) {
+            return lm_err(LM_EINVAL, "layers are counted from 0: no negative layer (%s)", form);
+        } else if (strchr(" \t,:-[]()", *p)) {
+            p++;
+        } else {
+            return lm_err(LM_EINVAL, "%s", form);
+        }
+    }
+    if (n != 2)
+        return lm_err(LM_EINVAL, "%s", form);
+    *start = (int)v[0];
+    *end = (int)v[1];
     return 0;
 }
 

@@ -31,6 +31,22 @@ struct tune_target {
  * take (globals, model entries, overrides). 0 or an error. */
 int tune_set_method(struct recipe *r, const char *method);
 
+/* Whether method `m` takes the models `r` names: their count, and no base
+ * only when it merges without one. */
+bool tune_method_fits(const struct merge_method *m, const struct recipe *r);
+
+/* After a model or the base was added or removed: when r's method no
+ * longer fits (tune_method_fits), switches (tune_set_method) to the first
+ * method of the registry that does, and copies the replaced method's name
+ * into `was` (else `was` gets ""). 0, or an error when no method fits. */
+int tune_fit_method(struct recipe *r, char *was, size_t was_size);
+
+/* Reads a slice typed as text: a model name ("base" or a model's), then
+ * the layer range as two whole numbers START and END, [START, END) like
+ * mergekit's layer_range, written "quick 0 4", "quick 0-4", "quick 0:4" or
+ * "quick [0, 4)". 0, or LM_EINVAL with a message saying the form. */
+int tune_parse_slice(const char *text, char *model, size_t model_size, int *start, int *end);
+
 /* Sets a global number (model == NULL) or a model's own number. */
 int tune_set_global(struct recipe *r, const char *param, const char *model, double v);
 int tune_set_global_bool(struct recipe *r, const char *param, bool v);

@@ -165,4 +165,5 @@ const struct merge_method merge_method_karcher = {
     .set_defaults = karcher_defaults,
     .merge_tensor = karcher_merge,
     .stream_begin = NULL,
+    .base_optional = true,
 };

@@ -241,6 +241,7 @@ const struct merge_method merge_method_linear = {
     .set_defaults = linear_defaults,
     .merge_tensor = linear_merge,
     .stream_begin = linear_stream,
+    .base_optional = true,
 };
 
 /* ===== average ===== */
@@ -278,6 +279,7 @@ const struct merge_method merge_method_average = {
     .set_defaults = average_defaults,
     .merge_tensor = average_merge,
     .stream_begin = average_stream,
+    .base_optional = true,
 };
 
 /* ===== task_arithmetic ===== */

@@ -300,6 +300,24 @@ bool merge_method_accepts(const struct merge_method *m, enum merge_param_id id)
     return false;
 }
 
+void merge_base_optional_names(char *buf, size_t size)
+{
+    size_t used = 0, total = 0, k = 0;
+    buf[0] = '\0';
+    for (const struct merge_method *const *m = merge_methods; *m; m++)
+        total += (*m)->base_optional;
+    for (const struct merge_method *const *m = merge_methods; *m; m++) {
+        if (!(*m)->base_optional)
+            continue;
+        const char *sep = k == 0 ? "" : k + 1 == total ? " and " : ", ";
+        int w = snprintf(buf + used, size - used, "%s%s", sep, (*m)->name);
+        if (w < 0 || (size_t)w >= size - used)
+            break;
+        used += (size_t)w;
+        k++;
+    }
+}
+
 /* ===== Job checks ===== */
 
 static int check_value(const struct merge_tensor_job *job, const struct merge_param_spec *s,
@@ -335,6 +353,12 @@ int merge_job_check(const struct merge_method *m, const struct merge_tensor_job 
     if (p->n_models != n)
         return lm_err(LM_EINVAL, "tensor '%s': parameters are for %d models, the job has %d",
                       name, p->n_models, n);
+    if (!job->base && !m->base_optional) {
+        char names[128];
+        merge_base_optional_names(names, sizeof(names));
+        return lm_err(LM_EINVAL, "tensor '%s': method '%s' needs the base model's tensor (only %s "
+                      "merge without a base)", name, m->name, names);
+    }
     LM_ASSERT(job->out && job->models);
     for (int i = 0; i < n; i++)
         LM_ASSERT(job->models[i]);

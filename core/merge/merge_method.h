@@ -130,7 +130,9 @@ struct merge_context {
 };
 
 /* One tensor to merge. `base` and `models[i]` hold n float32 values each and
- * are read-only; `out` receives n values (it may alias nothing). */
+ * are read-only; `out` receives n values (it may alias nothing). `base` is
+ * NULL for a merge without a base model, which only methods with
+ * `base_optional` take (merge_job_check refuses it for the others). */
 /* Top-k cuts remembered across merges of one tensor. A cut of model i's
  * task vector |x_i - b| to its top k entries depends on the inputs, i and
  * k alone, so a caller that merges the same tensor again (the workbench
@@ -190,6 +192,11 @@ struct merge_method {
     /* The layer stacking method: it copies the one source a recipe's
      * "slices" name for each output tensor (and only it takes slices). */
     bool stacks;
+    /* The method also merges without a base model (mergekit's base_model
+     * left out; job->base is NULL): it never reads the base (linear,
+     * average, karcher), or it then combines the models themselves, as if
+     * the base were zero (nuslerp, multislerp). */
+    bool base_optional;
 };
 
 #define MERGE_NEEDS_ACTIVATIONS 1u  /* ctx->channel_importance (aim) */
@@ -214,6 +221,9 @@ bool merge_method_uses(const struct merge_method *m, int on, enum merge_param_id
 extern const struct merge_method *const merge_methods[];
 const struct merge_method *merge_method_find(const char *name);
 bool merge_method_takes(const struct merge_method *m, enum merge_param_id id);
+/* The registry's methods with base_optional, for messages: "linear,
+ * average, karcher, nuslerp and multislerp". */
+void merge_base_optional_names(char *buf, size_t size);
 
 /* Defaults before a method's set_defaults: weight 1, density 1, lambda 1,
  * normalize false, t 0.5, gamma 0.01, epsilon 0.15, seed 0, rescale 0,

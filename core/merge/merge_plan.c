@@ -145,6 +145,14 @@ int merge_plan_init(struct merge_plan *plan, const struct recipe *r)
         return lm_err(LM_EFORMAT, "%s: method: unknown method '%s' (known: %s)", label, r->method, names);
     }
     const struct merge_method *m = plan->method;
+    if (!r->base && !m->base_optional) {
+        char names[128];
+        merge_base_optional_names(names, sizeof(names));
+        return lm_err(LM_EFORMAT, "%s: base: missing: method '%s' takes task vectors against a base "
+                      "model (only %s merge without one)", label, m->name, names);
+    }
+    if (!r->base && r->n_models == 0)
+        return lm_err(LM_EFORMAT, "%s: models: no base and no model to merge", label);
     if (r->n_models > MERGE_MAX_MODELS)
         return lm_err(LM_EFORMAT, "%s: models: %zu models, at most %d supported",
                       label, r->n_models, MERGE_MAX_MODELS);

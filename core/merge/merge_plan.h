@@ -23,7 +23,8 @@ struct merge_plan {
     int n_layers;                      /* set by the caller once models are open */
 };
 
-/* Checks method name, model count, every parameter name, kind and range,
+/* Checks method name, model count, a base model where the method needs one
+ * (only base_optional methods merge without), every parameter name, kind and range,
  * with errors naming the key path ("overrides[1].params.density: 1.5 is
  * outside [0, 1]"). 0 or LM_EFORMAT. */
 int merge_plan_init(struct merge_plan *plan, const struct recipe *r);

@@ -7,9 +7,10 @@
  *   v = sum w_i (u_i - (u_i . m) m),  s = |v| + eps
  *   out = b + (cos(s) m + sin(s) / s v) (sum w_i n_i)
  *
- * over the whole tensor as one vector. One model gives itself. mergescope
- * always has a base model, so it offers mergekit's form with base_model;
- * the base-less form is not offered. Computed in float32 in mergekit's
+ * over the whole tensor as one vector. One model gives itself. Without a
+ * base model (job->base NULL, mergekit's base_model left out) the models
+ * themselves take the task vectors' place, d_i = x_i, and nothing is added
+ * to the result, as in mergekit. Computed in float32 in mergekit's
  * order; its norms and dot products are float32 reductions in an order of
  * PyTorch's choosing, summed here in double and rounded once, and the
  * sums over models are taken from the first model on. Merges whole
@@ -24,6 +25,13 @@
 static const enum merge_param_id multislerp_params[] = {
     MERGE_PARAM_WEIGHT, MERGE_PARAM_NORMALIZE_WEIGHTS, MERGE_PARAM_EPS, MERGE_PARAM_COUNT,
 };
+
+/* Entry e of model x's vector: its task vector x - b, or x itself
+ * without a base. */
+static inline float ms_d(const float *x, const float *b, uint64_t e)
+{
+    return b ? x[e] - b[e] : x[e];
+}
 
 static int multislerp_merge(const struct merge_tensor_job *job)
 {
@@ -55,7 +63,7 @@ static int multislerp_merge(const struct merge_tensor_job *job)
     for (int i = 0; i < nm; i++) {
         double s = 0;
         for (uint64_t e = 0; e < n; e++) {
-            const float d = x[i][e] - b[e];
+            const float d = ms_d(x[i], b, e);
             s += (double)d * (double)d;
         }
         norm[i] = (float)sqrt(s);
@@ -69,7 +77,7 @@ static int multislerp_merge(const struct merge_tensor_job *job)
     for (uint64_t e = 0; e < n; e++) {
         float s = 0.0f;
         for (int i = 0; i < nm; i++) {
-            const float u = (x[i][e] - b[e]) / den[i];
+            const float u = ms_d(x[i], b, e) / den[i];
             const float pr = u * w[i];
             s = i == 0 ? pr : s + pr;
         }
@@ -83,8 +91,8 @@ static int multislerp_merge(const struct merge_tensor_job *job)
                           "vectors' directions is zero (opposite task vectors with balancing "
                           "weights); give other weights", job->name ? job->name : "?");
         for (uint64_t e = 0; e < n; e++) {
-            const float p0 = (x[0][e] - b[e]) * w[0], p1 = (x[1][e] - b[e]) * w[1];
-            out[e] = merge_nan_canonical((p0 + p1) + b[e]);
+            const float p0 = ms_d(x[0], b, e) * w[0], p1 = ms_d(x[1], b, e) * w[1];
+            out[e] = merge_nan_canonical(b ? (p0 + p1) + b[e] : p0 + p1);
         }
         return 0;
     }
@@ -94,7 +102,7 @@ static int multislerp_merge(const struct merge_tensor_job *job)
     for (int i = 0; i < nm; i++) {
         double s = 0;
         for (uint64_t e = 0; e < n; e++) {
-            const float u = (x[i][e] - b[e]) / den[i];
+            const float u = ms_d(x[i], b, e) / den[i];
             const float pr = u * mean[e];
             s += (double)pr;
         }
@@ -104,7 +112,7 @@ static int multislerp_merge(const struct merge_tensor_job *job)
     for (uint64_t e = 0; e < n; e++) {
         float s = 0.0f;
         for (int i = 0; i < nm; i++) {
-            const float u = (x[i][e] - b[e]) / den[i];
+            const float u = ms_d(x[i], b, e) / den[i];
             const float dm = dots[i] * mean[e];
             const float tv = u - dm;
             const float pr = tv * w[i];
@@ -123,7 +131,7 @@ static int multislerp_merge(const struct merge_tensor_job *job)
     for (uint64_t e = 0; e < n; e++) {
         const float l = mean[e] * ct, r = tan[e] * sc;
         const float res = (l + r) * avg;
-        out[e] = merge_nan_canonical(res + b[e]);
+        out[e] = merge_nan_canonical(b ? res + b[e] : res);
     }
     return 0;
 }
@@ -137,11 +145,12 @@ static void multislerp_defaults(struct merge_tensor_params *p)
 const struct merge_method merge_method_multislerp = {
     .name = "multislerp",
     .summary = "Multi-SLERP: weighted spherical mean of the task vectors (tangent-space "
-               "interpolation), scaled by their weighted mean norm",
+               "interpolation), scaled by their weighted mean norm; without a base, of the models",
     .min_models = 1,
     .max_models = MERGE_MAX_MODELS,
     .params = multislerp_params,
     .set_defaults = multislerp_defaults,
     .merge_tensor = multislerp_merge,
     .stream_begin = NULL,
+    .base_optional = true,
 };

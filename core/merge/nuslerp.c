@@ -8,9 +8,10 @@
  *
  * over the whole tensor as one vector (nuslerp_flatten, the default), or
  * else row by row, or with nuslerp_row_wise column by column (mergekit's
- * dim 0; a vector is always one). mergescope always has a base model, so
- * it offers mergekit's form with base_model; mergekit's base-less form,
- * which interpolates the models themselves, is not offered. Computed in
+ * dim 0; a vector is always one). Without a base model (job->base NULL,
+ * mergekit's base_model left out) the same interpolation runs between the
+ * models themselves, v_k = x_k, and out is its result (nothing added, as
+ * mergekit returns it). Computed in
  * float32 in mergekit's order; its norms and dot products are float32
  * reductions in an order of PyTorch's choosing, summed here in double and
  * rounded once, and row by row it takes vectorised sines that may differ
@@ -26,6 +27,13 @@ static const enum merge_param_id nuslerp_params[] = {
     MERGE_PARAM_WEIGHT, MERGE_PARAM_ROW_WISE, MERGE_PARAM_FLATTEN, MERGE_PARAM_COUNT,
 };
 
+/* Entry e of model x's vector: its task vector x - b, or x itself
+ * without a base. */
+static inline float nuslerp_v(const float *x, const float *b, uint64_t e)
+{
+    return b ? x[e] - b[e] : x[e];
+}
+
 /* One vector of `len` entries, `stride` apart, starting at entry e0. */
 static void nuslerp_vector(const struct merge_tensor_job *job, double t, uint64_t e0,
                            uint64_t len, uint64_t stride)
@@ -33,7 +41,7 @@ static void nuslerp_vector(const struct merge_tensor_job *job, double t, uint64_
     const float *b = job->base, *x0 = job->models[0], *x1 = job->models[1];
     double s0 = 0, s1 = 0;
     for (uint64_t j = 0, e = e0; j < len; j++, e += stride) {
-        const float v0 = x0[e] - b[e], v1 = x1[e] - b[e];
+        const float v0 = nuslerp_v(x0, b, e), v1 = nuslerp_v(x1, b, e);
         s0 += (double)v0 * (double)v0;
         s1 += (double)v1 * (double)v1;
     }
@@ -43,7 +51,7 @@ static void nuslerp_vector(const struct merge_tensor_job *job, double t, uint64_
     n1 = n1 < eps ? eps : n1;
     double dot = 0;
     for (uint64_t j = 0, e = e0; j < len; j++, e += stride) {
-        const float u0 = (x0[e] - b[e]) / n0, u1 = (x1[e] - b[e]) / n1;
+        const float u0 = nuslerp_v(x0, b, e) / n0, u1 = nuslerp_v(x1, b, e) / n1;
         const float pr = u0 * u1;
         dot += (double)pr;
     }
@@ -55,7 +63,7 @@ static void nuslerp_vector(const struct merge_tensor_job *job, double t, uint64_
     const bool colinear = fabsf(st) < 1e-8f;
     const float a0 = sinf(omt * theta), a1 = sinf(tf * theta);
     for (uint64_t j = 0, e = e0; j < len; j++, e += stride) {
-        const float v0 = x0[e] - b[e], v1 = x1[e] - b[e];
+        const float v0 = nuslerp_v(x0, b, e), v1 = nuslerp_v(x1, b, e);
         float r;
         if (colinear) {
             const float p0 = omt * v0, p1 = tf * v1;
@@ -64,7 +72,7 @@ static void nuslerp_vector(const struct merge_tensor_job *job, double t, uint64_
             const float p0 = a0 * v0, p1 = a1 * v1;
             r = (p0 + p1) / st;
         }
-        job->out[e] = merge_nan_canonical(b[e] + r);
+        job->out[e] = merge_nan_canonical(b ? b[e] + r : r);
     }
 }
 
@@ -97,11 +105,12 @@ static int nuslerp_merge(const struct merge_tensor_job *job)
 const struct merge_method merge_method_nuslerp = {
     .name = "nuslerp",
     .summary = "NuSLERP: spherical interpolation between two task vectors at t = w_2 / (w_1 + w_2), "
-               "whole tensor, rows or columns",
+               "whole tensor, rows or columns; without a base, between the two models",
     .min_models = 2,
     .max_models = 2,
     .params = nuslerp_params,
     .set_defaults = NULL,
     .merge_tensor = nuslerp_merge,
     .stream_begin = NULL,
+    .base_optional = true,
 };

@@ -109,6 +109,12 @@ static bool source_tied(const struct ws_model *m)
     return !has_head;
 }
 
+/* What source 0 is called in messages. */
+static const char *reference_word(const struct workspace *ws)
+{
+    return ws->has_base ? "the base" : "the first model";
+}
+
 static int compare_tensors(const void *a, const void *b)
 {
     const struct ws_tensor *x = a, *y = b;
@@ -133,8 +139,8 @@ static int line_up_tensor(struct workspace *ws, struct ws_tensor *t, const char 
             if (head)
                 return lm_err(LM_EMISMATCH, "model '%s' (%s): no %s and its config does not tie "
                               "embeddings", m->name, m->dir, LM_HEAD_NAME);
-            return lm_err(LM_EMISMATCH, "model '%s' (%s) has no tensor '%s', which the base has",
-                          m->name, m->dir, name);
+            return lm_err(LM_EMISMATCH, "model '%s' (%s) has no tensor '%s', which %s has",
+                          m->name, m->dir, name, reference_word(ws));
         }
         if (!lm_dtype_is_float_supported(src->dtype))
             return lm_err(LM_EUNSUPPORTED, "model '%s': tensor '%s' has dtype %s; only F32, F16 "
@@ -158,8 +164,8 @@ static int line_up_tensor(struct workspace *ws, struct ws_tensor *t, const char 
                 snprintf(sa + strlen(sa), sizeof(sa) - strlen(sa), "%s%lld", d ? ", " : "", (long long)src->shape[d]);
             for (int d = 0; d < b->ndim; d++)
                 snprintf(sb + strlen(sb), sizeof(sb) - strlen(sb), "%s%lld", d ? ", " : "", (long long)b->shape[d]);
-            return lm_err(LM_EMISMATCH, "tensor '%s': model '%s' has shape [%s] but the base has [%s]",
-                          name, m->name, sa, sb);
+            return lm_err(LM_EMISMATCH, "tensor '%s': model '%s' (%s) has shape [%s] but %s has [%s]",
+                          name, m->name, m->dir, sa, reference_word(ws), sb);
         }
     }
     return 0;
@@ -236,8 +242,9 @@ static int line_up(struct workspace *ws)
             if (strcmp(name, LM_HEAD_NAME) == 0)
                 continue;
             if (!st_set_find(base, name))
-                return lm_err(LM_EMISMATCH, "model '%s' (%s) has tensor '%s', which the base (%s) lacks",
-                              ws->sources[s].name, ws->sources[s].dir, name, ws->sources[0].dir);
+                return lm_err(LM_EMISMATCH, "model '%s' (%s) has tensor '%s', which %s (%s) lacks",
+                              ws->sources[s].name, ws->sources[s].dir, name, reference_word(ws),
+                              ws->sources[0].dir);
         }
     }
 
@@ -418,6 +425,33 @@ static bool same_slices(const struct recipe *a, const struct recipe *b)
     return true;
 }
 
+/* Models of different architectures (config.json's architectures[0] or
+ * model_type) are not merged, as mergekit refuses to mix them: the tensors
+ * may even line up (a Llama and a Mistral) while meaning other things. */
+static int check_architectures(const struct workspace *ws)
+{
+    const struct ws_model *ref = &ws->sources[0];
+    if (!ref->has_config)
+        return 0;
+    for (int s = 1; s < ws->n_sources; s++) {
+        const struct ws_model *m = &ws->sources[s];
+        if (!m->has_config)
+            continue;
+        const char *a = ref->config.architecture, *b = m->config.architecture;
+        const char *what = "architecture";
+        if (!(a && b && strcmp(a, b) != 0)) {
+            a = ref->config.model_type;
+            b = m->config.model_type;
+            what = "model_type";
+        }
+        if (a && b && strcmp(a, b) != 0)
+            return lm_err(LM_EMISMATCH, "model '%s' (%s): %s %s, but %s (%s) is %s; models of "
+                          "different architectures cannot be merged", m->name, m->dir, what, b,
+                          reference_word(ws), ref->dir, a);
+    }
+    return 0;
+}
+
 /* Records config.json differences between the output's config source and
  * every other model, so that the user hears about them. */
 static int compare_configs(struct workspace *ws)
@@ -478,49 +512,62 @@ static int check_selection(const struct workspace *ws, const struct merge_plan *
     return rc;
 }
 
-struct workspace *ws_open(const struct recipe *r, struct ws_params params)
+/* ws_open, with the error's code: 0 and *out set, or an LM_E* code. */
+static int open_workspace(const struct recipe *r, struct ws_params params, struct workspace **out)
 {
+    *out = NULL;
     struct workspace *ws = lm_calloc(1, sizeof(*ws));
     if (!ws)
-        return NULL;
+        return LM_ENOMEM;
+    int rc = 0;
     ws->params = params;
     ws->recipe = recipe_clone(r);
-    if (!ws->recipe)
-        goto fail;
-    if (merge_plan_init(&ws->plan, ws->recipe))
-        goto fail;
-    const char *label = r->source_path ? r->source_path : "recipe";
-    if (!r->base) {
-        lm_err(LM_EFORMAT, "%s: base: missing (task vectors are taken against the base model)", label);
+    if (!ws->recipe) {
+        rc = LM_ENOMEM;
         goto fail;
     }
+    if ((rc = merge_plan_init(&ws->plan, ws->recipe)))
+        goto fail;
+    /* merge_plan_init has checked that a recipe without a base names a
+     * method that merges without one, and at least one model. */
+    ws->has_base = r->base != NULL;
     if (r->output.vocab) {
         if (strcmp(r->output.vocab, "truncate") == 0)
             ws->vocab = VOCAB_TRUNCATE;
         else if (strcmp(r->output.vocab, "pad") == 0)
             ws->vocab = VOCAB_PAD;
     }
-    if (open_source(ws, 0, "base", r->base))
+    if ((rc = ws->has_base ? open_source(ws, 0, "base", r->base)
+                           : open_source(ws, 0, r->models[0].name, r->models[0].path)))
         goto fail;
     ws->n_sources = 1;
     for (size_t i = 0; i < r->n_models; i++) {
-        if (open_source(ws, (int)i + 1, r->models[i].name, r->models[i].path))
+        if ((rc = open_source(ws, (int)i + 1, r->models[i].name, r->models[i].path)))
             goto fail;
         ws->n_sources++;
     }
     ws->config_from = source_index(ws, r->output.config_from, 0);
     ws->tokenizer_from = source_index(ws, r->output.tokenizer_from, ws->config_from);
-    if (line_up(ws) || stack_layers(ws) || compare_configs(ws))
+    if ((rc = check_architectures(ws)) || (rc = line_up(ws)))
+        goto fail;
+    ws->in_layers = ws->n_layers;
+    if ((rc = stack_layers(ws)) || (rc = compare_configs(ws)))
+        goto fail;
+    if (!ws->has_base && (rc = add_note(ws, "the recipe has no base model: %s merges the models "
+                                        "themselves; statistics take task vectors against the first "
+                                        "model, '%s'", ws->plan.method->name, ws->sources[0].name)))
         goto fail;
     ws->plan.n_layers = ws->n_layers;
-    if (check_selection(ws, &ws->plan))
+    if ((rc = check_selection(ws, &ws->plan)))
         goto fail;
     /* what reading the recipe noted (mergekit YAML's warnings) */
     const char *ln = r->load_notes;
-    if (ln && *ln && add_note(ws, "%.*s", (int)(strlen(ln) - (ln[strlen(ln) - 1] == '\n')), ln))
+    if (ln && *ln && (rc = add_note(ws, "%.*s", (int)(strlen(ln) - (ln[strlen(ln) - 1] == '\n')), ln)))
         goto fail;
-    if (!ws->notes && !(ws->notes = lm_strdup("")))
+    if (!ws->notes && !(ws->notes = lm_strdup(""))) {
+        rc = LM_ENOMEM;
         goto fail;
+    }
 
     ws->stats = lm_calloc(ws->n_tensors, sizeof(*ws->stats));
     ws->stats_done = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->stats_done));
@@ -533,15 +580,28 @@ struct workspace *ws_open(const struct recipe *r, struct ws_params params)
     ws->cut_memo = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->cut_memo));
     ws->nonfinite = lm_calloc(ws->n_tensors ? ws->n_tensors : 1, sizeof(*ws->nonfinite));
     ws->pool = pool_new(params.n_threads);
-    if (!ws->stats || !ws->stats_done || !ws->merged || !ws->spare || !ws->cut_memo || !ws->nonfinite || !ws->pool)
+    if (!ws->stats || !ws->stats_done || !ws->merged || !ws->spare || !ws->cut_memo || !ws->nonfinite ||
+        !ws->pool) {
+        rc = LM_ENOMEM;
         goto fail;
+    }
     ws->scratch = lm_calloc((size_t)pool_n_workers(ws->pool), sizeof(*ws->scratch));
-    if (!ws->scratch)
+    if (!ws->scratch) {
+        rc = LM_ENOMEM;
         goto fail;
-    return ws;
+    }
+    *out = ws;
+    return 0;
 fail:
     ws_free(ws);
-    return NULL;
+    return rc;
+}
+
+struct workspace *ws_open(const struct recipe *r, struct ws_params params)
+{
+    struct workspace *ws;
+    open_workspace(r, params, &ws);
+    return ws;
 }
 
 void ws_free(struct workspace *ws)
@@ -600,6 +660,8 @@ const struct ws_model *ws_model(const struct workspace *ws, int i) { return &ws-
 size_t ws_n_tensors(const struct workspace *ws) { return ws->n_tensors; }
 const struct ws_tensor *ws_tensor(const struct workspace *ws, size_t i) { return &ws->tensors[i]; }
 int ws_n_layers(const struct workspace *ws) { return ws->n_layers; }
+int ws_n_input_layers(const struct workspace *ws) { return ws->in_layers; }
+bool ws_has_base(const struct workspace *ws) { return ws->has_base; }
 bool ws_output_tied(const struct workspace *ws) { return ws->output_tied; }
 int64_t ws_output_vocab(const struct workspace *ws) { return ws->out_vocab; }
 const char *ws_notes(const struct workspace *ws) { return ws->notes; }
@@ -623,14 +685,55 @@ void ws_tensor_params(const struct workspace *ws, size_t i, struct merge_tensor_
     merge_plan_resolve(&ws->plan, t->name, &t->info, out);
 }
 
+static bool same_string(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether `r` names the same base and models (names and paths, in order)
+ * as `old`. */
+static bool same_models(const struct recipe *r, const struct recipe *old)
+{
+    bool same = r->n_models == old->n_models && same_string(r->base, old->base);
+    for (size_t i = 0; same && i < r->n_models; i++)
+        same = strcmp(r->models[i].name, old->models[i].name) == 0 &&
+               strcmp(r->models[i].path, old->models[i].path) == 0;
+    return same;
+}
+
+bool ws_same_sources(const struct workspace *ws, const struct recipe *r)
+{
+    const struct recipe *old = ws->recipe;
+    return same_models(r, old) && same_slices(r, old) &&
+           same_string(r->output.vocab, old->output.vocab) &&
+           same_string(r->output.config_from, old->output.config_from) &&
+           same_string(r->output.tokenizer_from, old->output.tokenizer_from);
+}
+
+int ws_reopen(struct workspace *ws, const struct recipe *r)
+{
+    struct workspace *fresh;
+    int rc = open_workspace(r, ws->params, &fresh);
+    if (rc)
+        return rc;
+    ws_set_preview_dtype(fresh, ws->preview);
+    uint_fast64_t peak = atomic_load(&ws->peak_anon);
+    if (atomic_load(&fresh->peak_anon) < peak)
+        atomic_store(&fresh->peak_anon, peak);
+    /* Swap the whole state, then free the old one through the fresh
+     * handle: callers keep `ws`. */
+    struct workspace old;
+    memcpy(&old, ws, sizeof(old));
+    memcpy(ws, fresh, sizeof(*ws));
+    memcpy(fresh, &old, sizeof(*fresh));
+    ws_free(fresh);
+    return 0;
+}
+
 int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed)
 {
     const struct recipe *old = ws->recipe;
-    bool same_models = r->n_models == old->n_models && r->base && strcmp(r->base, old->base) == 0;
-    for (size_t i = 0; same_models && i < r->n_models; i++)
-        same_models = strcmp(r->models[i].name, old->models[i].name) == 0 &&
-                      strcmp(r->models[i].path, old->models[i].path) == 0;
-    if (!same_models)
+    if (!same_models(r, old))
         return lm_err(LM_EINVAL, "the new recipe names other models; open it in a new workspace");
     if (!same_slices(r, old))
         return lm_err(LM_EINVAL, "the new recipe stacks other layers (slices); open it in a new workspace");

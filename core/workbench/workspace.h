@@ -67,7 +67,16 @@ struct ws_params ws_default_params(void);
 struct workspace;
 
 /* Opens everything the recipe names (it is copied). NULL with an error
- * naming the model, file or tensor. */
+ * naming the model, file or tensor. Models whose config.json names another
+ * architecture (architectures[0], else model_type) than the base's are an
+ * error, as in mergekit.
+ *
+ * A recipe without a base (only for methods with base_optional: nuslerp,
+ * multislerp) merges the models themselves; the first model is then opened
+ * a second time as the reference in the base's place (ws_model(ws, -1)):
+ * tensors line up against it, statistics take task vectors against it,
+ * output.config_from and tokenizer_from default to it (as mergekit takes
+ * the first model's config), but the method never sees it. */
 struct workspace *ws_open(const struct recipe *r, struct ws_params params);
 void ws_free(struct workspace *ws);
 
@@ -83,7 +92,9 @@ const struct ws_tensor *ws_tensor(const struct workspace *ws, size_t i);
 const char *ws_tokenizer_dir(const struct workspace *ws);
 /* Index of a tensor by name, or -1. */
 long ws_find_tensor(const struct workspace *ws, const char *name);
-int ws_n_layers(const struct workspace *ws);
+int ws_n_layers(const struct workspace *ws);               /* output layers (after slices) */
+int ws_n_input_layers(const struct workspace *ws);         /* layers of the models read */
+bool ws_has_base(const struct workspace *ws);              /* false: a base-less merge (see ws_open) */
 bool ws_output_tied(const struct workspace *ws);            /* output has no lm_head tensor */
 int64_t ws_output_vocab(const struct workspace *ws);        /* embedding rows written */
 /* Human-readable notes found while opening (config differences, tying
@@ -93,11 +104,31 @@ const char *ws_notes(const struct workspace *ws);
 /* The parameters tensor i is merged with. */
 void ws_tensor_params(const struct workspace *ws, size_t i, struct merge_tensor_params *out);
 
-/* Replaces the recipe (same base and models, by name and path; method,
- * params and overrides may change). Tensors whose resolved parameters
- * changed lose their cached merge and statistics; `changed`, if non-NULL,
- * receives ws_n_tensors() flags. 0 or an error (the old recipe stays). */
+/* Replaces the recipe (same base and models, by name and path, and the
+ * same slices; method, params and overrides may change). Tensors whose
+ * resolved parameters changed lose their cached merge and statistics;
+ * `changed`, if non-NULL, receives ws_n_tensors() flags. 0 or an error
+ * (the old recipe stays). */
 int ws_set_recipe(struct workspace *ws, const struct recipe *r, bool *changed);
+
+/* Whether `r` reads what the workspace has open, so that ws_set_recipe can
+ * take it: the same base and models (names and paths, in order), slices,
+ * and output.vocab, config_from and tokenizer_from (which decide how the
+ * tensors line up). Otherwise the recipe needs ws_reopen. */
+bool ws_same_sources(const struct workspace *ws, const struct recipe *r);
+
+/* Replaces the recipe with one that may read other sources: a model added,
+ * removed or pointed elsewhere, another base or none, other slices. All
+ * that `r` names is opened and lined up as ws_open does, and only when that
+ * succeeds does it take the old state's place, in place, so the handle (and
+ * whoever holds it: a preview session) stays valid; the old files are then
+ * closed. Every cached merge, statistic and calibration result is dropped;
+ * the thread count and the preview cache's form stay. On error the
+ * workspace is exactly as it was, and the error names the model, directory
+ * or tensor (a missing directory, a directory without weights, a shape or
+ * architecture that differs from the base's, a slice beyond the models'
+ * layers). No pass may run on the workspace meanwhile. */
+int ws_reopen(struct workspace *ws, const struct recipe *r);
 
 /* ===== Calibration (aim, sens) ===== */
 

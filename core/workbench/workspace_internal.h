@@ -36,8 +36,13 @@ struct workspace {
     struct ws_params params;
     struct pool *pool;
     struct ws_scratch *scratch;     /* one per pool worker */
-    struct ws_model sources[WS_MAX_SOURCES]; /* [0] = base */
+    /* [0] = the base; without one (has_base false) the first model opened
+     * a second time: the reference tensors line up against and statistics
+     * take task vectors against, never given to the method. */
+    struct ws_model sources[WS_MAX_SOURCES];
     int n_sources;
+    bool has_base;
+    int in_layers;                  /* layers of the input models (n_layers before stacking) */
     struct ws_tensor *tensors;
     size_t n_tensors;
     int n_layers;

@@ -89,7 +89,7 @@ int ws_merge_tensor(struct workspace *ws, size_t i, float *out, struct ws_scratc
         return lm_err(LM_EINVAL, "tensor '%s': method '%s' needs calibration, which has not run",
                       t->name, ws->plan.method->name);
     struct merge_tensor_job job = {
-        .name = t->name, .n = t->n_elements, .base = base, .models = models,
+        .name = t->name, .n = t->n_elements, .base = ws->has_base ? base : NULL, .models = models,
         .n_models = ws->n_sources - 1, .params = &p, .out = out, .scratch = &sc->method,
         .rows = t->ndim == 2 ? (uint64_t)t->shape[0] : 1,
         .cols = t->ndim == 2 ? (uint64_t)t->shape[1] : t->n_elements,
@@ -390,7 +390,9 @@ static int stream_tensor(struct workspace *ws, size_t i, struct ws_scratch *sc, 
                          struct stats_raw *raw, struct pass *pass, int worker, uint64_t *reported)
 {
     const struct ws_tensor *t = &ws->tensors[i];
-    if (ws->plan.method->needs)
+    /* Streams read the base as source 0; a base-less merge goes whole
+     * (ws_merge_tensor hands the method no base). */
+    if (ws->plan.method->needs || !ws->has_base)
         return 1;
     struct stream_ctx ctx = { .t = t, .p = pass, .worker = worker };
     struct merge_tensor_params p;

@@ -110,8 +110,8 @@ static struct recipe *recipe_for_output(const struct workspace *ws, const char *
 static char *model_card(const struct workspace *ws, const char *recipe_json, const char *dtype_name)
 {
     const struct recipe *r = ws->recipe;
-    char *sources = lm_strdup("");
-    for (int s = 0; sources && s < ws->n_sources; s++) {
+    char *sources = lm_strdup(ws->has_base ? "" : "- no base model: the method merges the models themselves\n");
+    for (int s = ws->has_base ? 0 : 1; sources && s < ws->n_sources; s++) {
         char *line = lm_asprintf("%s- `%s`%s\n", sources, ws->sources[s].name,
                                  s == 0 ? " (the base: task vectors are taken against it)" : "");
         free(sources);
