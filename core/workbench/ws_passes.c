@@ -7,11 +7,13 @@
 #include "workspace.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "calib.h"
 #include "convert.h"
@@ -119,6 +121,7 @@ struct pass {
     atomic_uint_fast64_t done_elements;
     atomic_int failed;       /* first error code, 0 if none */
     atomic_bool cancel;
+    atomic_int_fast64_t started; /* the last todo index a worker has taken (-1: none) */
     lm_progress_fn progress;
     void *ud;
     const char *what;
@@ -508,6 +511,9 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     struct workspace *ws = p->ws;
     if (atomic_load(&p->cancel))
         return;
+    int_fast64_t seen = atomic_load(&p->started);
+    while (k > seen && !atomic_compare_exchange_weak(&p->started, &seen, k))
+        ;
     size_t i = p->todo[k];
     const struct ws_tensor *t = &ws->tensors[i];
     struct ws_scratch *sc = &ws->scratch[worker];
@@ -578,6 +584,64 @@ static void pass_tensor(void *ud, int64_t k, int worker)
     if (whole || worker == 0 || t->n_elements >= ((uint64_t)1 << 24))
         sample_memory(ws);
     pass_report(p, worker, t->n_elements - reported);
+}
+
+/* ===== Reading ahead =====
+ * While the workers merge, one more thread maps in the inputs of the
+ * tensors they take next (st_tensor_populate, WS_POPULATE_BYTES at a
+ * time), at most one tensor per worker ahead of the last one taken: the
+ * disk reads while the CPUs compute, and on a model larger than the page
+ * cache the pass takes about the longer of the two instead of their sum.
+ * It only maps pages in; nothing depends on it but the time. */
+struct feeder {
+    struct pass *p;
+    pthread_t thread;
+    bool running;
+    atomic_bool stop;
+};
+
+static bool feeder_stopped(struct feeder *f)
+{
+    return atomic_load(&f->stop) || atomic_load(&f->p->cancel);
+}
+
+static void *feeder_main(void *ud)
+{
+    struct feeder *f = ud;
+    const struct pass *p = f->p;
+    const struct workspace *ws = p->ws;
+    const int64_t ahead = pool_n_workers(ws->pool);
+    for (size_t k = 0; k < p->n_todo; k++) {
+        while ((int64_t)k > atomic_load(&f->p->started) + ahead) {
+            if (feeder_stopped(f))
+                return NULL;
+            struct timespec ms = { 0, 1000000 };
+            nanosleep(&ms, NULL);
+        }
+        const struct ws_tensor *t = &ws->tensors[p->todo[k]];
+        for (int s = 0; s < ws->n_sources; s++) {
+            if (s > 0 && t->src[s] == t->src[0])
+                continue;
+            for (uint64_t off = 0; off < t->src[s]->nbytes; off += WS_POPULATE_BYTES) {
+                if (feeder_stopped(f))
+                    return NULL;
+                st_tensor_populate(t->src[s], off, WS_POPULATE_BYTES);
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Runs pass p over its n_todo tensors on the pool, with a feeder. */
+static void run_pass(struct pass *p)
+{
+    struct feeder f = { .p = p };
+    atomic_init(&f.stop, false);
+    f.running = pthread_create(&f.thread, NULL, feeder_main, &f) == 0; /* none: slower, not wrong */
+    pool_for(p->ws->pool, (int64_t)p->n_todo, pass_tensor, p);
+    atomic_store(&f.stop, true);
+    if (f.running)
+        pthread_join(f.thread, NULL);
 }
 
 static int pass_finish(struct pass *p)
@@ -671,6 +735,7 @@ static void pass_init(struct pass *p, struct workspace *ws, size_t *todo, size_t
     atomic_init(&p->done_elements, 0);
     atomic_init(&p->failed, 0);
     atomic_init(&p->cancel, false);
+    atomic_init(&p->started, -1);
 }
 
 static void release_scratch(struct workspace *ws)
@@ -696,7 +761,7 @@ int ws_stats_compute(struct workspace *ws, lm_progress_fn progress, void *ud)
     pass_init(&p, ws, todo, n, by_layer_then_size, progress, ud, "statistics");
     balance_tail(ws, todo, n, pool_n_workers(ws->pool));
     p.stats = true;
-    pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
+    run_pass(&p);
     release_scratch(ws);
     free(todo);
     if (progress && !atomic_load(&p.failed))
@@ -726,7 +791,7 @@ static int merge_into_cache(struct workspace *ws, bool (*want)(const struct ws_t
     struct pass p;
     pass_init(&p, ws, todo, n, by_size_desc, progress, ud, "merging");
     p.keep_merged = true;
-    pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
+    run_pass(&p);
     free(todo);
     return pass_finish(&p);
 }
@@ -930,7 +995,7 @@ int ws_write_weights(struct workspace *ws, const char *staging, enum lm_dtype dt
         p.writer = w;
         p.out_dtype = dtype_all;
         p.fixed_dtype = fixed_dtype;
-        pool_for(ws->pool, (int64_t)ws->n_tensors, pass_tensor, &p);
+        run_pass(&p);
         rc = pass_finish(&p);
         /* the last word before the files go into place: may still cancel */
         if (!rc && progress && !progress(1.0, "writing", ud))
@@ -959,7 +1024,7 @@ int ws_write_gguf_weights(struct workspace *ws, struct gguf_writer *w,
     pass_init(&p, ws, todo, n, by_size_desc, progress, ud, "writing");
     p.gguf = w;
     p.gguf_plan = plan;
-    pool_for(ws->pool, (int64_t)n, pass_tensor, &p);
+    run_pass(&p);
     int rc = pass_finish(&p);
     if (!rc && progress && !progress(1.0, "writing", ud))
         rc = lm_err(LM_ECANCELED, "cancelled");
